@@ -1,0 +1,35 @@
+# `make run` and `make test` each set everything up first; `make setup` is idempotent.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WHISPER := openai-whisper==20250625
+
+.PHONY: setup run test lint bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# Without an NVIDIA GPU take the CPU build of torch (a range would pull a multi-GB CUDA build).
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	# The GPT-2 BPE ranks ship inside openai-whisper's package; we need only that file, not its deps.
+	$(PY) -m pip install -q --no-deps $(WHISPER)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
+	touch $@
+
+run: setup
+	$(VENV)/bin/streamlit run app.py
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/compare_page.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,72 @@
+"""Saving and loading checkpoints: atomic writes, safe loads, clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcore.config import TrainConfig
+from gptcore.errors import GptdashError
+from gptcore.model import GPTModel
+
+FORMAT = "gptdash-checkpoint-1"
+
+
+def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    step: int, config: TrainConfig, rng: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write to a temporary file and rename it, so a kill mid-save never corrupts ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "config": config.to_dict(),
+        "rng": rng,
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise GptdashError(f"could not write checkpoint {path.name}: {exc.strerror or exc}"
+                           " (is the disk full?)") from exc
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True``: tensors and plain data only, never arbitrary code."""
+    p = Path(path)
+    if not p.is_file():
+        raise GptdashError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise GptdashError(f"refused to load {p.name}: it is not a plain gptdash checkpoint "
+                           f"(it holds objects that could run code): {str(exc)[:200]}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise GptdashError(f"checkpoint {p.name} is corrupt or not a PyTorch file: "
+                           f"{str(exc)[:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise GptdashError(f"{p.name} is not a gptdash checkpoint")
+    return payload
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                          ) -> tuple[GPTModel, TrainConfig, dict[str, Any]]:
+    """The model (eval mode) and config stored in a checkpoint."""
+    payload = load_checkpoint(path, map_location=device)
+    cfg = TrainConfig.from_dict(payload["config"])
+    model_cfg = cfg.model
+    model_cfg.vocab_size = cfg.vocab_size
+    model = GPTModel(model_cfg)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return model, cfg, payload

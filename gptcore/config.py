@@ -1,0 +1,317 @@
+"""Typed run configuration: the model shape and everything about training.
+
+One vocabulary for the form, the config file, ``--set`` and the code. Each
+field carries its group, a short help text and its bounds as metadata, so the
+CLI, the dashboard form and ``validate()`` all read the same source.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+from gptcore.errors import GptdashError
+
+ACTIVATIONS = ("gelu", "relu", "leaky_relu", "silu", "tanh")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "linear")
+TOKENIZERS = ("byte", "gpt2")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16")
+TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}
+
+# Bounds that keep a typo from asking for a model no machine holds.
+MAX_EMB_DIM = 16384
+MAX_LAYERS = 256
+MAX_CONTEXT = 131072
+
+
+def _f(default: Any, group: str, help: str, lo: float | None = None, hi: float | None = None,
+       choices: tuple[str, ...] | None = None, lo_open: bool = False) -> Any:
+    """A dataclass field with the metadata the form and validation use."""
+    meta = {"group": group, "help": help, "min": lo, "max": hi, "choices": choices,
+            "min_exclusive": lo_open}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """The GPT's shape. Names follow LLMs-from-scratch's ``cfg`` dict."""
+
+    vocab_size: int = _f(0, "model", "Vocabulary size; 0 takes the tokenizer's.", 0, 1_000_000)
+    context_length: int = _f(128, "model", "Tokens the model sees at once.", 1, MAX_CONTEXT)
+    emb_dim: int = _f(128, "model", "Width of the residual stream.", 1, MAX_EMB_DIM)
+    n_heads: int = _f(4, "model", "Attention heads per block; must divide emb_dim.", 1, 1024)
+    n_layers: int = _f(4, "model", "Transformer blocks.", 1, MAX_LAYERS)
+    drop_rate: float = _f(0.0, "model", "Dropout probability.", 0.0, 0.9)
+    qkv_bias: bool = _f(False, "model", "Bias in the query/key/value projections.")
+    activation: str = _f("gelu", "model", "Feed-forward activation.", choices=ACTIVATIONS)
+    tie_weights: bool = _f(True, "model", "Share the token embedding with the output head.")
+
+    def resolved_vocab_size(self, tokenizer: str) -> int:
+        return self.vocab_size or TOKENIZER_VOCAB.get(tokenizer, 0)
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run. ``model`` holds the shape; the rest is flat."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # data
+    corpus: str = _f("builtin", "data", "'builtin' (Python's docs) or a path to a UTF-8 text file.")
+    tokenizer: str = _f("byte", "data", "byte (256 ids) or gpt2 (GPT-2 BPE).", choices=TOKENIZERS)
+    val_fraction: float = _f(0.1, "data", "Share of the corpus held out for validation.",
+                             0.0, 0.5, lo_open=True)
+    # optimization
+    max_steps: int = _f(500, "optimization", "Optimizer steps to train.", 1, 10_000_000)
+    batch_size: int = _f(32, "optimization", "Sequences per micro-batch.", 1, 65536)
+    grad_accum_steps: int = _f(1, "optimization", "Micro-batches per optimizer step.", 1, 4096)
+    optimizer: str = _f("adamw", "optimization", "Optimizer.", choices=OPTIMIZERS)
+    lr: float = _f(1e-3, "optimization", "Peak learning rate.", 0.0, 10.0, lo_open=True)
+    weight_decay: float = _f(0.1, "optimization",
+                             "Weight decay (AdamW: matrices only, not biases/norms/embeddings).",
+                             0.0, 10.0)
+    beta1: float = _f(0.9, "optimization", "Adam/AdamW beta1.", 0.0, 1.0)
+    beta2: float = _f(0.95, "optimization", "Adam/AdamW beta2.", 0.0, 1.0)
+    momentum: float = _f(0.9, "optimization", "Momentum for SGD and RMSprop.", 0.0, 1.0)
+    grad_clip: float = _f(1.0, "optimization", "Clip the gradient norm to this; 0 turns it off.",
+                          0.0, 1e6)
+    label_smoothing: float = _f(0.0, "optimization", "Cross-entropy label smoothing.", 0.0, 0.99)
+    # schedule
+    schedule: str = _f("cosine", "schedule", "Learning-rate schedule.", choices=SCHEDULES)
+    warmup_steps: int = _f(50, "schedule", "Linear warmup steps from 0 to lr.", 0, 10_000_000)
+    min_lr: float = _f(1e-4, "schedule", "Floor of cosine and linear decay.", 0.0, 10.0)
+    step_size: int = _f(200, "schedule", "Step decay: multiply by gamma every step_size steps.",
+                        1, 10_000_000)
+    gamma: float = _f(0.5, "schedule", "Step decay factor.", 0.0, 1.0, lo_open=True)
+    # evaluation and checkpoints
+    eval_interval: int = _f(50, "evaluation", "Evaluate train/val loss every N steps.",
+                            1, 10_000_000)
+    eval_iters: int = _f(10, "evaluation", "Batches per evaluation.", 1, 100_000)
+    log_interval: int = _f(10, "evaluation", "Fetch and log training metrics every N steps.",
+                           1, 100_000)
+    early_stopping_patience: int = _f(0, "evaluation",
+                                      "Stop after N evals without val loss improving; 0 is off.",
+                                      0, 100_000)
+    sample_prompt: str = _f("The ", "evaluation", "Prompt for the sample generated at each eval.")
+    sample_tokens: int = _f(120, "evaluation", "Tokens generated per eval sample; 0 is off.",
+                            0, 10_000)
+    checkpoint_interval: int = _f(250, "evaluation", "Save a checkpoint every N steps.",
+                                  1, 10_000_000)
+    # fine-tuning
+    init_from: str = _f("", "fine-tune",
+                        "Start from a finished run's weights (run id) or a checkpoint file.")
+    freeze_embeddings: bool = _f(False, "fine-tune", "Fine-tune: keep embeddings fixed.")
+    freeze_blocks: int = _f(0, "fine-tune", "Fine-tune: keep the first N blocks fixed.", 0,
+                            MAX_LAYERS)
+    # system
+    seed: int = _f(1337, "system", "Random seed.", 0, 2**31 - 1)
+    device: str = _f("auto", "system", "auto picks cuda, then mps, then cpu.", choices=DEVICES)
+    precision: str = _f("auto", "system", "auto uses bfloat16 autocast on CUDA.",
+                        choices=PRECISIONS)
+    compile: bool = _f(False, "system", "torch.compile the model (GPU; slow to start).")
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a nested ({"model": {...}, ...}) or flat dict; unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise GptdashError("a config must be a JSON object of field names to values")
+        flat = dict(data)
+        nested = flat.pop("model", {}) or {}
+        if not isinstance(nested, dict):
+            raise GptdashError("'model' in a config must be an object")
+        return apply_overrides(TrainConfig(), {**nested, **flat})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GptdashError(f"config is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        return cls.from_dict(data)
+
+    def flat(self) -> dict[str, Any]:
+        """All fields in one namespace, as the form, ``--set`` and config diffs see them."""
+        out = asdict(self.model)
+        out.update({k: v for k, v in asdict(self).items() if k != "model"})
+        return out
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.resolved_vocab_size(self.tokenizer)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps * self.model.context_length
+
+    # ---- validation ----------------------------------------------------------------
+    def problems(self) -> dict[str, str]:
+        """Every problem, keyed by field name, each saying what to change."""
+        errs: dict[str, str] = {}
+        for name, value, meta in _field_specs(self):
+            msg = _check_bounds(name, value, meta)
+            if msg:
+                errs[name] = msg
+        m = self.model
+        if "emb_dim" not in errs and "n_heads" not in errs and m.emb_dim % m.n_heads:
+            errs["emb_dim"] = (f"emb_dim {m.emb_dim} is not divisible by n_heads {m.n_heads}: "
+                               f"pick an emb_dim that is a multiple of {m.n_heads}")
+        known = TOKENIZER_VOCAB.get(self.tokenizer)
+        if known and m.vocab_size and m.vocab_size < known:
+            errs["vocab_size"] = (f"vocab_size {m.vocab_size} is smaller than the {self.tokenizer} "
+                                  f"tokenizer's {known} ids: set it to 0 (automatic) or {known}")
+        if self.freeze_blocks > m.n_layers and "freeze_blocks" not in errs:
+            errs["freeze_blocks"] = (f"freeze_blocks {self.freeze_blocks} is more than n_layers "
+                                     f"{m.n_layers}")
+        if (self.freeze_blocks or self.freeze_embeddings) and not self.init_from:
+            errs["init_from"] = ("freezing only makes sense when fine-tuning: set init_from to a "
+                                 "run id or checkpoint, or unfreeze")
+        if self.schedule in ("cosine", "linear") and self.min_lr > self.lr and "lr" not in errs:
+            errs["min_lr"] = f"min_lr {self.min_lr} is above lr {self.lr}: lower min_lr"
+        if self.warmup_steps > self.max_steps and "max_steps" not in errs:
+            errs["warmup_steps"] = (f"warmup_steps {self.warmup_steps} is longer than max_steps "
+                                    f"{self.max_steps}")
+        if not self.corpus.strip():
+            errs["corpus"] = "corpus is empty: use 'builtin' or a path to a text file"
+        return errs
+
+    def validate(self) -> TrainConfig:
+        """Raise GptdashError naming every problem; return self when there is none."""
+        errs = self.problems()
+        if errs:
+            raise GptdashError("; ".join(errs.values()))
+        return self
+
+
+def _field_specs(cfg: TrainConfig):
+    for f in fields(cfg.model):
+        yield f.name, getattr(cfg.model, f.name), f.metadata
+    for f in fields(cfg):
+        if f.name != "model":
+            yield f.name, getattr(cfg, f.name), f.metadata
+
+
+def _check_bounds(name: str, value: Any, meta: Any) -> str | None:
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        return f"{name} {value!r} is not one of {', '.join(choices)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, not {value}"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and not isinstance(value, bool):
+        if meta.get("min_exclusive") and value <= lo:
+            return f"{name} must be greater than {lo}, not {value}"
+        if value < lo:
+            return f"{name} must be at least {lo}, not {value}"
+    if hi is not None and not isinstance(value, bool) and value > hi:
+        return f"{name} must be at most {hi:g}, not {value}"
+    return None
+
+
+# ---- field lookup and --set parsing --------------------------------------------------
+def field_info() -> dict[str, dict[str, Any]]:
+    """Name -> {type, default, group, help, min, max, choices} for every flat field."""
+    out: dict[str, dict[str, Any]] = {}
+    for owner in (ModelConfig, TrainConfig):
+        for f in fields(owner):
+            if f.name == "model":
+                continue
+            default = f.default if f.default is not MISSING else None
+            out[f.name] = {"type": type(default), "default": default, **f.metadata}
+    return out
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw)
+            return int(text)
+        if kind is float:
+            return float(text)
+    except (TypeError, ValueError):
+        kind_name = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        raise GptdashError(f"{name} must be {kind_name}, not {raw!r}") from None
+    return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A copy of ``cfg`` with flat ``name: value`` overrides, values coerced to field types."""
+    info = field_info()
+    model_names = {f.name for f in fields(ModelConfig)}
+    model_updates: dict[str, Any] = {}
+    train_updates: dict[str, Any] = {}
+    for name, raw in overrides.items():
+        if name not in info:
+            close = difflib.get_close_matches(name, list(info), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise GptdashError(f"unknown setting {name!r}{hint}")
+        value = _coerce(name, raw, info[name]["type"])
+        (model_updates if name in model_names else train_updates)[name] = value
+    return replace(cfg, model=replace(cfg.model, **model_updates), **train_updates)
+
+
+def parse_set_args(pairs: list[str]) -> dict[str, str]:
+    """['lr=3e-4', 'n_layers=6'] -> {'lr': '3e-4', 'n_layers': '6'}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise GptdashError(f"--set takes key=value, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+# ---- presets -------------------------------------------------------------------------
+PRESETS: dict[str, TrainConfig] = {
+    # A few hundred thousand parameters: learns byte-level English on two CPU cores in seconds.
+    "tiny": TrainConfig(
+        model=ModelConfig(context_length=64, emb_dim=96, n_heads=4, n_layers=2),
+        tokenizer="byte", max_steps=400, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+        eval_interval=50, eval_iters=8, log_interval=10, checkpoint_interval=200,
+        sample_tokens=80, device="auto",
+    ),
+    # ~10.7M parameters, the nanoGPT character-level shape; meant for a GPU.
+    "small": TrainConfig(
+        model=ModelConfig(context_length=256, emb_dim=384, n_heads=6, n_layers=6, drop_rate=0.2),
+        tokenizer="byte", max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+        beta2=0.99, eval_interval=250, eval_iters=50, log_interval=10, checkpoint_interval=1000,
+        sample_tokens=200,
+    ),
+    # GPT-2 small: 124M parameters with the GPT-2 BPE.
+    "gpt2-124m": TrainConfig(
+        model=ModelConfig(context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
+                          drop_rate=0.0, qkv_bias=True),
+        tokenizer="gpt2", max_steps=5000, batch_size=12, grad_accum_steps=1, lr=6e-4,
+        min_lr=6e-5, warmup_steps=200, weight_decay=0.1, beta2=0.95, eval_interval=250,
+        eval_iters=20, log_interval=10, checkpoint_interval=1000, sample_tokens=100,
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise GptdashError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], model=replace(PRESETS[name].model))

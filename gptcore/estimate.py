@@ -1,0 +1,79 @@
+"""Size, compute and memory of a config before anything is built: pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gptcore.config import TrainConfig
+
+# Dense bf16 tensor-core peak of common GPUs, for model FLOPs utilisation.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+              "4090": 165e12, "3090": 71e12}
+
+
+def param_count(cfg: TrainConfig) -> int:
+    """Parameters of the model (tied embedding counted once), as GPTModel.num_params()."""
+    m = cfg.model
+    d, vocab, layers = m.emb_dim, cfg.vocab_size, m.n_layers
+    per_block = (
+        2 * 2 * d  # two LayerNorms
+        + 3 * d * d + (3 * d if m.qkv_bias else 0)  # qkv
+        + d * d + d  # attention output
+        + 4 * d * d + 4 * d + 4 * d * d + d  # feed-forward
+    )
+    embeddings = vocab * d + m.context_length * d
+    head = 0 if m.tie_weights else vocab * d
+    return embeddings + layers * per_block + 2 * d + head
+
+
+def flops_per_token(cfg: TrainConfig) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B).
+
+    N excludes position embeddings, as in nanoGPT's estimate_mfu, so MFU figures compare.
+    """
+    m = cfg.model
+    n = param_count(cfg) - m.context_length * m.emb_dim
+    return 6 * n + 12 * m.n_layers * m.emb_dim * m.context_length
+
+
+@dataclass
+class MemoryEstimate:
+    params_mb: float
+    optimizer_mb: float
+    gradients_mb: float
+    activations_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.params_mb + self.optimizer_mb + self.gradients_mb + self.activations_mb
+
+
+def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
+    """A rough training-memory estimate in MB (fp32 weights, bf16-or-fp32 activations).
+
+    Activations follow Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b bytes per layer in 16-bit,
+    the s² term dropping with flash attention) plus the fp32 logits, which dominate small models
+    with large vocabularies.
+    """
+    m = cfg.model
+    n = param_count(cfg)
+    optimizer_states = {"adamw": 2, "adam": 2, "rmsprop": 1, "sgd": 1 if cfg.momentum else 0}
+    bytes_act = 2 if cfg.precision != "float32" else 4
+    s, b, h = m.context_length, cfg.batch_size, m.emb_dim
+    per_layer = 34 * s * b * h * bytes_act / 2
+    logits = s * b * cfg.vocab_size * 4 * 2  # logits and their gradient, fp32
+    mb = 1024**2
+    return MemoryEstimate(
+        params_mb=n * 4 / mb,
+        optimizer_mb=n * 4 * optimizer_states.get(cfg.optimizer, 2) / mb,
+        gradients_mb=n * 4 / mb,
+        activations_mb=(m.n_layers * per_layer + logits) / mb,
+    )
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak for a GPU by its name, or None when unknown."""
+    for key, value in PEAK_FLOPS.items():
+        if key in device_name:
+            return value
+    return None

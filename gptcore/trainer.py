@@ -1,0 +1,415 @@
+"""The training loop, reporting through a small callback protocol.
+
+The trainer knows nothing of databases or pages: it calls ``callbacks`` with
+metrics, samples, checkpoints and status, and asks ``callbacks.should_stop()``
+after every step. So it runs the same from the app's worker thread, the CLI,
+or a script.
+
+Losses and gradient norms stay on the device and are fetched once every
+``log_interval`` steps, so the step itself never waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcore.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.config import TrainConfig
+from gptcore.data import TokenData, load_data
+from gptcore.errors import GptdashError
+from gptcore.estimate import flops_per_token, peak_flops
+from gptcore.generate import SamplingConfig, sample_text
+from gptcore.model import GPTModel
+from gptcore.optim import build_optimizer
+from gptcore.schedule import lr_at
+from gptcore.tokenizer import get_tokenizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "latest.pt"
+
+
+class TrainerCallbacks:
+    """Override what you need; every hook is a no-op here."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Once the model is built: device, n_params, start_step, max_steps."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Metric values at ``step``; called often, so implementations should buffer."""
+
+    def on_sample(self, step: int, prompt: str, text: str) -> None:
+        """A text sample generated at an evaluation."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """A checkpoint was written (atomically) to ``path``."""
+
+    def on_status(self, status: str, message: str | None = None) -> None:
+        """running, completed, stopped or failed, with a reason for the last three."""
+
+    def flush(self) -> None:
+        """Persist buffered metrics; called at every evaluation and at the end."""
+
+    def should_stop(self) -> bool:
+        """Polled after every step; True ends the run cleanly with a checkpoint."""
+        return False
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed, stopped or failed
+    reason: str | None
+    step: int
+    best_val_loss: float | None = None
+    checkpoint: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GptdashError("device cuda was asked for, but no CUDA GPU is visible: "
+                           "use device=auto or device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise GptdashError("device mps was asked for, but it is not available: use device=auto")
+    return torch.device(name)
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "float32":
+        return None
+    if cfg.precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _rng_state(data_gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    data_gen.set_state(state["data"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def oom_message(cfg: TrainConfig) -> str:
+    return (f"out of memory at batch_size {cfg.batch_size}, context_length "
+            f"{cfg.model.context_length}: lower batch_size or context_length (or use "
+            "grad_accum_steps to keep the tokens per step)")
+
+
+class Trainer:
+    """Builds everything a run needs from a config, then ``run()`` trains it."""
+
+    def __init__(self, cfg: TrainConfig, *, checkpoint_dir: Path, cache_dir: Path,
+                 callbacks: TrainerCallbacks | None = None, resume: bool = False,
+                 init_checkpoint: Path | None = None):
+        self.cfg = cfg.validate()
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.cache_dir = Path(cache_dir)
+        self.cb = callbacks or TrainerCallbacks()
+        self.resume = resume
+        self.init_checkpoint = init_checkpoint
+        self.checkpoint_path = self.checkpoint_dir / CHECKPOINT_NAME
+        self.step = 0
+        self.best_val = math.inf
+        self.best_step = 0
+        self.evals_since_best = 0
+        self.last_ckpt_step: int | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    # ---- setup -----------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        if self.device.type == "cuda":
+            # TF32 matmuls for what autocast leaves in fp32; bf16 does the rest.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp_dtype = _autocast_dtype(cfg, self.device)
+        self.tokenizer = get_tokenizer(cfg.tokenizer)
+        self.data: TokenData = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction,
+                                         self.cache_dir)
+        self.data.check_context(cfg.model.context_length)
+        model_cfg = replace(cfg.model, vocab_size=cfg.vocab_size)
+        self.model = GPTModel(model_cfg).to(self.device)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        if self.init_checkpoint is not None and not self.resume:
+            self._load_init_weights(self.init_checkpoint)
+        self._freeze()
+        self.optimizer = build_optimizer(self.model, cfg, self.device.type)
+        if self.resume:
+            self._load_resume_state()
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.flops_per_token = flops_per_token(cfg)
+        self.peak = (peak_flops(torch.cuda.get_device_name(self.device))
+                     if self.device.type == "cuda" else None)
+
+    def _load_init_weights(self, path: Path) -> None:
+        payload = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise GptdashError(
+                f"cannot fine-tune from {Path(path).name}: its model shape differs from this "
+                "config's (keep vocab, context_length, emb_dim, n_heads, n_layers equal): "
+                f"{str(exc).splitlines()[0]}") from None
+
+    def _freeze(self) -> None:
+        if self.cfg.freeze_embeddings:
+            # With tie_weights the output head is this same matrix and stays fixed too.
+            self.model.tok_emb.weight.requires_grad_(False)
+            self.model.pos_emb.weight.requires_grad_(False)
+        for block in self.model.blocks[: self.cfg.freeze_blocks]:
+            block.requires_grad_(False)
+
+    def _load_resume_state(self) -> None:
+        payload = load_checkpoint(self.checkpoint_path)
+        self.model.load_state_dict(payload["model"])
+        if payload.get("optimizer"):
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        _set_rng_state(payload["rng"], self.data_gen)
+        extra = payload.get("extra", {})
+        self.best_val = extra.get("best_val", math.inf)
+        self.best_step = extra.get("best_step", 0)
+        self.evals_since_best = extra.get("evals_since_best", 0)
+
+    # ---- pieces of a step ----------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def _batch(self, split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.batch(split, self.cfg.batch_size, self.cfg.model.context_length, gen)
+        return self._to_device(x), self._to_device(y)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss on ``eval_iters`` batches of each split, from a fixed per-step stream,
+        so evaluations never disturb the training batches (resume stays exact)."""
+        self.train_model.eval()
+        out = {}
+        for split in ("train", "val"):
+            gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * (self.step + 1))
+            total = torch.zeros((), device=self.device)
+            for _ in range(self.cfg.eval_iters):
+                x, y = self._batch(split, gen)
+                with self._autocast():
+                    total += self.train_model(x, y).float()
+            out[split] = (total / self.cfg.eval_iters).item()
+        self.train_model.train()
+        return out
+
+    def _sample(self) -> None:
+        cfg = self.cfg
+        if not cfg.sample_tokens or not cfg.sample_prompt:
+            return
+        sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=40,
+                                  seed=cfg.seed + self.step)
+        with self._autocast():
+            try:
+                text = sample_text(self.model, self.tokenizer, cfg.sample_prompt, sampling)
+            except GptdashError as exc:  # e.g. a prompt longer than the context
+                text = f"(no sample: {exc})"
+        self.cb.on_sample(self.step, cfg.sample_prompt, text)
+
+    def save(self) -> Path:
+        extra = {"best_val": self.best_val, "best_step": self.best_step,
+                 "evals_since_best": self.evals_since_best}
+        path = save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer,
+                               step=self.step, config=self.cfg, rng=_rng_state(self.data_gen),
+                               extra=extra)
+        self.last_ckpt_step = self.step
+        self.cb.on_checkpoint(self.step, path)
+        return path
+
+    def _eval_and_report(self) -> str | None:
+        """Evaluate, sample and flush; returns an early-stopping reason when it is time."""
+        losses = self.evaluate()
+        val = losses["val"]
+        metrics = {"val/loss": val, "train/eval_loss": losses["train"],
+                   "val/ppl": math.exp(min(val, 50.0))}
+        self.cb.on_metrics(self.step, metrics)
+        self.last_metrics.update(metrics)
+        self._sample()
+        self.cb.flush()
+        if not math.isfinite(val):
+            return None  # the NaN path reports it
+        if val < self.best_val - 1e-4:
+            self.best_val, self.best_step, self.evals_since_best = val, self.step, 0
+        else:
+            self.evals_since_best += 1
+        patience = self.cfg.early_stopping_patience
+        if patience and self.evals_since_best >= patience:
+            return (f"early stopping at step {self.step}: val loss has not improved for "
+                    f"{patience} evaluations (best {self.best_val:.4f} at step {self.best_step})")
+        return None
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to max_steps, a stop request, early stopping, a NaN, or an error."""
+        try:
+            self.setup()
+        except GptdashError as exc:
+            return self._finish("failed", str(exc))
+        self.cb.on_start({"device": device_label(self.device),
+                          "n_params": self.model.num_params(), "start_step": self.step,
+                          "max_steps": self.cfg.max_steps})
+        self.cb.on_status("running")
+        try:
+            return self._loop()
+        except torch.cuda.OutOfMemoryError:
+            return self._finish("failed", oom_message(self.cfg))
+        except GptdashError as exc:
+            return self._finish("failed", f"{exc} (at step {self.step})")
+        except Exception as exc:  # noqa: BLE001 - any crash must end as a readable failed run
+            log.exception("training crashed")
+            if "out of memory" in str(exc).lower():
+                return self._finish("failed", oom_message(self.cfg))
+            return self._finish("failed", f"{type(exc).__name__} at step {self.step}: {exc}")
+
+    def _loop(self) -> TrainResult:
+        cfg = self.cfg
+        model, opt = self.train_model, self.optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+        tokens_per_step = cfg.tokens_per_step
+        interval_start, interval_steps = time.perf_counter(), 0
+        model.train()
+        while True:
+            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
+                if pending:
+                    reason = self._report(pending, interval_start, interval_steps)
+                    pending.clear()
+                    if reason:
+                        return self._nan_stop(reason)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                early = self._eval_and_report()
+                if early:
+                    self.save()
+                    return self._finish("completed", early)
+                interval_start = time.perf_counter()
+            if self.step >= cfg.max_steps:
+                self.save()
+                return self._finish("completed", None)
+
+            lr = lr_at(self.step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=self.device)
+            for _ in range(cfg.grad_accum_steps):
+                x, y = self._batch("train", self.data_gen)
+                with self._autocast():
+                    loss = model(x, y, label_smoothing=cfg.label_smoothing)
+                (loss / cfg.grad_accum_steps).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            pending.append((self.step, lr, loss_sum / cfg.grad_accum_steps, grad_norm))
+            self.step += 1
+            interval_steps += 1
+
+            if len(pending) >= cfg.log_interval:
+                reason = self._report(pending, interval_start, interval_steps)
+                pending.clear()
+                if reason:
+                    return self._nan_stop(reason)
+                interval_start, interval_steps = time.perf_counter(), 0
+            if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps:
+                self.save()
+            if self.cb.should_stop():
+                if pending:
+                    reason = self._report(pending, interval_start, interval_steps)
+                    if reason:
+                        return self._nan_stop(reason)
+                self.save()
+                return self._finish("stopped", f"stopped on request at step {self.step}")
+
+    def _report(self, pending, interval_start: float, interval_steps: int) -> str | None:
+        """Fetch the interval's losses in one transfer, send metrics, and spot a NaN."""
+        values = torch.stack([torch.stack([loss.float(), gn.float()])
+                              for _, _, loss, gn in pending]).tolist()
+        elapsed = max(time.perf_counter() - interval_start, 1e-9)
+        tokens_per_sec = interval_steps * self.cfg.tokens_per_step / elapsed
+        for (step, lr, _, _), (loss, gn) in zip(pending, values):
+            if not math.isfinite(loss):
+                return (f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at step {step}"
+                        f"; last good checkpoint at step {self.last_ckpt_step}"
+                        if self.last_ckpt_step is not None else
+                        f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at step {step}"
+                        "; no checkpoint was saved before it: lower lr or raise warmup_steps")
+            self.cb.on_metrics(step, {"train/loss": loss, "lr": lr, "grad_norm": gn})
+        last = pending[-1][0]
+        summary = {
+            "tokens_per_sec": tokens_per_sec,
+            "step_time_ms": 1000 * elapsed / max(interval_steps, 1),
+            "tokens_seen": float((last + 1) * self.cfg.tokens_per_step),
+        }
+        if self.peak:
+            summary["mfu"] = self.flops_per_token * tokens_per_sec / self.peak
+        self.cb.on_metrics(last, summary)
+        self.last_metrics.update(summary, **{"train/loss": values[-1][0]})
+        return None
+
+    def _nan_stop(self, reason: str) -> TrainResult:
+        # Weights are already broken: keep the last good checkpoint rather than saving these.
+        if self.cfg.early_stopping_patience:
+            return self._finish("stopped", reason)
+        return self._finish("failed", reason)
+
+    def _finish(self, status: str, reason: str | None) -> TrainResult:
+        try:
+            self.cb.flush()
+        finally:
+            self.cb.on_status(status, reason)
+        best = self.best_val if math.isfinite(self.best_val) else None
+        ckpt = self.checkpoint_path if self.last_ckpt_step is not None else None
+        if ckpt is None and self.checkpoint_path.exists():
+            ckpt = self.checkpoint_path
+        return TrainResult(status=status, reason=reason, step=self.step, best_val_loss=best,
+                           checkpoint=ckpt, metrics=dict(self.last_metrics))
+
+
+def train(cfg: TrainConfig, *, checkpoint_dir: Path, cache_dir: Path,
+          callbacks: TrainerCallbacks | None = None, resume: bool = False,
+          init_checkpoint: Path | None = None) -> TrainResult:
+    """Build a Trainer and run it."""
+    return Trainer(cfg, checkpoint_dir=checkpoint_dir, cache_dir=cache_dir, callbacks=callbacks,
+                   resume=resume, init_checkpoint=init_checkpoint).run()

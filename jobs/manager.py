@@ -1,0 +1,141 @@
+"""One background worker that trains queued runs, one at a time.
+
+The queue is the runs table itself: the worker claims the oldest ``queued`` row
+atomically, so runs enqueued from any page, session or process are picked up,
+and two servers on one home folder never train the same run. Pages create one
+``JobManager`` per server process (``st.cache_resource``); the worker never
+touches Streamlit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from gptcore.config import TrainConfig
+from jobs import runner
+from storage.store import RunStore
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 2.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(store: RunStore) -> list[int]:
+    """Mark runs left ``running`` by a process that no longer exists as ``interrupted``.
+
+    A run claimed by a live process on this host (another server, a CLI) is left alone.
+    """
+    host = socket.gethostname()
+    found = []
+    for run in store.list_runs(status="running"):
+        owner_host, _, pid = (run.worker or "").partition(":")
+        if owner_host == host and pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        store.set_status(run.id, "interrupted",
+                         error="the server stopped while this run was training; "
+                               "resume it to continue from its last checkpoint")
+        found.append(run.id)
+    return found
+
+
+class JobManager:
+    def __init__(self, store: RunStore, *, start: bool = True):
+        self.store = store
+        self.worker = worker_id()
+        self._wake = threading.Event()
+        self._shutdown = threading.Event()
+        self._lock = threading.Lock()
+        self._current: int | None = None
+        self._stop_event: threading.Event | None = None
+        self.completed: list[int] = []
+        self.interrupted_on_start = recover_interrupted(store)
+        self._thread = threading.Thread(target=self._loop, name="gptdash-worker", daemon=True)
+        if start:
+            self._thread.start()
+
+    # ---- what pages call --------------------------------------------------------------
+    def submit(self, cfg: TrainConfig, *, name: str | None = None, tags: list[str] | None = None,
+               notes: str = "") -> int:
+        """Validate, record a queued run, and wake the worker. Returns the run id."""
+        run_id = runner.create_run(self.store, cfg, name=name, tags=tags, notes=notes)
+        self._wake.set()
+        return run_id
+
+    def resume(self, run_id: int) -> None:
+        runner.queue_resume(self.store, run_id)
+        self._wake.set()
+
+    def stop(self, run_id: int) -> None:
+        """Stop a running run (it saves a checkpoint) or cancel a queued one."""
+        run = self.store.get_run(run_id)
+        if run.status == "queued":
+            self.store.set_status(run_id, "stopped", error="cancelled before it started")
+            return
+        self.store.request_stop(run_id)
+        with self._lock:
+            if self._current == run_id and self._stop_event is not None:
+                self._stop_event.set()
+
+    @property
+    def current_run(self) -> int | None:
+        return self._current
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def is_idle(self) -> bool:
+        return self._current is None and not self.store.queued_ids()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the current run (with a checkpoint) and end the worker."""
+        self._shutdown.set()
+        with self._lock:
+            if self._stop_event is not None:
+                self._stop_event.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- the worker -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._shutdown.is_set():
+            try:
+                run_id = self.store.claim_next_queued(self.worker)
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
+                log.exception("could not read the queue")
+                run_id = None
+            if run_id is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            self._train(run_id)
+
+    def _train(self, run_id: int) -> None:
+        stop_event = threading.Event()
+        with self._lock:
+            self._current, self._stop_event = run_id, stop_event
+        try:
+            runner.execute_run(self.store, run_id, stop_event=stop_event)
+        except Exception:  # noqa: BLE001 - the row already says failed; keep the worker alive
+            log.exception("run %s failed outside the trainer", run_id)
+        finally:
+            with self._lock:
+                self._current, self._stop_event = None, None
+            self.completed.append(run_id)

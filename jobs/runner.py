@@ -1,0 +1,142 @@
+"""A run's life from config to finished row: create, train (or resume), record."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from gptcore.config import TrainConfig
+from gptcore.errors import GptdashError
+from gptcore.estimate import param_count
+from gptcore.trainer import CHECKPOINT_NAME, TrainerCallbacks, TrainResult, train
+from jobs.bridge import StoreCallbacks
+from storage import home
+from storage.store import RunStore
+
+log = logging.getLogger(__name__)
+
+RESUMABLE = ("stopped", "interrupted", "failed")
+
+
+def default_name(cfg: TrainConfig) -> str:
+    m = cfg.model
+    return f"{m.n_layers}L-{m.emb_dim}d {cfg.optimizer} lr={cfg.lr:g}"
+
+
+def resolve_init_from(store: RunStore, init_from: str) -> tuple[Path | None, int | None]:
+    """``init_from`` as (checkpoint path, parent run id): a run id or a checkpoint file."""
+    value = init_from.strip()
+    if not value:
+        return None, None
+    if value.isdigit():
+        parent = store.get_run(int(value))
+        path = Path(parent.checkpoint_path) if parent.checkpoint_path else None
+        if path is None or not path.is_file():
+            raise GptdashError(f"run {parent.id} ({parent.name}) has no checkpoint to fine-tune "
+                               "from: pick a run that has finished or been stopped")
+        return path, parent.id
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise GptdashError(f"init_from {value!r} is neither a run id nor a checkpoint file")
+    return path, None
+
+
+def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
+               tags: list[str] | None = None, notes: str = "") -> int:
+    """Validate ``cfg`` and record a queued run; bad input raises before anything is written."""
+    cfg.validate()
+    _, parent_id = resolve_init_from(store, cfg.init_from)
+    return store.create_run(
+        (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
+        notes=notes, parent_id=parent_id, status="queued", max_steps=cfg.max_steps,
+        n_params=param_count(cfg))
+
+
+def checkpoint_file(run_id: int) -> Path:
+    return home.checkpoints_dir(run_id, create=False) / CHECKPOINT_NAME
+
+
+def can_resume(store: RunStore, run_id: int) -> bool:
+    run = store.get_run(run_id)
+    return run.status in RESUMABLE and checkpoint_file(run_id).is_file()
+
+
+def queue_resume(store: RunStore, run_id: int) -> None:
+    """Put a stopped / interrupted / failed run back in the queue to continue its checkpoint."""
+    run = store.get_run(run_id)
+    if run.status not in RESUMABLE:
+        raise GptdashError(f"run {run_id} is {run.status}; only stopped, interrupted or failed "
+                           "runs can be resumed")
+    if not checkpoint_file(run_id).is_file():
+        raise GptdashError(f"run {run_id} has no checkpoint to resume from")
+    store.update_run(run_id, stop_requested=False)
+    store.set_status(run_id, "queued")
+
+
+def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | None = None,
+                extra_callbacks: TrainerCallbacks | None = None) -> TrainResult:
+    """Train a run whose row is already claimed (status running) to its end.
+
+    A run whose folder holds a checkpoint continues from it (resume); otherwise it
+    starts fresh, from ``init_from``'s weights when that is set. Every way out ends
+    with the row in a final status, and with a reason when it did not complete.
+    """
+    run = store.get_run(run_id)
+    callbacks = StoreCallbacks(store, run_id, stop_event)
+    if extra_callbacks is not None:
+        callbacks = _Chain(callbacks, extra_callbacks)
+    try:
+        cfg = TrainConfig.from_dict(run.config).validate()
+        resume = checkpoint_file(run_id).is_file()
+        init_path = None if resume else resolve_init_from(store, cfg.init_from)[0]
+        result = train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
+                       cache_dir=home.cache_dir(), callbacks=callbacks, resume=resume,
+                       init_checkpoint=init_path)
+    except GptdashError as exc:
+        callbacks.flush()
+        store.set_status(run_id, "failed", error=str(exc))
+        result = TrainResult(status="failed", reason=str(exc), step=run.last_step)
+    except BaseException as exc:  # even KeyboardInterrupt must leave a consistent row
+        log.exception("run %s crashed outside the training loop", run_id)
+        store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        callbacks.close()
+    return result
+
+
+class _Chain(TrainerCallbacks):
+    """The store callbacks first, then another listener (e.g. the CLI's progress bar)."""
+
+    def __init__(self, primary: StoreCallbacks, other: TrainerCallbacks):
+        self.primary, self.other = primary, other
+
+    def on_start(self, info):
+        self.primary.on_start(info)
+        self.other.on_start(info)
+
+    def on_metrics(self, step, metrics):
+        self.primary.on_metrics(step, metrics)
+        self.other.on_metrics(step, metrics)
+
+    def on_sample(self, step, prompt, text):
+        self.primary.on_sample(step, prompt, text)
+        self.other.on_sample(step, prompt, text)
+
+    def on_checkpoint(self, step, path):
+        self.primary.on_checkpoint(step, path)
+        self.other.on_checkpoint(step, path)
+
+    def on_status(self, status, message=None):
+        self.primary.on_status(status, message)
+        self.other.on_status(status, message)
+
+    def flush(self):
+        self.primary.flush()
+
+    def should_stop(self):
+        return self.primary.should_stop() or self.other.should_stop()
+
+    def close(self):
+        self.primary.close()

@@ -1,0 +1,81 @@
+"""Where gptdash keeps its files: one home folder holds everything.
+
+The database, checkpoints, uploaded corpora and token caches all live under
+``home_dir()``, so nothing is written anywhere else and one environment
+variable moves it all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from gptcore.errors import GptdashError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def home_dir() -> Path:
+    """The home folder: ``$GPTDASH_HOME`` if set, else ``<repo>/.gptdash``. Created if missing."""
+    env = os.environ.get("GPTDASH_HOME")
+    home = Path(env).expanduser() if env else REPO_ROOT / ".gptdash"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _subdir(*parts: str, create: bool = True) -> Path:
+    path = home_dir().joinpath(*parts)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoints_dir(run_id: int, *, create: bool = True) -> Path:
+    """The folder holding one run's checkpoints: ``home/runs/<id>/``.
+
+    ``create=False`` only computes the path (used when deleting a run).
+    """
+    return _subdir("runs", str(int(run_id)), create=create)
+
+
+def uploads_dir() -> Path:
+    """Text files uploaded in the browser: ``home/uploads``."""
+    return _subdir("uploads")
+
+
+def cache_dir() -> Path:
+    """Token-id caches per (corpus, tokenizer): ``home/cache``."""
+    return _subdir("cache")
+
+
+def data_dir() -> Path:
+    """Text corpora the user drops in by hand: ``home/data``."""
+    return _subdir("data")
+
+
+def db_url() -> str:
+    """The database URL: ``$GPTDASH_DB_URL`` if set, else the SQLite file in the home folder."""
+    return os.environ.get("GPTDASH_DB_URL") or f"sqlite:///{home_dir() / 'gptdash.db'}"
+
+
+def safe_path_in_home(name: str, folder: Path) -> Path:
+    """Resolve a user-supplied file name inside ``folder``, refusing anything that escapes it.
+
+    Refuses empty names, NUL bytes, absolute paths and any ``..`` component
+    (checked under both POSIX and Windows rules, so ``..\\x`` is refused too),
+    then checks the resolved path once more so a symlink cannot lead outside.
+    """
+    if not name or not name.strip():
+        raise GptdashError("the file name is empty; give a name such as corpus.txt")
+    if "\x00" in name:
+        raise GptdashError("the file name contains a NUL byte; use plain characters")
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        raise GptdashError(f"{name!r} is an absolute path; give a name relative to {folder}")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise GptdashError(f"{name!r} contains '..'; give a name inside {folder}")
+    base = Path(folder).resolve()
+    path = (base / name).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise GptdashError(f"{name!r} points outside {folder}; give a plain file name")
+    return path

@@ -1,0 +1,172 @@
+"""The database schema: runs, their metrics in long format, and text samples.
+
+The database is the bus between the training worker and the pages, so the
+schema stays small: new metric keys need no migration, and the run row
+carries a few denormalised summaries (last step, best val loss, ...) so the
+Runs page lists hundreds of runs without aggregating metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+STATUSES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
+# A run in one of these has ended; it gets a finished_at timestamp.
+FINISHED_STATUSES = ("completed", "stopped", "failed", "interrupted")
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A datetime stored as UTC and always read back timezone-aware.
+
+    SQLite keeps no zone, so without this a value written aware would come
+    back naive and could not be subtracted from ``utcnow()``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # Naive values are taken to be UTC already, as everything here writes UTC.
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for the gptdash tables."""
+
+
+class Run(Base):
+    """One training run: its config, lifecycle and a few summaries for listing."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    tags: Mapped[list] = mapped_column(JSON, default=list)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    device: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    n_params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
+    )
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Denormalised summaries the trainer bridge updates at each flush.
+    last_step: Mapped[int] = mapped_column(Integer, default=0)
+    max_steps: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    best_val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Metric(Base):
+    """One scalar of one run at one step, e.g. ``("train/loss", 100, 3.2)``.
+
+    The primary key (run_id, key, step) is also the index every chart query
+    and the downsampler scan in step order.
+    """
+
+    __tablename__ = "metrics"
+
+    run_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Nullable because SQLite stores a NaN (a diverged loss) as NULL; it reads back as NaN.
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wall_time: Mapped[float] = mapped_column(Float)
+
+
+class Sample(Base):
+    """Text generated from a prompt during training."""
+
+    __tablename__ = "samples"
+    __table_args__ = (Index("ix_samples_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def _json_dumps(value: Any) -> str:
+    # Keep non-ASCII readable in the stored text, so a text search over tags finds "ü".
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run while the trainer writes; busy_timeout makes writers
+    # wait for each other instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``, with the SQLite settings that make it a safe multi-thread bus."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, json_serializer=_json_dumps, pool_pre_ping=True)
+    kwargs: dict[str, Any] = {}
+    if parsed.database in (None, "", ":memory:"):
+        # An in-memory database exists once per connection: share one connection.
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(
+        url,
+        json_serializer=_json_dumps,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        **kwargs,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
