@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     p = Path(path)
     if not p.is_file():
         raise GptdashError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(p):  # torch.save has written zip archives since PyTorch 1.6
+        raise GptdashError(f"checkpoint {p.name} is corrupt or not a PyTorch file")
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -1,0 +1,105 @@
+"""Config validation messages, overrides and JSON round trip."""
+
+import pytest
+
+from gptcore.config import (
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    parse_set_args,
+    preset,
+)
+from gptcore.errors import GptdashError
+
+
+def problems(**overrides):
+    return apply_overrides(TrainConfig(), overrides).problems()
+
+
+def test_default_and_presets_are_valid():
+    assert TrainConfig().problems() == {}
+    for name in PRESETS:
+        assert preset(name).problems() == {}, name
+
+
+@pytest.mark.parametrize(
+    "overrides, field, text",
+    [
+        ({"emb_dim": 100, "n_heads": 12}, "emb_dim", "emb_dim 100 is not divisible by n_heads 12"),
+        ({"lr": 0}, "lr", "lr must be greater than 0"),
+        ({"lr": -1}, "lr", "lr must be greater than 0"),
+        ({"batch_size": 0}, "batch_size", "batch_size must be at least 1"),
+        ({"optimizer": "lion"}, "optimizer", "optimizer 'lion' is not one of"),
+        ({"n_layers": 10000}, "n_layers", "n_layers must be at most 256"),
+        ({"drop_rate": 1.5}, "drop_rate", "drop_rate must be at most 0.9"),
+        ({"lr": float("nan")}, "lr", "finite"),
+        ({"vocab_size": 100}, "vocab_size", "smaller than the byte tokenizer's 256"),
+        ({"freeze_blocks": 2}, "init_from", "only makes sense when fine-tuning"),
+        ({"warmup_steps": 1000, "max_steps": 10}, "warmup_steps", "longer than max_steps"),
+        ({"min_lr": 1.0, "lr": 0.1}, "min_lr", "above lr"),
+    ],
+)
+def test_validation_names_the_field_and_what_to_change(overrides, field, text):
+    errs = problems(**overrides)
+    assert field in errs
+    assert text in errs[field]
+
+
+def test_validate_raises_one_error_with_every_problem():
+    cfg = apply_overrides(TrainConfig(), {"lr": 0, "batch_size": 0})
+    with pytest.raises(GptdashError) as exc:
+        cfg.validate()
+    assert "lr" in str(exc.value) and "batch_size" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (["lr=abc"], "lr must be a number, not 'abc'"),
+        (["n_layers=2.5"], "n_layers must be a whole number"),
+        (["compile=maybe"], "compile must be true or false"),
+        (["nope=1"], "unknown setting 'nope'"),
+        (["lrr=1"], "did you mean lr"),
+    ],
+)
+def test_overrides_give_clear_type_errors(pairs, message):
+    with pytest.raises(GptdashError, match=message):
+        apply_overrides(TrainConfig(), parse_set_args(pairs))
+
+
+def test_set_args_need_key_value():
+    with pytest.raises(GptdashError, match="key=value"):
+        parse_set_args(["lr"])
+
+
+def test_overrides_coerce_types_into_both_model_and_train_fields():
+    cfg = apply_overrides(TrainConfig(), parse_set_args(["n_layers=6", "lr=3e-4", "compile=true"]))
+    assert cfg.model.n_layers == 6 and cfg.lr == 3e-4 and cfg.compile is True
+
+
+def test_json_round_trip_keeps_every_field():
+    cfg = apply_overrides(preset("small"), {"lr": 2e-4, "activation": "silu"})
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert TrainConfig.from_dict(cfg.flat()) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("{", "not valid JSON"), ("[1, 2]", "JSON object"), ('{"bogus": 1}', "unknown setting"),
+     ('{"model": 3}', "'model' in a config must be an object")],
+)
+def test_bad_config_json_is_a_clear_error(text, message):
+    with pytest.raises(GptdashError, match=message):
+        TrainConfig.from_json(text)
+
+
+def test_unknown_preset():
+    with pytest.raises(GptdashError, match="unknown preset"):
+        preset("huge")
+
+
+def test_preset_returns_an_independent_copy():
+    a = preset("tiny")
+    a.model.emb_dim = 8
+    assert preset("tiny").model.emb_dim != 8

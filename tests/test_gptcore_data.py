@@ -1,0 +1,65 @@
+"""Corpora: the built-in one, files, caching, clear errors on bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from gptcore.data import BUILTIN, builtin_text, load_data, token_ids
+from gptcore.errors import GptdashError
+
+
+def test_builtin_corpus_is_english_text_from_the_standard_library():
+    text = builtin_text()
+    assert len(text) > 100_000
+    assert "assert" in text and "statement" in text
+
+
+def test_token_ids_are_cached_and_memory_mapped(tmp_path):
+    ids = token_ids(BUILTIN, "byte", tmp_path)
+    assert isinstance(ids, np.memmap)
+    assert len(list(tmp_path.glob("*-byte.npy"))) == 1
+    again = token_ids(BUILTIN, "byte", tmp_path)
+    assert np.array_equal(ids[:1000], again[:1000])
+
+
+def test_cache_is_per_content_and_tokenizer(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("hello world " * 100)
+    token_ids(str(a), "byte", tmp_path / "c")
+    token_ids(str(a), "gpt2", tmp_path / "c")
+    a.write_text("other text " * 100)
+    token_ids(str(a), "byte", tmp_path / "c")
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 3
+
+
+def test_split_and_windows(tmp_path):
+    data = load_data(BUILTIN, "byte", 0.1, tmp_path)
+    assert len(data.val) == pytest.approx(0.1 * (len(data.train) + len(data.val)), rel=0.01)
+    x, y = data.batch("train", 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "is empty"), (b"   \n", "is empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "looks binary"),
+     (b"caf\xe9 latin-1", "is not UTF-8")],
+)
+def test_bad_corpus_files_are_clear_errors(tmp_path, content, message):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    with pytest.raises(GptdashError, match=message):
+        token_ids(str(f), "byte", tmp_path)
+
+
+def test_missing_corpus_file(tmp_path):
+    with pytest.raises(GptdashError, match="does not exist"):
+        token_ids(str(tmp_path / "nope.txt"), "byte", tmp_path)
+
+
+def test_corpus_too_short_for_context(tmp_path):
+    f = tmp_path / "short.txt"
+    f.write_text("just a few words here, not many at all " * 3)
+    data = load_data(str(f), "byte", 0.1, tmp_path)
+    with pytest.raises(GptdashError, match="too few for context_length 64"):
+        data.check_context(64)
