@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from gptcore.config import PRESETS, TrainConfig
+from ui.figures import (
+    PALETTE,
+    hparam_figure,
+    lr_schedule_figure,
+    metric_figure,
+    run_colors,
+    x_axis_frame,
+)
+
+
+def metrics(runs=(1, 2), keys=("train/loss", "val/loss"), n=50) -> pd.DataFrame:
+    rows = [
+        {"run_id": r, "key": k, "step": s, "value": 3.0 - s / n + r, "wall_time": 1000.0 * r + s}
+        for r in runs for k in keys for s in range(n)
+    ]
+    return pd.DataFrame(rows)
+
+
+NAMES = {1: "alpha", 2: "beta"}
+
+
+def test_one_trace_per_run_and_key_with_names_colours_and_dashes():
+    fig = metric_figure(metrics(), title="Loss", names=NAMES)
+    assert [t.name for t in fig.data] == [
+        "alpha · train/loss", "alpha · val/loss", "beta · train/loss", "beta · val/loss"]
+    colours = [t.line.color for t in fig.data]
+    assert colours[0] == colours[1] != colours[2] == colours[3]
+    assert fig.data[0].line.dash != fig.data[1].line.dash
+    assert fig.data[0].line.dash == fig.data[2].line.dash
+    assert fig.layout.hovermode == "x unified"
+    assert fig.layout.legend.orientation == "h"
+    assert fig.layout.title.text == "Loss"
+
+
+def test_names_shortened_for_one_key_or_one_run():
+    one_key = metric_figure(metrics(keys=("lr",)), title="lr", names=NAMES)
+    assert [t.name for t in one_key.data] == ["alpha", "beta"]
+    assert one_key.layout.yaxis.title.text == "lr"
+    one_run = metric_figure(metrics(runs=(2,)), title="Loss", names=NAMES)
+    assert [t.name for t in one_run.data] == ["train/loss", "val/loss"]
+    unnamed = metric_figure(metrics(runs=(7,), keys=("lr",)), title="lr")
+    assert unnamed.data[0].name == "run 7"
+
+
+def test_run_colours_follow_names_order():
+    fig = metric_figure(metrics(runs=(2,), keys=("lr",)), title="lr", names={1: "a", 2: "b"})
+    assert fig.data[0].line.color == run_colors([1, 2])[2] == PALETTE[1]
+
+
+def test_scattergl_above_threshold_only():
+    df = pd.concat([metrics(runs=(1,), keys=("a",), n=1001), metrics(runs=(2,), keys=("a",))])
+    fig = metric_figure(df, title="t")
+    assert isinstance(fig.data[0], go.Scattergl)
+    assert isinstance(fig.data[1], go.Scatter)
+
+
+def test_smoothing_adds_faint_shadow_without_legend():
+    df = metrics()
+    df["value"] += np.random.default_rng(0).normal(0, 0.3, len(df))
+    fig = metric_figure(df, title="Loss", names=NAMES, smoothing=0.9)
+    assert len(fig.data) == 8
+    shadows, lines = fig.data[0::2], fig.data[1::2]
+    assert all(t.opacity == pytest.approx(0.25) and t.showlegend is False for t in shadows)
+    assert all(t.showlegend is not False for t in lines)
+    assert np.std(np.diff(lines[0].y)) < np.std(np.diff(shadows[0].y))
+    assert shadows[0].line.color == lines[0].line.color
+
+
+def test_log_axes_and_x_range():
+    fig = metric_figure(metrics(), title="t", log_x=True, log_y=True, x_range=(10, 1000))
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    assert list(fig.layout.xaxis.range) == pytest.approx([1.0, 3.0])
+    zero_start = metric_figure(metrics(), title="t", log_x=True, x_range=(0, 1000))
+    assert list(zero_start.layout.xaxis.range) == pytest.approx([0.0, 3.0])
+    linear = metric_figure(metrics(), title="t", x_range=(5, 40), uirevision="keep")
+    assert linear.layout.xaxis.type == "linear"
+    assert list(linear.layout.xaxis.range) == [5, 40]
+    assert linear.layout.uirevision == "keep"
+
+
+def test_traces_sorted_by_x_and_custom_x_column():
+    df = x_axis_frame(metrics(runs=(1,), keys=("a",)).sample(frac=1.0, random_state=1), "time")
+    fig = metric_figure(df, title="t", x="x", x_title="seconds since start")
+    assert list(fig.data[0].x) == sorted(fig.data[0].x)
+    assert fig.layout.xaxis.title.text == "seconds since start"
+
+
+def test_empty_frame_says_no_data_yet():
+    fig = metric_figure(metrics().iloc[:0], title="Loss")
+    assert len(fig.data) == 0
+    assert fig.layout.annotations[0].text == "No data yet"
+
+
+def test_x_axis_frame_modes():
+    df = metrics()
+    assert (x_axis_frame(df, "step")["x"] == df["step"]).all()
+    tokens = x_axis_frame(df, "tokens", {1: 100})
+    assert (tokens[tokens.run_id == 1]["x"] == df[df.run_id == 1]["step"] * 100).all()
+    assert tokens[tokens.run_id == 2]["x"].isna().all()
+    time = x_axis_frame(df, "time")
+    assert time.groupby("run_id")["x"].min().tolist() == [0.0, 0.0]
+    assert time["x"].max() == 49.0
+    assert "x" not in df.columns
+    with pytest.raises(ValueError):
+        x_axis_frame(df, "tokens")
+    with pytest.raises(ValueError):
+        x_axis_frame(df, "epochs")
+
+
+def test_lr_schedule_figure():
+    cfg = PRESETS["tiny"]
+    fig = lr_schedule_figure(cfg)
+    assert fig.layout.height == 220
+    assert len(fig.data) == 1
+    assert max(fig.data[0].y) == pytest.approx(cfg.lr, rel=1e-6)
+    assert fig.data[0].x[-1] == cfg.max_steps - 1
+    assert lr_schedule_figure(TrainConfig(schedule="constant")).data[0].y[-1] == 1e-3
+
+
+def test_hparam_figure_numeric_log_and_categorical():
+    pts = pd.DataFrame({"name": ["a", "b", "c"], "lr": [1e-4, 1e-3, 3e-2],
+                        "best_val_loss": [2.0, 1.5, 1.8]})
+    fig = hparam_figure(pts, "lr", "best_val_loss")
+    assert fig.layout.xaxis.type == "log"
+    assert list(fig.data[0].text) == ["a", "b", "c"]
+    assert fig.layout.xaxis.title.text == "lr"
+    narrow = hparam_figure(pts.assign(lr=[1e-3, 2e-3, 5e-3]), "lr", "best_val_loss")
+    assert narrow.layout.xaxis.type != "log"
+    cat = hparam_figure(pts.assign(opt=["adamw", "sgd", "adamw"]), "opt", "best_val_loss")
+    assert cat.layout.xaxis.type == "category"
+    flag = hparam_figure(pts.assign(qkv_bias=[True, False, True]), "qkv_bias", "best_val_loss")
+    assert flag.layout.xaxis.type == "category" and list(flag.data[0].x) == ["True", "False",
+                                                                              "True"]
+    assert hparam_figure(pts.iloc[:0], "lr", "best_val_loss").layout.annotations[0].text == (
+        "No data yet")
+
+
+def test_figures_serialise_with_nan():
+    df = metrics(runs=(1,), keys=("a",))
+    df.loc[3, "value"] = math.nan
+    assert metric_figure(df, title="t", smoothing=0.5).to_json()

@@ -1,0 +1,195 @@
+"""Plotly figures built from metric and run frames: pure, so tests need no browser."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+
+from gptcore.config import TrainConfig
+from gptcore.schedule import lr_curve
+from ui.smoothing import ema
+
+PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+# Above this many points a trace is drawn with WebGL; SVG gets sluggish past a few thousand.
+WEBGL_THRESHOLD = 1000
+SHADOW_OPACITY = 0.25
+X_MODES = ("step", "tokens", "time")
+X_TITLES = {"step": "step", "tokens": "tokens seen", "time": "seconds since start"}
+_MARGIN = {"l": 10, "r": 10, "t": 60, "b": 10}
+_LEGEND_ON_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0}
+
+
+def run_colors(run_ids: list[int]) -> dict[int, str]:
+    """A palette colour per run, by position, so a run keeps its colour across one page's charts."""
+    return {int(run_id): PALETTE[i % len(PALETTE)] for i, run_id in enumerate(run_ids)}
+
+
+def _empty_figure(title: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text="No data yet", x=0.5, y=0.5, xref="paper", yref="paper",
+                       showarrow=False, font={"size": 16, "color": "gray"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title={"text": title, "x": 0, "xanchor": "left"}, margin=_MARGIN)
+    return fig
+
+
+def _axis_range(lo: float, hi: float, log: bool) -> list[float] | None:
+    """A plotly axis range; log axes take log10 of their bounds."""
+    if not log:
+        return [lo, hi]
+    if hi <= 0:
+        return None
+    lo = lo if lo > 0 else min(1.0, hi / 10)  # a window starting at step 0 has no log
+    return [math.log10(lo), math.log10(hi)]
+
+
+def metric_figure(
+    df: pd.DataFrame,
+    *,
+    title: str,
+    names: dict[int, str] | None = None,
+    x: str = "step",
+    log_x: bool = False,
+    log_y: bool = False,
+    smoothing: float = 0.0,
+    x_range: tuple[float, float] | None = None,
+    y_title: str | None = None,
+    uirevision: str | None = None,
+    x_title: str | None = None,
+) -> go.Figure:
+    """One line per (run, key) of a long metric frame (run_id, key, ``x``, value).
+
+    A run keeps one colour (runs ordered as ``names``, then by id) and a key one
+    dash style, so a run's train and val losses read as a pair. With
+    ``smoothing`` > 0 the raw curve stays as a faint shadow under its EMA.
+    ``uirevision`` keeps the user's zoom and legend clicks across refreshes.
+    """
+    if df.empty:
+        return _empty_figure(title)
+    names = names or {}
+    present = {int(r) for r in df["run_id"].unique()}
+    # Colours come from all named runs, so a run missing from this chart keeps its slot.
+    colors = run_colors([*names, *sorted(present - set(names))])
+    runs = [r for r in colors if r in present]
+    keys = sorted(df["key"].unique())
+    dashes = {key: DASHES[i % len(DASHES)] for i, key in enumerate(keys)}
+
+    fig = go.Figure()
+    groups = dict(iter(df.groupby(["run_id", "key"], sort=False)))
+    for run_id in runs:
+        run_name = names.get(run_id, f"run {run_id}")
+        for key in keys:
+            part = groups.get((run_id, key))
+            if part is None:
+                continue
+            part = part.sort_values(x, kind="stable")
+            xs = part[x].to_numpy()
+            ys = part["value"].to_numpy(dtype=float)
+            name = run_name if len(keys) == 1 else key if len(runs) == 1 else f"{run_name} · {key}"
+            trace = go.Scattergl if len(part) > WEBGL_THRESHOLD else go.Scatter
+            line = {"color": colors[run_id], "dash": dashes[key]}
+            if smoothing > 0:
+                fig.add_trace(trace(x=xs, y=ys, mode="lines", name=name, line=line,
+                                    opacity=SHADOW_OPACITY, showlegend=False,
+                                    legendgroup=name, hoverinfo="skip"))
+                ys = ema(ys, smoothing)
+            fig.add_trace(trace(x=xs, y=ys, mode="lines", name=name, line=line,
+                                legendgroup=name))
+
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left"},
+        hovermode="x unified",
+        margin=_MARGIN,
+        legend=_LEGEND_ON_TOP,
+        uirevision=uirevision,
+    )
+    fig.update_xaxes(title_text=x_title if x_title is not None else x,
+                     type="log" if log_x else "linear")
+    if x_range is not None:
+        fig.update_xaxes(range=_axis_range(float(x_range[0]), float(x_range[1]), log_x))
+    if y_title is None and len(keys) == 1:
+        y_title = keys[0]
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", hoverformat=".4g")
+    return fig
+
+
+def x_axis_frame(
+    df: pd.DataFrame, mode: str, tokens_per_step: dict[int, int] | None = None
+) -> pd.DataFrame:
+    """A copy of ``df`` with an ``x`` column for the chosen x-axis.
+
+    "step": the step. "tokens": step times the run's tokens per step (NaN for a
+    run missing from ``tokens_per_step``). "time": seconds since the run's first
+    recorded metric, so runs started at different times line up.
+    """
+    out = df.copy()
+    if mode == "step":
+        out["x"] = out["step"]
+    elif mode == "tokens":
+        if tokens_per_step is None:
+            raise ValueError("x mode 'tokens' needs tokens_per_step (run id -> tokens per step)")
+        out["x"] = out["step"] * out["run_id"].map(tokens_per_step).astype(float)
+    elif mode == "time":
+        out["x"] = out["wall_time"] - out.groupby("run_id")["wall_time"].transform("min")
+    else:
+        raise ValueError(f"unknown x mode {mode!r}: choose one of {', '.join(X_MODES)}")
+    return out
+
+
+def lr_schedule_figure(cfg: TrainConfig) -> go.Figure:
+    """The learning rate over the whole run, small enough to sit beside the form."""
+    steps, lrs = lr_curve(cfg)
+    fig = go.Figure(go.Scatter(x=steps, y=lrs, mode="lines", name="lr",
+                               hovertemplate="step %{x}<br>lr %{y:.3g}<extra></extra>"))
+    fig.update_layout(
+        height=220,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title={"text": f"Learning rate ({cfg.schedule})", "x": 0, "xanchor": "left"},
+        showlegend=False,
+    )
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="lr", tickformat="~e", rangemode="tozero")
+    return fig
+
+
+def _is_categorical(values: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    return any(isinstance(v, (str, bool, np.bool_)) for v in values)
+
+
+def hparam_figure(points: pd.DataFrame, param: str, metric: str) -> go.Figure:
+    """``metric`` against hyperparameter ``param``, one labelled point per run.
+
+    ``points`` has columns name, ``param`` and ``metric``. Strings and booleans go
+    on a categorical axis; a positive numeric parameter spanning more than two
+    decades (learning rates, say) gets a log axis.
+    """
+    title = f"{metric} vs {param}"
+    if points.empty:
+        return _empty_figure(title)
+    values = points[param]
+    categorical = _is_categorical(values)
+    xs = values.astype(str) if categorical else pd.to_numeric(values, errors="coerce")
+    fig = go.Figure(go.Scatter(
+        x=xs, y=points[metric], mode="markers+text", text=points["name"],
+        textposition="top center", marker={"size": 10},
+        hovertemplate=f"%{{text}}<br>{param} %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
+    ))
+    fig.update_layout(title={"text": title, "x": 0, "xanchor": "left"}, margin=_MARGIN,
+                      showlegend=False)
+    if categorical:
+        fig.update_xaxes(type="category", categoryorder="category ascending")
+    else:
+        known = xs.dropna()
+        if len(known) and (known > 0).all() and known.max() / known.min() > 100:
+            fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text=param)
+    fig.update_yaxes(title_text=metric)
+    return fig

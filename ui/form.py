@@ -1,0 +1,63 @@
+"""The new-run form's logic: field groups, per-field validation and a launch summary."""
+
+from __future__ import annotations
+
+from gptcore.config import TrainConfig, apply_overrides, field_info
+from gptcore.errors import GptdashError
+from gptcore.estimate import flops_per_token, memory_estimate, param_count
+from ui.format import DASH, human_bytes_mb, human_count, human_duration
+
+GROUP_ORDER = ("model", "data", "optimization", "schedule", "evaluation", "fine-tune", "system")
+
+
+def form_groups() -> dict[str, list[str]]:
+    """Group name -> field names in declaration order, groups in the form's order."""
+    groups: dict[str, list[str]] = {name: [] for name in GROUP_ORDER}
+    for name, info in field_info().items():
+        groups.setdefault(info["group"], []).append(name)
+    return {group: names for group, names in groups.items() if names}
+
+
+def form_problems(
+    values: dict[str, object], base: TrainConfig | None = None
+) -> tuple[TrainConfig | None, dict[str, str]]:
+    """Apply flat form values onto ``base`` and say what is wrong, keyed by field.
+
+    Returns ``(None, errors)`` when some values cannot be read as their field's
+    type (or name no field), else ``(cfg, cfg.problems())``, which is empty when
+    the config is ready to run.
+    """
+    base = base if base is not None else TrainConfig()
+    # Each field on its own, so every unreadable field is reported, each beside its input.
+    errors: dict[str, str] = {}
+    for name, value in values.items():
+        try:
+            apply_overrides(base, {name: value})
+        except GptdashError as exc:
+            errors[name] = str(exc)
+    if errors:
+        return None, errors
+    cfg = apply_overrides(base, values)
+    return cfg, cfg.problems()
+
+
+def launch_summary(
+    cfg: TrainConfig, throughput_tokens_per_sec: float | None = None
+) -> dict[str, str]:
+    """What a run will cost, as label -> human string, for the form's summary panel.
+
+    "Estimated duration" needs a measured throughput (tokens per second), else "—".
+    """
+    tokens_per_step = cfg.tokens_per_step
+    flops = human_count(flops_per_token(cfg))
+    duration = DASH
+    if throughput_tokens_per_sec and throughput_tokens_per_sec > 0:
+        duration = human_duration(cfg.max_steps * tokens_per_step / throughput_tokens_per_sec)
+    return {
+        "Parameters": human_count(param_count(cfg)),
+        # "64.4 M" + "FLOP" reads "64.4 MFLOP"; a bare number needs the space.
+        "FLOPs per token": f"{flops} FLOP" if flops[-1].isdigit() else f"{flops}FLOP",
+        "Memory estimate": human_bytes_mb(memory_estimate(cfg).total_mb),
+        "Tokens per step": f"{tokens_per_step:,}",
+        "Estimated duration": duration,
+    }
