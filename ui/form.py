@@ -55,8 +55,8 @@ def launch_summary(
         duration = human_duration(cfg.max_steps * tokens_per_step / throughput_tokens_per_sec)
     return {
         "Parameters": human_count(param_count(cfg)),
-        # "64.4 M" + "FLOP" reads "64.4 MFLOP"; a bare number needs the space.
-        "FLOPs per token": f"{flops} FLOP" if flops[-1].isdigit() else f"{flops}FLOP",
+        # The label carries the unit, so the value fits a metric tile ("71.5 M").
+        "FLOPs per token": flops,
         "Memory estimate": human_bytes_mb(memory_estimate(cfg).total_mb),
         "Tokens per step": f"{tokens_per_step:,}",
         "Estimated duration": duration,

@@ -1,0 +1,23 @@
+"""gptdash: train small GPTs from the browser. Run with `make run`."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from ui.widgets import get_manager, get_store, sidebar
+
+st.set_page_config(page_title="gptdash", page_icon=str(Path(__file__).parent / "ui" / "assets" / "icon.png"), layout="wide")
+
+PAGES = [
+    st.Page("pages/new_run.py", title="New run", icon=":material/rocket_launch:", default=True),
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:", url_path="runs"),
+    st.Page("pages/live.py", title="Live run", icon=":material/monitoring:", url_path="live"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
+            url_path="compare"),
+    st.Page("pages/playground.py", title="Playground", icon=":material/edit_note:",
+            url_path="playground"),
+]
+
+page = st.navigation(PAGES)
+sidebar(get_store(), get_manager())
+page.run()

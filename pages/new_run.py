@@ -1,0 +1,217 @@
+"""New run: pick hyperparameters, see what they cost, press Start."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import streamlit as st
+
+from gptcore.config import PRESETS, TrainConfig, field_info, preset
+from gptcore.data import BUILTIN, decode_corpus
+from gptcore.errors import GptdashError
+from gptcore.estimate import flops_per_token
+from storage import home
+from ui.config_diff import config_from_upload, config_json_bytes
+from ui.figures import lr_schedule_figure
+from ui.form import form_groups, form_problems, launch_summary
+from ui.widgets import get_manager, get_store, run_label, user_errors
+
+store, manager = get_store(), get_manager()
+INFO = field_info()
+CORPUS_SUFFIXES = (".txt", ".md", ".text", ".csv", ".json", ".py", ".rst", ".html", ".xml")
+MAX_UPLOAD_MB = 50
+GROUP_TITLES = {"model": "Model", "data": "Data", "optimization": "Optimization",
+                "schedule": "Learning-rate schedule", "evaluation": "Evaluation and checkpoints",
+                "fine-tune": "Fine-tuning", "system": "System"}
+
+st.title("New run")
+
+if "form_base" not in st.session_state:
+    st.session_state.form_base = preset("tiny")
+    st.session_state.form_gen = 0
+
+
+def load_base(cfg: TrainConfig) -> None:
+    """Refill the form from ``cfg`` (widget keys change, so widgets take the new defaults)."""
+    st.session_state.form_base = cfg
+    st.session_state.form_gen += 1
+
+
+def wkey(name: str) -> str:
+    return f"f{st.session_state.form_gen}_{name}"
+
+
+def corpus_options() -> list[str]:
+    files = [p for folder in (home.uploads_dir(), home.data_dir()) for p in sorted(folder.iterdir())
+             if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES]
+    return [BUILTIN] + [str(p) for p in files]
+
+
+def corpus_label(value: str) -> str:
+    if value == BUILTIN:
+        return "built-in: Python reference docs (~466 kB)"
+    p = Path(value)
+    return f"{p.parent.name}/{p.name} ({p.stat().st_size / 1024:,.0f} kB)" if p.exists() else value
+
+
+# ---- where the form starts from --------------------------------------------------------------
+runs = store.list_runs()
+finished = [r for r in runs if r.checkpoint_path and r.status in ("completed", "stopped")]
+finished_by_id = {str(r.id): r for r in finished}
+c1, c2, c3, c4 = st.columns(4)
+with c1:
+    chosen_preset = st.selectbox("Preset", list(PRESETS), key="preset_pick",
+                                 help="tiny trains on a laptop CPU in seconds; small wants a GPU; "
+                                      "gpt2-124m is the GPT-2 small shape.")
+    st.button("Load preset", on_click=lambda: load_base(preset(st.session_state.preset_pick)))
+with c2:
+    if runs:
+        clone = st.selectbox("Clone a run", [r.id for r in runs], key="clone_pick",
+                             format_func=lambda i: run_label(next(r for r in runs if r.id == i)))
+        if st.button("Load its config"):
+            with user_errors():
+                load_base(TrainConfig.from_dict(store.get_run(clone).config))
+                st.rerun()
+    else:
+        st.caption("Clone a run: no runs yet.")
+with c3:
+    if finished:
+        parent = st.selectbox("Fine-tune from", [r.id for r in finished], key="ft_pick",
+                              format_func=lambda i: run_label(finished_by_id[str(i)]),
+                              help="Start from a finished run's weights with a fresh optimizer.")
+        if st.button("Fine-tune this run"):
+            with user_errors():
+                base = TrainConfig.from_dict(store.get_run(parent).config)
+                load_base(replace(base, init_from=str(parent), warmup_steps=0))
+                st.rerun()
+    else:
+        st.caption("Fine-tune from: no finished run with a checkpoint yet.")
+with c4:
+    uploaded_cfg = st.file_uploader("Upload a config (JSON)", type=["json"], key="cfg_upload")
+    if uploaded_cfg is not None and st.session_state.get("cfg_upload_id") != uploaded_cfg.file_id:
+        st.session_state.cfg_upload_id = uploaded_cfg.file_id
+        try:
+            load_base(config_from_upload(uploaded_cfg.getvalue()))
+            st.rerun()
+        except GptdashError as exc:
+            st.error(str(exc))
+
+base: TrainConfig = st.session_state.form_base
+if "pending_corpus" in st.session_state:
+    # A corpus was just uploaded: select it (before the widget exists in this run).
+    st.session_state[wkey("corpus")] = st.session_state.pop("pending_corpus")
+base_values = base.flat()
+
+# ---- the form ------------------------------------------------------------------------------
+form_col, summary_col = st.columns([3, 2], gap="large")
+values: dict[str, object] = {}
+slots: dict[str, st.delta_generator.DeltaGenerator] = {}
+
+with form_col:
+    for group, names in form_groups().items():
+        with st.expander(GROUP_TITLES.get(group, group), expanded=group in ("model", "data",
+                                                                            "optimization")):
+            cols = st.columns(3)
+            for i, name in enumerate(names):
+                meta, default = INFO[name], base_values[name]
+                with cols[i % 3]:
+                    key = wkey(name)
+                    if key not in st.session_state:
+                        st.session_state[key] = (f"{default:g}" if meta["type"] is float
+                                                 else default)
+                    if name == "corpus":
+                        options = corpus_options()
+                        if st.session_state[key] not in options:
+                            options.append(str(st.session_state[key]))
+                        values[name] = st.selectbox("corpus", options, key=key,
+                                                    format_func=corpus_label, help=meta["help"])
+                    elif name == "init_from":
+                        choices = [""] + [str(r.id) for r in finished]
+                        if st.session_state[key] not in choices:
+                            choices.append(st.session_state[key])
+                        values[name] = st.selectbox(
+                            "init_from", choices, key=key,
+                            format_func=lambda v: "— (train from scratch)" if not v else (
+                                run_label(finished_by_id[v]) if v in finished_by_id else v),
+                            help=meta["help"])
+                    elif meta["choices"]:
+                        values[name] = st.selectbox(name, list(meta["choices"]), key=key,
+                                                    help=meta["help"])
+                    elif meta["type"] is bool:
+                        values[name] = st.checkbox(name, key=key, help=meta["help"])
+                    elif meta["type"] is int:
+                        values[name] = st.number_input(name, step=1, key=key, help=meta["help"])
+                    else:
+                        # Floats as text, so "3e-4" works and a typo gets a message, not a clamp.
+                        values[name] = st.text_input(name, key=key, help=meta["help"])
+                    slots[name] = st.empty()
+            if group == "data":
+                upload = st.file_uploader(
+                    f"Upload a UTF-8 text corpus (up to {MAX_UPLOAD_MB} MB); it is kept in the "
+                    "home folder for reuse", type=[s.lstrip(".") for s in CORPUS_SUFFIXES],
+                    key="corpus_upload")
+                is_new = upload is not None and (
+                    st.session_state.get("corpus_upload_id") != upload.file_id)
+                if is_new:
+                    st.session_state.corpus_upload_id = upload.file_id
+                    try:
+                        raw = upload.getvalue()
+                        if len(raw) > MAX_UPLOAD_MB * 1024**2:
+                            raise GptdashError(f"{upload.name} is over {MAX_UPLOAD_MB} MB")
+                        decode_corpus(raw, upload.name)
+                        target = home.safe_path_in_home(Path(upload.name).name or "corpus.txt",
+                                                        home.uploads_dir())
+                        target.write_bytes(raw)
+                        st.session_state.pending_corpus = str(target)
+                        st.rerun()
+                    except GptdashError as exc:
+                        st.error(str(exc))
+
+cfg, problems = form_problems(values, TrainConfig())
+for name, message in problems.items():
+    if name in slots:
+        slots[name].error(message)
+
+# ---- what it will cost, and Start --------------------------------------------------------------
+with summary_col:
+    st.subheader("Before you launch")
+    if cfg is None or problems:
+        st.warning(f"{len(problems)} setting(s) need a change before this run can start; "
+                   "see the messages under the fields.")
+    if cfg is not None and "emb_dim" not in problems:
+        throughput = None
+        done = [r for r in runs if r.status in ("completed", "stopped") and r.last_step > 0]
+        if done:
+            ref = done[0]
+            tps = store.metrics([ref.id], ["tokens_per_sec"])
+            if not tps.empty:
+                with user_errors():
+                    ref_cfg = TrainConfig.from_dict(ref.config)
+                    # Throughput scales roughly inversely with compute per token.
+                    throughput = (float(tps["value"].median()) * flops_per_token(ref_cfg)
+                                  / flops_per_token(cfg))
+        summary = launch_summary(cfg, throughput)
+        m1, m2 = st.columns(2)
+        for i, (label, value) in enumerate(summary.items()):
+            (m1 if i % 2 == 0 else m2).metric(label, value)
+        if throughput is None:
+            st.caption("Estimated duration appears once a run has finished on this machine.")
+        else:
+            st.caption(f"Duration estimated from run #{done[0].id}'s throughput, scaled by "
+                       "FLOPs per token.")
+        if "max_steps" not in problems and "lr" not in problems:
+            st.plotly_chart(lr_schedule_figure(cfg), key="lr_preview")
+    name = st.text_input("Run name", placeholder="optional; a name is made from the config",
+                         max_chars=200)
+    tags = st.text_input("Tags", placeholder="comma-separated, e.g. baseline, lr-sweep")
+    notes = st.text_area("Notes", height=80)
+    start = st.button("Start training", type="primary", disabled=bool(problems) or cfg is None,
+                      use_container_width=True)
+    if cfg is not None and not problems:
+        st.download_button("Download this config (JSON)", config_json_bytes(cfg),
+                           file_name="gptdash-config.json", mime="application/json")
+    if start and cfg is not None:
+        with user_errors():
+            tag_list = [t.strip() for t in tags.split(",") if t.strip()]
+            run_id = manager.submit(cfg, name=name, tags=tag_list, notes=notes)
+            st.session_state.live_run = run_id
+            st.switch_page("pages/live.py")

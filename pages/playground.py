@@ -1,0 +1,65 @@
+"""Playground: sample text from a run's checkpoint, optionally two runs side by side."""
+
+import os
+
+import streamlit as st
+
+from gptcore.checkpoint import model_from_checkpoint
+from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig, encode_prompt, stream_text
+from gptcore.tokenizer import get_tokenizer
+from ui.widgets import get_store, pick_run, user_errors
+
+store = get_store()
+
+st.title("Playground")
+runs = [r for r in store.list_runs() if r.checkpoint_path and os.path.isfile(r.checkpoint_path)]
+if not runs:
+    st.info("No checkpoints yet: train a run (New run) and sample from it here once it has "
+            "saved a checkpoint.")
+    st.page_link("pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.stop()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the checkpoint…")
+def load_model(path: str, mtime: float):
+    """The model of a checkpoint; keyed on mtime so a newer checkpoint is reloaded."""
+    return model_from_checkpoint(path)
+
+
+c1, c2 = st.columns(2)
+with c1:
+    first = pick_run("Run", runs, key="play_a")
+with c2:
+    side_by_side = st.toggle("Compare with a second run")
+    second = pick_run("Second run", runs, key="play_b") if side_by_side else None
+
+prompt = st.text_area("Prompt", value="The ", height=100)
+s1, s2, s3, s4, s5 = st.columns(5)
+temperature = s1.slider("Temperature", 0.0, 2.0, 0.8, 0.05, help="0 always picks the likeliest.")
+top_k = s2.number_input("Top-k (0 = off)", min_value=0, max_value=100_000, value=40)
+top_p = s3.slider("Top-p", 0.05, 1.0, 1.0, 0.05)
+max_new = s4.number_input("Max new tokens", min_value=1, max_value=MAX_NEW_TOKENS, value=200)
+seed = s5.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
+sampling = SamplingConfig(max_new_tokens=int(max_new), temperature=float(temperature),
+                          top_k=int(top_k), top_p=float(top_p), seed=int(seed))
+
+
+def generate_into(run, container) -> None:
+    with container:
+        st.caption(f"#{run.id} {run.name} · checkpoint step {run.last_step:,}")
+        with user_errors():
+            model, cfg, _ = load_model(run.checkpoint_path, os.path.getmtime(run.checkpoint_path))
+            tokenizer = get_tokenizer(cfg.tokenizer)
+            encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
+            box = st.empty()
+            text = prompt
+            for piece in stream_text(model, tokenizer, prompt, sampling):
+                text += piece
+                box.code(text, language=None, wrap_lines=True)
+
+
+if st.button("Generate", type="primary"):
+    targets = [first] + ([second] if second is not None else [])
+    columns = st.columns(len(targets))
+    for run, column in zip(targets, columns, strict=False):
+        generate_into(run, column)

@@ -1,0 +1,115 @@
+"""Runs: every run in one table; select rows to compare, open, stop, resume, edit or delete."""
+
+import pandas as pd
+import streamlit as st
+
+from jobs.runner import RESUMABLE, can_resume
+from storage.schema import STATUSES
+from ui.format import human_count, human_duration
+from ui.widgets import get_manager, get_store, user_errors
+
+store, manager = get_store(), get_manager()
+
+st.title("Runs")
+
+if not store.list_runs(limit=1):
+    st.info("No runs yet: start one on **New run**.")
+    st.page_link("pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.stop()
+
+f1, f2, f3 = st.columns([2, 1, 2])
+statuses = f1.multiselect("Status", STATUSES, placeholder="any status")
+tag = f2.text_input("Tag", placeholder="any tag")
+text = f3.text_input("Search", placeholder="name, notes or tag")
+
+frame = store.runs_frame(status=statuses or None, tag=tag.strip() or None,
+                         text=text.strip() or None)
+if frame.empty:
+    st.info("No run matches these filters.")
+    st.stop()
+
+table = pd.DataFrame({
+    "id": frame["id"],
+    "name": frame["name"],
+    "status": frame["status"],
+    "tags": frame["tags"],
+    "created": frame["created_at"],
+    "duration": [human_duration(d) for d in frame["duration_s"]],
+    "steps": frame["last_step"],
+    "of": frame["max_steps"],
+    "tokens": frame["tokens_seen"],
+    "best val loss": frame["best_val_loss"],
+    "last train loss": frame["last_train_loss"],
+    "parameters": [human_count(n) for n in frame["n_params"]],
+    "device": frame["device"],
+})
+event = st.dataframe(
+    table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
+    column_config={
+        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        "tokens": st.column_config.NumberColumn(format="compact"),
+        "best val loss": st.column_config.NumberColumn(format="%.4f"),
+        "last train loss": st.column_config.NumberColumn(format="%.4f"),
+    },
+)
+selected = [int(table["id"].iloc[i]) for i in event.selection.rows]
+st.caption(f"{len(table)} run(s). Select rows (left edge) to act on them; click a column "
+           "header to sort.")
+
+queued = store.queued_ids()
+if queued:
+    st.caption(f"Queue (trains one at a time, oldest first): "
+               f"{', '.join(f'#{i}' for i in queued)}. Cancel a queued run with Stop.")
+
+if not selected:
+    st.stop()
+
+runs = [store.get_run(i) for i in selected]
+st.subheader(f"{len(runs)} selected")
+b1, b2, b3, b4, b5 = st.columns(5)
+if b1.button("Compare", disabled=len(runs) < 1, use_container_width=True):
+    st.session_state.compare_ids = selected
+    st.switch_page("pages/compare.py")
+if b2.button("Open live view", disabled=len(runs) != 1, use_container_width=True):
+    st.session_state.live_run = selected[0]
+    st.switch_page("pages/live.py")
+stoppable = [r for r in runs if r.status in ("running", "queued")]
+if b3.button("Stop / cancel", disabled=not stoppable, use_container_width=True):
+    with user_errors():
+        for r in stoppable:
+            manager.stop(r.id)
+        st.toast(f"Stop requested for {', '.join(f'#{r.id}' for r in stoppable)}")
+        st.rerun()
+resumable = [r for r in runs if r.status in RESUMABLE and can_resume(store, r.id)]
+if b4.button("Resume", disabled=not resumable, use_container_width=True,
+             help="Continue stopped, interrupted or failed runs from their last checkpoint."):
+    with user_errors():
+        for r in resumable:
+            manager.resume(r.id)
+        st.toast(f"Queued {', '.join(f'#{r.id}' for r in resumable)} to resume")
+        st.rerun()
+with b5.popover("Delete", use_container_width=True,
+                disabled=any(r.status == "running" for r in runs)):
+    st.write(f"Delete {len(runs)} run(s) with their metrics, samples and checkpoints? "
+             "This cannot be undone.")
+    if st.button("Yes, delete", type="primary"):
+        for r in runs:
+            store.delete_run(r.id)
+        st.toast(f"Deleted {len(runs)} run(s)")
+        st.rerun()
+
+if len(runs) == 1:
+    run = runs[0]
+    with st.form(f"edit_{run.id}"):
+        st.caption(f"Edit run #{run.id}")
+        new_name = st.text_input("Name", value=run.name, max_chars=200)
+        new_tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags))
+        new_notes = st.text_area("Notes", value=run.notes)
+        if st.form_submit_button("Save"):
+            store.update_run(run.id, name=new_name.strip() or run.name, notes=new_notes,
+                             tags=[t.strip() for t in new_tags.split(",") if t.strip()])
+            st.toast("Saved")
+            st.rerun()
+    if run.error:
+        st.caption("Why it ended")
+        st.text(run.error)

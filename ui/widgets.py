@@ -1,0 +1,76 @@
+"""The few Streamlit pieces every page shares: the store, the job manager, the sidebar,
+run pickers and error display. The only module of ``ui`` that imports streamlit."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import streamlit as st
+
+from gptcore.errors import GptdashError
+from jobs.manager import JobManager
+from storage import home
+from storage.store import RunRecord, RunStore
+
+@st.cache_resource(show_spinner=False)
+def get_store() -> RunStore:
+    return RunStore()
+
+
+@st.cache_resource(show_spinner=False)
+def get_manager() -> JobManager:
+    """One worker per server process; it outlives every browser tab."""
+    return JobManager(get_store())
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a GptdashError as a readable message instead of a traceback."""
+    try:
+        yield
+    except GptdashError as exc:
+        st.error(str(exc))
+
+
+def run_label(run: RunRecord) -> str:
+    return f"#{run.id} {run.name} · {run.status}"
+
+
+def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | None = None,
+             help: str | None = None) -> RunRecord | None:
+    """A selectbox over runs, keeping the choice across reruns; None when there are none."""
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
+    if key in st.session_state and st.session_state[key] not in by_id:
+        del st.session_state[key]
+    index = ids.index(default_id) if default_id in by_id and key not in st.session_state else 0
+    chosen = st.selectbox(label, ids, index=index, key=key, help=help,
+                          format_func=lambda i: run_label(by_id[i]))
+    return by_id[chosen]
+
+
+def sidebar(store: RunStore, manager: JobManager) -> None:
+    """Where the data lives, what the worker does, and the queue."""
+    with st.sidebar:
+        st.divider()
+        current = manager.current_run
+        queued = store.queued_ids()
+        if current is not None:
+            run = store.get_run(current)
+            st.caption("Training now")
+            st.text(f"#{run.id} {run.name}\nstep {run.last_step}/{run.max_steps}")
+        elif not manager.is_alive():
+            st.error("The training worker has stopped; restart the server.")
+        else:
+            st.caption("Worker idle")
+        if queued:
+            st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}")
+        url = store.engine.url
+        where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(
+            hide_password=True)
+        st.caption(f"Database: `{url.get_backend_name()}`")
+        st.text(str(where))
+        st.caption(f"Home folder: {home.home_dir()}")
