@@ -6,7 +6,9 @@ import streamlit as st
 
 from ui.widgets import get_manager, get_store, sidebar
 
-st.set_page_config(page_title="gptdash", page_icon=str(Path(__file__).parent / "ui" / "assets" / "icon.png"), layout="wide")
+# A local icon: a Material or emoji page_icon makes the browser fetch it from a CDN.
+ICON = Path(__file__).parent / "ui" / "assets" / "icon.png"
+st.set_page_config(page_title="gptdash", page_icon=str(ICON), layout="wide")
 
 PAGES = [
     st.Page("pages/new_run.py", title="New run", icon=":material/rocket_launch:", default=True),

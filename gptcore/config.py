@@ -137,7 +137,8 @@ class TrainConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise GptdashError(f"config is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+            raise GptdashError(
+                f"config is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         return cls.from_dict(data)
 
     def flat(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
@@ -86,7 +86,8 @@ def gpt2_ranks_path() -> Path:
     spec = importlib.util.find_spec("whisper")  # finds the package without importing it
     candidates = []
     if spec and spec.submodule_search_locations:
-        candidates += [Path(p) / "assets" / "gpt2.tiktoken" for p in spec.submodule_search_locations]
+        candidates += [Path(p) / "assets" / "gpt2.tiktoken"
+                       for p in spec.submodule_search_locations]
     try:
         for f in importlib.metadata.files("openai-whisper") or []:
             if str(f).endswith("assets/gpt2.tiktoken"):
@@ -100,7 +101,7 @@ def gpt2_ranks_path() -> Path:
                        "openai-whisper with --no-deps, which ships gpt2.tiktoken)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_tokenizer(name: str) -> Tokenizer:
     if name == "byte":
         return ByteTokenizer()

@@ -309,7 +309,6 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
-        tokens_per_step = cfg.tokens_per_step
         interval_start, interval_steps = time.perf_counter(), 0
         model.train()
         while True:
@@ -368,7 +367,7 @@ class Trainer:
                               for _, _, loss, gn in pending]).tolist()
         elapsed = max(time.perf_counter() - interval_start, 1e-9)
         tokens_per_sec = interval_steps * self.cfg.tokens_per_step / elapsed
-        for (step, lr, _, _), (loss, gn) in zip(pending, values):
+        for (step, lr, _, _), (loss, gn) in zip(pending, values, strict=False):
             if not math.isfinite(loss):
                 return (f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at step {step}"
                         f"; last good checkpoint at step {self.last_ckpt_step}"

@@ -1,0 +1,1 @@
+"""Persistence for gptdash: the home folder, the database schema and RunStore."""

@@ -107,11 +107,14 @@ class Run(Base):
 class Metric(Base):
     """One scalar of one run at one step, e.g. ``("train/loss", 100, 3.2)``.
 
-    The primary key (run_id, key, step) is also the index every chart query
-    and the downsampler scan in step order.
+    The primary key (run_id, key, step) is also the index that every chart
+    query and the downsampler read in step order.
     """
 
     __tablename__ = "metrics"
+    # On SQLite the rows live in the primary-key b-tree itself, so a step range is
+    # one sequential read instead of an index walk plus a table lookup per row.
+    __table_args__ = {"sqlite_with_rowid": False}
 
     run_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
@@ -151,6 +154,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # SQLite's own lower() folds only ASCII; case-insensitive search (ILIKE) should find "Ü" too.
+    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def make_engine(url: str) -> Engine:

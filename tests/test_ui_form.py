@@ -45,7 +45,7 @@ def test_launch_summary_strings():
     summary = launch_summary(PRESETS["small"])
     assert summary == {
         "Parameters": "10.8 M",
-        "FLOPs per token": "71.5 MFLOP",
+        "FLOPs per token": "71.5 M",
         "Memory estimate": "1.4 GB",
         "Tokens per step": "16,384",
         "Estimated duration": "—",

@@ -13,6 +13,7 @@ from jobs.manager import JobManager
 from storage import home
 from storage.store import RunRecord, RunStore
 
+
 @st.cache_resource(show_spinner=False)
 def get_store() -> RunStore:
     return RunStore()
