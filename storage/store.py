@@ -113,6 +113,23 @@ def _check_status(status: str) -> None:
         raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(STATUSES)}")
 
 
+def _status_changes(status: str, error: str | None) -> dict[str, Any]:
+    """The column values that moving a run to ``status`` implies (see ``set_status``)."""
+    _check_status(status)
+    now = utcnow()
+    changes: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "finished_at": now if status in FINISHED_STATUSES else None,
+    }
+    if status == "running":
+        # Only the first start counts, so a resumed run keeps its original start time.
+        changes["started_at"] = func.coalesce(Run.started_at, literal(now, Run.started_at.type))
+    if status == "queued":
+        changes["stop_requested"] = False
+    return changes
+
+
 def _missing(run_id: int) -> GptdashError:
     return GptdashError(f"run {run_id} does not exist")
 
@@ -187,14 +204,18 @@ class RunStore:
             return RunRecord.from_row(run)
 
     def update_run(self, run_id: int, **changes: Any) -> None:
-        """Set any columns of a run, e.g. ``update_run(3, last_step=100, device="cuda")``."""
+        """Set any columns of a run, e.g. ``update_run(3, last_step=100, device="cuda")``.
+
+        A ``status`` among the changes follows the rules of ``set_status``
+        (timestamps, error, stop flag) unless those columns are given too.
+        """
         unknown = sorted(set(changes) - _UPDATABLE)
         if unknown:
             raise ValueError(f"runs has no updatable column(s) {', '.join(unknown)}")
-        if "status" in changes:
-            _check_status(changes["status"])
         if "tags" in changes:
             changes["tags"] = [str(t) for t in changes["tags"]]
+        if "status" in changes:
+            changes = {**_status_changes(changes["status"], changes.get("error")), **changes}
         if not changes:
             self.get_run(run_id)  # still report a missing run
             return
@@ -208,18 +229,7 @@ class RunStore:
         and error. ``queued`` also clears an old stop request, so a run that
         was stopped and queued again does not stop at once.
         """
-        _check_status(status)
-        now = utcnow()
-        changes: dict[str, Any] = {
-            "status": status,
-            "error": error,
-            "finished_at": now if status in FINISHED_STATUSES else None,
-        }
-        if status == "running":
-            changes["started_at"] = func.coalesce(Run.started_at, literal(now, Run.started_at.type))
-        if status == "queued":
-            changes["stop_requested"] = False
-        self._update(run_id, **changes)
+        self._update(run_id, **_status_changes(status, error))
 
     def _update(self, run_id: int, **changes: Any) -> None:
         stmt = update(Run).where(Run.id == run_id).values(**changes)

@@ -1,0 +1,113 @@
+"""The `gptdash` CLI as a user runs it: exit codes, one-line messages, Ctrl-C, kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.manager import recover_interrupted
+from storage.store import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = ["--set", "context_length=16", "--set", "emb_dim=32", "--set", "n_layers=2",
+         "--set", "batch_size=8", "--set", "eval_interval=10", "--set", "eval_iters=2",
+         "--set", "sample_tokens=8", "--set", "warmup_steps=2", "--set", "device=cpu"]
+
+
+def gptdash(home, *args, timeout=120):
+    env = {**os.environ, "GPTDASH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("GPTDASH_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def spawn(home, *args):
+    env = {**os.environ, "GPTDASH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("GPTDASH_DB_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--set", "lr=abc"], "gptdash: lr must be a number, not 'abc'"),
+     (["--set", "n_heads=5"], "emb_dim 96 is not divisible by n_heads 5"),
+     (["--set", "lrr=1"], "unknown setting 'lrr' (did you mean lr?)"),
+     (["--set", "batch_size=0"], "batch_size must be at least 1, not 0"),
+     (["--set", "lr"], "--set takes key=value")],
+)
+def test_bad_set_values_exit_2_with_one_line_and_no_run(tmp_path, args, message):
+    out = gptdash(tmp_path, "train", "--preset", "tiny", *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}").list_runs() == []
+
+
+def test_train_list_show_and_sample(tmp_path):
+    out = gptdash(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=20",
+                  "--name", "cli run")
+    assert out.returncode == 0, out.stderr
+    assert "run 1 'cli run' completed at step 20" in out.stdout
+    listing = gptdash(tmp_path, "list")
+    assert "completed" in listing.stdout and "cli run" in listing.stdout
+    assert '"status": "completed"' in gptdash(tmp_path, "show", "1").stdout
+    sample = gptdash(tmp_path, "sample", "1", "--prompt", "The ", "--max-new-tokens", "20",
+                     "--seed", "1")
+    assert sample.returncode == 0 and sample.stdout.startswith("The ")
+    assert len(sample.stdout.strip()) > len("The")
+
+
+def test_unknown_run_is_a_clear_error(tmp_path):
+    out = gptdash(tmp_path, "show", "42")
+    assert out.returncode == 2 and "run 42 does not exist" in out.stderr
+
+
+def _wait_for_training(home, proc, timeout=60):
+    store = RunStore(f"sqlite:///{home / 'gptdash.db'}")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        runs = store.list_runs()
+        if runs and runs[0].last_step >= 20:
+            return store, runs[0].id
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("training did not start")
+
+
+def test_ctrl_c_stops_within_a_step_saves_a_checkpoint_and_prints_one_line(tmp_path):
+    proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=100000",
+                 "--quiet")
+    store, run_id = _wait_for_training(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert f"run {run_id} stopped at step" in err and "gptdash resume" in err
+    run = store.get_run(run_id)
+    assert run.status == "stopped"
+    assert Path(run.checkpoint_path).is_file()
+
+
+def test_kill_9_leaves_an_interrupted_run_that_resumes(tmp_path):
+    proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=400",
+                 "--set", "checkpoint_interval=10", "--quiet")
+    store, run_id = _wait_for_training(tmp_path, proc)
+    time.sleep(1.5)  # let a checkpoint and a metrics flush land
+    proc.kill()
+    proc.wait()
+    assert store.get_run(run_id).status == "running"  # nobody could say otherwise
+    assert recover_interrupted(store) == [run_id]  # what a server start does
+    run = store.get_run(run_id)
+    assert run.status == "interrupted"
+    logged = store.metrics([run_id], ["train/loss"])
+    assert len(logged) > 0
+    out = gptdash(tmp_path, "resume", str(run_id), "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert store.get_run(run_id).status == "completed"
+    steps = store.metrics([run_id], ["train/loss"])["step"]
+    assert list(steps) == list(range(400))  # the resumed part fills in every step after it

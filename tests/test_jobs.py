@@ -1,0 +1,177 @@
+"""jobs: a run from config to finished row, the background worker, and recovery."""
+
+import time
+
+import pytest
+
+from gptcore.config import ModelConfig, TrainConfig, apply_overrides
+from gptcore.errors import GptdashError
+from gptcore.trainer import Trainer
+from jobs import runner
+from jobs.manager import JobManager, recover_interrupted
+
+
+def micro(**overrides) -> TrainConfig:
+    base = TrainConfig(
+        model=ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2),
+        max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, min_lr=3e-4, eval_interval=10,
+        eval_iters=2, log_interval=5, checkpoint_interval=10, sample_tokens=8, device="cpu",
+    )
+    return apply_overrides(base, overrides)
+
+
+def claim(store, run_id):
+    store.update_run(run_id, status="running", worker="test:0")
+
+
+def wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_run_is_recorded_end_to_end(store):
+    run_id = runner.create_run(store, micro(), name="first", tags=["t1"])
+    claim(store, run_id)
+    result = runner.execute_run(store, run_id)
+    assert result.status == "completed"
+    run = store.get_run(run_id)
+    assert run.status == "completed" and run.error is None
+    assert run.last_step == 20 and run.max_steps == 20 and run.device == "cpu"
+    assert run.best_val_loss is not None and run.last_train_loss is not None
+    assert run.tokens_seen == 20 * 8 * 16
+    assert run.checkpoint_path and run.checkpoint_path.endswith("latest.pt")
+    losses = store.metrics([run_id], ["train/loss"])
+    assert list(losses["step"]) == list(range(20))
+    assert list(store.metrics([run_id], ["val/loss"])["step"]) == [0, 10, 20]
+    assert len(store.samples(run_id)) == 3
+
+
+def test_bad_config_is_refused_before_anything_is_written(store):
+    with pytest.raises(GptdashError, match="not divisible"):
+        runner.create_run(store, micro(emb_dim=30))
+    assert store.list_runs() == []
+
+
+def test_a_crash_leaves_its_metrics_and_a_failed_status_with_the_reason(store, monkeypatch):
+    real = Trainer._batch
+    calls = {"n": 0}
+
+    def crash_late(self, split, gen):
+        if gen is self.data_gen:  # training batches only, not evaluation ones
+            calls["n"] += 1
+            if calls["n"] > 12:
+                raise RuntimeError("disk went away")
+        return real(self, split, gen)
+
+    monkeypatch.setattr(Trainer, "_batch", crash_late)
+    run_id = runner.create_run(store, micro())
+    claim(store, run_id)
+    runner.execute_run(store, run_id)
+    run = store.get_run(run_id)
+    assert run.status == "failed"
+    assert "RuntimeError at step 12: disk went away" in run.error
+    assert list(store.metrics([run_id], ["train/loss"])["step"]) == list(range(10))
+    assert run.finished_at is not None
+
+
+def test_a_missing_corpus_fails_with_a_clear_reason(store, tmp_path):
+    run_id = runner.create_run(store, micro(corpus=str(tmp_path / "gone.txt")))
+    claim(store, run_id)
+    runner.execute_run(store, run_id)
+    run = store.get_run(run_id)
+    assert run.status == "failed" and "does not exist" in run.error
+
+
+def test_fine_tuning_records_the_parent(store, tmp_path):
+    parent = runner.create_run(store, micro())
+    claim(store, parent)
+    runner.execute_run(store, parent)
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("A different corpus with other words in it. " * 200)
+    child = runner.create_run(store, micro(init_from=str(parent), corpus=str(corpus),
+                                           freeze_blocks=1))
+    assert store.get_run(child).parent_id == parent
+    claim(store, child)
+    assert runner.execute_run(store, child).status == "completed"
+
+
+def test_fine_tuning_from_a_run_without_checkpoint_is_refused(store):
+    queued = runner.create_run(store, micro())
+    with pytest.raises(GptdashError, match="has no checkpoint"):
+        runner.create_run(store, micro(init_from=str(queued)))
+
+
+def test_resume_continues_a_stopped_run_to_the_end(store):
+    run_id = runner.create_run(store, micro(max_steps=40))
+    claim(store, run_id)
+    store.request_stop(run_id)
+    runner.execute_run(store, run_id)
+    stopped = store.get_run(run_id)
+    assert stopped.status == "stopped" and stopped.last_step < 40
+    runner.queue_resume(store, run_id)
+    claim(store, run_id)
+    assert runner.execute_run(store, run_id).status == "completed"
+    steps = store.metrics([run_id], ["train/loss"])["step"]
+    assert list(steps) == list(range(40))
+
+
+def test_only_stopped_interrupted_or_failed_runs_resume(store):
+    run_id = runner.create_run(store, micro())
+    with pytest.raises(GptdashError, match="only stopped, interrupted or failed"):
+        runner.queue_resume(store, run_id)
+
+
+@pytest.fixture
+def manager(store):
+    m = JobManager(store)
+    yield m
+    m.shutdown()
+
+
+def test_the_worker_trains_queued_runs_one_at_a_time(store, manager):
+    a = manager.submit(micro(), name="a")
+    b = manager.submit(micro(), name="b")
+    assert wait_for(lambda: store.get_run(b).status == "completed")
+    ra, rb = store.get_run(a), store.get_run(b)
+    assert ra.status == "completed"
+    assert ra.finished_at <= rb.started_at  # never two at once
+    assert manager.is_idle()
+
+
+def test_stop_from_the_manager_and_cancel_a_queued_run(store, manager):
+    long = manager.submit(micro(max_steps=100_000), name="long")
+    queued = manager.submit(micro(), name="queued")
+    assert wait_for(lambda: store.get_run(long).status == "running")
+    manager.stop(queued)
+    assert store.get_run(queued).status == "stopped"
+    assert store.get_run(queued).error == "cancelled before it started"
+    assert wait_for(lambda: store.get_run(long).last_step > 0)
+    manager.stop(long)
+    assert wait_for(lambda: store.get_run(long).status == "stopped", timeout=30)
+    assert store.get_run(long).checkpoint_path
+    assert wait_for(manager.is_idle)
+
+
+def test_the_worker_lives_on_after_a_failed_run(store, manager, tmp_path):
+    bad = manager.submit(micro(corpus=str(tmp_path / "missing.txt")))
+    good = manager.submit(micro())
+    assert wait_for(lambda: store.get_run(good).status == "completed")
+    assert store.get_run(bad).status == "failed"
+    assert manager.is_alive()
+
+
+def test_runs_left_running_by_a_dead_process_become_interrupted(store):
+    dead = store.create_run("dead", micro().to_dict(), status="queued")
+    store.update_run(dead, status="running", worker="nohost-gptdash:999999")
+    alive = store.create_run("alive", micro().to_dict(), status="queued")
+    from jobs.manager import worker_id
+
+    store.update_run(alive, status="running", worker=worker_id())
+    assert recover_interrupted(store) == [dead]
+    assert store.get_run(dead).status == "interrupted"
+    assert "resume it" in store.get_run(dead).error
+    assert store.get_run(alive).status == "running"
