@@ -19,7 +19,7 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/gptdash serve $(if $(ADDRESS),--address $(ADDRESS)) $(if $(PORT),--port $(PORT))
 
 test: setup
 	$(PY) -m ruff check .

@@ -1,9 +1,12 @@
 """gptdash: train small GPTs from the browser. Run with `make run`."""
 
+import os
 from pathlib import Path
 
 import streamlit as st
 
+from gptcore.errors import GptdashError
+from jobs.serve import PASSWORD_ENV, check_bind, password_ok
 from ui.widgets import get_manager, get_store, sidebar
 
 # A local icon: a Material or emoji page_icon makes the browser fetch it from a CDN.
@@ -19,6 +22,24 @@ PAGES = [
     st.Page("pages/playground.py", title="Playground", icon=":material/edit_note:",
             url_path="playground"),
 ]
+
+# Checked before any page renders: off loopback, the dashboard needs a password.
+address = st.get_option("server.address") or "0.0.0.0"
+password = os.environ.get(PASSWORD_ENV)
+try:
+    check_bind(address, password)
+except GptdashError as exc:
+    st.error(str(exc))
+    st.stop()
+if password and not st.session_state.get("authenticated"):
+    st.title("gptdash")
+    given = st.text_input("Password", type="password")
+    if given and password_ok(given, password):
+        st.session_state.authenticated = True
+        st.rerun()
+    elif given:
+        st.error("Wrong password.")
+    st.stop()
 
 page = st.navigation(PAGES)
 sidebar(get_store(), get_manager())

@@ -198,6 +198,12 @@ def cmd_sample(args, store: RunStore) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args, store: RunStore) -> int:
+    from jobs.serve import serve
+
+    return serve(args.address, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptdash", description="Train small GPTs; every run is "
                                 "recorded in the gptdash database ($GPTDASH_HOME).")
@@ -241,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--top-p", type=float, default=1.0)
     sm.add_argument("--seed", type=int)
     sm.set_defaults(func=cmd_sample)
+
+    sv = sub.add_parser("serve", help="start the dashboard (127.0.0.1 unless told otherwise)")
+    sv.add_argument("--address", default="127.0.0.1",
+                    help="address to bind; anything but loopback needs GPTDASH_PASSWORD")
+    sv.add_argument("--port", type=int, default=8501)
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
