@@ -71,6 +71,19 @@ def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
     )
 
 
+def fit_problem(cfg: TrainConfig, available_mb: float | None) -> str | None:
+    """A message when the run's estimated memory exceeds what the device has, else None."""
+    if available_mb is None:
+        return None
+    need = memory_estimate(cfg).total_mb
+    if need <= available_mb:
+        return None
+    return (f"this run needs about {need / 1024:,.1f} GB ({param_count(cfg) / 1e6:,.1f} M "
+            f"parameters, batch_size {cfg.batch_size}, context_length "
+            f"{cfg.model.context_length}) but the device has {available_mb / 1024:,.1f} GB: "
+            "lower batch_size, context_length, emb_dim or n_layers")
+
+
 def peak_flops(device_name: str) -> float | None:
     """Dense bf16 peak for a GPU by its name, or None when unknown."""
     for key, value in PEAK_FLOPS.items():

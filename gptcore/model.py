@@ -150,7 +150,8 @@ class GPTModel(nn.Module):
         logits = self.out_head(h)
         if targets is None:
             return logits[..., : self.vocab_size]
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+        # Under autocast cross_entropy runs in fp32 by itself; no extra fp32 copy of the logits.
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                label_smoothing=label_smoothing)
 
 

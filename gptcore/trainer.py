@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,19 @@ def resolve_device(name: str) -> torch.device:
                               and torch.backends.mps.is_available()):
         raise GptdashError("device mps was asked for, but it is not available: use device=auto")
     return torch.device(name)
+
+
+def available_memory_mb(device: torch.device) -> float | None:
+    """Memory a run could use on ``device``: free GPU memory, or physical RAM on the CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free / 2**20
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
 
 
 def device_label(device: torch.device) -> str:

@@ -8,8 +8,15 @@ from pathlib import Path
 
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
-from gptcore.estimate import param_count
-from gptcore.trainer import CHECKPOINT_NAME, TrainerCallbacks, TrainResult, train
+from gptcore.estimate import fit_problem, param_count
+from gptcore.trainer import (
+    CHECKPOINT_NAME,
+    TrainerCallbacks,
+    TrainResult,
+    available_memory_mb,
+    resolve_device,
+    train,
+)
 from jobs.bridge import StoreCallbacks
 from storage import home
 from storage.store import RunStore
@@ -46,6 +53,9 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
                tags: list[str] | None = None, notes: str = "") -> int:
     """Validate ``cfg`` and record a queued run; bad input raises before anything is written."""
     cfg.validate()
+    problem = fit_problem(cfg, available_memory_mb(resolve_device(cfg.device)))
+    if problem:
+        raise GptdashError(problem)
     _, parent_id = resolve_init_from(store, cfg.init_from)
     return store.create_run(
         (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),

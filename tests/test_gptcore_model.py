@@ -91,3 +91,14 @@ def test_memory_estimate_grows_with_batch():
     b = memory_estimate(TrainConfig(batch_size=64))
     assert b.activations_mb > a.activations_mb and b.params_mb == a.params_mb
     assert a.total_mb > 0
+
+
+def test_fit_problem_compares_the_estimate_with_available_memory():
+    from gptcore.estimate import fit_problem
+
+    cfg = preset("gpt2-124m")
+    need = memory_estimate(cfg).total_mb
+    assert fit_problem(cfg, need * 2) is None
+    assert fit_problem(cfg, None) is None
+    message = fit_problem(cfg, need / 2)
+    assert "lower batch_size" in message and "124.4 M parameters" in message

@@ -175,3 +175,10 @@ def test_runs_left_running_by_a_dead_process_become_interrupted(store):
     assert store.get_run(dead).status == "interrupted"
     assert "resume it" in store.get_run(dead).error
     assert store.get_run(alive).status == "running"
+
+
+def test_a_run_that_cannot_fit_is_refused_before_launch_with_the_estimate(store):
+    huge = micro(batch_size=4096, context_length=1024, emb_dim=4096, n_heads=32, n_layers=48)
+    with pytest.raises(GptdashError, match=r"needs about [\d,.]+ GB .* but the device has"):
+        runner.create_run(store, huge)
+    assert store.list_runs() == []
