@@ -29,7 +29,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 bench: setup
-	$(PY) bench/compare_page.py
+	$(PY) bench/dashboard_data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import importlib.util
+import os
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -82,7 +83,12 @@ def _load_ranks(path: Path) -> dict[bytes, int]:
 
 
 def gpt2_ranks_path() -> Path:
-    """The GPT-2 ranks file shipped in the installed openai-whisper package."""
+    """The GPT-2 ranks file: $GPTDASH_GPT2_RANKS, else the one in openai-whisper's package."""
+    override = os.environ.get("GPTDASH_GPT2_RANKS")
+    if override:
+        if not Path(override).is_file():
+            raise GptdashError(f"GPTDASH_GPT2_RANKS points at {override!r}, which does not exist")
+        return Path(override)
     spec = importlib.util.find_spec("whisper")  # finds the package without importing it
     candidates = []
     if spec and spec.submodule_search_locations:
