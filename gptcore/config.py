@@ -163,27 +163,30 @@ class TrainConfig:
             msg = _check_bounds(name, value, meta)
             if msg:
                 errs[name] = msg
+        # Combination checks never hide a field's own bound error (setdefault).
         m = self.model
         if "emb_dim" not in errs and "n_heads" not in errs and m.emb_dim % m.n_heads:
-            errs["emb_dim"] = (f"emb_dim {m.emb_dim} is not divisible by n_heads {m.n_heads}: "
-                               f"pick an emb_dim that is a multiple of {m.n_heads}")
+            errs.setdefault("emb_dim", f"emb_dim {m.emb_dim} is not divisible by n_heads "
+                                       f"{m.n_heads}: pick an emb_dim that is a multiple of "
+                                       f"{m.n_heads}")
         known = TOKENIZER_VOCAB.get(self.tokenizer)
         if known and m.vocab_size and m.vocab_size < known:
-            errs["vocab_size"] = (f"vocab_size {m.vocab_size} is smaller than the {self.tokenizer} "
-                                  f"tokenizer's {known} ids: set it to 0 (automatic) or {known}")
-        if self.freeze_blocks > m.n_layers and "freeze_blocks" not in errs:
-            errs["freeze_blocks"] = (f"freeze_blocks {self.freeze_blocks} is more than n_layers "
-                                     f"{m.n_layers}")
+            errs.setdefault("vocab_size", f"vocab_size {m.vocab_size} is smaller than the "
+                                          f"{self.tokenizer} tokenizer's {known} ids: set it to "
+                                          f"0 (automatic) or {known}")
+        if self.freeze_blocks > m.n_layers:
+            errs.setdefault("freeze_blocks", f"freeze_blocks {self.freeze_blocks} is more than "
+                                             f"n_layers {m.n_layers}")
         if (self.freeze_blocks or self.freeze_embeddings) and not self.init_from:
-            errs["init_from"] = ("freezing only makes sense when fine-tuning: set init_from to a "
-                                 "run id or checkpoint, or unfreeze")
+            errs.setdefault("init_from", "freezing only makes sense when fine-tuning: set "
+                                         "init_from to a run id or checkpoint, or unfreeze")
         if self.schedule in ("cosine", "linear") and self.min_lr > self.lr and "lr" not in errs:
-            errs["min_lr"] = f"min_lr {self.min_lr} is above lr {self.lr}: lower min_lr"
+            errs.setdefault("min_lr", f"min_lr {self.min_lr} is above lr {self.lr}: lower min_lr")
         if self.warmup_steps > self.max_steps and "max_steps" not in errs:
-            errs["warmup_steps"] = (f"warmup_steps {self.warmup_steps} is longer than max_steps "
-                                    f"{self.max_steps}")
+            errs.setdefault("warmup_steps", f"warmup_steps {self.warmup_steps} is longer than "
+                                            f"max_steps {self.max_steps}")
         if not self.corpus.strip():
-            errs["corpus"] = "corpus is empty: use 'builtin' or a path to a text file"
+            errs.setdefault("corpus", "corpus is empty: use 'builtin' or a path to a text file")
         return errs
 
     def validate(self) -> TrainConfig:

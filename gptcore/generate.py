@@ -73,7 +73,11 @@ def generate_ids(model: GPTModel, ids: torch.Tensor, cfg: SamplingConfig) -> Ite
 def encode_prompt(prompt: str, tokenizer: Tokenizer, context_length: int) -> list[int]:
     if not prompt:
         raise GptdashError("the prompt is empty: type some text for the model to continue")
-    ids = tokenizer.encode(prompt)
+    try:
+        ids = tokenizer.encode(prompt)
+    except (UnicodeError, ValueError):
+        raise GptdashError("the prompt has characters that cannot be encoded as UTF-8 text "
+                           "(e.g. a lone surrogate): retype or paste it again") from None
     if len(ids) > context_length:
         raise GptdashError(f"the prompt is {len(ids)} tokens, longer than this model's context of "
                            f"{context_length}: shorten it")

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from gptcore.config import TrainConfig
+from gptcore.data import load_data
 from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
 from gptcore.trainer import (
@@ -57,6 +58,9 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     if problem:
         raise GptdashError(problem)
     _, parent_id = resolve_init_from(store, cfg.init_from)
+    # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
+    data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
+    data.check_context(cfg.model.context_length)
     return store.create_run(
         (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
         notes=notes, parent_id=parent_id, status="queued", max_steps=cfg.max_steps,

@@ -103,3 +103,30 @@ def test_preset_returns_an_independent_copy():
     a = preset("tiny")
     a.model.emb_dim = 8
     assert preset("tiny").model.emb_dim != 8
+
+
+def _numeric_fields():
+    from gptcore.config import field_info
+
+    return [(n, i) for n, i in field_info().items() if i["type"] in (int, float)]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _numeric_fields()])
+def test_every_numeric_field_rejects_text_naming_the_field(name):
+    with pytest.raises(GptdashError, match=f"^{name} must be a"):
+        apply_overrides(TrainConfig(), {name: "not-a-number"})
+
+
+@pytest.mark.parametrize("name, info", [(n, i) for n, i in _numeric_fields()
+                                        if i["min"] is not None])
+def test_every_bounded_field_refuses_values_below_its_minimum(name, info):
+    below = info["min"] - 1
+    errs = apply_overrides(TrainConfig(), {name: below}).problems()
+    assert name in errs and name in errs[name]
+
+
+@pytest.mark.parametrize("name, info", [(n, i) for n, i in _numeric_fields()
+                                        if i["max"] is not None])
+def test_every_bounded_field_refuses_absurdly_large_values(name, info):
+    errs = apply_overrides(TrainConfig(), {name: info["max"] * 10 + 1}).problems()
+    assert name in errs and "at most" in errs[name]

@@ -61,3 +61,14 @@ def test_sampling_never_yields_a_padded_id():
 def test_bad_sampling_input_is_a_clear_error(model, prompt, cfg, message):
     with pytest.raises(GptdashError, match=message):
         sample_text(model, get_tokenizer("byte"), prompt, cfg)
+
+
+def test_a_prompt_with_unencodable_characters_is_a_clear_error(model):
+    with pytest.raises(GptdashError, match="cannot be encoded"):
+        sample_text(model, get_tokenizer("byte"), "bad \ud800 text", SamplingConfig())
+
+
+def test_emoji_and_non_latin_prompts_work(model):
+    out = sample_text(model, get_tokenizer("byte"), "☕ 日本",
+                      SamplingConfig(max_new_tokens=5, seed=0))
+    assert isinstance(out, str)

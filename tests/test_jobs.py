@@ -78,8 +78,20 @@ def test_a_crash_leaves_its_metrics_and_a_failed_status_with_the_reason(store, m
     assert run.finished_at is not None
 
 
-def test_a_missing_corpus_fails_with_a_clear_reason(store, tmp_path):
-    run_id = runner.create_run(store, micro(corpus=str(tmp_path / "gone.txt")))
+def test_a_missing_corpus_is_refused_at_submit(store, tmp_path):
+    with pytest.raises(GptdashError, match="does not exist"):
+        runner.create_run(store, micro(corpus=str(tmp_path / "gone.txt")))
+    assert store.list_runs() == []
+
+
+def queued_with_vanished_corpus(store, tmp_path) -> int:
+    """A run whose corpus file was deleted after it was queued."""
+    cfg = micro(corpus=str(tmp_path / "gone.txt"))
+    return store.create_run("vanished", cfg.to_dict(), max_steps=cfg.max_steps)
+
+
+def test_a_corpus_deleted_after_submit_fails_with_a_clear_reason(store, tmp_path):
+    run_id = queued_with_vanished_corpus(store, tmp_path)
     claim(store, run_id)
     runner.execute_run(store, run_id)
     run = store.get_run(run_id)
@@ -157,7 +169,7 @@ def test_stop_from_the_manager_and_cancel_a_queued_run(store, manager):
 
 
 def test_the_worker_lives_on_after_a_failed_run(store, manager, tmp_path):
-    bad = manager.submit(micro(corpus=str(tmp_path / "missing.txt")))
+    bad = queued_with_vanished_corpus(store, tmp_path)
     good = manager.submit(micro())
     assert wait_for(lambda: store.get_run(good).status == "completed")
     assert store.get_run(bad).status == "failed"
@@ -181,4 +193,22 @@ def test_a_run_that_cannot_fit_is_refused_before_launch_with_the_estimate(store)
     huge = micro(batch_size=4096, context_length=1024, emb_dim=4096, n_heads=32, n_layers=48)
     with pytest.raises(GptdashError, match=r"needs about [\d,.]+ GB .* but the device has"):
         runner.create_run(store, huge)
+    assert store.list_runs() == []
+
+
+def test_a_corpus_too_short_for_the_context_is_refused_before_launch(store, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("only a handful of words " * 4)
+    with pytest.raises(GptdashError, match="too few for context_length"):
+        runner.create_run(store, micro(corpus=str(short), context_length=64))
+    assert store.list_runs() == []
+
+
+@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"\x00\x01\x02 bin", "binary"),
+                                              (b"\xff\xfe latin", "not UTF-8")])
+def test_bad_corpus_files_are_refused_before_launch(store, tmp_path, content, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(GptdashError, match=message):
+        runner.create_run(store, micro(corpus=str(bad)))
     assert store.list_runs() == []
