@@ -14,12 +14,12 @@ ICON = Path(__file__).parent / "ui" / "assets" / "icon.png"
 st.set_page_config(page_title="gptdash", page_icon=str(ICON), layout="wide")
 
 PAGES = [
-    st.Page("pages/new_run.py", title="New run", icon=":material/rocket_launch:", default=True),
-    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:", url_path="runs"),
-    st.Page("pages/live.py", title="Live run", icon=":material/monitoring:", url_path="live"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
+    st.Page("app_pages/new_run.py", title="New run", icon=":material/rocket_launch:", default=True),
+    st.Page("app_pages/runs.py", title="Runs", icon=":material/table_rows:", url_path="runs"),
+    st.Page("app_pages/live.py", title="Live run", icon=":material/monitoring:", url_path="live"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:",
             url_path="compare"),
-    st.Page("pages/playground.py", title="Playground", icon=":material/edit_note:",
+    st.Page("app_pages/playground.py", title="Playground", icon=":material/edit_note:",
             url_path="playground"),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +25,12 @@ def store(home: Path) -> Iterator[RunStore]:
     run_store = RunStore()
     yield run_store
     run_store.close()
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module() -> Iterator[None]:
+    """AppTest installs app.py as __main__; restore it, or multiprocessing's spawn children
+    would re-run the app (and its job manager) when a later test starts them."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main

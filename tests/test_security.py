@@ -105,5 +105,5 @@ def test_a_foreign_host_header_cannot_open_the_app(tmp_path):
 
 
 def test_no_page_renders_html_from_strings():
-    for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), ROOT / "ui" / "widgets.py"]:
+    for path in [ROOT / "app.py", *(ROOT / "app_pages").glob("*.py"), ROOT / "ui" / "widgets.py"]:
         assert "unsafe_allow_html" not in path.read_text(), path

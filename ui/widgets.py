@@ -40,7 +40,12 @@ def run_label(run: RunRecord) -> str:
 
 def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | None = None,
              help: str | None = None) -> RunRecord | None:
-    """A selectbox over runs, keeping the choice across reruns; None when there are none."""
+    """A selectbox over runs, keeping the choice across reruns; None when there are none.
+
+    Options name runs without their status: the browser keeps showing the label a
+    keyed selectbox's choice had when it was picked, so "running" would stay on
+    screen after the run completed.
+    """
     if not runs:
         return None
     ids = [r.id for r in runs]
@@ -49,7 +54,7 @@ def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | N
         del st.session_state[key]
     index = ids.index(default_id) if default_id in by_id and key not in st.session_state else 0
     chosen = st.selectbox(label, ids, index=index, key=key, help=help,
-                          format_func=lambda i: run_label(by_id[i]))
+                          format_func=lambda i: f"#{i} {by_id[i].name}")
     return by_id[chosen]
 
 

@@ -7,7 +7,7 @@ from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from ui.config_diff import differing_params
 from ui.figures import X_TITLES, hparam_figure, metric_figure, x_axis_frame
-from ui.widgets import get_store, run_label
+from ui.widgets import get_store
 
 store = get_store()
 POINTS_PER_CURVE = 2000
@@ -16,7 +16,7 @@ st.title("Compare")
 runs = store.list_runs()
 if not runs:
     st.info("No runs yet: start one on **New run**, then compare runs here.")
-    st.page_link("pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
     st.stop()
 
 by_id = {r.id: r for r in runs}
@@ -26,8 +26,9 @@ elif "compare_pick" not in st.session_state:
     st.session_state.compare_pick = [r.id for r in runs[:2]]
 else:
     st.session_state.compare_pick = [i for i in st.session_state.compare_pick if i in by_id]
+# No status in the chips: the browser keeps a chosen chip's label, which would go stale.
 chosen = st.multiselect("Runs", list(by_id), key="compare_pick",
-                        format_func=lambda i: run_label(by_id[i]))
+                        format_func=lambda i: f"#{i} {by_id[i].name}")
 if not chosen:
     st.info("Pick one or more runs to compare.")
     st.stop()

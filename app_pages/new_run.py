@@ -214,4 +214,4 @@ with summary_col:
             tag_list = [t.strip() for t in tags.split(",") if t.strip()]
             run_id = manager.submit(cfg, name=name, tags=tag_list, notes=notes)
             st.session_state.live_run = run_id
-            st.switch_page("pages/live.py")
+            st.switch_page("app_pages/live.py")

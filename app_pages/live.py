@@ -34,7 +34,7 @@ st.title("Live run")
 runs = store.list_runs()
 if not runs:
     st.info("No runs yet: start one on **New run** and it appears here while it trains.")
-    st.page_link("pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
     st.stop()
 
 running = [r.id for r in runs if r.status == "running"]
@@ -69,16 +69,17 @@ def status_panel() -> None:
     r = store.get_run(run_id)
     if r.status != run.status and r.status not in ACTIVE:
         st.rerun()  # the run ended: redraw the whole page once, without auto-refresh
-    c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 1])
+    # Four tiles, the step on the progress bar: five tiles cut "1,200 / 20,000" to "1,20…".
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric("Status", r.status)
     elapsed = r.duration_s
-    c2.metric("Step", f"{r.last_step:,} / {r.max_steps:,}")
-    c3.metric("Elapsed", human_duration(elapsed))
-    c4.metric("ETA", human_duration(eta_seconds(r.last_step, r.max_steps, elapsed))
+    c2.metric("Elapsed", human_duration(elapsed))
+    c3.metric("ETA", human_duration(eta_seconds(r.last_step, r.max_steps, elapsed))
               if r.status == "running" else "—")
     tps = store.metrics([run_id], ["tokens_per_sec"], after_step=max(r.last_step - 200, -1))
-    c5.metric("Tokens/s", f"{tps['value'].iloc[-1]:,.0f}" if not tps.empty else "—")
-    st.progress(progress_fraction(r.last_step, r.max_steps))
+    c4.metric("Tokens/s", f"{tps['value'].iloc[-1]:,.0f}" if not tps.empty else "—")
+    st.progress(progress_fraction(r.last_step, r.max_steps),
+                text=f"Step {r.last_step:,} of {r.max_steps:,}")
     if r.status in ACTIVE:
         if st.button("Stop this run", type="secondary",
                      help="Saves a checkpoint and stops within a step; resume it later."):
@@ -110,7 +111,8 @@ def charts() -> None:
     with user_errors():
         _refresh(series)
     frozen_key = f"live_frozen_{run_id}"
-    if follow or frozen_key not in st.session_state:
+    # Freeze only once there is something to look at, or the charts would wait forever.
+    if follow or st.session_state.get(frozen_key, series.frame).empty:
         st.session_state[frozen_key] = series.frame
     frame = series.frame if follow else st.session_state[frozen_key]
     x_range = view_range(follow, series.cursor, WINDOWS[window_label], manual)
@@ -142,12 +144,16 @@ def samples_panel() -> None:
     if samples.empty:
         st.caption("Samples appear at each evaluation.")
         return
-    steps = sorted(samples["step"].unique())
+    steps = sorted(int(s) for s in samples["step"].unique())
+    chosen = steps[-1]
     if len(steps) > 1:
-        chosen = st.select_slider("Go back to step", options=steps, value=steps[-1],
-                                  key=f"sample_step_{run_id}")
-    else:
-        chosen = steps[0]
+        # Only the user moves these widgets: a value the page set itself could be undone by
+        # an auto-refresh that carries the browser's older value.
+        c1, c2 = st.columns([1, 3])
+        if not c1.toggle("Follow newest samples", value=True, key=f"sample_follow_{run_id}",
+                         help="Off: go back to the samples of an earlier evaluation."):
+            chosen = c2.select_slider("Go back to step", options=steps, value=steps[-1],
+                                      key=f"sample_step_{run_id}")
     shown = samples[samples["step"] <= chosen].head(3)  # newest first
     for _, row in shown.iterrows():
         st.caption(f"step {row['step']:,}")

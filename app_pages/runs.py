@@ -14,7 +14,7 @@ st.title("Runs")
 
 if not store.list_runs(limit=1):
     st.info("No runs yet: start one on **New run**.")
-    st.page_link("pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
     st.stop()
 
 f1, f2, f3 = st.columns([2, 1, 2])
@@ -69,10 +69,10 @@ st.subheader(f"{len(runs)} selected")
 b1, b2, b3, b4, b5 = st.columns(5)
 if b1.button("Compare", disabled=len(runs) < 1, use_container_width=True):
     st.session_state.compare_ids = selected
-    st.switch_page("pages/compare.py")
+    st.switch_page("app_pages/compare.py")
 if b2.button("Open live view", disabled=len(runs) != 1, use_container_width=True):
     st.session_state.live_run = selected[0]
-    st.switch_page("pages/live.py")
+    st.switch_page("app_pages/live.py")
 stoppable = [r for r in runs if r.status in ("running", "queued")]
 if b3.button("Stop / cancel", disabled=not stoppable, use_container_width=True):
     with user_errors():

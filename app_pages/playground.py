@@ -16,7 +16,7 @@ runs = [r for r in store.list_runs() if r.checkpoint_path and os.path.isfile(r.c
 if not runs:
     st.info("No checkpoints yet: train a run (New run) and sample from it here once it has "
             "saved a checkpoint.")
-    st.page_link("pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
     st.stop()
 
 

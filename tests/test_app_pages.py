@@ -1,0 +1,373 @@
+"""Every dashboard page through Streamlit's AppTest: no browser, a real SQLite home.
+
+The store and job manager are ``st.cache_resource`` objects shared by every
+AppTest in this process, so each test shuts the worker down and clears the
+caches afterwards; the next test then gets a store on its own home folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+from gptcore.config import apply_overrides, preset
+from gptcore.data import builtin_text
+from jobs import runner
+from jobs.manager import worker_id
+from storage.store import RunStore
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["app_pages/new_run.py", "app_pages/runs.py", "app_pages/live.py", "app_pages/compare.py",
+         "app_pages/playground.py"]
+# Small enough to train 20 steps on a CPU in a few seconds, with evals, samples and checkpoints.
+MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_steps": 20,
+         "eval_interval": 10, "eval_iters": 2, "batch_size": 8, "device": "cpu",
+         "warmup_steps": 2, "log_interval": 2, "checkpoint_interval": 10, "sample_tokens": 16}
+
+
+@contextmanager
+def _app_test() -> Iterator[AppTest]:
+    """An AppTest of the whole app; afterwards the process is as it was before.
+
+    The cached worker thread is ended and the cached store forgotten, so the next
+    app starts fresh. AppTest leaves app.py installed as ``__main__``; left there,
+    any later ``multiprocessing`` spawn (in any test) would run the app again in its
+    child, whose job manager would then claim that test's queued runs.
+    """
+    from ui.widgets import get_manager, get_store
+
+    main = sys.modules["__main__"]
+    st.cache_resource.clear()
+    try:
+        yield AppTest.from_file(APP, default_timeout=60)
+    finally:
+        get_manager().shutdown()
+        get_store().close()
+        st.cache_resource.clear()
+        sys.modules["__main__"] = main
+
+
+def _train(store: RunStore, name: str, **overrides: object) -> int:
+    """Create and train a run to its end, the way the job manager's worker does."""
+    cfg = apply_overrides(preset("tiny"), {**MICRO, **overrides})
+    run_id = runner.create_run(store, cfg, name=name)
+    store.set_status(run_id, "running")
+    runner.execute_run(store, run_id)
+    return run_id
+
+
+def _train_without_its_corpus(store: RunStore, name: str, corpus: Path) -> int:
+    """A run whose corpus file is deleted while it waits in the queue: it fails, with a reason."""
+    corpus.write_text(builtin_text()[:20_000], encoding="utf-8")
+    cfg = apply_overrides(preset("tiny"), {**MICRO, "corpus": str(corpus)})
+    run_id = runner.create_run(store, cfg, name=name)
+    corpus.unlink()
+    store.set_status(run_id, "running")
+    runner.execute_run(store, run_id)
+    return run_id
+
+
+def _running_run(store: RunStore, name: str) -> int:
+    """A run that reads as training in this (live) process, so the app does not mark it
+    interrupted; the test writes its metrics and samples itself."""
+    run_id = store.create_run(name, preset("tiny").to_dict(), status="running", max_steps=100)
+    store.update_run(run_id, worker=worker_id())
+    return run_id
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Train on one thread: on a busy two-core machine, torch's spinning threads cost 50x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """One home folder with two completed runs (differing in lr) and one failed run."""
+    root = tmp_path_factory.mktemp("trained_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTDASH_HOME", str(root))
+        mp.delenv("GPTDASH_DB_URL", raising=False)
+        store = RunStore()
+        ids = {
+            "alpha": _train(store, "alpha", lr=3e-3),
+            "beta": _train(store, "beta", lr=1e-3),
+            "broken": _train_without_its_corpus(store, "broken", root / "missing.txt"),
+        }
+        for name in ("alpha", "beta"):
+            assert store.get_run(ids[name]).status == "completed"
+        assert store.get_run(ids["broken"]).status == "failed"
+        store.close()
+        yield ids
+
+
+@pytest.fixture
+def empty_app(home: Path) -> Iterator[AppTest]:
+    """The app on a fresh, empty home folder."""
+    with _app_test() as at:
+        yield at
+
+
+@pytest.fixture
+def trained_app(trained_home: dict[str, int]) -> Iterator[tuple[AppTest, dict[str, int]]]:
+    """The app on the home folder of ``trained_home``, with its run ids by name."""
+    with _app_test() as at:
+        yield at, trained_home
+
+
+def _open(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, f"{page}: {[e.value for e in at.exception]}"
+    return at
+
+
+def _texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def _plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+# ---- an empty database: every page says what to do next -------------------------------------
+
+def test_every_page_renders_on_an_empty_database_and_says_what_to_do(empty_app):
+    at = empty_app
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "New run"
+    captions = _texts(at.caption)
+    assert "Clone a run: no runs yet." in captions
+    assert "Estimated duration appears once a run has finished" in captions
+
+    expected = {"app_pages/runs.py": "No runs yet", "app_pages/live.py": "No runs yet",
+                "app_pages/compare.py": "No runs yet",
+                "app_pages/playground.py": "No checkpoints yet"}
+    for page, message in expected.items():
+        _open(at, page)
+        assert message in _texts(at.info), page
+        links = at.get("page_link")
+        assert links and "New run" in links[0].proto.label, f"{page} links to New run"
+
+
+# ---- pages with runs in the database ----------------------------------------------------------
+
+def test_every_page_renders_with_runs_present(trained_app):
+    at, _ = trained_app
+    at.run()
+    assert not at.exception
+    for page in PAGES:
+        _open(at, page)
+        assert at.title, page
+
+
+def test_runs_page_lists_every_run_with_its_status(trained_app):
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/runs.py")
+    table = at.dataframe[0].value
+    assert set(table["id"]) == set(ids.values())
+    statuses = dict(zip(table["name"], table["status"], strict=True))
+    assert statuses == {"alpha": "completed", "beta": "completed", "broken": "failed"}
+    assert "3 run(s)" in _texts(at.caption)
+
+
+def test_live_page_explains_why_a_failed_run_ended(trained_app):
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    at.selectbox(key="live_pick").set_value(ids["broken"]).run()
+    assert not at.exception
+    assert "Why it ended" in _texts(at.error)
+    assert "missing.txt" in _texts(at.text)
+    assert "This run recorded no metrics." in _texts(at.info)
+
+
+def test_live_page_charts_a_completed_run_with_samples(trained_app):
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    at.selectbox(key="live_pick").set_value(ids["alpha"]).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Status"] == "completed"
+    assert at.progress[0].value == 100
+    assert at.progress[0].text == "Step 20 of 20"
+    titles = {spec["layout"]["title"]["text"] for spec in _plotly_specs(at)}
+    assert titles == {"Loss", "Learning rate", "Gradient norm", "Tokens per second"}
+    store = RunStore()
+    logged = len(store.metrics([ids["alpha"]], ["train/loss"]))
+    store.close()
+    assert logged > 0
+    assert f"{logged} train-loss points shown" in _texts(at.caption)
+    assert "Samples" in _texts(at.subheader)
+    assert at.code, "samples are shown as code blocks"
+    assert not [b for b in at.button if b.label == "Stop this run"], "a finished run has no Stop"
+
+
+def test_live_samples_follow_new_evaluations_until_the_user_goes_back(empty_app, home):
+    store = RunStore()
+    run_id = _running_run(store, "sampling")
+    for step in (0, 10):
+        store.log_sample(run_id, step, "The ", f"text at {step}")
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    assert at.code[0].value == "The text at 10"
+
+    store.log_sample(run_id, 20, "The ", "text at 20")  # a new evaluation while watching
+    at.run()
+    assert at.code[0].value == "The text at 20"
+
+    at.toggle(key=f"sample_follow_{run_id}").set_value(False).run()  # the user goes back
+    at.select_slider(key=f"sample_step_{run_id}").set_value(10).run()
+    assert at.code[0].value == "The text at 10"
+    store.log_sample(run_id, 30, "The ", "text at 30")
+    at.run()
+    slider = at.select_slider(key=f"sample_step_{run_id}")
+    assert slider.value == 10 and "30" in slider.options
+    assert at.code[0].value == "The text at 10"
+
+    at.toggle(key=f"sample_follow_{run_id}").set_value(True).run()
+    assert at.code[0].value == "The text at 30"
+    store.close()
+
+
+def test_live_charts_turned_off_before_the_first_metrics_still_show_them(empty_app, home):
+    store = RunStore()
+    run_id = _running_run(store, "slow start")
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    at.toggle(key="follow_live").set_value(False).run()
+    assert "Waiting for the first metrics…" in _texts(at.info)
+
+    store.log_metrics(run_id, [("train/loss", step, 5.0 - step / 10, 0.0) for step in range(5)])
+    at.run()
+    assert "5 train-loss points shown" in _texts(at.caption)
+    store.close()
+
+
+def test_compare_page_overlays_runs_and_lists_the_differing_lr(trained_app):
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/compare.py")
+    at.multiselect(key="compare_pick").set_value([ids["alpha"], ids["beta"]]).run()
+    assert not at.exception
+    curves = _plotly_specs(at)[0]
+    assert {trace["name"] for trace in curves["data"]} == {"alpha", "beta"}
+    assert curves["layout"]["title"]["text"] == "val/loss"
+    diff = at.dataframe[0].value
+    assert "lr" in diff.index
+    assert "emb_dim" not in diff.index  # only what differs is listed
+
+
+def test_playground_generates_text_from_a_checkpoint(trained_app):
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/playground.py")
+    at.selectbox(key="play_a").set_value(ids["beta"])
+    at.text_area[0].input("The ")
+    at.number_input[1].set_value(30)  # max new tokens
+    [generate] = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert not at.exception
+    assert not at.error
+    output = at.code[0].value
+    assert output.startswith("The ")
+    assert len(output) > len("The ")
+
+
+def test_new_run_page_offers_clone_finetune_and_estimates_duration(trained_app):
+    at, ids = trained_app
+    at.run()
+    assert not at.exception
+    clone = at.selectbox(key="clone_pick")
+    assert set(clone.options) >= {f"#{ids['alpha']} alpha · completed"}
+    finetune = at.selectbox(key="ft_pick")
+    assert len(finetune.options) == 2  # both completed runs have checkpoints; the failed one not
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Estimated duration"] != "—"
+    assert "Duration estimated from run #" in _texts(at.caption)
+
+
+# ---- the New run form ------------------------------------------------------------------------
+
+def _start_button(at: AppTest):
+    [button] = [b for b in at.button if b.label == "Start training"]
+    return button
+
+
+def test_form_refuses_emb_dim_not_divisible_by_n_heads(empty_app):
+    at = empty_app
+    at.run()
+    at.number_input(key="f0_emb_dim").set_value(100)
+    at.number_input(key="f0_n_heads").set_value(12)
+    at.run()
+    assert any("not divisible by n_heads" in e.value for e in at.error)
+    assert _start_button(at).disabled
+    assert "setting(s) need a change" in _texts(at.warning)
+
+
+def test_form_refuses_a_learning_rate_that_is_not_a_number(empty_app):
+    at = empty_app
+    at.run()
+    at.text_input(key="f0_lr").input("abc")
+    at.run()
+    errors = _texts(at.error)
+    assert "lr" in errors and "'abc'" in errors
+    assert _start_button(at).disabled
+
+
+def test_form_refuses_an_absurd_number_of_layers(empty_app):
+    at = empty_app
+    at.run()
+    at.number_input(key="f0_n_layers").set_value(10000)
+    at.run()
+    assert any("n_layers must be at most" in e.value for e in at.error)
+    assert _start_button(at).disabled
+
+
+def test_valid_form_enables_start_and_summarises_the_cost(empty_app):
+    at = empty_app
+    at.run()
+    assert not at.error
+    assert not _start_button(at).disabled
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"Parameters", "FLOPs per token", "Memory estimate", "Tokens per step",
+                            "Estimated duration"}
+    assert metrics["Tokens per step"] == "2,048"  # tiny preset: batch 32 x context 64
+    assert metrics["Estimated duration"] == "—"  # nothing has run on this machine yet
+    [lr_chart] = _plotly_specs(at)
+    assert lr_chart["layout"]["title"]["text"].startswith("Learning rate")
+
+
+def test_start_training_queues_the_form_config_and_opens_live_run(empty_app, home):
+    at = empty_app
+    at.run()
+    at.number_input(key="f0_max_steps").set_value(30)
+    at.text_input(key="f0_lr").input("0.002")
+    [name] = [t for t in at.text_input if t.label == "Run name"]
+    name.input("from the form")
+    at.run()
+    _start_button(at).click().run()
+    assert not at.exception
+    assert at.title[0].value == "Live run"
+    store = RunStore()
+    [run] = store.list_runs()
+    store.close()
+    assert run.name == "from the form"
+    assert run.config["max_steps"] == 30 and run.config["lr"] == 0.002
+    assert run.status in ("queued", "running", "completed")
