@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def token_ids(corpus: str, tokenizer: str, cache_dir: Path) -> np.ndarray:
     if not path.exists():
         ids = _encode(text, tokenizer)
         # Write then rename, so a reader never maps a half-written cache file.
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        # A name of its own per writer: two threads (two Start presses) may build it at once.
+        tmp = path.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex}.tmp.npy")
         np.save(tmp, ids)
         os.replace(tmp, path)
     return np.load(path, mmap_mode="r")

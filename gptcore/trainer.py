@@ -366,6 +366,15 @@ class Trainer:
                     return self._nan_stop(reason)
                 interval_start, interval_steps = time.perf_counter(), 0
             if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps:
+                # Every step before a checkpoint is stored first: a resume starts at the
+                # checkpoint, so metrics held back past it would be lost for good.
+                if pending:
+                    reason = self._report(pending, interval_start, interval_steps)
+                    pending.clear()
+                    if reason:
+                        return self._nan_stop(reason)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                self.cb.flush()
                 self.save()
             if self.cb.should_stop():
                 if pending:

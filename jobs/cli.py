@@ -168,11 +168,13 @@ def cmd_show(args, store: RunStore) -> int:
 
 def cmd_stop(args, store: RunStore) -> int:
     r = store.get_run(args.run_id)
+    if r.status in ("queued", "running"):
+        store.request_stop(r.id)  # first, so a worker claiming it meanwhile stops it
+    r = store.get_run(args.run_id)
     if r.status == "queued":
         store.set_status(r.id, "stopped", error="cancelled before it started")
         print(f"run {r.id} cancelled")
     elif r.status == "running":
-        store.request_stop(r.id)
         print(f"stop requested for run {r.id}; it saves a checkpoint and stops within a step")
     else:
         raise GptdashError(f"run {r.id} is {r.status}, not running")

@@ -84,11 +84,12 @@ class JobManager:
 
     def stop(self, run_id: int) -> None:
         """Stop a running run (it saves a checkpoint) or cancel a queued one."""
-        run = self.store.get_run(run_id)
-        if run.status == "queued":
+        # The flag first: a worker claiming the run from now on starts a trainer that stops
+        # at once, so a Stop racing a claim is never lost.
+        self.store.request_stop(run_id)
+        if self.store.get_run(run_id).status == "queued":
             self.store.set_status(run_id, "stopped", error="cancelled before it started")
             return
-        self.store.request_stop(run_id)
         with self._lock:
             if self._current == run_id and self._stop_event is not None:
                 self._stop_event.set()

@@ -20,7 +20,7 @@ from gptcore.trainer import (
 )
 from jobs.bridge import StoreCallbacks
 from storage import home
-from storage.store import RunStore
+from storage.store import RunStore, remove_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +108,36 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
                        cache_dir=home.cache_dir(), callbacks=callbacks, resume=resume,
                        init_checkpoint=init_path)
     except GptdashError as exc:
-        callbacks.flush()
-        store.set_status(run_id, "failed", error=str(exc))
-        result = TrainResult(status="failed", reason=str(exc), step=run.last_step)
+        reason = str(exc)
+        _unless_deleted(callbacks.flush)
+        _unless_deleted(lambda: store.set_status(run_id, "failed", error=reason))
+        result = TrainResult(status="failed", reason=reason, step=run.last_step)
     except BaseException as exc:  # even KeyboardInterrupt must leave a consistent row
         log.exception("run %s crashed outside the training loop", run_id)
-        store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        crash = f"{type(exc).__name__}: {exc}"
+        _unless_deleted(lambda: store.set_status(run_id, "failed", error=crash))
         raise
     finally:
-        callbacks.close()
+        _unless_deleted(callbacks.close)
+        _forget_if_deleted(store, run_id)
     return result
+
+
+def _unless_deleted(write) -> None:
+    """Do a write that fails only when the run was deleted meanwhile (nothing to record)."""
+    try:
+        write()
+    except GptdashError as exc:
+        log.info("run gone while finishing: %s", exc)
+
+
+def _forget_if_deleted(store: RunStore, run_id: int) -> None:
+    """A run deleted while it trained: its trainer's last checkpoint must not bring the
+    folder back."""
+    try:
+        store.get_run(run_id)
+    except GptdashError:
+        remove_run_folder(run_id)
 
 
 class _Chain(TrainerCallbacks):

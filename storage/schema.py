@@ -77,6 +77,9 @@ class Run(Base):
     """One training run: its config, lifecycle and a few summaries for listing."""
 
     __tablename__ = "runs"
+    # AUTOINCREMENT: SQLite would otherwise reuse a deleted run's id, and with it the
+    # checkpoint folder runs/<id>/ that a deleted run's trainer may still be writing.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))

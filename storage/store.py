@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -341,9 +342,7 @@ class RunStore:
                             execution_options={"synchronize_session": False})
             session.execute(delete(Run).where(Run.id == run_id),
                             execution_options={"synchronize_session": False})
-        folder = checkpoints_dir(run_id, create=False)
-        if folder.exists():
-            shutil.rmtree(folder)
+        remove_run_folder(run_id)
 
     # ---- stop requests and the queue ----------------------------------------------------------
 
@@ -631,3 +630,17 @@ def _distinct_keys(run_id: int) -> Select:
                  .scalar_subquery())
     keys = keys.union_all(select(following).where(keys.c.key.is_not(None)))
     return select(keys.c.key).where(keys.c.key.is_not(None))
+
+
+def remove_run_folder(run_id: int) -> None:
+    """Remove ``runs/<id>/``, also while a trainer may be writing a checkpoint into it.
+
+    A file that appears during the walk makes rmtree fail with "directory not empty";
+    trying again a few times lets the writer's rename land first.
+    """
+    folder = checkpoints_dir(run_id, create=False)
+    for _ in range(5):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.05)
