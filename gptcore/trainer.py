@@ -263,6 +263,9 @@ class Trainer:
         self.cb.on_sample(self.step, cfg.sample_prompt, text)
 
     def save(self) -> Path:
+        # Every reported step is stored before the checkpoint: a resume starts at the
+        # checkpoint, so metrics still buffered past it would be lost for good.
+        self.cb.flush()
         extra = {"best_val": self.best_val, "best_step": self.best_step,
                  "evals_since_best": self.evals_since_best}
         path = save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer,
@@ -366,15 +369,12 @@ class Trainer:
                     return self._nan_stop(reason)
                 interval_start, interval_steps = time.perf_counter(), 0
             if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps:
-                # Every step before a checkpoint is stored first: a resume starts at the
-                # checkpoint, so metrics held back past it would be lost for good.
-                if pending:
+                if pending:  # report them, so save() stores them before the checkpoint
                     reason = self._report(pending, interval_start, interval_steps)
                     pending.clear()
                     if reason:
                         return self._nan_stop(reason)
                     interval_start, interval_steps = time.perf_counter(), 0
-                self.cb.flush()
                 self.save()
             if self.cb.should_stop():
                 if pending:

@@ -102,7 +102,8 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         callbacks = _Chain(callbacks, extra_callbacks)
     try:
         cfg = TrainConfig.from_dict(run.config).validate()
-        resume = checkpoint_file(run_id).is_file()
+        # Only a checkpoint this run recorded counts: never a stray file in its folder.
+        resume = run.checkpoint_path is not None and checkpoint_file(run_id).is_file()
         init_path = None if resume else resolve_init_from(store, cfg.init_from)[0]
         result = train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
                        cache_dir=home.cache_dir(), callbacks=callbacks, resume=resume,

@@ -414,28 +414,38 @@ def _train_until_killed_after_a_checkpoint(home_dir: str, run_id: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_kill_right_after_a_checkpoint_loses_no_metrics_once_resumed(store, home,
+@pytest.mark.parametrize("which", ["periodic", "on_stop"])
+def test_a_kill_right_after_a_checkpoint_loses_no_metrics_once_resumed(store, home, which,
                                                                      spawn_safe_main):
-    """Resume continues from the checkpoint, so every step before it must already be stored."""
+    """Resume continues from the checkpoint, so every step before it must already be stored.
+
+    ``periodic``: the checkpoint every 30 steps. ``on_stop``: the one a Stop request saves
+    (the stop flag is set before training starts, so it comes after the first step).
+    """
     steps = 60
-    # log_interval 7 does not divide checkpoint_interval 30, and no evaluation (which
-    # flushes) falls between step 0 and the end.
-    run_id = runner.create_run(store, micro(max_steps=steps, log_interval=7,
-                                            checkpoint_interval=30, eval_interval=1000))
+    # log_interval 7 does not divide 30, and no evaluation (which flushes) falls between
+    # step 0 and the end.
+    run_id = runner.create_run(store, micro(
+        max_steps=steps, log_interval=7, eval_interval=1000,
+        checkpoint_interval=30 if which == "periodic" else 1000))
     store.update_run(run_id, status="running", worker="gone-host:1")
+    if which == "on_stop":
+        store.request_stop(run_id)
     proc = multiprocessing.get_context("spawn").Process(
         target=_train_until_killed_after_a_checkpoint, args=(str(home), run_id))
     proc.start()
     proc.join(120)
     assert proc.exitcode == 137, "the trainer was not killed after its checkpoint"
-    assert load_checkpoint(runner.checkpoint_file(run_id))["step"] == 30
+    saved_at = load_checkpoint(runner.checkpoint_file(run_id))["step"]
+    assert saved_at == 30 if which == "periodic" else 0 < saved_at < steps
     assert recover_interrupted(store) == [run_id]
     runner.queue_resume(store, run_id)
     store.update_run(run_id, status="running", worker="test:0")
     assert runner.execute_run(store, run_id).status == "completed"
     logged = train_loss_steps(store, run_id)
     missing = sorted(set(range(steps)) - set(logged))
-    assert missing == [], f"steps {missing} were trained before the checkpoint but never stored"
+    assert missing == [], (f"steps {missing} were trained before the checkpoint at step "
+                           f"{saved_at} but never stored")
 
 
 # ---- a stop that races the worker's claim -------------------------------------------------------
