@@ -46,7 +46,7 @@ sampling = SamplingConfig(max_new_tokens=int(max_new), temperature=float(tempera
 
 def generate_into(run, container) -> None:
     with container:
-        st.caption(f"#{run.id} {run.name} · checkpoint step {run.last_step:,}")
+        st.text(f"#{run.id} {run.name} · checkpoint step {run.last_step:,}")  # user text: plain
         with user_errors():
             model, cfg, _ = load_model(run.checkpoint_path, os.path.getmtime(run.checkpoint_path))
             tokenizer = get_tokenizer(cfg.tokenizer)
