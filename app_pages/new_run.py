@@ -9,6 +9,7 @@ from gptcore.config import PRESETS, TrainConfig, field_info, preset
 from gptcore.data import BUILTIN, decode_corpus
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token
+from jobs.errors import USER_ERRORS
 from storage import home
 from ui.config_diff import config_from_upload, config_json_bytes
 from ui.figures import lr_schedule_figure
@@ -163,7 +164,7 @@ with form_col:
                         target.write_bytes(raw)
                         st.session_state.pending_corpus = str(target)
                         st.rerun()
-                    except GptdashError as exc:
+                    except USER_ERRORS as exc:
                         st.error(str(exc))
 
 cfg, problems = form_problems(values, TrainConfig())

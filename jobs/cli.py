@@ -18,6 +18,7 @@ from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args
 from gptcore.errors import GptdashError
 from gptcore.trainer import TrainerCallbacks, TrainResult
 from jobs import runner
+from jobs.errors import USER_ERRORS
 from jobs.manager import worker_id
 from storage.store import RunStore
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = RunStore()
         return args.func(args, store)
-    except GptdashError as exc:
+    except USER_ERRORS as exc:
         print(f"gptdash: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

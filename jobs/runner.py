@@ -19,7 +19,9 @@ from gptcore.trainer import (
     train,
 )
 from jobs.bridge import StoreCallbacks
+from jobs.errors import USER_ERRORS
 from storage import home
+from storage.errors import StorageError
 from storage.store import RunStore, remove_run_folder
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         result = train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
                        cache_dir=home.cache_dir(), callbacks=callbacks, resume=resume,
                        init_checkpoint=init_path)
-    except GptdashError as exc:
+    except USER_ERRORS as exc:
         reason = str(exc)
         _unless_deleted(callbacks.flush)
         _unless_deleted(lambda: store.set_status(run_id, "failed", error=reason))
@@ -128,7 +130,7 @@ def _unless_deleted(write) -> None:
     """Do a write that fails only when the run was deleted meanwhile (nothing to record)."""
     try:
         write()
-    except GptdashError as exc:
+    except StorageError as exc:
         log.info("run gone while finishing: %s", exc)
 
 
@@ -137,7 +139,7 @@ def _forget_if_deleted(store: RunStore, run_id: int) -> None:
     folder back."""
     try:
         store.get_run(run_id)
-    except GptdashError:
+    except StorageError:
         remove_run_folder(run_id)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from gptcore.errors import GptdashError
+from storage.errors import StorageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,16 +66,16 @@ def safe_path_in_home(name: str, folder: Path) -> Path:
     then checks the resolved path once more so a symlink cannot lead outside.
     """
     if not name or not name.strip():
-        raise GptdashError("the file name is empty; give a name such as corpus.txt")
+        raise StorageError("the file name is empty; give a name such as corpus.txt")
     if "\x00" in name:
-        raise GptdashError("the file name contains a NUL byte; use plain characters")
+        raise StorageError("the file name contains a NUL byte; use plain characters")
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
-        raise GptdashError(f"{name!r} is an absolute path; give a name relative to {folder}")
+        raise StorageError(f"{name!r} is an absolute path; give a name relative to {folder}")
     if ".." in posix.parts or ".." in windows.parts:
-        raise GptdashError(f"{name!r} contains '..'; give a name inside {folder}")
+        raise StorageError(f"{name!r} contains '..'; give a name inside {folder}")
     base = Path(folder).resolve()
     path = (base / name).resolve()
     if path == base or not path.is_relative_to(base):
-        raise GptdashError(f"{name!r} points outside {folder}; give a plain file name")
+        raise StorageError(f"{name!r} points outside {folder}; give a plain file name")
     return path

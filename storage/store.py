@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gptcore.errors import GptdashError
+from storage.errors import StorageError
 from storage.home import checkpoints_dir, db_url
 from storage.schema import (
     FINISHED_STATUSES,
@@ -131,8 +131,8 @@ def _status_changes(status: str, error: str | None) -> dict[str, Any]:
     return changes
 
 
-def _missing(run_id: int) -> GptdashError:
-    return GptdashError(f"run {run_id} does not exist")
+def _missing(run_id: int) -> StorageError:
+    return StorageError(f"run {run_id} does not exist")
 
 
 def _metric_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
@@ -191,13 +191,13 @@ class RunStore:
         )
         with Session(self.engine) as session, session.begin():
             if parent_id is not None and session.get(Run, parent_id) is None:
-                raise GptdashError(f"parent run {parent_id} does not exist")
+                raise StorageError(f"parent run {parent_id} does not exist")
             session.add(run)
             session.flush()
             return run.id
 
     def get_run(self, run_id: int) -> RunRecord:
-        """The run's current row; GptdashError if there is no such run."""
+        """The run's current row; StorageError if there is no such run."""
         with Session(self.engine) as session:
             run = session.get(Run, run_id)
             if run is None:

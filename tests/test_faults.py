@@ -23,11 +23,11 @@ import torch
 from gptcore.checkpoint import load_checkpoint
 from gptcore.config import ModelConfig, TrainConfig, apply_overrides
 from gptcore.data import token_ids
-from gptcore.errors import GptdashError
 from gptcore.trainer import TrainerCallbacks
 from jobs import runner
 from jobs.manager import JobManager, recover_interrupted
 from storage import home as home_paths
+from storage.errors import StorageError
 from storage.store import RunStore
 
 FINAL = ("completed", "stopped", "failed")
@@ -140,7 +140,7 @@ def test_soak_random_stops_and_deletes_leave_every_run_final_and_its_metrics_exa
     assert figures["rows_left_by_deleted"] == 0
     for run_id in result.deleted:
         assert store.samples(run_id).empty
-        with pytest.raises(GptdashError, match="does not exist"):
+        with pytest.raises(StorageError, match="does not exist"):
             store.get_run(run_id)
 
 
@@ -323,7 +323,7 @@ def test_deleting_the_running_run_ends_it_and_the_worker_trains_the_next(store, 
     assert train_loss_steps(store, following) == list(range(20))
     assert wait_for(manager.is_idle)
     # The dead run's writer could not put anything back after the delete.
-    with pytest.raises(GptdashError, match="does not exist"):
+    with pytest.raises(StorageError, match="does not exist"):
         store.get_run(doomed)
     assert store.metrics([doomed]).empty and store.samples(doomed).empty
 
@@ -357,7 +357,7 @@ def test_deleting_a_run_while_its_trainer_writes_a_checkpoint_never_raises(store
             failures.append(repr(exc))
         # By count, not id: SQLite may hand the same id out again.
         assert wait_for(lambda: len(manager.completed) == trial + 1)  # noqa: B023
-        with pytest.raises(GptdashError, match="does not exist"):
+        with pytest.raises(StorageError, match="does not exist"):
             store.get_run(doomed)
         assert not home_paths.checkpoints_dir(doomed, create=False).exists()
         if failures:

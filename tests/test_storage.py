@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from gptcore.errors import GptdashError
+from storage.errors import StorageError
 from storage.home import checkpoints_dir
 from storage.store import INTERRUPTED_ERROR, RUNS_FRAME_COLUMNS, RunStore
 
@@ -41,12 +41,12 @@ def test_create_running_run_starts_clock(store: RunStore) -> None:
 
 
 def test_get_missing_run_raises_user_error(store: RunStore) -> None:
-    with pytest.raises(GptdashError, match="run 42 does not exist"):
+    with pytest.raises(StorageError, match="run 42 does not exist"):
         store.get_run(42)
 
 
 def test_create_run_with_unknown_parent(store: RunStore) -> None:
-    with pytest.raises(GptdashError, match="parent run 9 does not exist"):
+    with pytest.raises(StorageError, match="parent run 9 does not exist"):
         store.create_run("child", {}, parent_id=9)
 
 
@@ -76,9 +76,9 @@ def test_update_run_rejects_unknown_fields_and_missing_runs(store: RunStore) -> 
         store.update_run(run_id, id=5)
     with pytest.raises(ValueError, match="unknown run status"):
         store.update_run(run_id, status="paused")
-    with pytest.raises(GptdashError, match="run 99 does not exist"):
+    with pytest.raises(StorageError, match="run 99 does not exist"):
         store.update_run(99, notes="x")
-    with pytest.raises(GptdashError, match="run 99 does not exist"):
+    with pytest.raises(StorageError, match="run 99 does not exist"):
         store.update_run(99)
 
 
@@ -126,7 +126,7 @@ def test_set_status_rejects_unknown_status_and_missing_run(store: RunStore) -> N
     run_id = store.create_run("r", {})
     with pytest.raises(ValueError):
         store.set_status(run_id, "done")
-    with pytest.raises(GptdashError, match="run 77 does not exist"):
+    with pytest.raises(StorageError, match="run 77 does not exist"):
         store.set_status(77, "running")
 
 
@@ -245,7 +245,7 @@ def test_samples_newest_first(store: RunStore) -> None:
 
 
 def test_log_sample_for_missing_run(store: RunStore) -> None:
-    with pytest.raises(GptdashError, match="run 5 does not exist"):
+    with pytest.raises(StorageError, match="run 5 does not exist"):
         store.log_sample(5, 1, "p", "t")
 
 
@@ -258,7 +258,7 @@ def test_stop_request(store: RunStore) -> None:
     store.set_status(run_id, "stopped")
     store.set_status(run_id, "queued")
     assert store.stop_requested(run_id) is False
-    with pytest.raises(GptdashError):
+    with pytest.raises(StorageError):
         store.request_stop(123)
 
 
@@ -281,7 +281,7 @@ def test_delete_run(store: RunStore, home: Path) -> None:
     store.delete_run(parent)
 
     assert not folder.exists()
-    with pytest.raises(GptdashError):
+    with pytest.raises(StorageError):
         store.get_run(parent)
     assert store.metrics([parent]).empty and store.samples(parent).empty
     assert store.get_run(child).parent_id is None
@@ -291,7 +291,7 @@ def test_delete_run(store: RunStore, home: Path) -> None:
                                {"r": parent}).scalar() for t in ("metrics", "samples")]
     assert counts == [0, 0]
     store.delete_run(child)  # no checkpoint folder: fine
-    with pytest.raises(GptdashError, match=f"run {parent} does not exist"):
+    with pytest.raises(StorageError, match=f"run {parent} does not exist"):
         store.delete_run(parent)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gptcore.errors import GptdashError
 from storage import home as home_module
+from storage.errors import StorageError
 from storage.home import (
     cache_dir,
     checkpoints_dir,
@@ -59,7 +59,7 @@ def test_db_url_default_and_override(home: Path, monkeypatch: pytest.MonkeyPatch
     ["../x", "/etc/passwd", "", "   ", "a/../../b", "..", "a/..", "x\x00y", "..\\x", "C:\\x"],
 )
 def test_safe_path_rejects_escapes(home: Path, name: str) -> None:
-    with pytest.raises(GptdashError):
+    with pytest.raises(StorageError):
         safe_path_in_home(name, uploads_dir())
 
 
@@ -73,5 +73,5 @@ def test_safe_path_rejects_symlink_out_of_folder(home: Path, tmp_path: Path) -> 
     folder = uploads_dir()
     outside = tmp_path.parent / "outside-target"
     (folder / "link").symlink_to(outside)
-    with pytest.raises(GptdashError):
+    with pytest.raises(StorageError):
         safe_path_in_home("link", folder)

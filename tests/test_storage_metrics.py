@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptcore.errors import GptdashError
+from storage.errors import StorageError
 from storage.store import METRIC_COLUMNS, RunStore
 
 
@@ -48,7 +48,7 @@ def test_log_metrics_empty_and_missing_run(store: RunStore) -> None:
     run_id = store.create_run("r", {})
     store.log_metrics(run_id, [])
     assert store.metrics([run_id]).empty
-    with pytest.raises(GptdashError, match="run 404 does not exist"):
+    with pytest.raises(StorageError, match="run 404 does not exist"):
         store.log_metrics(404, [("loss", 1, 1.0, 0.0)])
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import streamlit as st
 
-from gptcore.errors import GptdashError
+from jobs.errors import USER_ERRORS
 from jobs.manager import JobManager
 from storage import home
 from storage.store import RunRecord, RunStore
@@ -30,7 +30,7 @@ def user_errors() -> Iterator[None]:
     """Show a GptdashError as a readable message instead of a traceback."""
     try:
         yield
-    except GptdashError as exc:
+    except USER_ERRORS as exc:
         st.error(str(exc))
 
 
