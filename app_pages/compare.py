@@ -7,7 +7,7 @@ from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from ui.config_diff import differing_params
 from ui.figures import X_TITLES, hparam_figure, metric_figure, x_axis_frame
-from ui.widgets import get_store
+from ui.widgets import empty_state, get_store
 
 store = get_store()
 POINTS_PER_CURVE = 2000
@@ -15,9 +15,7 @@ POINTS_PER_CURVE = 2000
 st.title("Compare")
 runs = store.list_runs()
 if not runs:
-    st.info("No runs yet: start one on **New run**, then compare runs here.")
-    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
-    st.stop()
+    empty_state("No runs yet: start one on **New run**, then compare runs here.")
 
 by_id = {r.id: r for r in runs}
 if "compare_ids" in st.session_state:  # arriving from the Runs page's selection

@@ -15,7 +15,7 @@ import streamlit as st
 from ui.figures import metric_figure
 from ui.format import eta_seconds, human_duration, progress_fraction
 from ui.live import LiveSeries, view_range
-from ui.widgets import get_manager, get_store, pick_run, user_errors
+from ui.widgets import empty_state, get_manager, get_store, pick_run, user_errors
 
 store, manager = get_store(), get_manager()
 REFRESH_S = 2.0
@@ -33,9 +33,7 @@ ACTIVE = ("queued", "running")
 st.title("Live run")
 runs = store.list_runs()
 if not runs:
-    st.info("No runs yet: start one on **New run** and it appears here while it trains.")
-    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
-    st.stop()
+    empty_state("No runs yet: start one on **New run** and it appears here while it trains.")
 
 running = [r.id for r in runs if r.status == "running"]
 arrived_for = st.session_state.pop("live_run", None)  # set by Start / Open on other pages

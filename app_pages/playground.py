@@ -7,17 +7,15 @@ import streamlit as st
 from gptcore.checkpoint import model_from_checkpoint
 from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig, encode_prompt, stream_text
 from gptcore.tokenizer import get_tokenizer
-from ui.widgets import get_store, pick_run, user_errors
+from ui.widgets import empty_state, get_store, pick_run, user_errors
 
 store = get_store()
 
 st.title("Playground")
 runs = [r for r in store.list_runs() if r.checkpoint_path and os.path.isfile(r.checkpoint_path)]
 if not runs:
-    st.info("No checkpoints yet: train a run (New run) and sample from it here once it has "
+    empty_state("No checkpoints yet: train a run (New run) and sample from it here once it has "
             "saved a checkpoint.")
-    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
-    st.stop()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the checkpoint…")

@@ -6,16 +6,14 @@ import streamlit as st
 from jobs.runner import RESUMABLE, can_resume
 from storage.schema import STATUSES
 from ui.format import human_count, human_duration
-from ui.widgets import get_manager, get_store, user_errors
+from ui.widgets import empty_state, get_manager, get_store, user_errors
 
 store, manager = get_store(), get_manager()
 
 st.title("Runs")
 
 if not store.list_runs(limit=1):
-    st.info("No runs yet: start one on **New run**.")
-    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
-    st.stop()
+    empty_state("No runs yet: start one on **New run**.")
 
 f1, f2, f3 = st.columns([2, 1, 2])
 statuses = f1.multiselect("Status", STATUSES, placeholder="any status")

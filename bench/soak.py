@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gptcore.config import ModelConfig, TrainConfig, apply_overrides  # noqa: E402
-from gptcore.errors import GptdashError  # noqa: E402
 from gptcore.trainer import TrainerCallbacks  # noqa: E402
 from jobs import runner  # noqa: E402
+from jobs.errors import USER_ERRORS  # noqa: E402
 from jobs.manager import JobManager  # noqa: E402
 from storage.home import checkpoints_dir  # noqa: E402
 from storage.schema import FINISHED_STATUSES  # noqa: E402
@@ -146,7 +146,7 @@ def _chaos(store: RunStore, manager: JobManager, rng: random.Random, result: Soa
                 else:
                     store.delete_run(target)
                     result.deleted[target] = seen
-            except GptdashError:
+            except USER_ERRORS:
                 pass  # cannot happen here (no one else deletes), but a gone run is not a fault
             except Exception as exc:  # noqa: BLE001 - a Stop or Delete click that errors
                 result.action_errors.append(f"{action} run {target}: {exc!r}")

@@ -34,6 +34,13 @@ def user_errors() -> Iterator[None]:
         st.error(str(exc))
 
 
+def empty_state(message: str) -> None:
+    """Say what to do next on a page with nothing to show yet, and end the page there."""
+    st.info(message)
+    st.page_link("app_pages/new_run.py", label="Go to New run", icon=":material/rocket_launch:")
+    st.stop()
+
+
 def run_label(run: RunRecord) -> str:
     return f"#{run.id} {run.name} · {run.status}"
 
