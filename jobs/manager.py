@@ -56,6 +56,8 @@ def recover_interrupted(store: RunStore) -> list[int]:
 
 
 class JobManager:
+    """A background thread that claims queued runs and trains them, one at a time."""
+
     def __init__(self, store: RunStore, *, start: bool = True):
         self.store = store
         self.worker = worker_id()
@@ -140,3 +142,21 @@ class JobManager:
             with self._lock:
                 self._current, self._stop_event = None, None
             self.completed.append(run_id)
+
+
+_process_worker: JobManager | None = None
+_process_lock = threading.Lock()
+
+
+def process_worker() -> JobManager:
+    """This process's one background worker, started on first use.
+
+    ``gptdash serve`` calls it before Streamlit starts, so queued runs train and
+    orphaned runs are recovered with no page open; pages get the same worker.
+    A worker that was shut down (or died) is replaced by a fresh one.
+    """
+    global _process_worker
+    with _process_lock:
+        if _process_worker is None or not _process_worker.is_alive():
+            _process_worker = JobManager(RunStore())
+        return _process_worker

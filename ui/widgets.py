@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import streamlit as st
 
 from jobs.errors import USER_ERRORS
-from jobs.manager import JobManager
+from jobs.manager import JobManager, process_worker
 from storage import home
 from storage.store import RunRecord, RunStore
 
@@ -21,8 +21,8 @@ def get_store() -> RunStore:
 
 @st.cache_resource(show_spinner=False)
 def get_manager() -> JobManager:
-    """One worker per server process; it outlives every browser tab."""
-    return JobManager(get_store())
+    """The server process's worker (started by ``gptdash serve``); it outlives every tab."""
+    return process_worker()
 
 
 @contextlib.contextmanager
