@@ -12,12 +12,15 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gptcore.errors import GptdashError
 from gptcore.tokenizer import get_tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 BUILTIN = "builtin"
 MAX_CORPUS_BYTES = 2 * 1024**3
@@ -105,6 +108,8 @@ class TokenData:
     def batch(self, split: str, batch_size: int, context_length: int,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of random windows as int64 CPU tensors (x, y), y shifted by one."""
+        import torch  # here, so tokenizing a corpus (e.g. `gptdash submit`) needs no torch
+
         ids = self.train if split == "train" else self.val
         starts = torch.randint(len(ids) - context_length - 1, (batch_size,), generator=generator)
         windows = np.stack([ids[s : s + context_length + 1] for s in starts.tolist()])

@@ -111,3 +111,39 @@ class StoreCallbacks(TrainerCallbacks):
         self._closed.set()
         self._writer.join(timeout=5)
         self._write()
+
+
+class Chain(TrainerCallbacks):
+    """The store callbacks first, then another listener (e.g. the CLI's progress bar)."""
+
+    def __init__(self, primary: StoreCallbacks, other: TrainerCallbacks):
+        self.primary, self.other = primary, other
+
+    def on_start(self, info):
+        self.primary.on_start(info)
+        self.other.on_start(info)
+
+    def on_metrics(self, step, metrics):
+        self.primary.on_metrics(step, metrics)
+        self.other.on_metrics(step, metrics)
+
+    def on_sample(self, step, prompt, text):
+        self.primary.on_sample(step, prompt, text)
+        self.other.on_sample(step, prompt, text)
+
+    def on_checkpoint(self, step, path):
+        self.primary.on_checkpoint(step, path)
+        self.other.on_checkpoint(step, path)
+
+    def on_status(self, status, message=None):
+        self.primary.on_status(status, message)
+        self.other.on_status(status, message)
+
+    def flush(self):
+        self.primary.flush()
+
+    def should_stop(self):
+        return self.primary.should_stop() or self.other.should_stop()
+
+    def close(self):
+        self.primary.close()

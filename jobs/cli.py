@@ -1,76 +1,26 @@
-"""`gptdash`: train, list, show, resume, sample and stop runs from a terminal.
+"""`gptdash`: train, queue, list, show, resume, sample and stop runs from a terminal.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C.
+
+Only the commands that train or sample import torch (from ``jobs.foreground``),
+so ``gptdash list``, ``show``, ``stop`` and ``submit`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args, preset
 from gptcore.errors import GptdashError
-from gptcore.trainer import TrainerCallbacks, TrainResult
 from jobs import runner
 from jobs.errors import USER_ERRORS
-from jobs.manager import worker_id
+from jobs.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+from jobs.manager import recover_interrupted
+from storage.schema import STATUSES
 from storage.store import RunStore
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class Progress(TrainerCallbacks):
-    """A one-line progress bar with ETA on a terminal; plain lines elsewhere."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.start = time.monotonic()
-        self.start_step = 0
-        self.max_steps = 1
-        self.loss = math.nan
-        self.val = math.nan
-        self.tps = math.nan
-        self._last_print = 0.0
-
-    def on_start(self, info):
-        self.start_step, self.max_steps = info["start_step"], info["max_steps"]
-        self.start = time.monotonic()
-        print(f"training on {info['device']}: {info['n_params']:,} parameters, "
-              f"steps {info['start_step']}..{info['max_steps']}", file=self.stream)
-
-    def on_metrics(self, step, metrics):
-        self.loss = metrics.get("train/loss", self.loss)
-        self.tps = metrics.get("tokens_per_sec", self.tps)
-        if "val/loss" in metrics:
-            self.val = metrics["val/loss"]
-            if not self.tty:
-                print(f"step {step}: val loss {self.val:.4f}", file=self.stream, flush=True)
-        self._draw(step)
-
-    def _draw(self, step: int) -> None:
-        now = time.monotonic()
-        if not self.tty or (now - self._last_print < 0.2 and step + 1 < self.max_steps):
-            return
-        self._last_print = now
-        done = max(step + 1 - self.start_step, 1)
-        total = max(self.max_steps - self.start_step, 1)
-        frac = min(1.0, (step + 1) / self.max_steps)
-        eta = (now - self.start) / done * max(total - done, 0)
-        bar = "#" * int(30 * frac)
-        self.stream.write(f"\r[{bar:<30}] {step + 1}/{self.max_steps} loss {self.loss:.4f} "
-                          f"val {self.val:.4f} {self.tps:,.0f} tok/s ETA {eta:4.0f}s ")
-        self.stream.flush()
-
-    def on_status(self, status, message=None):
-        if self.tty and status != "running":
-            self.stream.write("\n")
 
 
 def _load_config(args) -> TrainConfig:
@@ -84,61 +34,34 @@ def _load_config(args) -> TrainConfig:
     return apply_overrides(cfg, parse_set_args(args.set or [])).validate()
 
 
-def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
-    """Train a claimed run here; Ctrl-C stops it within a step, with a checkpoint."""
-    stop = threading.Event()
-    presses = 0
+def cmd_train(args, store: RunStore) -> int:
+    from jobs.foreground import train_new
 
-    def on_sigint(signum, frame):
-        nonlocal presses
-        presses += 1
-        if presses > 1:
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        result = runner.execute_run(store, run_id, stop_event=stop,
-                                    extra_callbacks=None if quiet else Progress())
-    except KeyboardInterrupt:
-        print(f"run {run_id} aborted by a second Ctrl-C; resume it with "
-              f"`gptdash resume {run_id}`", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return _summarise(store, run_id, result, interrupted=stop.is_set() and presses > 0)
+    run_id = runner.create_run(store, _load_config(args), name=args.name, tags=args.tag)
+    return train_new(store, run_id, args.quiet)
 
 
-def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: bool) -> int:
-    run = store.get_run(run_id)
-    if result.status == "failed":
-        print(f"run {run_id} failed: {result.reason}", file=sys.stderr)
-        return EXIT_FAILED
-    if result.status == "stopped":
-        print(f"run {run_id} stopped at step {result.step}; checkpoint saved. Resume with "
-              f"`gptdash resume {run_id}`", file=sys.stderr)
-        return EXIT_INTERRUPTED if interrupted else EXIT_OK
-    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    note = f" ({result.reason})" if result.reason else ""
-    print(f"run {run_id} '{run.name}' completed at step {result.step}{note}: best val loss {best}, "
-          f"last train loss {result.metrics.get('train/loss', math.nan):.4f}; "
-          f"checkpoint {result.checkpoint}")
+def cmd_submit(args, store: RunStore) -> int:
+    # The worker that claims it checks its own device's memory; here only the config
+    # and the corpus are checked, so this needs no torch and answers at once.
+    run_id = runner.create_run(store, _load_config(args), name=args.name, tags=args.tag,
+                               check_device=False)
+    print(run_id)
+    print(f"run {run_id} queued: `gptdash serve` or `gptdash worker` trains it; "
+          f"watch it with `gptdash list`", file=sys.stderr)
     return EXIT_OK
 
 
-def cmd_train(args, store: RunStore) -> int:
-    cfg = _load_config(args)
-    run_id = runner.create_run(store, cfg, name=args.name, tags=args.tag)
-    # Claim it for this process at once, so a dashboard worker never picks it up.
-    store.update_run(run_id, status="running", worker=worker_id())
-    print(f"run {run_id} created", file=sys.stderr)
-    return _train_foreground(store, run_id, args.quiet)
-
-
 def cmd_resume(args, store: RunStore) -> int:
-    runner.queue_resume(store, args.run_id)
-    store.update_run(args.run_id, status="running", worker=worker_id())
-    return _train_foreground(store, args.run_id, args.quiet)
+    from jobs.foreground import cmd_resume as resume
+
+    return resume(args, store)
+
+
+def cmd_sample(args, store: RunStore) -> int:
+    from jobs.foreground import cmd_sample as sample
+
+    return sample(args, store)
 
 
 def cmd_list(args, store: RunStore) -> int:
@@ -182,29 +105,20 @@ def cmd_stop(args, store: RunStore) -> int:
     return EXIT_OK
 
 
-def cmd_sample(args, store: RunStore) -> int:
-    from gptcore.checkpoint import model_from_checkpoint
-    from gptcore.generate import SamplingConfig, stream_text
-    from gptcore.tokenizer import get_tokenizer
-
-    r = store.get_run(args.run_id)
-    if not r.checkpoint_path:
-        raise GptdashError(f"run {r.id} has no checkpoint yet")
-    model, cfg, _ = model_from_checkpoint(r.checkpoint_path)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
-    sys.stdout.write(args.prompt)
-    for piece in stream_text(model, get_tokenizer(cfg.tokenizer), args.prompt, sampling):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return EXIT_OK
-
-
 def cmd_serve(args, store: RunStore) -> int:
     from jobs.serve import serve
 
     return serve(args.address, args.port)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """The options that make a config, shared by ``train`` and ``submit``."""
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
+    p.add_argument("--config", help="a JSON config file (as the dashboard downloads)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set lr=3e-4 (repeatable)")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--tag", action="append", help="tag the run (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,14 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="create a run and train it in the foreground")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
-    t.add_argument("--config", help="a JSON config file (as the dashboard downloads)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set lr=3e-4 (repeatable)")
-    t.add_argument("--name", help="run name")
-    t.add_argument("--tag", action="append", help="tag the run (repeatable)")
+    _add_config_args(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("submit", help="queue a run for the dashboard's worker (or any "
+                       "`gptdash worker`) and print its id")
+    _add_config_args(q)
+    q.set_defaults(func=cmd_submit)
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_id", type=int)
@@ -228,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("list", help="list runs, newest first")
-    ls.add_argument("--status")
+    ls.add_argument("--status", choices=STATUSES, help="only runs in this status")
     ls.add_argument("--tag")
     ls.add_argument("--text")
     ls.set_defaults(func=cmd_list)
@@ -251,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int)
     sm.set_defaults(func=cmd_sample)
 
-    sv = sub.add_parser("serve", help="start the dashboard (127.0.0.1 unless told otherwise)")
+    sv = sub.add_parser("serve", help="start the dashboard and its training worker "
+                        "(127.0.0.1 unless told otherwise)")
     sv.add_argument("--address", default="127.0.0.1",
                     help="address to bind; anything but loopback needs GPTDASH_PASSWORD")
     sv.add_argument("--port", type=int, default=8501)
@@ -263,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         store = RunStore()
+        # Before anything reads or changes runs: a run whose process is gone is not
+        # "running", whether or not a dashboard was ever started.
+        found = recover_interrupted(store)
+        if found:
+            ids = ", ".join(f"#{i}" for i in found)
+            print(f"gptdash: run(s) {ids} were left running by a process that is gone; marked "
+                  "interrupted (continue with `gptdash resume RUN`)", file=sys.stderr)
         return args.func(args, store)
     except USER_ERRORS as exc:
         print(f"gptdash: {exc}", file=sys.stderr)

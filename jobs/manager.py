@@ -55,6 +55,11 @@ def recover_interrupted(store: RunStore) -> list[int]:
     return found
 
 
+def claim_here(store: RunStore, run_id: int) -> None:
+    """Mark a run as trained by this process (the CLI's foreground train and resume)."""
+    store.update_run(run_id, status="running", worker=worker_id())
+
+
 class JobManager:
     """A background thread that claims queued runs and trains them, one at a time."""
 

@@ -1,28 +1,27 @@
-"""A run's life from config to finished row: create, train (or resume), record."""
+"""A run's life from config to finished row: create, train (or resume), record.
+
+Creating, queueing and resuming need no torch, so `gptdash submit` answers at once;
+torch is imported only by ``execute_run`` and the device-memory check.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptcore.config import TrainConfig
 from gptcore.data import load_data
 from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
-from gptcore.trainer import (
-    CHECKPOINT_NAME,
-    TrainerCallbacks,
-    TrainResult,
-    available_memory_mb,
-    resolve_device,
-    train,
-)
-from jobs.bridge import StoreCallbacks
 from jobs.errors import USER_ERRORS
 from storage import home
 from storage.errors import StorageError
 from storage.store import RunStore, remove_run_folder
+
+if TYPE_CHECKING:
+    from gptcore.trainer import TrainerCallbacks, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,25 @@ def resolve_init_from(store: RunStore, init_from: str) -> tuple[Path | None, int
     return path, None
 
 
-def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
-               tags: list[str] | None = None, notes: str = "") -> int:
-    """Validate ``cfg`` and record a queued run; bad input raises before anything is written."""
-    cfg.validate()
+def check_fits_device(cfg: TrainConfig) -> None:
+    """Refuse a config whose memory estimate exceeds this machine's device (imports torch)."""
+    from gptcore.trainer import available_memory_mb, resolve_device
+
     problem = fit_problem(cfg, available_memory_mb(resolve_device(cfg.device)))
     if problem:
         raise GptdashError(problem)
+
+
+def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
+               tags: list[str] | None = None, notes: str = "", check_device: bool = True) -> int:
+    """Validate ``cfg`` and record a queued run; bad input raises before anything is written.
+
+    ``check_device=False`` skips the memory check against this machine's device, for a run
+    queued for whichever worker claims it (that worker checks its own device).
+    """
+    cfg.validate()
+    if check_device:
+        check_fits_device(cfg)
     _, parent_id = resolve_init_from(store, cfg.init_from)
     # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
     data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
@@ -70,6 +81,8 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
 
 
 def checkpoint_file(run_id: int) -> Path:
+    from gptcore.trainer import CHECKPOINT_NAME
+
     return home.checkpoints_dir(run_id, create=False) / CHECKPOINT_NAME
 
 
@@ -98,12 +111,16 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
     starts fresh, from ``init_from``'s weights when that is set. Every way out ends
     with the row in a final status, and with a reason when it did not complete.
     """
+    from gptcore.trainer import TrainResult, train
+    from jobs.bridge import Chain, StoreCallbacks
+
     run = store.get_run(run_id)
     callbacks = StoreCallbacks(store, run_id, stop_event)
     if extra_callbacks is not None:
-        callbacks = _Chain(callbacks, extra_callbacks)
+        callbacks = Chain(callbacks, extra_callbacks)
     try:
         cfg = TrainConfig.from_dict(run.config).validate()
+        check_fits_device(cfg)  # this worker's device, which may not be the submitter's
         # Only a checkpoint this run recorded counts: never a stray file in its folder.
         resume = run.checkpoint_path is not None and checkpoint_file(run_id).is_file()
         init_path = None if resume else resolve_init_from(store, cfg.init_from)[0]
@@ -141,39 +158,3 @@ def _forget_if_deleted(store: RunStore, run_id: int) -> None:
         store.get_run(run_id)
     except StorageError:
         remove_run_folder(run_id)
-
-
-class _Chain(TrainerCallbacks):
-    """The store callbacks first, then another listener (e.g. the CLI's progress bar)."""
-
-    def __init__(self, primary: StoreCallbacks, other: TrainerCallbacks):
-        self.primary, self.other = primary, other
-
-    def on_start(self, info):
-        self.primary.on_start(info)
-        self.other.on_start(info)
-
-    def on_metrics(self, step, metrics):
-        self.primary.on_metrics(step, metrics)
-        self.other.on_metrics(step, metrics)
-
-    def on_sample(self, step, prompt, text):
-        self.primary.on_sample(step, prompt, text)
-        self.other.on_sample(step, prompt, text)
-
-    def on_checkpoint(self, step, path):
-        self.primary.on_checkpoint(step, path)
-        self.other.on_checkpoint(step, path)
-
-    def on_status(self, status, message=None):
-        self.primary.on_status(status, message)
-        self.other.on_status(status, message)
-
-    def flush(self):
-        self.primary.flush()
-
-    def should_stop(self):
-        return self.primary.should_stop() or self.other.should_stop()
-
-    def close(self):
-        self.primary.close()

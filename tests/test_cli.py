@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from jobs.manager import recover_interrupted
 from storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,21 +92,57 @@ def test_ctrl_c_stops_within_a_step_saves_a_checkpoint_and_prints_one_line(tmp_p
     assert Path(run.checkpoint_path).is_file()
 
 
-def test_kill_9_leaves_an_interrupted_run_that_resumes(tmp_path):
+def test_kill_9_then_list_shows_interrupted_and_resume_continues_with_no_server(tmp_path):
     proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=400",
                  "--set", "checkpoint_interval=10", "--quiet")
     store, run_id = _wait_for_training(tmp_path, proc)
     time.sleep(1.5)  # let a checkpoint and a metrics flush land
     proc.kill()
     proc.wait()
-    assert store.get_run(run_id).status == "running"  # nobody could say otherwise
-    assert recover_interrupted(store) == [run_id]  # what a server start does
-    run = store.get_run(run_id)
-    assert run.status == "interrupted"
-    logged = store.metrics([run_id], ["train/loss"])
-    assert len(logged) > 0
+    # No server, no page: the next command that reads runs finds the owner gone.
+    listing = gptdash(tmp_path, "list")
+    assert listing.returncode == 0
+    assert f"{run_id:>4}  interrupted" in listing.stdout, listing.stdout
+    checkpoint_step = len(store.metrics([run_id], ["train/loss"]))
+    assert checkpoint_step > 0
     out = gptdash(tmp_path, "resume", str(run_id), "--quiet")
     assert out.returncode == 0, out.stderr
     assert store.get_run(run_id).status == "completed"
     steps = store.metrics([run_id], ["train/loss"])["step"]
     assert list(steps) == list(range(400))  # the resumed part fills in every step after it
+
+
+def test_list_with_an_unknown_status_names_the_valid_ones(tmp_path):
+    out = gptdash(tmp_path, "list", "--status", "bogus")
+    assert out.returncode == 2
+    assert "invalid choice: 'bogus'" in out.stderr
+    assert all(status in out.stderr for status in ("queued", "running", "interrupted"))
+    assert "no runs yet" not in out.stdout
+
+
+def test_submit_queues_a_run_and_prints_its_id_without_training(tmp_path):
+    out = gptdash(tmp_path, "submit", "--preset", "tiny", *MICRO, "--name", "later")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    listing = gptdash(tmp_path, "list", "--status", "queued")
+    assert "later" in listing.stdout and "queued" in listing.stdout
+
+
+def test_submit_refuses_bad_input_like_train(tmp_path):
+    out = gptdash(tmp_path, "submit", "--preset", "tiny", "--set", "n_heads=5")
+    assert out.returncode == 2 and "not divisible by n_heads 5" in out.stderr
+    assert RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}").list_runs() == []
+
+
+def test_light_commands_do_not_import_torch(tmp_path):
+    """`gptdash list` is typed dozens of times a day: it must not pay for torch."""
+    code = ("import sys\nfrom jobs.cli import main\nmain(['list'])\n"
+            "main(['submit', '--preset', 'tiny', '--set', 'max_steps=5'])\n"
+            "main(['show', '1'])\nmain(['stop', '1'])\n"
+            "print('torch' in sys.modules)")
+    env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
+    env.pop("GPTDASH_DB_URL", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

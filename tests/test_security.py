@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from gptcore.errors import GptdashError
-from jobs.serve import allowed_hosts, check_bind, is_loopback, password_ok, streamlit_command
+from jobs.serve import allowed_hosts, check_bind, is_loopback, password_ok, streamlit_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_password_comparison():
 
 
 def test_streamlit_is_started_headless_with_pinned_hosts_and_no_telemetry():
-    cmd = streamlit_command("127.0.0.1", 8501)
+    cmd = streamlit_args("127.0.0.1", 8501)
     joined = " ".join(cmd)
     assert "--server.address 127.0.0.1" in joined
     assert "--browser.gatherUsageStats false" in joined
@@ -86,7 +86,8 @@ def test_a_foreign_host_header_cannot_open_the_app(tmp_path):
     port = _free_port()
     env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
     env.pop("GPTDASH_PASSWORD", None)
-    proc = subprocess.Popen(streamlit_command("127.0.0.1", port), cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "jobs", "serve", "--port", str(port)],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

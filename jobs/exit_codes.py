@@ -1,0 +1,3 @@
+"""The CLI's exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C."""
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -1,0 +1,96 @@
+"""The CLI commands that train or sample here, in the foreground: they import torch.
+
+Kept apart from ``jobs.cli`` so that ``gptdash list``, ``show``, ``stop`` and
+``submit`` never pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+from argparse import Namespace
+
+from gptcore.errors import GptdashError
+from gptcore.trainer import TrainResult
+from jobs import runner
+from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from jobs.manager import claim_here
+from jobs.progress import Progress
+from storage.store import RunStore
+
+
+def train_new(store: RunStore, run_id: int, quiet: bool) -> int:
+    """Claim a just-created run for this process and train it here."""
+    # Claim it at once, so a dashboard or worker never picks it up.
+    claim_here(store, run_id)
+    print(f"run {run_id} created", file=sys.stderr)
+    return _train_foreground(store, run_id, quiet)
+
+
+def cmd_resume(args: Namespace, store: RunStore) -> int:
+    runner.queue_resume(store, args.run_id)
+    claim_here(store, args.run_id)
+    return _train_foreground(store, args.run_id, args.quiet)
+
+
+def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
+    """Train a claimed run here; Ctrl-C stops it within a step, with a checkpoint."""
+    stop = threading.Event()
+    presses = 0
+
+    def on_sigint(signum, frame):
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = runner.execute_run(store, run_id, stop_event=stop,
+                                    extra_callbacks=None if quiet else Progress())
+    except KeyboardInterrupt:
+        print(f"run {run_id} aborted by a second Ctrl-C; resume it with "
+              f"`gptdash resume {run_id}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return _summarise(store, run_id, result, interrupted=stop.is_set() and presses > 0)
+
+
+def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: bool) -> int:
+    run = store.get_run(run_id)
+    if result.status == "failed":
+        print(f"run {run_id} failed: {result.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    if result.status == "stopped":
+        print(f"run {run_id} stopped at step {result.step}; checkpoint saved. Resume with "
+              f"`gptdash resume {run_id}`", file=sys.stderr)
+        return EXIT_INTERRUPTED if interrupted else EXIT_OK
+    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
+    note = f" ({result.reason})" if result.reason else ""
+    print(f"run {run_id} '{run.name}' completed at step {result.step}{note}: best val loss {best}, "
+          f"last train loss {result.metrics.get('train/loss', math.nan):.4f}; "
+          f"checkpoint {result.checkpoint}")
+    return EXIT_OK
+
+
+def cmd_sample(args: Namespace, store: RunStore) -> int:
+    from gptcore.checkpoint import model_from_checkpoint
+    from gptcore.generate import SamplingConfig, stream_text
+    from gptcore.tokenizer import get_tokenizer
+
+    r = store.get_run(args.run_id)
+    if not r.checkpoint_path:
+        raise GptdashError(f"run {r.id} has no checkpoint yet")
+    model, cfg, _ = model_from_checkpoint(r.checkpoint_path)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
+    sys.stdout.write(args.prompt)
+    for piece in stream_text(model, get_tokenizer(cfg.tokenizer), args.prompt, sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return EXIT_OK
