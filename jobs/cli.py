@@ -12,15 +12,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args, preset
 from gptcore.errors import GptdashError
-from jobs import runner
 from jobs.errors import USER_ERRORS
 from jobs.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
-from jobs.manager import recover_interrupted
-from storage.schema import STATUSES
-from storage.store import RunStore
+
+if TYPE_CHECKING:
+    from storage.store import RunStore
 
 
 def _load_config(args) -> TrainConfig:
@@ -35,6 +35,7 @@ def _load_config(args) -> TrainConfig:
 
 
 def cmd_train(args, store: RunStore) -> int:
+    from jobs import runner
     from jobs.foreground import train_new
 
     run_id = runner.create_run(store, _load_config(args), name=args.name, tags=args.tag)
@@ -44,6 +45,8 @@ def cmd_train(args, store: RunStore) -> int:
 def cmd_submit(args, store: RunStore) -> int:
     # The worker that claims it checks its own device's memory; here only the config
     # and the corpus are checked, so this needs no torch and answers at once.
+    from jobs import runner
+
     run_id = runner.create_run(store, _load_config(args), name=args.name, tags=args.tag,
                                check_device=False)
     print(run_id)
@@ -111,6 +114,16 @@ def cmd_serve(args, store: RunStore) -> int:
     return serve(args.address, args.port)
 
 
+def _status(value: str) -> str:
+    """A run status for ``list --status``; anything else is an argparse error (exit 2)."""
+    from storage.schema import STATUSES
+
+    if value not in STATUSES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a run status; choose one of "
+                                         f"{', '.join(STATUSES)}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     """The options that make a config, shared by ``train`` and ``submit``."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
@@ -142,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("list", help="list runs, newest first")
-    ls.add_argument("--status", choices=STATUSES, help="only runs in this status")
+    ls.add_argument("--status", type=_status, help="only runs in this status (queued, "
+                    "running, completed, stopped, failed or interrupted)")
     ls.add_argument("--tag")
     ls.add_argument("--text")
     ls.set_defaults(func=cmd_list)
@@ -176,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported after parsing, so `gptdash --help` and usage errors answer at once.
+    from jobs.recovery import recover_interrupted
+    from storage.store import RunStore
+
     try:
         store = RunStore()
         # Before anything reads or changes runs: a run whose process is gone is not

@@ -10,49 +10,16 @@ touches Streamlit.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 
 from gptcore.config import TrainConfig
 from jobs import runner
+from jobs.recovery import recover_interrupted, worker_id
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_interrupted(store: RunStore) -> list[int]:
-    """Mark runs left ``running`` by a process that no longer exists as ``interrupted``.
-
-    A run claimed by a live process on this host (another server, a CLI) is left alone.
-    """
-    host = socket.gethostname()
-    found = []
-    for run in store.list_runs(status="running"):
-        owner_host, _, pid = (run.worker or "").partition(":")
-        if owner_host == host and pid.isdigit() and _pid_alive(int(pid)):
-            continue
-        store.set_status(run.id, "interrupted",
-                         error="the server stopped while this run was training; "
-                               "resume it to continue from its last checkpoint")
-        found.append(run.id)
-    return found
 
 
 def claim_here(store: RunStore, run_id: int) -> None:

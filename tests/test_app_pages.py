@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from gptcore.config import apply_overrides, preset
 from gptcore.data import builtin_text
 from jobs import runner
-from jobs.manager import worker_id
+from jobs.recovery import worker_id
 from storage.store import RunStore
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")

@@ -115,7 +115,7 @@ def test_kill_9_then_list_shows_interrupted_and_resume_continues_with_no_server(
 def test_list_with_an_unknown_status_names_the_valid_ones(tmp_path):
     out = gptdash(tmp_path, "list", "--status", "bogus")
     assert out.returncode == 2
-    assert "invalid choice: 'bogus'" in out.stderr
+    assert "'bogus' is not a run status" in out.stderr
     assert all(status in out.stderr for status in ("queued", "running", "interrupted"))
     assert "no runs yet" not in out.stdout
 

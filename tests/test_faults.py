@@ -25,7 +25,8 @@ from gptcore.config import ModelConfig, TrainConfig, apply_overrides
 from gptcore.data import token_ids
 from gptcore.trainer import TrainerCallbacks
 from jobs import runner
-from jobs.manager import JobManager, recover_interrupted
+from jobs.manager import JobManager
+from jobs.recovery import recover_interrupted
 from storage import home as home_paths
 from storage.errors import StorageError
 from storage.store import RunStore

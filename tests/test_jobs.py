@@ -8,7 +8,8 @@ from gptcore.config import ModelConfig, TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.trainer import Trainer
 from jobs import runner
-from jobs.manager import JobManager, recover_interrupted
+from jobs.manager import JobManager
+from jobs.recovery import recover_interrupted
 
 
 def micro(**overrides) -> TrainConfig:
@@ -180,7 +181,7 @@ def test_runs_left_running_by_a_dead_process_become_interrupted(store):
     dead = store.create_run("dead", micro().to_dict(), status="queued")
     store.update_run(dead, status="running", worker="nohost-gptdash:999999")
     alive = store.create_run("alive", micro().to_dict(), status="queued")
-    from jobs.manager import worker_id
+    from jobs.recovery import worker_id
 
     store.update_run(alive, status="running", worker=worker_id())
     assert recover_interrupted(store) == [dead]
