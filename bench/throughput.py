@@ -4,13 +4,17 @@
     python bench/throughput.py --preset tiny --steps 200 --bare     # same loop, no DB
     python bench/throughput.py --preset tiny --steps 200 --eager    # plain hand-written loop
     python bench/throughput.py --preset tiny --all                  # all three, one JSON line each
+    python bench/throughput.py --preset tiny --guard-cost --repeat 5  # bare, guard on vs off
 
 The real path is what `gptdash train` does: a run row, the trainer with its
 StoreCallbacks, metrics written to SQLite by the writer thread. ``--bare`` is the
 same Trainer with callbacks that do nothing. ``--eager`` is the plain PyTorch loop a
 person writes by hand for the same model (``loss.item()`` every step), the yardstick
-for "is our loop slow?". Timing starts after ``--warmup`` steps, so compilation and
-first-touch allocations are excluded. One JSON line per measurement on stdout.
+for "is our loop slow?". ``--guard-cost`` runs the bare Trainer with the guard on
+(its checks plus an in-memory roll-back snapshot every ``guard_interval`` steps, no
+anomaly) and off, alternating rounds so both see the same machine load. Timing starts
+after ``--warmup`` steps, so compilation and first-touch allocations are excluded.
+One JSON line per measurement on stdout.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def bench_config(args) -> TrainConfig:
         overrides["context_length"] = args.context_length
     if args.device:
         overrides["device"] = args.device
+    if args.guard_interval:
+        overrides["guard_interval"] = args.guard_interval
     return apply_overrides(cfg, overrides).validate()
 
 
@@ -160,6 +166,25 @@ def run_eager(cfg: TrainConfig, warmup: int) -> dict:
                    device)
 
 
+def interleaved(runners: dict, cfgs: dict[str, TrainConfig], warmup: int,
+                repeat: int) -> dict[str, float]:
+    """Run every mode once per round, ``repeat`` rounds; per run a JSON line on stderr, then
+    per mode its best run with the median tokens/s on stdout. Returns the medians."""
+    results: dict[str, list[dict]] = {k: [] for k in runners}
+    for _ in range(repeat):
+        for name, fn in runners.items():
+            results[name].append({**fn(cfgs[name], warmup), "mode": name})
+            print(json.dumps({k: v for k, v in results[name][-1].items() if k != "config"}),
+                  file=sys.stderr)
+    medians = {name: statistics.median(r["tokens_per_sec"] for r in rs)
+               for name, rs in results.items()}
+    for name, rs in results.items():
+        best = max(rs, key=lambda r: r["tokens_per_sec"])
+        print(json.dumps({**best, "tokens_per_sec_median": medians[name],
+                          "tokens_per_sec_all": [r["tokens_per_sec"] for r in rs]}))
+    return medians
+
+
 def _cache_dir() -> Path:
     from storage import home
 
@@ -180,26 +205,25 @@ def main() -> None:
     mode.add_argument("--bare", action="store_true", help="no callbacks, no database")
     mode.add_argument("--eager", action="store_true", help="a plain hand-written loop")
     mode.add_argument("--all", action="store_true", help="eager, bare and gptdash, interleaved")
-    p.add_argument("--repeat", type=int, default=1, help="with --all: rounds to run")
+    mode.add_argument("--guard-cost", action="store_true",
+                      help="bare with the guard off and on, interleaved")
+    p.add_argument("--guard-interval", type=int, help="steps between roll-back snapshots")
+    p.add_argument("--repeat", type=int, default=1, help="with --all or --guard-cost: rounds")
     args = p.parse_args()
     if not os.environ.get("GPTDASH_HOME"):
         os.environ["GPTDASH_HOME"] = tempfile.mkdtemp(prefix="gptdash-bench-")
     cfg = bench_config(args)
-    runners = {"eager": run_eager, "bare": run_bare, "gptdash": run_real}
     if args.all:
-        results: dict[str, list[dict]] = {k: [] for k in runners}
-        for _ in range(args.repeat):
-            for name, fn in runners.items():
-                results[name].append(fn(cfg, args.warmup))
-                print(json.dumps({k: v for k, v in results[name][-1].items() if k != "config"}),
-                      file=sys.stderr)
-        summary = {name: statistics.median(r["tokens_per_sec"] for r in rs)
-                   for name, rs in results.items()}
-        for name, rs in results.items():
-            best = max(rs, key=lambda r: r["tokens_per_sec"])
-            print(json.dumps({**best, "tokens_per_sec_median": summary[name]}))
+        runners = {"eager": run_eager, "bare": run_bare, "gptdash": run_real}
+        summary = interleaved(runners, dict.fromkeys(runners, cfg), args.warmup, args.repeat)
         print(json.dumps({"gptdash_vs_bare": round(summary["gptdash"] / summary["bare"], 4),
                           "gptdash_vs_eager": round(summary["gptdash"] / summary["eager"], 4)}))
+        return
+    if args.guard_cost:
+        cfgs = {"guard off": replace(cfg, guard=False), "guard on": replace(cfg, guard=True)}
+        summary = interleaved(dict.fromkeys(cfgs, run_bare), cfgs, args.warmup, args.repeat)
+        print(json.dumps({"guard_on_vs_off": round(summary["guard on"] / summary["guard off"],
+                                                   4)}))
         return
     fn = run_bare if args.bare else run_eager if args.eager else run_real
     print(json.dumps(fn(cfg, args.warmup)))

@@ -15,6 +15,10 @@ from gptcore.errors import GptdashError
 from gptcore.model import GPTModel
 
 FORMAT = "gptdash-checkpoint-1"
+# In a run's checkpoint folder: the state to resume from, and the weights of the best
+# evaluation (lowest val loss), for sampling and fine-tuning.
+CHECKPOINT_NAME = "latest.pt"
+BEST_CHECKPOINT_NAME = "best.pt"
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -73,3 +77,15 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return model, cfg, payload
+
+
+def checkpoint_in(folder: str | Path, which: str = "latest") -> Path:
+    """The ``latest`` or ``best`` checkpoint of a run folder; ``best`` falls back to
+    ``latest`` when the run has no best yet (no evaluation, or one written before best.pt)."""
+    if which not in ("latest", "best"):
+        raise GptdashError(f"checkpoint {which!r} is neither 'latest' nor 'best'")
+    folder = Path(folder)
+    best = folder / BEST_CHECKPOINT_NAME
+    if which == "best" and best.is_file():
+        return best
+    return folder / CHECKPOINT_NAME

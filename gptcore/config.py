@@ -101,6 +101,19 @@ class TrainConfig:
                             0, 10_000)
     checkpoint_interval: int = _f(250, "evaluation", "Save a checkpoint every N steps.",
                                   1, 10_000_000)
+    # guard: a spike or NaN rolls the run back to before it instead of ending it
+    guard: bool = _f(True, "evaluation", "Roll back past loss spikes and NaNs instead of "
+                     "failing; off ends the run at the first NaN.")
+    guard_threshold: float = _f(6.0, "evaluation", "A loss this many standard deviations above "
+                                "its recent mean is a spike.", 0.0, 1000.0, lo_open=True)
+    guard_window: int = _f(50, "evaluation", "Recent steps the spike threshold is measured "
+                           "against.", 2, 100_000)
+    guard_interval: int = _f(50, "evaluation", "Keep a roll-back point (in memory) every N "
+                             "steps.", 1, 10_000_000)
+    guard_max_rollbacks: int = _f(3, "evaluation", "Roll-backs allowed before the run fails.",
+                                  0, 10_000)
+    guard_lr_factor: float = _f(0.5, "evaluation", "Multiply the lr by this each time the same "
+                                "kind of anomaly comes back.", 0.0, 1.0, lo_open=True)
     # fine-tuning
     init_from: str = _f("", "fine-tune",
                         "Start from a finished run's weights (run id) or a checkpoint file.")

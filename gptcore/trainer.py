@@ -1,12 +1,15 @@
 """The training loop, reporting through a small callback protocol.
 
 The trainer knows nothing of databases or pages: it calls ``callbacks`` with
-metrics, samples, checkpoints and status, and asks ``callbacks.should_stop()``
-after every step. So it runs the same from the app's worker thread, the CLI,
-or a script.
+metrics, samples, checkpoints, events and status, and asks
+``callbacks.should_stop()`` after every step. So it runs the same from the app's
+worker thread, the CLI, or a script.
 
 Losses and gradient norms stay on the device and are fetched once every
-``log_interval`` steps, so the step itself never waits for the GPU.
+``log_interval`` steps, so the step itself never waits for the GPU. The guard
+(``gptcore.guard``) judges them there: a spike or NaN rolls the run back to an
+in-memory snapshot from before it (``gptcore.snapshot``) and skips the batches
+drawn since, instead of ending the run.
 """
 
 from __future__ import annotations
@@ -22,20 +25,28 @@ from typing import Any
 
 import torch
 
-from gptcore.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.checkpoint import (
+    BEST_CHECKPOINT_NAME,
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    save_checkpoint,
+)
 from gptcore.config import TrainConfig
 from gptcore.data import TokenData, load_data
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, peak_flops
 from gptcore.generate import SamplingConfig, sample_text
+from gptcore.guard import Anomaly, Guard, check_finite
 from gptcore.model import GPTModel
 from gptcore.optim import build_optimizer
 from gptcore.schedule import lr_at
+from gptcore.snapshot import SnapshotRing
 from gptcore.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "latest.pt"
+# Early stopping's patience restarts only when val loss beats the best by more than this.
+MIN_IMPROVEMENT = 1e-4
 
 
 class TrainerCallbacks:
@@ -56,6 +67,13 @@ class TrainerCallbacks:
     def on_status(self, status: str, message: str | None = None) -> None:
         """running, completed, stopped or failed, with a reason for the last three."""
 
+    def on_event(self, step: int, kind: str, message: str) -> None:
+        """Something worth a marker on the charts, with a sentence saying what happened.
+
+        ``kind`` is one of ``spike``, ``nan``, ``rollback``, ``lr_reduced``, ``early_stop``
+        or ``best_checkpoint``.
+        """
+
     def flush(self) -> None:
         """Persist buffered metrics; called at every evaluation and at the end."""
 
@@ -72,6 +90,8 @@ class TrainResult:
     best_val_loss: float | None = None
     checkpoint: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: Path | None = None
+    rollbacks: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,18 +139,26 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def _rng_state(data_gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+def _global_rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
+def _set_global_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
-    data_gen.set_state(state["data"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _rng_state(data_gen: torch.Generator) -> dict[str, Any]:
+    return {**_global_rng_state(), "data": data_gen.get_state()}
+
+
+def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
+    _set_global_rng_state(state)
+    data_gen.set_state(state["data"].cpu())
 
 
 def oom_message(cfg: TrainConfig) -> str:
@@ -152,12 +180,16 @@ class Trainer:
         self.resume = resume
         self.init_checkpoint = init_checkpoint
         self.checkpoint_path = self.checkpoint_dir / CHECKPOINT_NAME
+        self.best_path = self.checkpoint_dir / BEST_CHECKPOINT_NAME
         self.step = 0
-        self.best_val = math.inf
+        self.best_val = math.inf  # the lowest val loss so far; best.pt holds its weights
         self.best_step = 0
         self.evals_since_best = 0
         self.last_ckpt_step: int | None = None
         self.last_metrics: dict[str, float] = {}
+        self.guard = (Guard(cfg.guard_threshold, cfg.guard_window, cfg.guard_max_rollbacks,
+                            cfg.guard_lr_factor) if cfg.guard else None)
+        self.ring = SnapshotRing()
 
     # ---- setup -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -183,6 +215,8 @@ class Trainer:
         if self.resume:
             self._load_resume_state()
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         self.flops_per_token = flops_per_token(cfg)
         self.peak = (peak_flops(torch.cuda.get_device_name(self.device))
                      if self.device.type == "cuda" else None)
@@ -216,6 +250,8 @@ class Trainer:
         self.best_val = extra.get("best_val", math.inf)
         self.best_step = extra.get("best_step", 0)
         self.evals_since_best = extra.get("evals_since_best", 0)
+        if self.guard is not None and "guard" in extra:
+            self.guard.load_state_dict(extra["guard"])
 
     # ---- pieces of a step ----------------------------------------------------------------
     def _autocast(self):
@@ -268,12 +304,22 @@ class Trainer:
         self.cb.flush()
         extra = {"best_val": self.best_val, "best_step": self.best_step,
                  "evals_since_best": self.evals_since_best}
+        if self.guard is not None:
+            extra["guard"] = self.guard.state_dict()
         path = save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer,
                                step=self.step, config=self.cfg, rng=_rng_state(self.data_gen),
                                extra=extra)
         self.last_ckpt_step = self.step
         self.cb.on_checkpoint(self.step, path)
         return path
+
+    def _save_best(self) -> None:
+        """best.pt: the weights of the best evaluation, written atomically like latest.pt."""
+        save_checkpoint(self.best_path, model=self.model, optimizer=None, step=self.step,
+                        config=self.cfg, rng={}, extra={"val_loss": self.best_val})
+        self.cb.on_event(self.step, "best_checkpoint",
+                         f"val loss {self.best_val:.4f} at step {self.step} is the best so far; "
+                         f"saved {BEST_CHECKPOINT_NAME}")
 
     def _eval_and_report(self) -> str | None:
         """Evaluate, sample and flush; returns an early-stopping reason when it is time."""
@@ -287,8 +333,11 @@ class Trainer:
         self.cb.flush()
         if not math.isfinite(val):
             return None  # the NaN path reports it
-        if val < self.best_val - 1e-4:
-            self.best_val, self.best_step, self.evals_since_best = val, self.step, 0
+        if val < self.best_val:
+            improved = val < self.best_val - MIN_IMPROVEMENT
+            self.best_val, self.best_step = val, self.step
+            self.evals_since_best = 0 if improved else self.evals_since_best + 1
+            self._save_best()
         else:
             self.evals_since_best += 1
         patience = self.cfg.early_stopping_patience
@@ -322,93 +371,150 @@ class Trainer:
 
     def _loop(self) -> TrainResult:
         cfg = self.cfg
-        model, opt = self.train_model, self.optimizer
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
-        interval_start, interval_steps = time.perf_counter(), 0
-        model.train()
+        self._start_interval()
+        self.train_model.train()
+        self._snapshot()
+        restored_at: int | None = None  # a roll-back target, evaluated before it was left
         while True:
-            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
-                if pending:
-                    reason = self._report(pending, interval_start, interval_steps)
-                    pending.clear()
-                    if reason:
-                        return self._nan_stop(reason)
-                    interval_start, interval_steps = time.perf_counter(), 0
+            at_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps
+            if at_eval and self.step != restored_at:
                 early = self._eval_and_report()
                 if early:
                     self.save()
+                    self.cb.on_event(self.step, "early_stop", early)
                     return self._finish("completed", early)
-                interval_start = time.perf_counter()
+                self._start_interval()
+            restored_at = None
             if self.step >= cfg.max_steps:
                 self.save()
                 return self._finish("completed", None)
 
-            lr = lr_at(self.step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=self.device)
-            for _ in range(cfg.grad_accum_steps):
-                x, y = self._batch("train", self.data_gen)
-                with self._autocast():
-                    loss = model(x, y, label_smoothing=cfg.label_smoothing)
-                (loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            pending.append((self.step, lr, loss_sum / cfg.grad_accum_steps, grad_norm))
-            self.step += 1
-            interval_steps += 1
-
-            if len(pending) >= cfg.log_interval:
-                reason = self._report(pending, interval_start, interval_steps)
+            self._train_step(pending)
+            stop = self.cb.should_stop()
+            at_checkpoint = self.step % cfg.checkpoint_interval == 0
+            # Every step is checked (and stored) before an evaluation, a checkpoint or the end.
+            if (len(pending) >= cfg.log_interval or stop or at_checkpoint
+                    or self.step % cfg.eval_interval == 0 or self.step >= cfg.max_steps):
+                anomaly = self._report(pending)
                 pending.clear()
-                if reason:
-                    return self._nan_stop(reason)
-                interval_start, interval_steps = time.perf_counter(), 0
-            if self.step % cfg.checkpoint_interval == 0 and self.step < cfg.max_steps:
-                if pending:  # report them, so save() stores them before the checkpoint
-                    reason = self._report(pending, interval_start, interval_steps)
-                    pending.clear()
-                    if reason:
-                        return self._nan_stop(reason)
-                    interval_start, interval_steps = time.perf_counter(), 0
-                self.save()
-            if self.cb.should_stop():
-                if pending:
-                    reason = self._report(pending, interval_start, interval_steps)
-                    if reason:
-                        return self._nan_stop(reason)
+                if anomaly is not None:
+                    ended = self._recover(anomaly)
+                    if ended is not None:
+                        return ended
+                    restored_at = self.step
+                    self._start_interval()
+                    continue
+            if stop:
                 self.save()
                 return self._finish("stopped", f"stopped on request at step {self.step}")
+            if at_checkpoint and self.step < cfg.max_steps:
+                self.save()
 
-    def _report(self, pending, interval_start: float, interval_steps: int) -> str | None:
-        """Fetch the interval's losses in one transfer, send metrics, and spot a NaN."""
+    def _train_step(self, pending: list) -> None:
+        """One optimizer step; its loss and grad norm join ``pending``, still on the device."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg) * (self.guard.lr_scale if self.guard else 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(cfg.grad_accum_steps):
+            x, y = self._batch("train", self.data_gen)
+            with self._autocast():
+                loss = self.train_model(x, y, label_smoothing=cfg.label_smoothing)
+            (loss / cfg.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        pending.append((self.step, lr, loss_sum / cfg.grad_accum_steps, grad_norm))
+        self.step += 1
+        self._interval_steps += 1
+
+    def _start_interval(self) -> None:
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+
+    def _report(self, pending) -> Anomaly | None:
+        """Fetch the pending losses in one transfer, check them, and send metrics up to the
+        first anomaly (returned); when all are normal, maybe take a roll-back snapshot."""
         values = torch.stack([torch.stack([loss.float(), gn.float()])
                               for _, _, loss, gn in pending]).tolist()
-        elapsed = max(time.perf_counter() - interval_start, 1e-9)
-        tokens_per_sec = interval_steps * self.cfg.tokens_per_step / elapsed
+        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        tokens_per_sec = self._interval_steps * self.cfg.tokens_per_step / elapsed
         for (step, lr, _, _), (loss, gn) in zip(pending, values, strict=False):
-            if not math.isfinite(loss):
-                return (f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at step {step}"
-                        f"; last good checkpoint at step {self.last_ckpt_step}"
-                        if self.last_ckpt_step is not None else
-                        f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at step {step}"
-                        "; no checkpoint was saved before it: lower lr or raise warmup_steps")
+            anomaly = (self.guard.check(step, loss, gn) if self.guard
+                       else check_finite(step, loss=loss))
+            if anomaly is not None:
+                return anomaly
             self.cb.on_metrics(step, {"train/loss": loss, "lr": lr, "grad_norm": gn})
         last = pending[-1][0]
         summary = {
             "tokens_per_sec": tokens_per_sec,
-            "step_time_ms": 1000 * elapsed / max(interval_steps, 1),
+            "step_time_ms": 1000 * elapsed / max(self._interval_steps, 1),
             "tokens_seen": float((last + 1) * self.cfg.tokens_per_step),
         }
         if self.peak:
             summary["mfu"] = self.flops_per_token * tokens_per_sec / self.peak
         self.cb.on_metrics(last, summary)
         self.last_metrics.update(summary, **{"train/loss": values[-1][0]})
+        self._start_interval()
+        if self.guard and self.step - max(self.ring.steps, default=0) >= self.cfg.guard_interval:
+            self._snapshot()
         return None
+
+    # ---- the guard -------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        """A roll-back point at the current step, whose every earlier step has been checked."""
+        if self.guard is not None:
+            self.ring.take(self.step, self.model, self.optimizer,
+                           {"rng": _global_rng_state(),
+                            "detector": self.guard.detector.state_dict()})
+
+    def _recover(self, anomaly: Anomaly) -> TrainResult | None:
+        """Roll back past ``anomaly`` and return None, or end the run (its result)."""
+        if self.guard is None:
+            return self._nan_stop(self._nan_message(anomaly))
+        cfg = self.cfg
+        self.cb.on_event(anomaly.step, anomaly.kind, anomaly.message)
+        target = self.ring.last_before(anomaly.step)
+        response = self.guard.respond(anomaly) if target is not None else None
+        if response is None or response.give_up:
+            return self._finish("failed", self._give_up_message(anomaly, target is None))
+        if response.lr_reduced:
+            self.cb.on_event(target.step, "lr_reduced",
+                             f"another {anomaly.kind} at step {anomaly.step}: the learning rate "
+                             f"is scaled by {self.guard.lr_scale:g} from here on "
+                             f"(guard_lr_factor {cfg.guard_lr_factor:g})")
+        # The data generator is left where it is: the batches drawn since the snapshot,
+        # the bad one among them, are skipped rather than replayed.
+        skipped = (self.step - target.step) * cfg.grad_accum_steps
+        self.ring.restore(target, self.model, self.optimizer)
+        _set_global_rng_state(target.extra["rng"])
+        self.guard.detector.load_state_dict(target.extra["detector"])
+        self.step = target.step
+        self.cb.on_event(self.step, "rollback",
+                         f"{anomaly.message}; rolled back to step {self.step} and skipped "
+                         f"{skipped} batches (roll-back {self.guard.rollbacks} of "
+                         f"{cfg.guard_max_rollbacks})")
+        return None
+
+    def _give_up_message(self, anomaly: Anomaly, nothing_earlier: bool) -> str:
+        cfg = self.cfg
+        if nothing_earlier:
+            return (f"{anomaly.message}, with no earlier state to roll back to: lower lr or "
+                    "raise warmup_steps")
+        scaled = (f", already scaled by {self.guard.lr_scale:g} by the guard"
+                  if self.guard.lr_scale < 1 else "")
+        clip = ", set grad_clip (e.g. 1.0)" if cfg.grad_clip == 0 else ""
+        return (f"{anomaly.message} after {self.guard.rollbacks} roll-backs "
+                f"(guard_max_rollbacks {cfg.guard_max_rollbacks}): lower lr (it is {cfg.lr:g}"
+                f"{scaled}){clip}, raise warmup_steps, or allow more roll-backs")
+
+    def _nan_message(self, anomaly: Anomaly) -> str:
+        if self.last_ckpt_step is not None:
+            return f"{anomaly.message}; last good checkpoint at step {self.last_ckpt_step}"
+        return (f"{anomaly.message}; no checkpoint was saved before it: lower lr or raise "
+                "warmup_steps")
 
     def _nan_stop(self, reason: str) -> TrainResult:
         # Weights are already broken: keep the last good checkpoint rather than saving these.
@@ -426,7 +532,9 @@ class Trainer:
         if ckpt is None and self.checkpoint_path.exists():
             ckpt = self.checkpoint_path
         return TrainResult(status=status, reason=reason, step=self.step, best_val_loss=best,
-                           checkpoint=ckpt, metrics=dict(self.last_metrics))
+                           checkpoint=ckpt, metrics=dict(self.last_metrics),
+                           best_checkpoint=self.best_path if self.best_path.exists() else None,
+                           rollbacks=self.guard.rollbacks if self.guard else 0)
 
 
 def train(cfg: TrainConfig, *, checkpoint_dir: Path, cache_dir: Path,

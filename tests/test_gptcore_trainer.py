@@ -25,7 +25,7 @@ def micro(**overrides) -> TrainConfig:
 class Recorder(TrainerCallbacks):
     def __init__(self, stop_at: int | None = None):
         self.metrics: dict[str, dict[int, float]] = {}
-        self.samples, self.checkpoints, self.statuses = [], [], []
+        self.samples, self.checkpoints, self.statuses, self.events = [], [], [], []
         self.stop_at = stop_at
         self.step = 0
         self.polls = 0
@@ -44,6 +44,9 @@ class Recorder(TrainerCallbacks):
 
     def on_status(self, status, message=None):
         self.statuses.append((status, message))
+
+    def on_event(self, step, kind, message):
+        self.events.append((step, kind, message))
 
     def flush(self):
         self.flushes += 1
@@ -151,7 +154,7 @@ def nan_from_call_23(monkeypatch):
 
 
 def test_nan_loss_fails_with_the_step_and_last_good_checkpoint(tmp_path, nan_from_call_23):
-    result, cb = run(micro(max_steps=200), tmp_path)
+    result, cb = run(micro(max_steps=200, guard=False), tmp_path)
     assert result.status == "failed"
     assert result.reason == "loss became NaN at step 22; last good checkpoint at step 20"
     assert cb.statuses[-1] == ("failed", result.reason)
@@ -160,7 +163,7 @@ def test_nan_loss_fails_with_the_step_and_last_good_checkpoint(tmp_path, nan_fro
 
 
 def test_nan_with_early_stopping_on_ends_stopped(tmp_path, nan_from_call_23):
-    result, _ = run(micro(max_steps=200, early_stopping_patience=3), tmp_path)
+    result, _ = run(micro(max_steps=200, early_stopping_patience=3, guard=False), tmp_path)
     assert result.status == "stopped" and "loss became NaN at step 22" in result.reason
 
 
