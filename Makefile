@@ -16,6 +16,8 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps $(WHISPER)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
+	# The storage tests start a throwaway PostgreSQL 15 server (Debian's package).
+	test -x /usr/lib/postgresql/15/bin/initdb || (apt-get update -q && apt-get install -y -q postgresql)
 	touch $@
 
 run: setup

@@ -7,3 +7,8 @@ lets the CLI and the pages treat it exactly like ``gptcore.errors.GptdashError``
 
 class StorageError(Exception):
     """A problem the user can fix; the message says what to change."""
+
+
+def missing_run(run_id: int) -> StorageError:
+    """The error for a run id that is not in the database."""
+    return StorageError(f"run {run_id} does not exist")

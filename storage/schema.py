@@ -1,9 +1,12 @@
-"""The database schema: runs, their metrics in long format, and text samples.
+"""The database schema: runs, their metrics in long format, samples, events, sweeps, workers.
 
 The database is the bus between the training worker and the pages, so the
 schema stays small: new metric keys need no migration, and the run row
 carries a few denormalised summaries (last step, best val loss, ...) so the
 Runs page lists hundreds of runs without aggregating metrics.
+
+Every change to these models needs an Alembic revision in ``storage/migrations``
+(``tests/test_storage_migrations.py`` checks that the two agree).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlalchemy.types import TypeDecorator
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 # A run in one of these has ended; it gets a finished_at timestamp.
 FINISHED_STATUSES = ("completed", "stopped", "failed", "interrupted")
+WORKER_STATUSES = ("idle", "training", "stopped")
 
 
 def utcnow() -> datetime:
@@ -99,6 +103,13 @@ class Run(Base):
         Integer, ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
     )
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Who trains it and when it last said so: a run whose owner is gone becomes interrupted.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    owner_host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    owner_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sweep_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True
+    )
     # Denormalised summaries the trainer bridge updates at each flush.
     last_step: Mapped[int] = mapped_column(Integer, default=0)
     max_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -141,6 +152,50 @@ class Sample(Base):
     prompt: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Event(Base):
+    """Something worth a marker on a run's charts: a spike, a roll-back, an early stop."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    wall_time: Mapped[float] = mapped_column(Float)
+
+
+class Sweep(Base):
+    """A group of runs made from one spec (a grid or random search over hyperparameters)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    spec: Mapped[dict] = mapped_column(JSON, default=dict)
+    cut: Mapped[bool] = mapped_column(Boolean, default=False)
+    notes: Mapped[str] = mapped_column(Text, default="")
+
+
+class Worker(Base):
+    """A process that claims and trains queued runs, with its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    status: Mapped[str] = mapped_column(String(20))
+    current_run_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
+    )
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 def _json_dumps(value: Any) -> str:

@@ -1,0 +1,52 @@
+"""Events: moments of a run worth a marker on its charts (spikes, roll-backs, early stops).
+
+Part of ``storage.store.RunStore``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.errors import missing_run
+from storage.schema import Event
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EVENT_COLUMNS = ["run_id", "step", "kind", "message", "wall_time"]
+
+
+class EventsMixin:
+    """The ``events`` table."""
+
+    engine: Engine
+
+    def log_event(self, run_id: int, step: int, kind: str, message: str,
+                  wall_time: float | None = None) -> None:
+        """Record an event of ``kind`` (e.g. "spike") at ``step``; wall time defaults to now."""
+        event = Event(run_id=run_id, step=step, kind=kind, message=message,
+                      wall_time=time.time() if wall_time is None else wall_time)
+        with Session(self.engine) as session, session.begin():
+            try:
+                session.add(event)
+                session.flush()
+            except IntegrityError as exc:
+                raise missing_run(run_id) from exc
+
+    def events(self, run_ids: Sequence[int]) -> pd.DataFrame:
+        """The runs' events (run_id, step, kind, message, wall_time), sorted by run then step."""
+        import pandas as pd  # here, not at the top: `gptdash list` should not wait for pandas
+
+        stmt = (select(Event.run_id, Event.step, Event.kind, Event.message, Event.wall_time)
+                .where(Event.run_id.in_(list(run_ids)))
+                .order_by(Event.run_id, Event.step, Event.id))
+        with Session(self.engine) as session:
+            rows = session.execute(stmt).all() if run_ids else []
+        frame = pd.DataFrame.from_records(rows, columns=EVENT_COLUMNS)
+        return frame.astype({"run_id": "int64", "step": "int64", "wall_time": "float64"})

@@ -1,0 +1,1 @@
+"""Alembic migrations of the gptdash database; run them through ``storage.migrate``."""

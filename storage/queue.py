@@ -1,0 +1,159 @@
+"""The queue is the runs table: claiming queued runs, owning them, and reaping dead owners.
+
+Part of ``storage.store.RunStore``. A claimed run records its owner (worker name,
+host, pid) and a heartbeat the owner renews; ``recover_orphans`` turns a run
+whose owner is gone into ``interrupted`` so it can be resumed from its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func, literal, select, update
+from sqlalchemy.orm import Session
+
+from storage.errors import missing_run
+from storage.runs import status_changes
+from storage.schema import Run, utcnow
+
+INTERRUPTED_ERROR = (
+    "the server stopped while this run was training; resume it from its last checkpoint"
+)
+_NO_SYNC = {"synchronize_session": False}
+
+
+class QueueMixin:
+    """Claims, ownership and heartbeats of runs."""
+
+    engine: Engine
+
+    def claim_next_queued(self, worker: str, *, host: str | None = None,
+                          pid: int | None = None) -> int | None:
+        """Atomically take the oldest queued run for ``worker``; its id, or None if none is queued.
+
+        The run becomes ``running``, owned by ``worker`` on ``host`` as ``pid``,
+        with a fresh heartbeat. On PostgreSQL the SELECT locks the row it picks
+        (``FOR UPDATE SKIP LOCKED``), so racing workers each take a different
+        run without waiting. SQLite has no row locks (one writer at a time): there
+        the UPDATE repeats ``status = 'queued'`` in its WHERE, so of two
+        processes racing for one run exactly one sees rowcount 1 and the other
+        tries the next queued run.
+        """
+        pick = (select(Run.id).where(Run.status == "queued").order_by(Run.id).limit(1)
+                .with_for_update(skip_locked=True))
+        while True:
+            with Session(self.engine) as session, session.begin():
+                run_id = session.scalar(pick)
+                if run_id is None:
+                    return None
+                now = utcnow()
+                result = session.execute(
+                    update(Run)
+                    .where(Run.id == run_id, Run.status == "queued")
+                    .values(status="running", worker=worker, owner_host=host, owner_pid=pid,
+                            heartbeat_at=now, finished_at=None, error=None,
+                            started_at=func.coalesce(Run.started_at,
+                                                     literal(now, Run.started_at.type))),
+                    execution_options=_NO_SYNC,
+                )
+                if result.rowcount == 1:
+                    return run_id
+
+    def claim_run(self, run_id: int, worker: str, *, host: str, pid: int) -> None:
+        """Mark a run as ``running`` and owned by this process (a run trained in the foreground)."""
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(Run).where(Run.id == run_id).values(
+                    **status_changes("running", None), worker=worker, owner_host=host,
+                    owner_pid=pid, heartbeat_at=utcnow()),
+                execution_options=_NO_SYNC,
+            )
+            if result.rowcount != 1:
+                raise missing_run(run_id)
+
+    def heartbeat(self, run_id: int) -> None:
+        """The run's owner is alive now. Does nothing once the run is no longer running."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(Run).where(Run.id == run_id, Run.status == "running")
+                .values(heartbeat_at=utcnow()),
+                execution_options=_NO_SYNC,
+            )
+
+    def queued_ids(self) -> list[int]:
+        """Ids of queued runs, oldest first (the order ``claim_next_queued`` takes them)."""
+        with Session(self.engine) as session:
+            return list(session.scalars(
+                select(Run.id).where(Run.status == "queued").order_by(Run.id)
+            ))
+
+    def recover_orphans(self, *, host: str, pid_alive: Callable[[int], bool],
+                        dead_after_s: float) -> list[int]:
+        """Turn every ``running`` run whose owner is gone into ``interrupted``; return their ids.
+
+        An owner is gone when it ran on ``host`` (this machine) and its pid is no
+        longer alive, or, on any machine, when the run's last heartbeat (its
+        start if it never beat) is more than ``dead_after_s`` seconds old. Each
+        row changes only if it is still running with the heartbeat read here, so
+        a run whose owner beats meanwhile is left alone.
+        """
+        now = utcnow()
+        columns = (Run.id, Run.worker, Run.owner_host, Run.owner_pid, Run.heartbeat_at,
+                   Run.started_at, Run.created_at)
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(*columns).where(Run.status == "running").order_by(Run.id)).all()
+        recovered = []
+        for row in rows:
+            owner = row.worker or "an unknown worker"
+            last_sign = row.heartbeat_at or row.started_at or row.created_at
+            if row.owner_host == host and row.owner_pid is not None \
+                    and not pid_alive(row.owner_pid):
+                error = (f"the process training this run ({owner}, pid {row.owner_pid} on "
+                         f"{host}) is gone; resume it to continue from its last checkpoint")
+            elif now - last_sign > timedelta(seconds=dead_after_s):
+                error = (f"no heartbeat from {owner} for {(now - last_sign).total_seconds():.0f} "
+                         "s; resume the run to continue from its last checkpoint")
+            else:
+                continue
+            if self._interrupt_if_unchanged(row.id, row.heartbeat_at, error):
+                recovered.append(row.id)
+        return recovered
+
+    def _interrupt_if_unchanged(self, run_id: int, heartbeat_at: datetime | None,
+                                error: str) -> bool:
+        """Interrupt the run if it is still running with this heartbeat (compare-and-set)."""
+        same_beat = (Run.heartbeat_at.is_(None) if heartbeat_at is None
+                     else Run.heartbeat_at == heartbeat_at)
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == "running", same_beat)
+                .values(status="interrupted", error=error, finished_at=utcnow()),
+                execution_options=_NO_SYNC,
+            )
+            return result.rowcount == 1
+
+    def mark_interrupted(self, *, worker_prefix: str | None = None) -> list[int]:
+        """Turn runs left ``running`` by a dead process into ``interrupted``; return their ids.
+
+        ``worker_prefix`` limits this to runs claimed by workers whose name
+        starts with it (e.g. this host), leaving other machines' runs alone.
+        """
+        stmt = select(Run.id).where(Run.status == "running").order_by(Run.id)
+        if worker_prefix is not None:
+            stmt = stmt.where(Run.worker.startswith(worker_prefix, autoescape=True))
+        marked = []
+        with Session(self.engine) as session, session.begin():
+            for run_id in list(session.scalars(stmt)):
+                # Re-check the status per row: the run may have finished meanwhile.
+                result = session.execute(
+                    update(Run)
+                    .where(Run.id == run_id, Run.status == "running")
+                    .values(status="interrupted", error=INTERRUPTED_ERROR, finished_at=utcnow()),
+                    execution_options=_NO_SYNC,
+                )
+                if result.rowcount == 1:
+                    marked.append(run_id)
+        return marked

@@ -1,0 +1,74 @@
+"""Workers: the processes that claim and train queued runs, each with its heartbeat.
+
+Part of ``storage.store.RunStore``. A worker's name is unique (e.g. ``host:pid``);
+registering the same name again takes the row over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from storage.errors import StorageError
+from storage.schema import WORKER_STATUSES, Worker, utcnow
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A plain snapshot of one ``workers`` row."""
+
+    name: str
+    host: str
+    pid: int
+    device: str | None
+    status: str
+    current_run_id: int | None
+    started_at: datetime
+    heartbeat_at: datetime
+
+    @classmethod
+    def from_row(cls, worker: Worker) -> WorkerRecord:
+        """Copy a loaded ``Worker`` into a record."""
+        return cls(**{f.name: getattr(worker, f.name) for f in fields(cls)})
+
+
+class WorkersMixin:
+    """The ``workers`` table."""
+
+    engine: Engine
+
+    def register_worker(self, name: str, *, host: str, pid: int, device: str | None) -> None:
+        """Record that worker ``name`` started now and is idle (replacing a row of that name)."""
+        now = utcnow()
+        worker = Worker(name=name, host=host, pid=pid, device=device, status="idle",
+                        current_run_id=None, started_at=now, heartbeat_at=now)
+        with Session(self.engine) as session, session.begin():
+            session.merge(worker)
+
+    def worker_beat(self, name: str, *, status: str, current_run_id: int | None) -> None:
+        """The worker is alive now, in ``status`` (idle, training, stopped), on that run."""
+        if status not in WORKER_STATUSES:
+            raise ValueError(f"unknown worker status {status!r}; "
+                             f"expected one of {', '.join(WORKER_STATUSES)}")
+        self._update_worker(name, status=status, current_run_id=current_run_id)
+
+    def worker_stopped(self, name: str) -> None:
+        """The worker has exited cleanly: stopped, with no current run."""
+        self._update_worker(name, status="stopped", current_run_id=None)
+
+    def workers(self) -> list[WorkerRecord]:
+        """Every worker ever registered, by name."""
+        with Session(self.engine) as session:
+            return [WorkerRecord.from_row(w)
+                    for w in session.scalars(select(Worker).order_by(Worker.name))]
+
+    def _update_worker(self, name: str, **changes: object) -> None:
+        stmt = (update(Worker).where(Worker.name == name)
+                .values(heartbeat_at=utcnow(), **changes))
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(stmt, execution_options={"synchronize_session": False})
+            if result.rowcount != 1:
+                raise StorageError(f"worker {name!r} is not registered")
