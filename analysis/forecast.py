@@ -1,0 +1,270 @@
+"""Forecast a run's final validation loss from its curve so far, aware of the lr schedule.
+
+A plain power law in steps cannot know that a cosine or step schedule still has a loss
+drop in store when the learning rate anneals. The scaling law with learning-rate
+annealing (Tissue et al. 2024, "Scaling Law with Learning Rate Annealing",
+arXiv:2408.11029) writes the whole curve as
+
+    L(s) = L0 + A * S1(s) ** (-alpha) - C * S2(s)
+
+    S1(s) = sum_{i=1..s} eta_i                            forward area
+    S2(s) = sum_{i=1..s} m_i,  m_i = lam * m_{i-1} + (eta_{i-1} - eta_i)   annealing area
+
+where eta_i is the learning rate of the i-th optimizer step and lam (about 0.999) is the
+"momentum" with which an lr drop keeps lowering the loss for a while after it happens.
+The four constants are fitted to the evaluations seen so far (scipy's least_squares with
+bounds); S1 and S2 of the rest of the run follow from the known schedule, so the fit
+extrapolates to ``max_steps`` with the annealing still to come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import optimize, signal, stats
+
+ANNEALING_MOMENTUM = 0.999  # the paper's lambda
+MIN_POINTS = 5  # evaluations (after step 0) a forecast needs: one more than the constants
+BAND_LEVEL = 0.95
+# C is fitted only once the annealing area seen is this share of the run's total: from a
+# smaller share its extrapolation (4x and more) follows noise, not annealing.
+MIN_ANNEALING_SEEN = 0.25
+PARAM_NAMES = ("L0", "A", "alpha", "C")
+# alpha beyond these is a fit gone astray rather than a loss curve.
+ALPHA_BOUNDS = (0.01, 5.0)
+ALPHA_STARTS = (0.3, 0.7, 1.5)  # a few starts: the fit is not convex in alpha
+
+
+@dataclass(frozen=True)
+class ForecastCurve:
+    """The forecast at given steps: the fitted curve and its prediction band."""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A fitted forecast of one run's validation loss.
+
+    ``low``/``high`` bound a single evaluation of the final val loss with probability
+    ``level`` (a prediction interval, so it includes evaluation noise), as far as the law
+    holds; see :func:`forecast_final` for how it is computed.
+    """
+
+    predicted_final: float
+    low: float
+    high: float
+    upto_step: int
+    max_steps: int
+    n_points: int
+    params: dict[str, float]
+    residual_std: float
+    level: float
+    note: str | None = None  # why the forecast is less informed than usual, if it is
+    _theta: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(4))
+    _cov: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((4, 4)))
+    _s1: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
+    _s2: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
+    _t_quantile: float = field(repr=False, default=2.0)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def curve(self, steps: Sequence[int] | np.ndarray) -> ForecastCurve:
+        """The fitted curve and band at ``steps`` (clipped to 1..max_steps)."""
+        idx = np.clip(np.asarray(steps, dtype=int), 1, self.max_steps)
+        mean, low, high = _band(self._theta, self._cov, self._s1[idx], self._s2[idx],
+                                self.residual_std**2, self._t_quantile)
+        return ForecastCurve(steps=idx, mean=mean, low=low, high=high)
+
+
+def annealing_areas(lr_per_step: Sequence[float] | np.ndarray,
+                    momentum: float = ANNEALING_MOMENTUM) -> tuple[np.ndarray, np.ndarray]:
+    """S1 and S2 after each number of optimizer steps: index s holds the areas after s steps.
+
+    Both are in the lr's own units, as in the paper, so C fitted on one run carries to a
+    run with another peak lr (annealing from a lower lr brings a smaller drop). The
+    initial rise (warmup) is not annealing: its lr increases are left out of S2, where
+    they would count as "negative annealing" and push the loss up. Later increases (a
+    re-warm) do count, as in the paper.
+    """
+    eta = np.asarray(lr_per_step, dtype=float)
+    drop = np.zeros_like(eta)
+    drop[1:] = eta[:-1] - eta[1:]  # eta_0 is taken equal to eta_1: no drop at the start
+    falls = np.flatnonzero(drop > 0)
+    drop[: falls[0] if falls.size else drop.size] = 0.0
+    m = signal.lfilter([1.0], [1.0, -momentum], drop)  # m_i = lam * m_{i-1} + drop_i
+    s1 = np.concatenate(([0.0], np.cumsum(eta)))
+    s2 = np.concatenate(([0.0], np.cumsum(m)))
+    return s1, s2
+
+
+def _law(theta: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The law's values and its Jacobian in (L0, A, alpha, C)."""
+    l0, a, alpha, c = theta
+    power = s1 ** (-alpha)
+    value = l0 + a * power - c * s2
+    jac = np.column_stack([np.ones_like(s1), power, -a * power * np.log(s1), -s2])
+    return value, jac
+
+
+@dataclass(frozen=True)
+class _Fit:
+    theta: np.ndarray  # L0, A, alpha, C (C is 0 when not fitted)
+    cov: np.ndarray  # 4x4, zero rows/columns for a constant held fixed
+    rss: float
+    n_free: int
+
+    def aicc(self, n: int) -> float:
+        """Small-sample AIC of a least-squares fit (the noise variance counts as a parameter)."""
+        k = self.n_free + 1
+        return n * np.log(max(self.rss, 1e-300) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
+
+
+def _fit(s1: np.ndarray, s2: np.ndarray, y: np.ndarray, with_c: bool) -> _Fit | None:
+    """Least squares for L0, A, alpha and, when ``with_c``, C (else C is held at 0)."""
+    free = np.array([True, True, True, with_c])
+    lower = np.array([0.0, 0.0, ALPHA_BOUNDS[0], 0.0])[free]
+    upper = np.array([np.inf, np.inf, ALPHA_BOUNDS[1], np.inf])[free]
+
+    def full(x: np.ndarray) -> np.ndarray:
+        theta = np.zeros(4)
+        theta[free] = x
+        return theta
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return _law(full(x), s1, s2)[0] - y
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        return _law(full(x), s1, s2)[1][:, free]
+
+    best = None
+    for alpha in ALPHA_STARTS:
+        # For a fixed alpha the law is linear in L0, A, C: solve that for a starting point.
+        basis = np.column_stack([np.ones_like(s1), s1 ** (-alpha), -s2])[:, free[[0, 1, 3]]]
+        start = np.insert(np.linalg.lstsq(basis, y, rcond=None)[0], 2, alpha)
+        start = np.clip(start, lower + 1e-9, np.minimum(upper, 1e6))
+        try:
+            res = optimize.least_squares(residuals, start, jac=jacobian, bounds=(lower, upper),
+                                         x_scale="jac")
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        if np.isfinite(res.cost) and (best is None or res.cost < best.cost):
+            best = res
+    if best is None:
+        return None
+    rss = 2 * best.cost
+    cov = np.zeros((4, 4))
+    cov[np.ix_(free, free)] = np.linalg.pinv(best.jac.T @ best.jac) * rss / (y.size - free.sum())
+    return _Fit(theta=full(best.x), cov=cov, rss=rss, n_free=int(free.sum()))
+
+
+def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
+                   lr_per_step: Sequence[float], max_steps: int, *,
+                   upto_step: int | None = None, annealing_c: float | None = None,
+                   level: float = BAND_LEVEL,
+                   momentum: float = ANNEALING_MOMENTUM) -> Forecast | None:
+    """Fit the evaluations at or before ``upto_step`` and forecast val loss at ``max_steps``.
+
+    ``steps``/``val_loss`` are the evaluations (val loss after ``steps[k]`` optimizer
+    steps); ``lr_per_step[i]`` is the lr of optimizer step i for i in 0..max_steps-1
+    (``gptcore.schedule.lr_at``). Passing a constant ``lr_per_step`` turns the law into a
+    plain power law in steps, the schedule-blind baseline.
+
+    Returns None when fewer than ``MIN_POINTS`` usable evaluations (finite, after step 0,
+    which has seen no learning rate at all) are at hand.
+
+    C is fitted only when the evaluations show annealing: the annealing area seen must be
+    at least ``MIN_ANNEALING_SEEN`` of the run's total, and the fit with C must beat the
+    fit without it on small-sample AIC. Early in a decaying schedule the annealing area is
+    tiny and its effect hides in the noise, so C is held at 0 and ``note`` says the
+    forecast leaves the coming drop out. ``annealing_c`` supplies C instead, as the paper
+    does: fitted on a finished run of the same model and data (its ``params["C"]``) and
+    held fixed here, so a run's annealing is forecast before it shows. Its uncertainty is
+    not in the band.
+
+    The band is a prediction interval from the fit's parameter covariance (the Jacobian at
+    the optimum, scaled by the residual variance) carried to ``max_steps`` by the delta
+    method, plus the residual variance itself, with a Student-t quantile. A residual
+    bootstrap would cost ~100 refits on every refresh of the Live page and with a few
+    dozen correlated points would not capture the law's own misfit any better; the
+    covariance is deterministic, so successive refreshes and cut decisions agree.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, not {max_steps}")
+    if len(lr_per_step) < max_steps:
+        raise ValueError(f"lr_per_step has {len(lr_per_step)} values but max_steps is "
+                         f"{max_steps}: give the lr of every step 0..max_steps-1")
+    x = np.asarray(steps, dtype=float)
+    y = np.asarray(val_loss, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"steps ({x.size}) and val_loss ({y.size}) differ in length")
+    if upto_step is None:
+        upto_step = int(x.max()) if x.size else 0
+    keep = np.isfinite(y) & (x >= 1) & (x <= min(upto_step, max_steps))
+    x, y = x[keep].astype(int), y[keep]
+    if x.size < MIN_POINTS:
+        return None
+
+    s1_all, s2_all = annealing_areas(np.asarray(lr_per_step, dtype=float)[:max_steps], momentum)
+    s1, s2 = s1_all[x], s2_all[x]
+    if np.any(s1 <= 0):
+        return None  # an lr of zero up to an evaluation: nothing to fit a power of
+    if annealing_c is not None:
+        # A known C: fit the rest to the curve with its annealing drop added back.
+        fit = _fit(s1, s2, y + annealing_c * s2, with_c=False)
+        if fit is None:
+            return None
+        fit = replace(fit, theta=np.append(fit.theta[:3], annealing_c))
+    else:
+        fit = _fit(s1, s2, y, with_c=False)
+        # AICc needs n > k + 1 (k = 5 with C).
+        if x.size > 6 and s2.max() >= MIN_ANNEALING_SEEN * s2_all[max_steps] > 0:
+            with_c = _fit(s1, s2, y, with_c=True)
+            if with_c is not None and (fit is None or with_c.aicc(x.size) < fit.aicc(x.size)):
+                fit = with_c
+        if fit is None:
+            return None
+    note = None
+    if fit.theta[3] == 0 and s2_all[max_steps] > 1e-9:
+        note = ("the evaluations so far do not show the lr decay's effect: the forecast "
+                "leaves out any extra drop the rest of the schedule brings")
+    dof = x.size - fit.n_free
+    curve = _band(fit.theta, fit.cov, s1_all[[max_steps]], s2_all[[max_steps]],
+                  fit.rss / dof, float(stats.t.ppf(0.5 + level / 2, dof)))
+    return Forecast(
+        predicted_final=float(curve[0][0]), low=float(curve[1][0]), high=float(curve[2][0]),
+        upto_step=int(x.max()), max_steps=max_steps, n_points=int(x.size),
+        params=dict(zip(PARAM_NAMES, map(float, fit.theta), strict=True)),
+        residual_std=float(np.sqrt(fit.rss / dof)), level=level, note=note,
+        _theta=fit.theta, _cov=fit.cov, _s1=s1_all, _s2=s2_all,
+        _t_quantile=float(stats.t.ppf(0.5 + level / 2, dof)))
+
+
+def _band(theta: np.ndarray, cov: np.ndarray, s1: np.ndarray, s2: np.ndarray,
+          resid_var: float, t_quantile: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, low and high of the prediction band at the given areas.
+
+    Delta method: the fit's parameter uncertainty carried to each step, plus the scatter
+    of one evaluation around the curve.
+    """
+    mean, jac = _law(theta, s1, s2)
+    var = np.einsum("ij,jk,ik->i", jac, cov, jac) + resid_var
+    half = t_quantile * np.sqrt(np.maximum(var, 0.0))
+    return mean, mean - half, mean + half
+
+
+def eta_to_loss(forecast: Forecast, target: float) -> int | None:
+    """The first step at which the forecast curve is at or below ``target``, else None.
+
+    A step at or before ``forecast.upto_step`` means the fitted curve is already there.
+    """
+    steps = np.arange(1, forecast.max_steps + 1)
+    reached = np.flatnonzero(forecast.curve(steps).mean <= target)
+    return int(steps[reached[0]]) if reached.size else None

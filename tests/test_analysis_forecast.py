@@ -1,0 +1,183 @@
+"""Loss forecasts on synthetic curves drawn from the law with known constants and noise."""
+
+import numpy as np
+import pytest
+
+from analysis.forecast import (
+    MIN_POINTS,
+    annealing_areas,
+    eta_to_loss,
+    forecast_final,
+)
+
+MAX_STEPS = 300
+EVAL_EVERY = 10
+TRUE = {"L0": 1.8, "A": 0.2, "alpha": 0.5}  # C varies per test; areas in raw lr units
+
+
+def schedule(kind: str, warmup: int = 20, peak: float = 3e-3, floor: float = 3e-4) -> np.ndarray:
+    """The lr of each step, shaped like gptcore.schedule.lr_at's (kept here so the test
+    checks the law, not the schedule code)."""
+    s = np.arange(MAX_STEPS)
+    progress = np.clip((s - warmup) / (MAX_STEPS - warmup), 0, 1)
+    after = {
+        "constant": np.full(MAX_STEPS, peak),
+        "cosine": floor + 0.5 * (1 + np.cos(np.pi * progress)) * (peak - floor),
+        "linear": floor + (1 - progress) * (peak - floor),
+        "step": peak * 0.5 ** ((s - warmup).clip(0) // 150),
+    }[kind]
+    return np.where(s < warmup, peak * (s + 1) / warmup, after)
+
+
+def curve(lrs: np.ndarray, c: float, noise: float, seed: int = 0):
+    """Evaluations every EVAL_EVERY steps of the law, plus Gaussian evaluation noise."""
+    s1, s2 = annealing_areas(lrs)
+    steps = np.arange(0, MAX_STEPS + 1, EVAL_EVERY)
+    with np.errstate(divide="ignore"):
+        truth = TRUE["L0"] + TRUE["A"] * s1[steps] ** -TRUE["alpha"] - c * s2[steps]
+    truth[0] = 5.5  # step 0 has seen no lr: the law does not hold there (and is never fitted)
+    rng = np.random.default_rng(seed)
+    return steps, truth + rng.normal(0, noise, steps.size), truth[-1]
+
+
+# ---- the areas ---------------------------------------------------------------------------
+def test_constant_schedule_has_forward_area_only():
+    s1, s2 = annealing_areas(np.full(50, 2e-3))
+    assert s1 == pytest.approx(2e-3 * np.arange(51))
+    assert not s2.any()
+
+
+def test_annealing_area_follows_the_paper_recursion():
+    lrs = schedule("cosine")
+    s1, s2 = annealing_areas(lrs, momentum=0.99)
+    eta = lrs
+    m = total = 0.0
+    expected = [0.0]
+    for i in range(len(eta)):
+        drop = eta[i - 1] - eta[i] if i > 20 else 0.0  # warmup increases are not annealing
+        m = 0.99 * m + drop
+        total += m
+        expected.append(total)
+    assert s2 == pytest.approx(expected, abs=1e-9)
+    assert s1[-1] == pytest.approx(eta.sum())
+
+
+def test_one_lr_drop_keeps_lowering_the_loss_with_momentum():
+    lrs = np.array([1.0] * 10 + [0.5] * 10)
+    _, s2 = annealing_areas(lrs, momentum=0.9)
+    # m_i = 0.5 * 0.9**(i - 10) from the drop at step 10 on; S2 sums them.
+    expected = np.concatenate([np.zeros(11), np.cumsum(0.5 * 0.9 ** np.arange(10))])
+    assert s2 == pytest.approx(expected)
+
+
+# ---- forecasts -----------------------------------------------------------------------------
+def test_constant_lr_forecast_from_40_percent_recovers_the_final_loss():
+    lrs = schedule("constant")
+    steps, loss, truth = curve(lrs, c=0.0, noise=0.01)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=int(0.4 * MAX_STEPS))
+    assert f is not None and f.note is None
+    assert f.upto_step == 120 and f.max_steps == MAX_STEPS and f.n_points == 12
+    assert f.predicted_final == pytest.approx(truth, abs=0.02)
+    assert f.low <= truth <= f.high
+    assert f.params["alpha"] == pytest.approx(TRUE["alpha"], abs=0.15)
+    assert f.params["C"] == 0.0
+
+
+def test_band_covers_the_truth_at_its_level_across_noisy_runs():
+    lrs = schedule("constant")
+    covered, widths = 0, []
+    for seed in range(40):
+        steps, loss, truth = curve(lrs, c=0.0, noise=0.03, seed=seed)
+        f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120)
+        covered += f.low <= truth <= f.high
+        widths.append(f.high - f.low)
+    assert covered >= 34  # 95% band: 38 expected, 34 allows for sampling
+    assert 0.05 < np.median(widths) < 0.5  # informative, not vacuous
+
+
+def test_cosine_run_with_known_annealing_beats_a_plain_power_law_from_40_percent():
+    c = 0.5
+    # The paper's recipe: C from one finished run (here linear decay) of the same setup...
+    ref_lrs = schedule("linear")
+    ref_steps, ref_loss, _ = curve(ref_lrs, c, noise=0.01, seed=1)
+    reference = forecast_final(ref_steps, ref_loss, ref_lrs, MAX_STEPS)
+    assert reference.params["C"] == pytest.approx(c, rel=0.25)
+    # ...forecasts a cosine run before its annealing shows.
+    lrs = schedule("cosine")
+    steps, loss, truth = curve(lrs, c, noise=0.01, seed=2)
+    aware = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120,
+                           annealing_c=reference.params["C"])
+    plain = forecast_final(steps, loss, np.ones(MAX_STEPS), MAX_STEPS, upto_step=120)
+    assert aware.predicted_final == pytest.approx(truth, abs=0.04)
+    assert aware.low <= truth <= aware.high
+    assert abs(aware.predicted_final - truth) < abs(plain.predicted_final - truth) / 2
+
+
+def test_cosine_run_fits_its_own_annealing_once_it_shows():
+    c = 0.5
+    lrs = schedule("cosine")
+    steps, loss, truth = curve(lrs, c, noise=0.01, seed=3)
+    aware = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=210)
+    plain = forecast_final(steps, loss, np.ones(MAX_STEPS), MAX_STEPS, upto_step=210)
+    assert aware.note is None and aware.params["C"] > 0
+    assert aware.predicted_final == pytest.approx(truth, abs=0.03)
+    assert aware.low <= truth <= aware.high
+    assert abs(aware.predicted_final - truth) < abs(plain.predicted_final - truth)
+
+
+def test_early_in_a_decay_c_is_held_at_zero_and_the_note_says_so():
+    lrs = schedule("cosine")
+    steps, loss, truth = curve(lrs, 0.5, noise=0.01, seed=4)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120)
+    assert f.params["C"] == 0.0
+    assert "do not show the lr decay" in f.note
+    assert f.predicted_final > truth  # the drop still to come is left out
+
+
+def test_step_schedule_before_its_first_drop_is_flagged():
+    lrs = schedule("step")  # first drop at step 170
+    steps, loss, _ = curve(lrs, 0.5, noise=0.01, seed=5)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=160)
+    assert f.params["C"] == 0.0 and f.note is not None
+
+
+def test_too_few_evaluations_give_no_forecast():
+    lrs = schedule("cosine")
+    steps, loss, _ = curve(lrs, 0.0, noise=0.01)
+    # Step 0 never counts (no lr seen yet), nor do non-finite values.
+    assert forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=10 * (MIN_POINTS - 1)) is None
+    assert forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=10 * MIN_POINTS) is not None
+    nan_loss = loss.copy()
+    nan_loss[3] = np.nan
+    assert forecast_final(steps, nan_loss, lrs, MAX_STEPS, upto_step=10 * MIN_POINTS) is None
+    assert forecast_final([], [], lrs, MAX_STEPS) is None
+
+
+def test_bad_inputs_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="give the lr of every step"):
+        forecast_final([10, 20], [2.0, 1.9], [1e-3] * 10, MAX_STEPS)
+    with pytest.raises(ValueError, match="differ in length"):
+        forecast_final([10, 20], [2.0], [1e-3] * MAX_STEPS, MAX_STEPS)
+
+
+def test_curve_continues_the_fit_with_a_band_that_widens():
+    lrs = schedule("constant")
+    steps, loss, _ = curve(lrs, 0.0, noise=0.02)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120)
+    ahead = f.curve([120, 200, 300, 400])
+    assert list(ahead.steps) == [120, 200, 300, 300]  # clipped to max_steps
+    assert np.all(np.diff(ahead.mean[:3]) < 0)
+    width = ahead.high - ahead.low
+    assert width[0] < width[1] < width[2]
+    assert ahead.mean[2] == pytest.approx(f.predicted_final)
+
+
+def test_eta_to_loss_finds_the_first_step_at_the_target():
+    lrs = schedule("constant")
+    steps, loss, truth = curve(lrs, 0.0, noise=0.005)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120)
+    mean = f.curve(np.arange(1, MAX_STEPS + 1)).mean
+    target = float(mean[199])  # the fitted curve at step 200
+    assert eta_to_loss(f, target) == 200
+    assert eta_to_loss(f, truth - 0.5) is None  # never within this run
+    assert eta_to_loss(f, 1e3) == 1  # already below it after the first step
