@@ -1,0 +1,144 @@
+"""Sweeps: expand ``--grid``/``--range`` specs into runs, and decide when to cut a loser.
+
+    --grid lr=1e-3,3e-3,1e-2       every value, crossed with every other grid
+    --range lr=1e-4:1e-2:log       drawn at random (log or lin; int ends stay ints)
+    --random 8 --seed 0            how many draws, reproducibly
+
+``expand`` gives one override dict per run: the cartesian product of the grids, times
+``random`` draws from the ranges (the same draws for every grid combination, so each
+combination is compared on equal footing).
+
+Successive halving needs no new training code: at ``cut_steps(max_steps)`` the sweep
+forecasts every run's final loss and ``should_cut`` stops a run whose forecast is
+confidently worse than the best run's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.forecast import Forecast
+
+Value = int | float | bool | str
+SCALES = ("log", "lin")
+CUT_FRACTIONS = (0.25, 0.5)  # check at a quarter and at half of max_steps
+SIGNIFICANT_DIGITS = 4  # drawn floats are rounded so run names and tables stay readable
+
+
+@dataclass(frozen=True)
+class Range:
+    """A ``--range KEY=LOW:HIGH[:log|:lin]``; ``integer`` when both ends are whole numbers."""
+
+    key: str
+    low: float
+    high: float
+    scale: str = "lin"
+    integer: bool = False
+
+    def draw(self, rng: np.random.Generator) -> int | float:
+        if self.scale == "log":
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        elif self.integer:  # every whole number in [low, high] equally likely
+            return int(rng.integers(int(self.low), int(self.high), endpoint=True))
+        else:
+            value = rng.uniform(self.low, self.high)
+        if self.integer:
+            return int(round(value))
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def parse_value(text: str) -> Value:
+    """'true' -> True, '3' -> 3, '1e-3' -> 0.001, anything else stays a string."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_grid(spec: str) -> tuple[str, list[Value]]:
+    """'lr=1e-3,3e-3' -> ('lr', [0.001, 0.003])."""
+    key, sep, rest = spec.partition("=")
+    values = [v for v in rest.split(",") if v.strip()]
+    if not sep or not key.strip() or not values:
+        raise ValueError(f"--grid needs KEY=V1,V2,...: got {spec!r}")
+    return key.strip(), [parse_value(v) for v in values]
+
+
+def parse_range(spec: str) -> Range:
+    """'lr=1e-4:1e-2:log' -> Range('lr', 1e-4, 1e-2, 'log', integer=False)."""
+    key, sep, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not sep or not key.strip() or len(parts) not in (2, 3):
+        raise ValueError(f"--range needs KEY=LOW:HIGH or KEY=LOW:HIGH:log|lin: got {spec!r}")
+    key = key.strip()
+    scale = parts[2].strip().lower() if len(parts) == 3 else "lin"
+    if scale not in SCALES:
+        raise ValueError(f"--range {key}: the scale must be log or lin, not {parts[2]!r}")
+    ends = [parse_value(p) for p in parts[:2]]
+    if any(isinstance(e, (bool, str)) for e in ends):
+        raise ValueError(f"--range {key}: LOW and HIGH must be numbers, got {rest!r}")
+    low, high = (float(e) for e in ends)
+    if not low < high:
+        raise ValueError(f"--range {key}: LOW must be below HIGH, got {rest!r}")
+    if scale == "log" and low <= 0:
+        raise ValueError(f"--range {key}: a log range needs LOW above 0, got {rest!r}")
+    return Range(key, low, high, scale, integer=all(isinstance(e, int) for e in ends))
+
+
+def expand(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int = 0,
+           seed: int = 0) -> list[dict[str, Value]]:
+    """Every run of a sweep as a dict of overrides, in a stable order.
+
+    With no ``ranges`` it is the grid's cartesian product; with ranges, each grid
+    combination is paired with the same ``random`` draws (numpy's generator seeded with
+    ``seed``, so the same command gives the same runs).
+    """
+    parsed_grids = [parse_grid(g) for g in grids]
+    parsed_ranges = [parse_range(r) for r in ranges]
+    keys = [k for k, _ in parsed_grids] + [r.key for r in parsed_ranges]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given more than once: one --grid or --range "
+                         "per setting")
+    if random < 0:
+        raise ValueError(f"--random must be 0 or more, not {random}")
+    if parsed_ranges and not random:
+        raise ValueError("--range needs --random N: how many values to draw")
+    if random and not parsed_ranges:
+        raise ValueError(f"--random {random} needs at least one --range to draw from")
+    combos = [dict(zip([k for k, _ in parsed_grids], values, strict=True))
+              for values in itertools.product(*(v for _, v in parsed_grids))]
+    if not parsed_ranges:
+        return combos if parsed_grids else []
+    rng = np.random.default_rng(seed)
+    draws = [{r.key: r.draw(rng) for r in parsed_ranges} for _ in range(random)]
+    return [{**combo, **draw} for combo in combos for draw in draws]
+
+
+def cut_steps(max_steps: int, fractions: Sequence[float] = CUT_FRACTIONS) -> list[int]:
+    """The steps at which a successive-halving sweep compares its runs' forecasts."""
+    return sorted({max(1, int(f * max_steps)) for f in fractions if 0 < f < 1})
+
+
+def should_cut(run: Forecast | None, best: Forecast | None) -> str | None:
+    """A reason to stop ``run`` when its forecast is confidently worse than ``best``'s.
+
+    Confidently worse means the two bands do not overlap: the lowest final loss still
+    plausible for ``run`` is above the highest plausible for ``best``. So a noisy or
+    early forecast, whose band is wide, is never cut on its point estimate alone, and a
+    missing forecast (too few evaluations) never cuts anything.
+    """
+    if run is None or best is None or run.low <= best.high:
+        return None
+    return (f"stopped at step {run.upto_step}: forecast {run.predicted_final:.2f} ± "
+            f"{run.half_width:.2f} vs best {best.predicted_final:.2f} ± {best.half_width:.2f}")
