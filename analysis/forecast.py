@@ -37,7 +37,7 @@ ALPHA_BOUNDS = (0.01, 5.0)
 ALPHA_STARTS = (0.3, 0.7, 1.5)  # a few starts: the fit is not convex in alpha
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare fields, not instances
 class ForecastCurve:
     """The forecast at given steps: the fitted curve and its prediction band."""
 
@@ -47,7 +47,7 @@ class ForecastCurve:
     high: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Forecast:
     """A fitted forecast of one run's validation loss.
 
@@ -65,12 +65,13 @@ class Forecast:
     params: dict[str, float]
     residual_std: float
     level: float
-    note: str | None = None  # why the forecast is less informed than usual, if it is
-    _theta: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(4))
-    _cov: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((4, 4)))
-    _s1: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
-    _s2: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
-    _t_quantile: float = field(repr=False, default=2.0)
+    note: str | None  # why the forecast is less informed than usual, if it is
+    # What curve() needs: the constants, their covariance, the areas of every step.
+    _theta: np.ndarray = field(repr=False)
+    _cov: np.ndarray = field(repr=False)
+    _s1: np.ndarray = field(repr=False)
+    _s2: np.ndarray = field(repr=False)
+    _t_quantile: float = field(repr=False)
 
     @property
     def half_width(self) -> float:
@@ -114,7 +115,7 @@ def _law(theta: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray,
     return value, jac
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Fit:
     theta: np.ndarray  # L0, A, alpha, C (C is 0 when not fitted)
     cov: np.ndarray  # 4x4, zero rows/columns for a constant held fixed
@@ -236,15 +237,16 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
         note = ("the evaluations so far do not show the lr decay's effect: the forecast "
                 "leaves out any extra drop the rest of the schedule brings")
     dof = x.size - fit.n_free
-    curve = _band(fit.theta, fit.cov, s1_all[[max_steps]], s2_all[[max_steps]],
-                  fit.rss / dof, float(stats.t.ppf(0.5 + level / 2, dof)))
+    resid_var = fit.rss / dof
+    t_quantile = float(stats.t.ppf(0.5 + level / 2, dof))
+    mean, low, high = _band(fit.theta, fit.cov, s1_all[[max_steps]], s2_all[[max_steps]],
+                            resid_var, t_quantile)
     return Forecast(
-        predicted_final=float(curve[0][0]), low=float(curve[1][0]), high=float(curve[2][0]),
+        predicted_final=float(mean[0]), low=float(low[0]), high=float(high[0]),
         upto_step=int(x.max()), max_steps=max_steps, n_points=int(x.size),
         params=dict(zip(PARAM_NAMES, map(float, fit.theta), strict=True)),
-        residual_std=float(np.sqrt(fit.rss / dof)), level=level, note=note,
-        _theta=fit.theta, _cov=fit.cov, _s1=s1_all, _s2=s2_all,
-        _t_quantile=float(stats.t.ppf(0.5 + level / 2, dof)))
+        residual_std=float(np.sqrt(resid_var)), level=level, note=note,
+        _theta=fit.theta, _cov=fit.cov, _s1=s1_all, _s2=s2_all, _t_quantile=t_quantile)
 
 
 def _band(theta: np.ndarray, cov: np.ndarray, s1: np.ndarray, s2: np.ndarray,

@@ -41,15 +41,14 @@ class Range:
     integer: bool = False
 
     def draw(self, rng: np.random.Generator) -> int | float:
+        """One value, uniform in log or linear space; a whole number for an integer range."""
+        if self.scale == "lin" and self.integer:  # every whole number equally likely
+            return int(rng.integers(int(self.low), int(self.high), endpoint=True))
         if self.scale == "log":
             value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        elif self.integer:  # every whole number in [low, high] equally likely
-            return int(rng.integers(int(self.low), int(self.high), endpoint=True))
         else:
             value = rng.uniform(self.low, self.high)
-        if self.integer:
-            return int(round(value))
-        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+        return int(round(value)) if self.integer else float(f"{value:.{SIGNIFICANT_DIGITS}g}")
 
 
 def parse_value(text: str) -> Value:

@@ -83,6 +83,13 @@ def test_ranges_draw_reproducibly_within_bounds():
     assert 0.3 < np.mean(lrs < 1e-3) < 0.7
 
 
+def test_log_range_of_whole_numbers_draws_whole_numbers():
+    runs = expand(ranges=["batch_size=8:256:log"], random=30, seed=0)
+    sizes = [r["batch_size"] for r in runs]
+    assert all(isinstance(b, int) and 8 <= b <= 256 for b in sizes)
+    assert min(sizes) < 32 < max(sizes)
+
+
 def test_grid_times_random_pairs_every_combination_with_the_same_draws():
     runs = expand(["batch_size=16,32"], ["lr=1e-4:1e-2:log"], random=4, seed=0)
     assert len(runs) == 8
