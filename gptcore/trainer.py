@@ -10,6 +10,11 @@ Losses and gradient norms stay on the device and are fetched once every
 (``gptcore.guard``) judges them there: a spike or NaN rolls the run back to an
 in-memory snapshot from before it (``gptcore.snapshot``) and skips the batches
 drawn since, instead of ending the run.
+
+Under torchrun (``gptcore.distributed``) every rank runs this same loop on its own
+batches, with DistributedDataParallel averaging gradients; rank 0 alone calls the
+callbacks, and its stop request reaches the other ranks with the metrics it fetches
+every ``log_interval`` steps.
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from gptcore import distributed
+from gptcore.callbacks import TrainerCallbacks, TrainResult
 from gptcore.checkpoint import (
     BEST_CHECKPOINT_NAME,
     CHECKPOINT_NAME,
@@ -33,6 +40,8 @@ from gptcore.checkpoint import (
 )
 from gptcore.config import TrainConfig
 from gptcore.data import TokenData, load_data
+from gptcore.device import autocast_dtype, device_label, resolve_device
+from gptcore.device import available_memory_mb as available_memory_mb  # jobs imports it here
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, peak_flops
 from gptcore.generate import SamplingConfig, sample_text
@@ -47,96 +56,6 @@ log = logging.getLogger(__name__)
 
 # Early stopping's patience restarts only when val loss beats the best by more than this.
 MIN_IMPROVEMENT = 1e-4
-
-
-class TrainerCallbacks:
-    """Override what you need; every hook is a no-op here."""
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        """Once the model is built: device, n_params, start_step, max_steps."""
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Metric values at ``step``; called often, so implementations should buffer."""
-
-    def on_sample(self, step: int, prompt: str, text: str) -> None:
-        """A text sample generated at an evaluation."""
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        """A checkpoint was written (atomically) to ``path``."""
-
-    def on_status(self, status: str, message: str | None = None) -> None:
-        """running, completed, stopped or failed, with a reason for the last three."""
-
-    def on_event(self, step: int, kind: str, message: str) -> None:
-        """Something worth a marker on the charts, with a sentence saying what happened.
-
-        ``kind`` is one of ``spike``, ``nan``, ``rollback``, ``lr_reduced``, ``early_stop``
-        or ``best_checkpoint``.
-        """
-
-    def flush(self) -> None:
-        """Persist buffered metrics; called at every evaluation and at the end."""
-
-    def should_stop(self) -> bool:
-        """Polled after every step; True ends the run cleanly with a checkpoint."""
-        return False
-
-
-@dataclass
-class TrainResult:
-    status: str  # completed, stopped or failed
-    reason: str | None
-    step: int
-    best_val_loss: float | None = None
-    checkpoint: Path | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    best_checkpoint: Path | None = None
-    rollbacks: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GptdashError("device cuda was asked for, but no CUDA GPU is visible: "
-                           "use device=auto or device=cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
-        raise GptdashError("device mps was asked for, but it is not available: use device=auto")
-    return torch.device(name)
-
-
-def available_memory_mb(device: torch.device) -> float | None:
-    """Memory a run could use on ``device``: free GPU memory, or physical RAM on the CPU."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free / 2**20
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
-
-
-def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "float32":
-        return None
-    if cfg.precision == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def _global_rng_state() -> dict[str, Any]:
@@ -168,7 +87,10 @@ def oom_message(cfg: TrainConfig) -> str:
 
 
 class Trainer:
-    """Builds everything a run needs from a config, then ``run()`` trains it."""
+    """Builds everything a run needs from a config, then ``run()`` trains it.
+
+    Under torchrun only rank 0's ``callbacks`` are ever called; other ranks may pass None.
+    """
 
     def __init__(self, cfg: TrainConfig, *, checkpoint_dir: Path, cache_dir: Path,
                  callbacks: TrainerCallbacks | None = None, resume: bool = False,
@@ -176,7 +98,9 @@ class Trainer:
         self.cfg = cfg.validate()
         self.checkpoint_dir = Path(checkpoint_dir)
         self.cache_dir = Path(cache_dir)
-        self.cb = callbacks or TrainerCallbacks()
+        self.ranks = distributed.ranks_from_env()
+        # Rank 0 records; the other ranks' callbacks are never called.
+        self.cb = (callbacks if self.ranks.is_main else None) or TrainerCallbacks()
         self.resume = resume
         self.init_checkpoint = init_checkpoint
         self.checkpoint_path = self.checkpoint_dir / CHECKPOINT_NAME
@@ -194,27 +118,41 @@ class Trainer:
     # ---- setup -----------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        distributed.check_nproc(self.ranks, cfg.nproc)
         self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
+        if self.ranks.enabled:
+            self.device = distributed.init(self.ranks, self.device)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         if self.device.type == "cuda":
             # TF32 matmuls for what autocast leaves in fp32; bf16 does the rest.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.amp_dtype = _autocast_dtype(cfg, self.device)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         self.data: TokenData = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction,
                                          self.cache_dir)
         self.data.check_context(cfg.model.context_length)
         model_cfg = replace(cfg.model, vocab_size=cfg.vocab_size)
         self.model = GPTModel(model_cfg).to(self.device)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.data_gen = torch.Generator().manual_seed(
+            distributed.data_seed(cfg.seed, self.ranks.rank))
         if self.init_checkpoint is not None and not self.resume:
             self._load_init_weights(self.init_checkpoint)
         self._freeze()
         self.optimizer = build_optimizer(self.model, cfg, self.device.type)
+        if self.ranks.enabled:  # dropout masks of their own, now the weights are made
+            torch.manual_seed(distributed.data_seed(cfg.seed, self.ranks.rank))
         if self.resume:
             self._load_resume_state()
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        # Evaluation runs the module itself: only training steps need DDP's gradient sync.
+        self.eval_model = torch.compile(self.model) if cfg.compile else self.model
+        self.train_model = self.eval_model
+        if self.ranks.enabled:
+            self.train_model = DistributedDataParallel(
+                self.eval_model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # The config counts one machine's nproc processes; torchrun may span several.
+        self.tokens_per_step = cfg.tokens_per_step // cfg.nproc * self.ranks.world_size
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         self.flops_per_token = flops_per_token(cfg)
@@ -245,7 +183,15 @@ class Trainer:
         if payload.get("optimizer"):
             self.optimizer.load_state_dict(payload["optimizer"])
         self.step = int(payload["step"])
-        _set_rng_state(payload["rng"], self.data_gen)
+        rng = payload["rng"]
+        if self.ranks.enabled:
+            per_rank = rng.get("ranks", [rng])
+            if len(per_rank) != self.ranks.world_size:
+                raise GptdashError(f"the checkpoint was written by a run of nproc "
+                                   f"{len(per_rank)}, this one has {self.ranks.world_size} "
+                                   f"processes: resume with nproc {len(per_rank)}")
+            rng = per_rank[self.ranks.rank]
+        _set_rng_state(rng, self.data_gen)
         extra = payload.get("extra", {})
         self.best_val = extra.get("best_val", math.inf)
         self.best_step = extra.get("best_step", 0)
@@ -270,24 +216,26 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss on ``eval_iters`` batches of each split, from a fixed per-step stream,
-        so evaluations never disturb the training batches (resume stays exact)."""
-        self.train_model.eval()
-        out = {}
-        for split in ("train", "val"):
-            gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * (self.step + 1))
-            total = torch.zeros((), device=self.device)
+        """Mean loss on ``eval_iters`` batches of each split (per rank, averaged over ranks),
+        from a fixed per-step stream, so evaluations never disturb the training batches
+        (resume stays exact)."""
+        self.eval_model.eval()
+        splits = ("train", "val")
+        totals = torch.zeros(len(splits), device=self.device)
+        for i, split in enumerate(splits):
+            gen = torch.Generator().manual_seed(
+                distributed.data_seed(self.cfg.seed + 7919 * (self.step + 1), self.ranks.rank))
             for _ in range(self.cfg.eval_iters):
                 x, y = self._batch(split, gen)
                 with self._autocast():
-                    total += self.train_model(x, y).float()
-            out[split] = (total / self.cfg.eval_iters).item()
-        self.train_model.train()
-        return out
+                    totals[i] += self.eval_model(x, y).float()
+        means = distributed.mean(totals / self.cfg.eval_iters, self.ranks).tolist()
+        self.eval_model.train()
+        return dict(zip(splits, means, strict=True))
 
     def _sample(self) -> None:
         cfg = self.cfg
-        if not cfg.sample_tokens or not cfg.sample_prompt:
+        if not cfg.sample_tokens or not cfg.sample_prompt or not self.ranks.is_main:
             return
         sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=40,
                                   seed=cfg.seed + self.step)
@@ -306,15 +254,21 @@ class Trainer:
                  "evals_since_best": self.evals_since_best}
         if self.guard is not None:
             extra["guard"] = self.guard.state_dict()
-        path = save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer,
-                               step=self.step, config=self.cfg, rng=_rng_state(self.data_gen),
-                               extra=extra)
+        rng = _rng_state(self.data_gen)
+        if self.ranks.enabled:  # every rank's batch stream, so each resumes where it was
+            rng = {**rng, "ranks": distributed.gather(rng, self.ranks)}
         self.last_ckpt_step = self.step
+        if not self.ranks.is_main:
+            return self.checkpoint_path
+        path = save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer,
+                               step=self.step, config=self.cfg, rng=rng, extra=extra)
         self.cb.on_checkpoint(self.step, path)
         return path
 
     def _save_best(self) -> None:
         """best.pt: the weights of the best evaluation, written atomically like latest.pt."""
+        if not self.ranks.is_main:
+            return
         save_checkpoint(self.best_path, model=self.model, optimizer=None, step=self.step,
                         config=self.cfg, rng={}, extra={"val_loss": self.best_val})
         self.cb.on_event(self.step, "best_checkpoint",
@@ -350,12 +304,21 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to max_steps, a stop request, early stopping, a NaN, or an error."""
         try:
+            return self._run()
+        finally:
+            distributed.shutdown(self.ranks)
+
+    def _run(self) -> TrainResult:
+        try:
             self.setup()
         except GptdashError as exc:
             return self._finish("failed", str(exc))
-        self.cb.on_start({"device": device_label(self.device),
-                          "n_params": self.model.num_params(), "start_step": self.step,
-                          "max_steps": self.cfg.max_steps})
+        label = device_label(self.device)
+        if self.ranks.enabled:
+            label = f"{label} x{self.ranks.world_size}"
+        self.cb.on_start({"device": label, "n_params": self.model.num_params(),
+                          "start_step": self.step, "max_steps": self.cfg.max_steps,
+                          "world_size": self.ranks.world_size})
         self.cb.on_status("running")
         try:
             return self._loop()
@@ -391,12 +354,14 @@ class Trainer:
                 return self._finish("completed", None)
 
             self._train_step(pending)
-            stop = self.cb.should_stop()
+            # Several processes hear rank 0's stop request with the next report instead.
+            stop = not self.ranks.enabled and self.cb.should_stop()
             at_checkpoint = self.step % cfg.checkpoint_interval == 0
             # Every step is checked (and stored) before an evaluation, a checkpoint or the end.
             if (len(pending) >= cfg.log_interval or stop or at_checkpoint
                     or self.step % cfg.eval_interval == 0 or self.step >= cfg.max_steps):
-                anomaly = self._report(pending)
+                anomaly, stop_everywhere = self._report(pending)
+                stop = stop or stop_everywhere
                 pending.clear()
                 if anomaly is not None:
                     ended = self._recover(anomaly)
@@ -418,11 +383,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum_steps):
-            x, y = self._batch("train", self.data_gen)
-            with self._autocast():
-                loss = self.train_model(x, y, label_smoothing=cfg.label_smoothing)
-            (loss / cfg.grad_accum_steps).backward()
+        for micro in range(cfg.grad_accum_steps):
+            # Ranks average gradients once per step, on the last micro-batch, not on each.
+            last = micro == cfg.grad_accum_steps - 1
+            with contextlib.nullcontext() if last or not self.ranks.enabled \
+                    else self.train_model.no_sync():
+                x, y = self._batch("train", self.data_gen)
+                with self._autocast():
+                    loss = self.train_model(x, y, label_smoothing=cfg.label_smoothing)
+                (loss / cfg.grad_accum_steps).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
@@ -434,33 +403,42 @@ class Trainer:
     def _start_interval(self) -> None:
         self._interval_start, self._interval_steps = time.perf_counter(), 0
 
-    def _report(self, pending) -> Anomaly | None:
+    def _report(self, pending) -> tuple[Anomaly | None, bool]:
         """Fetch the pending losses in one transfer, check them, and send metrics up to the
-        first anomaly (returned); when all are normal, maybe take a roll-back snapshot."""
-        values = torch.stack([torch.stack([loss.float(), gn.float()])
-                              for _, _, loss, gn in pending]).tolist()
+        first anomaly; when all are normal, maybe take a roll-back snapshot.
+
+        Returns the anomaly (or None) and, with several processes, whether rank 0 was asked
+        to stop: losses are averaged over ranks and the stop flag rides along in the same
+        all-reduce, so every rank sees the same values and takes the same decisions.
+        """
+        stats = torch.stack([torch.stack([loss.float(), gn.float()])
+                             for _, _, loss, gn in pending])
+        ask = self.ranks.enabled and self.ranks.is_main and self.cb.should_stop()
+        stats, stop = distributed.mean_and_flag(stats, ask, self.ranks)
+        values = stats.tolist()
         elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
-        tokens_per_sec = self._interval_steps * self.cfg.tokens_per_step / elapsed
+        tokens_per_sec = self._interval_steps * self.tokens_per_step / elapsed
         for (step, lr, _, _), (loss, gn) in zip(pending, values, strict=False):
             anomaly = (self.guard.check(step, loss, gn) if self.guard
                        else check_finite(step, loss=loss))
             if anomaly is not None:
-                return anomaly
+                return anomaly, stop
             self.cb.on_metrics(step, {"train/loss": loss, "lr": lr, "grad_norm": gn})
         last = pending[-1][0]
         summary = {
             "tokens_per_sec": tokens_per_sec,
             "step_time_ms": 1000 * elapsed / max(self._interval_steps, 1),
-            "tokens_seen": float((last + 1) * self.cfg.tokens_per_step),
+            "tokens_seen": float((last + 1) * self.tokens_per_step),
         }
-        if self.peak:
-            summary["mfu"] = self.flops_per_token * tokens_per_sec / self.peak
+        if self.peak:  # the peak is one GPU's
+            summary["mfu"] = (self.flops_per_token * tokens_per_sec
+                              / (self.peak * self.ranks.world_size))
         self.cb.on_metrics(last, summary)
         self.last_metrics.update(summary, **{"train/loss": values[-1][0]})
         self._start_interval()
         if self.guard and self.step - max(self.ring.steps, default=0) >= self.cfg.guard_interval:
             self._snapshot()
-        return None
+        return None, stop
 
     # ---- the guard -------------------------------------------------------------------------
     def _snapshot(self) -> None:

@@ -1,0 +1,60 @@
+"""How the trainer reports: the callback protocol it calls, and the result it returns.
+
+The trainer knows nothing of databases or pages. The app's worker, the CLI and test
+scripts each pass their own ``TrainerCallbacks``; under torchrun only rank 0's are
+called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class TrainerCallbacks:
+    """Override what you need; every hook is a no-op here."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Once the model is built: device, n_params, start_step, max_steps, world_size."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Metric values at ``step``; called often, so implementations should buffer."""
+
+    def on_sample(self, step: int, prompt: str, text: str) -> None:
+        """A text sample generated at an evaluation."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """A checkpoint was written (atomically) to ``path``."""
+
+    def on_status(self, status: str, message: str | None = None) -> None:
+        """running, completed, stopped or failed, with a reason for the last three."""
+
+    def on_event(self, step: int, kind: str, message: str) -> None:
+        """Something worth a marker on the charts, with a sentence saying what happened.
+
+        ``kind`` is one of ``spike``, ``nan``, ``rollback``, ``lr_reduced``, ``early_stop``
+        or ``best_checkpoint``.
+        """
+
+    def flush(self) -> None:
+        """Persist buffered metrics; called at every evaluation and at the end."""
+
+    def should_stop(self) -> bool:
+        """Polled after every step (under torchrun: on rank 0, every ``log_interval`` steps);
+        True ends the run cleanly with a checkpoint."""
+        return False
+
+
+@dataclass
+class TrainResult:
+    """How a run ended, with its last metrics and checkpoint files."""
+
+    status: str  # completed, stopped or failed
+    reason: str | None
+    step: int
+    best_val_loss: float | None = None
+    checkpoint: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: Path | None = None
+    rollbacks: int = 0

@@ -1,0 +1,58 @@
+"""The device a run trains on: picking it, naming it, and what it offers."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gptcore.config import TrainConfig
+from gptcore.errors import GptdashError
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a config's ``device`` (auto picks cuda, then mps, then cpu)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GptdashError("device cuda was asked for, but no CUDA GPU is visible: "
+                           "use device=auto or device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise GptdashError("device mps was asked for, but it is not available: use device=auto")
+    return torch.device(name)
+
+
+def available_memory_mb(device: torch.device) -> float | None:
+    """Memory a run could use on ``device``: free GPU memory, or physical RAM on the CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free / 2**20
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def device_label(device: torch.device) -> str:
+    """A short name for people: ``cpu`` or ``cuda (NVIDIA H100 ...)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``cfg.precision`` on ``device``, or None for plain float32."""
+    if cfg.precision == "float32":
+        return None
+    if cfg.precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

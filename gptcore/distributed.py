@@ -1,0 +1,128 @@
+"""Running the trainer as several processes under torchrun: torch.distributed plumbing.
+
+torchrun starts ``nproc`` copies of the training program and tells each its place
+through the environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT). Each copy joins one process group (NCCL on CUDA GPUs, gloo on the CPU),
+trains its own replica on its own batches, and DistributedDataParallel averages the
+gradients, so every rank takes the same optimizer step. The global batch is
+``batch_size x grad_accum_steps x world_size`` sequences.
+
+Without those variables (or with a world of one) everything here is a no-op and the
+trainer runs as a single process, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gptcore.errors import GptdashError
+
+# Rank r draws its batches from seed + r * RANK_SEED_STRIDE: rank 0 keeps the single-process
+# stream, and a large prime keeps rank 1 of seed s from replaying rank 0 of seed s + 1.
+RANK_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes (a single process by default)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        """More than one process: collectives are needed."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the one process that records (callbacks, checkpoints, samples)."""
+        return self.rank == 0
+
+
+def ranks_from_env(environ: Mapping[str, str] | None = None) -> Ranks:
+    """The place torchrun gave this process, or a single process when it was not used."""
+    env = os.environ if environ is None else environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return Ranks()
+    world = int(env["WORLD_SIZE"])
+    return Ranks(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)),
+                 world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)))
+
+
+def check_nproc(ranks: Ranks, nproc: int) -> None:
+    """Refuse a launch whose process count differs from the config's ``nproc``."""
+    if nproc > 1 and not ranks.enabled:
+        raise GptdashError(f"nproc {nproc} needs one process per rank: start it with "
+                           f"`torchrun --nproc_per_node {nproc} ...` (gptdash's worker does "
+                           "this itself), or set nproc to 1")
+    if ranks.enabled and ranks.local_world_size != nproc:
+        raise GptdashError(f"nproc is {nproc} but torchrun started {ranks.local_world_size} "
+                           f"processes on this node: set nproc to {ranks.local_world_size} or "
+                           f"launch with --nproc_per_node {nproc}")
+
+
+def data_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s batch stream; rank 0's is ``seed`` itself."""
+    return seed + rank * RANK_SEED_STRIDE
+
+
+def init(ranks: Ranks, device: torch.device) -> torch.device:
+    """Join the process group; returns this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise GptdashError(f"several processes need CUDA GPUs or the CPU, not {device.type}: "
+                           "set device to cuda or cpu, or nproc to 1")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=ranks.rank, world_size=ranks.world_size)
+    return device
+
+
+def shutdown(ranks: Ranks) -> None:
+    """Leave the process group, if this process joined one."""
+    if ranks.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The element-wise mean of ``tensor`` over all ranks (itself for a single process).
+
+    A sum and a division, not ReduceOp.AVG, which gloo does not support.
+    """
+    if not ranks.enabled:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / ranks.world_size
+
+
+def mean_and_flag(tensor: torch.Tensor, flag: bool, ranks: Ranks) -> tuple[torch.Tensor, bool]:
+    """``mean(tensor)`` and whether any rank raised ``flag``, in one all-reduce."""
+    if not ranks.enabled:
+        return tensor, flag
+    packed = torch.cat([tensor.flatten().float(),
+                        torch.tensor([float(flag)], device=tensor.device)])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return (packed[:-1] / ranks.world_size).view(tensor.shape), bool(packed[-1].item() > 0)
+
+
+def gather(obj: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not ranks.enabled:
+        return [obj]
+    out: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(out, obj)
+    return out
