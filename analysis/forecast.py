@@ -202,6 +202,8 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     if len(lr_per_step) < max_steps:
         raise ValueError(f"lr_per_step has {len(lr_per_step)} values but max_steps is "
                          f"{max_steps}: give the lr of every step 0..max_steps-1")
+    if annealing_c is not None and not annealing_c >= 0:
+        raise ValueError(f"annealing_c must be 0 or more, not {annealing_c}")
     x = np.asarray(steps, dtype=float)
     y = np.asarray(val_loss, dtype=float)
     if x.shape != y.shape:

@@ -158,6 +158,8 @@ def test_bad_inputs_are_refused_with_a_reason():
         forecast_final([10, 20], [2.0, 1.9], [1e-3] * 10, MAX_STEPS)
     with pytest.raises(ValueError, match="differ in length"):
         forecast_final([10, 20], [2.0], [1e-3] * MAX_STEPS, MAX_STEPS)
+    with pytest.raises(ValueError, match="annealing_c must be 0 or more"):
+        forecast_final([10, 20], [2.0, 1.9], [1e-3] * MAX_STEPS, MAX_STEPS, annealing_c=-1.0)
 
 
 def test_curve_continues_the_fit_with_a_band_that_widens():
