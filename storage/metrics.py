@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    CompoundSelect,
     Engine,
     Select,
     bindparam,
@@ -165,7 +166,14 @@ class MetricsMixin:
                         .where(c.run_id.in_(small), *series))
                 frames.append(_metric_frame(session.execute(stmt).all()))
             for run_id, lo, hi in large:
-                stmt = _extremes_per_bucket(run_id, key, lo, hi, buckets)
+                # Two queries, not one with ``step IN (subquery)``: PostgreSQL, without fresh
+                # statistics on a table filled seconds ago, joined that as a nested loop over
+                # every row (15 s for 100k points); a list of steps is an index lookup anywhere.
+                steps = session.scalars(_extreme_steps(run_id, key, lo, hi, buckets)).all()
+                stmt = (select(c.run_id, c.key, c.step, c.value, c.wall_time)
+                        .where(c.run_id == run_id, c.key == key,
+                               c.step.in_([step for step in steps if step is not None]))
+                        .order_by(c.step))
                 frames.append(_metric_frame(session.execute(stmt).all()))
         if not frames:
             return _metric_frame([])
@@ -182,8 +190,8 @@ class MetricsMixin:
             return session.scalar(stmt)
 
 
-def _extremes_per_bucket(run_id: int, key: str, lo: int, hi: int, buckets: int) -> Select:
-    """SELECT the lowest and highest row of each equal-width step bucket, plus the first and last.
+def _extreme_steps(run_id: int, key: str, lo: int, hi: int, buckets: int) -> CompoundSelect:
+    """SELECT the steps of the lowest and highest point of each equal-width bucket, and lo, hi.
 
     Bucket ``i`` holds the steps with ``(step - lo) * buckets // (hi - lo + 1) == i``.
     A recursive CTE lists each bucket's step bounds, and two correlated
@@ -192,7 +200,6 @@ def _extremes_per_bucket(run_id: int, key: str, lo: int, hi: int, buckets: int) 
     about twice but sorts nothing big, several times faster on SQLite than a
     GROUP BY or window function over a computed bucket (which sorts all rows).
     """
-    c = _metrics.c
     width = hi - lo + 1
     # BigInteger: i * width overflows a 32-bit integer on PostgreSQL for long runs.
     seed = select(literal(0, BigInteger).label("i")).cte("bucket", recursive=True)
@@ -213,11 +220,9 @@ def _extremes_per_bucket(run_id: int, key: str, lo: int, hi: int, buckets: int) 
                 .scalar_subquery())
         return select(step).select_from(bounds)
 
-    steps = union(extreme(inner.c.value), extreme(inner.c.value.desc()),
-                  select(literal(lo, BigInteger)), select(literal(hi, BigInteger)))
-    return (select(c.run_id, c.key, c.step, c.value, c.wall_time)
-            .where(c.run_id == run_id, c.key == key, c.step.in_(steps))
-            .order_by(c.step))
+    # An empty bucket (steps logged sparsely) gives NULL; the caller drops those.
+    return union(extreme(inner.c.value), extreme(inner.c.value.desc()),
+                 select(literal(lo, BigInteger)), select(literal(hi, BigInteger)))
 
 
 def _extent(run_id: int, series: list[Any], cap: int) -> Select:

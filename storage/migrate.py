@@ -140,7 +140,9 @@ def _locked_transaction(engine: Engine) -> Iterator[Connection]:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
+                sequences = _sqlite_sequences(connection)
                 yield connection
+                _restore_sqlite_sequences(connection, sequences)
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                 if broken:
                     raise StorageError(f"migrating the database broke foreign keys: {broken}")
@@ -152,3 +154,27 @@ def _locked_transaction(engine: Engine) -> Iterator[Connection]:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             connection.commit()
             driver.isolation_level = isolation
+
+
+def _sqlite_sequences(connection: Connection) -> dict[str, int]:
+    """Each AUTOINCREMENT table's high-water mark: the largest id it ever handed out."""
+    if not inspect(connection).has_table("sqlite_sequence"):
+        return {}
+    return dict(connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all())
+
+
+def _restore_sqlite_sequences(connection: Connection, before: dict[str, int]) -> None:
+    """Put back high-water marks that rebuilding a table lowered to its largest id left.
+
+    Otherwise the ids of deleted runs (and their checkpoint folders) would be handed
+    out again after a migration that rebuilds ``runs``.
+    """
+    after = _sqlite_sequences(connection)
+    tables = set(inspect(connection).get_table_names())
+    for name, seq in before.items():
+        if name in after and after[name] < seq:
+            connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = ? WHERE name = ?",
+                                       (seq, name))
+        elif name not in after and name in tables:
+            connection.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                                       (name, seq))

@@ -108,7 +108,11 @@ class Run(Base):
     owner_host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     owner_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sweep_id: Mapped[int | None] = mapped_column(
-        Integer, ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True
+        Integer,
+        # Named as revision 0003 creates it (Alembic batch mode on SQLite needs a name).
+        ForeignKey("sweeps.id", ondelete="SET NULL", name="fk_runs_sweep_id_sweeps"),
+        nullable=True,
+        index=True,
     )
     # Denormalised summaries the trainer bridge updates at each flush.
     last_step: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,8 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_support import PostgresServer, start_server
 
 from storage.store import RunStore
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``backends("sqlite", "postgresql")`` gets its ``store`` on each database.
+
+    The storage suites mark whole modules; one test may narrow that with its own marker.
+    """
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", marker.args, indirect=True)
 
 
 @pytest.fixture
@@ -19,10 +30,39 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 server for the whole session, stopped at the end (also on failure).
+
+    A machine without PostgreSQL fails these tests rather than skipping them.
+    """
+    try:
+        server = start_server()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def store(home: Path) -> Iterator[RunStore]:
-    """A RunStore on a real SQLite file in the temporary home folder."""
-    run_store = RunStore()
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def store(home: Path, request: pytest.FixtureRequest) -> Iterator[RunStore]:
+    """A RunStore on a fresh database: a real SQLite file in the temporary home folder.
+
+    Under ``@pytest.mark.backends(...)`` it is parametrized, and the ``postgresql``
+    variant is a fresh database on the session's PostgreSQL server.
+    """
+    backend = getattr(request, "param", "sqlite")
+    run_store = RunStore(request.getfixturevalue("pg_url") if backend == "postgresql" else None)
     yield run_store
     run_store.close()
 

@@ -15,6 +15,9 @@ from storage.errors import StorageError
 from storage.home import checkpoints_dir
 from storage.store import INTERRUPTED_ERROR, RUNS_FRAME_COLUMNS, RunStore
 
+# Every test here runs on SQLite and on PostgreSQL (see conftest.pytest_generate_tests).
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 
 def test_create_and_get_run(store: RunStore) -> None:
     config = {"model": {"emb_dim": 64, "n_heads": 4}, "lr": 3e-4, "name": "ü"}
@@ -342,6 +345,7 @@ def test_sql_in_user_strings_is_stored_verbatim(store: RunStore) -> None:
     assert {"runs", "metrics", "samples"} <= set(inspect(store.engine).get_table_names())
 
 
+@pytest.mark.backends("sqlite")
 def test_sqlite_pragmas(store: RunStore) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -350,6 +354,7 @@ def test_sqlite_pragmas(store: RunStore) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
+@pytest.mark.backends("sqlite")
 def test_store_uses_home_database(store: RunStore, home: Path) -> None:
     assert (home / "gptdash.db").is_file()
     assert store.url == f"sqlite:///{home / 'gptdash.db'}"

@@ -10,6 +10,9 @@ import pytest
 
 from storage.store import RunStore
 
+# Every test here runs on SQLite and on PostgreSQL (see conftest.pytest_generate_tests).
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 
 @pytest.mark.slow
 def test_writer_with_concurrent_readers(store: RunStore) -> None:

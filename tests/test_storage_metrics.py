@@ -11,6 +11,9 @@ import pytest
 from storage.errors import StorageError
 from storage.store import METRIC_COLUMNS, RunStore
 
+# Every test here runs on SQLite and on PostgreSQL (see conftest.pytest_generate_tests).
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 
 def _log_series(store: RunStore, run_id: int, key: str, values: np.ndarray,
                 batch: int = 50_000) -> None:

@@ -25,12 +25,10 @@ def upgrade() -> None:
         sa.Column("cut", sa.Boolean(), nullable=False),
         sa.Column("notes", sa.Text(), nullable=False),
     )
-    if op.get_bind().dialect.name == "sqlite":
-        # SQLite adds a column with its foreign key in place; Alembic's generic path would
-        # rebuild runs, and a rebuild forgets the AUTOINCREMENT high-water mark of deleted runs.
-        op.execute("ALTER TABLE runs ADD COLUMN sweep_id INTEGER "
-                   "REFERENCES sweeps (id) ON DELETE SET NULL")
-    else:
-        op.add_column("runs", sa.Column("sweep_id", sa.Integer(), nullable=True))
-        op.create_foreign_key(None, "runs", "sweeps", ["sweep_id"], ["id"], ondelete="SET NULL")
-    op.create_index("ix_runs_sweep_id", "runs", ["sweep_id"])
+    # On SQLite this rebuilds runs (it cannot add a foreign key in place): AUTOINCREMENT is
+    # restated, and storage.migrate puts back the id high-water mark a rebuild would forget.
+    with op.batch_alter_table("runs", table_kwargs={"sqlite_autoincrement": True}) as batch:
+        batch.add_column(sa.Column("sweep_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key("fk_runs_sweep_id_sweeps", "sweeps", ["sweep_id"], ["id"],
+                                 ondelete="SET NULL")
+        batch.create_index("ix_runs_sweep_id", ["sweep_id"])
