@@ -64,18 +64,19 @@ def test_writer_with_concurrent_readers(store: RunStore) -> None:
 def test_claim_from_threads_never_duplicates(store: RunStore) -> None:
     queued = [store.create_run(f"q{i}", {}) for i in range(60)]
 
-    def claim_all(worker: str) -> list[int]:
+    def claim_all(pid: int) -> list[int]:
         claimed = []
-        while (run_id := store.claim_next_queued(worker)) is not None:
+        while (run_id := store.claim_next_queued(f"t{pid}", host="h", pid=pid)) is not None:
             claimed.append(run_id)
         return claimed
 
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(claim_all, [f"t{i}" for i in range(4)]))
+        results = list(pool.map(claim_all, range(4)))
     claimed = [run_id for result in results for run_id in result]
     assert sorted(claimed) == queued  # each exactly once
-    for worker, result in zip([f"t{i}" for i in range(4)], results, strict=True):
-        assert all(store.get_run(run_id).worker == worker for run_id in result)
+    for pid, result in enumerate(results):
+        runs = [store.get_run(run_id) for run_id in result]
+        assert all((run.worker, run.owner_pid) == (f"t{pid}", pid) for run in runs)
 
 
 def _claim_in_process(url: str, worker: str, start: multiprocessing.Event,
