@@ -5,6 +5,7 @@
     python bench/throughput.py --preset tiny --steps 200 --eager    # plain hand-written loop
     python bench/throughput.py --preset tiny --all                  # all three, one JSON line each
     python bench/throughput.py --preset tiny --guard-cost --repeat 5  # bare, guard on vs off
+    python bench/throughput.py --preset gpt2-124m --snapshot-cost     # one roll-back snapshot
 
 The real path is what `gptdash train` does: a run row, the trainer with its
 StoreCallbacks, metrics written to SQLite by the writer thread. ``--bare`` is the
@@ -12,7 +13,8 @@ same Trainer with callbacks that do nothing. ``--eager`` is the plain PyTorch lo
 person writes by hand for the same model (``loss.item()`` every step), the yardstick
 for "is our loop slow?". ``--guard-cost`` runs the bare Trainer with the guard on
 (its checks plus an in-memory roll-back snapshot every ``guard_interval`` steps, no
-anomaly) and off, alternating rounds so both see the same machine load. Timing starts
+anomaly) and off, alternating rounds so both see the same machine load;
+``--snapshot-cost`` times one such snapshot (model and AdamW state) alone. Timing starts
 after ``--warmup`` steps, so compilation and first-touch allocations are excluded.
 One JSON line per measurement on stdout.
 """
@@ -38,6 +40,7 @@ from gptcore.data import load_data  # noqa: E402
 from gptcore.estimate import flops_per_token, peak_flops  # noqa: E402
 from gptcore.model import GPTModel  # noqa: E402
 from gptcore.optim import build_optimizer  # noqa: E402
+from gptcore.snapshot import RING_SIZE, SnapshotRing  # noqa: E402
 from gptcore.trainer import Trainer, TrainerCallbacks, resolve_device  # noqa: E402
 
 
@@ -185,6 +188,32 @@ def interleaved(runners: dict, cfgs: dict[str, TrainConfig], warmup: int,
     return medians
 
 
+def snapshot_cost(cfg: TrainConfig, repeat: int) -> dict:
+    """Milliseconds to take one roll-back snapshot of the model and its AdamW state."""
+    device = resolve_device(cfg.device)
+    model = GPTModel(replace(cfg.model, vocab_size=cfg.vocab_size)).to(device)
+    opt = build_optimizer(model, cfg, device.type)
+    for p in model.parameters():  # one step with zero gradients creates the optimizer state
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    ring, times = SnapshotRing(), []
+    for step in range(repeat + RING_SIZE):  # the first RING_SIZE allocate their buffers
+        start = time.perf_counter()
+        ring.take(step, model, opt, {})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    snap = ring.snapshots[-1]
+    tensors = [*snap.model.values(),
+               *(t for state in snap.optimizer["state"].values() for t in state.values())]
+    state_mb = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+    return {"mode": "snapshot", "ms_first": round(1000 * times[0], 2),
+            "ms_median": round(1000 * statistics.median(times[RING_SIZE:]), 2),
+            "mb_per_snapshot": round(state_mb / 2**20, 1), "n_params": model.num_params(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__}
+
+
 def _cache_dir() -> Path:
     from storage import home
 
@@ -207,8 +236,11 @@ def main() -> None:
     mode.add_argument("--all", action="store_true", help="eager, bare and gptdash, interleaved")
     mode.add_argument("--guard-cost", action="store_true",
                       help="bare with the guard off and on, interleaved")
+    mode.add_argument("--snapshot-cost", action="store_true",
+                      help="time one roll-back snapshot of the model and optimizer")
     p.add_argument("--guard-interval", type=int, help="steps between roll-back snapshots")
-    p.add_argument("--repeat", type=int, default=1, help="with --all or --guard-cost: rounds")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --all or --guard-cost: rounds; with --snapshot-cost: snapshots")
     args = p.parse_args()
     if not os.environ.get("GPTDASH_HOME"):
         os.environ["GPTDASH_HOME"] = tempfile.mkdtemp(prefix="gptdash-bench-")
@@ -218,6 +250,9 @@ def main() -> None:
         summary = interleaved(runners, dict.fromkeys(runners, cfg), args.warmup, args.repeat)
         print(json.dumps({"gptdash_vs_bare": round(summary["gptdash"] / summary["bare"], 4),
                           "gptdash_vs_eager": round(summary["gptdash"] / summary["eager"], 4)}))
+        return
+    if args.snapshot_cost:
+        print(json.dumps(snapshot_cost(cfg, max(args.repeat, 3))))
         return
     if args.guard_cost:
         cfgs = {"guard off": replace(cfg, guard=False), "guard on": replace(cfg, guard=True)}

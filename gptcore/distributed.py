@@ -70,6 +70,21 @@ def check_nproc(ranks: Ranks, nproc: int) -> None:
                            f"launch with --nproc_per_node {nproc}")
 
 
+def check_devices(nproc: int, device: torch.device) -> None:
+    """Refuse ``nproc`` processes the device cannot hold: one CUDA GPU each, or the CPU.
+
+    The launcher can call it before starting torchrun; each rank calls it again."""
+    if nproc == 1 or device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise GptdashError(f"nproc {nproc} needs CUDA GPUs or the CPU, not {device.type}: "
+                           "set device to cuda or cpu, or nproc to 1")
+    gpus = torch.cuda.device_count()
+    if gpus < nproc:
+        raise GptdashError(f"nproc {nproc} needs {nproc} GPUs, one per process, but this "
+                           f"machine has {gpus}: set nproc to {gpus} or less")
+
+
 def data_seed(seed: int, rank: int) -> int:
     """The seed of rank ``rank``'s batch stream; rank 0's is ``seed`` itself."""
     return seed + rank * RANK_SEED_STRIDE
@@ -77,15 +92,12 @@ def data_seed(seed: int, rank: int) -> int:
 
 def init(ranks: Ranks, device: torch.device) -> torch.device:
     """Join the process group; returns this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    check_devices(ranks.local_world_size, device)
+    backend = "gloo"
     if device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
-    elif device.type == "cpu":
-        backend = "gloo"
-    else:
-        raise GptdashError(f"several processes need CUDA GPUs or the CPU, not {device.type}: "
-                           "set device to cuda or cpu, or nproc to 1")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=ranks.rank, world_size=ranks.world_size)
     return device

@@ -19,7 +19,6 @@ says when to give up.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +51,41 @@ def check_finite(step: int, **values: float) -> Anomaly | None:
     return None
 
 
-def _mean_std(values: deque[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, max(statistics.pstdev(values, mean), MIN_REL_STD * abs(mean))
+class MovingWindow:
+    """The last ``size`` values with their mean and spread, kept as running sums so a step
+    costs O(1) (the guard judges every step; ``statistics`` took ~0.25 ms for 50 values)."""
+
+    def __init__(self, size: int, values: list[float] | tuple[float, ...] = ()):
+        self.values: deque[float] = deque(maxlen=size)
+        self._sum = self._sum_sq = 0.0
+        self._adds = 0
+        for value in values:
+            self.add(value)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, value: float) -> None:
+        if len(self.values) == self.values.maxlen:
+            old = self.values[0]
+            self._sum -= old
+            self._sum_sq -= old * old
+        self.values.append(value)
+        self._sum += value
+        self._sum_sq += value * value
+        self._adds += 1
+        if self._adds % len(self.values) == 0:  # re-sum now and then, so rounding never drifts
+            self._sum = math.fsum(self.values)
+            self._sum_sq = math.fsum(v * v for v in self.values)
+
+    def mean_std(self) -> tuple[float, float]:
+        """The mean and the standard deviation, floored at MIN_REL_STD of the mean."""
+        n = len(self.values)
+        mean = self._sum / n
+        std = math.sqrt(max(self._sum_sq / n - mean * mean, 0.0))
+        return mean, max(std, MIN_REL_STD * abs(mean))
 
 
-@dataclass
 class SpikeDetector:
     """Judges one step at a time against a moving window of the normal steps before it.
 
@@ -67,10 +95,11 @@ class SpikeDetector:
     a short window from calling noise a spike: healthy runs measured at most 3.7σ.
     """
 
-    threshold: float
-    window: int
-    losses: deque[float] = field(default_factory=deque)
-    grad_norms: deque[float] = field(default_factory=deque)
+    def __init__(self, threshold: float, window: int):
+        self.threshold = threshold
+        self.window = window
+        self.losses = MovingWindow(window)
+        self.grad_norms = MovingWindow(window)
 
     def check(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:
         """The anomaly at ``step``, or None; a normal step joins the window."""
@@ -78,29 +107,27 @@ class SpikeDetector:
         if bad:
             return bad
         if self.losses:
-            mean, std = _mean_std(self.losses)
+            mean, std = self.losses.mean_std()
             z = (loss - mean) / std
             if z > self.threshold:
                 return Anomaly("spike", step, f"loss {loss:.2f} at step {step} is {z:.1f}σ "
                                               f"above the recent mean {mean:.2f}")
-            mean, std = _mean_std(self.grad_norms)
+            mean, std = self.grad_norms.mean_std()
             z = (grad_norm - mean) / std
             if z > self.threshold and grad_norm > GRAD_NORM_RATIO * mean:
                 return Anomaly("spike", step, f"grad norm {grad_norm:.3g} at step {step} is "
                                               f"{grad_norm / mean:.0f}x its recent mean "
                                               f"{mean:.3g} ({z:.1f}σ above it)")
-        for series, value in ((self.losses, loss), (self.grad_norms, grad_norm)):
-            series.append(value)
-            if len(series) > self.window:
-                series.popleft()
+        self.losses.add(loss)
+        self.grad_norms.add(grad_norm)
         return None
 
     def state_dict(self) -> dict[str, list[float]]:
-        return {"losses": list(self.losses), "grad_norms": list(self.grad_norms)}
+        return {"losses": list(self.losses.values), "grad_norms": list(self.grad_norms.values)}
 
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
-        self.losses = deque(state["losses"][-self.window:])
-        self.grad_norms = deque(state["grad_norms"][-self.window:])
+        self.losses = MovingWindow(self.window, state["losses"])
+        self.grad_norms = MovingWindow(self.window, state["grad_norms"])
 
 
 @dataclass(frozen=True)

@@ -26,22 +26,32 @@ def copy_state(src: Any, into: Any = None, *, pin: bool = False) -> Any:
     """A copy of a nested state (dicts, lists, tensors, plain values) with every tensor on
     the CPU, written into ``into``'s tensors where shapes and dtypes match.
 
-    With ``pin`` new buffers are pinned and device tensors are copied without blocking;
-    reading such a copy on the host needs a synchronize, copying it back to the same
-    stream does not.
+    A tensor that appears twice (tied weights) is copied once. With ``pin`` new buffers
+    are pinned and device tensors are copied without blocking; reading such a copy on the
+    host needs a synchronize, copying it back to the same stream does not.
     """
+    return _copy(src, into, pin, {})
+
+
+def _copy(src: Any, into: Any, pin: bool, memo: dict[tuple, torch.Tensor]) -> Any:
     if isinstance(src, torch.Tensor):
+        # state_dict() detaches each entry, so tied weights are two tensor objects over
+        # the same memory: recognise them by where they point.
+        key = (src.device, src.data_ptr(), src.dtype, tuple(src.shape), src.stride())
+        if src.data_ptr() and key in memo:
+            return memo[key]
         if not (isinstance(into, torch.Tensor) and into.shape == src.shape
                 and into.dtype == src.dtype):
             into = torch.empty(src.shape, dtype=src.dtype, pin_memory=pin)
-        return into.copy_(src.detach(), non_blocking=pin)
+        memo[key] = into.copy_(src.detach(), non_blocking=pin)
+        return into
     if isinstance(src, dict):
         old = into if isinstance(into, dict) else {}
-        return {k: copy_state(v, old.get(k), pin=pin) for k, v in src.items()}
+        return {k: _copy(v, old.get(k), pin, memo) for k, v in src.items()}
     if isinstance(src, (list, tuple)):
         same = isinstance(into, (list, tuple)) and len(into) == len(src)
         old = into if same else [None] * len(src)
-        return type(src)(copy_state(v, o, pin=pin) for v, o in zip(src, old, strict=True))
+        return type(src)(_copy(v, o, pin, memo) for v, o in zip(src, old, strict=True))
     return src  # ints, floats, strings, None: immutable
 
 

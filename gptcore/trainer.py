@@ -385,9 +385,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum_steps):
             # Ranks average gradients once per step, on the last micro-batch, not on each.
-            last = micro == cfg.grad_accum_steps - 1
-            with contextlib.nullcontext() if last or not self.ranks.enabled \
-                    else self.train_model.no_sync():
+            sync = micro == cfg.grad_accum_steps - 1 or not self.ranks.enabled
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 x, y = self._batch("train", self.data_gen)
                 with self._autocast():
                     loss = self.train_model(x, y, label_smoothing=cfg.label_smoothing)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from gptcore.config import ModelConfig, TrainConfig, apply_overrides
-from gptcore.distributed import Ranks, check_nproc, data_seed, ranks_from_env
+from gptcore.distributed import Ranks, check_devices, check_nproc, data_seed, ranks_from_env
 from gptcore.errors import GptdashError
 from gptcore.trainer import Trainer, TrainerCallbacks, train
 
@@ -199,14 +199,29 @@ def test_resume_continues_every_rank_to_the_end(stopped_then_resumed):
     assert "rollback" not in events and "spike" not in events
 
 
-def test_nproc_above_one_without_torchrun_is_a_clear_error():
+def test_nproc_that_does_not_match_the_launch_is_a_clear_error():
     with pytest.raises(GptdashError, match="nproc 2 needs one process per rank"):
         check_nproc(Ranks(), 2)
     with pytest.raises(GptdashError, match="torchrun started 2 processes on this node"):
         check_nproc(Ranks(rank=0, world_size=2, local_world_size=2), 4)
+
+
+def test_ranks_come_from_torchruns_environment_or_default_to_one_process():
     assert ranks_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Ranks(
         rank=1, local_rank=1, world_size=2, local_world_size=2)
     assert ranks_from_env({}) == Ranks()
+    assert not Ranks().enabled and Ranks().is_main
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(GptdashError, match="nproc 4 needs 4 GPUs, one per process, but this "
+                                           "machine has 2"):
+        check_devices(4, torch.device("cuda"))
+    check_devices(2, torch.device("cuda"))
+    check_devices(8, torch.device("cpu"))  # gloo: as many processes as the cores bear
+    with pytest.raises(GptdashError, match="not mps"):
+        check_devices(2, torch.device("mps"))
 
 
 if __name__ == "__main__" and "--rank-entry" in sys.argv:

@@ -11,7 +11,7 @@ from test_gptcore_trainer import Recorder, micro, run
 
 from gptcore.checkpoint import BEST_CHECKPOINT_NAME, checkpoint_in, load_checkpoint
 from gptcore.data import TokenData, builtin_text, load_data
-from gptcore.guard import GRAD_NORM_RATIO, Anomaly, Guard, SpikeDetector
+from gptcore.guard import GRAD_NORM_RATIO, Anomaly, Guard, MovingWindow, SpikeDetector
 from gptcore.model import GPT
 from gptcore.snapshot import SnapshotRing, copy_state
 from gptcore.trainer import Trainer
@@ -89,6 +89,15 @@ def test_a_spike_stays_out_of_the_window_and_the_window_is_bounded():
     assert det.state_dict() == before
 
 
+def test_the_moving_window_agrees_with_statistics_after_a_long_stream():
+    values = noisy(5000, mean=5.0, sd=0.3)
+    window = MovingWindow(50, values)
+    mean, std = window.mean_std()
+    assert mean == pytest.approx(statistics.fmean(values[-50:]), rel=1e-12)
+    assert std == pytest.approx(statistics.pstdev(values[-50:]), rel=1e-9)
+    assert list(window.values) == values[-50:]
+
+
 def test_detector_state_round_trips():
     det = SpikeDetector(threshold=6, window=10)
     feed(det, noisy(15))
@@ -144,6 +153,14 @@ def test_copy_state_is_independent_and_reuses_matching_buffers():
     assert torch.equal(first["a"], torch.ones(3)) and first["b"][1] == 5 and first["c"] == "text"
     second = copy_state(src, first)
     assert second["a"] is first["a"] and torch.equal(second["a"], torch.full((3,), 2.0))
+
+
+def test_tied_weights_are_copied_once():
+    model, _ = _tiny_model_and_adam()
+    state = model.state_dict()
+    assert state["tok_emb.weight"] is not state["out_head.weight"]  # two views, one memory
+    copy = copy_state(state)
+    assert copy["tok_emb.weight"] is copy["out_head.weight"]
 
 
 def test_restoring_a_snapshot_twice_gives_the_same_state_both_times():
