@@ -54,17 +54,32 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
     postgres.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def pg_at_head(postgres: PostgresServer) -> str:
+    """A database that RunStore created at the schema head, once; ``store`` copies it."""
+    name = postgres.create_database()
+    RunStore(postgres.url(name)).close()
+    return name
+
+
 @pytest.fixture
 def store(home: Path, request: pytest.FixtureRequest) -> Iterator[RunStore]:
     """A RunStore on a fresh database: a real SQLite file in the temporary home folder.
 
     Under ``@pytest.mark.backends(...)`` it is parametrized, and the ``postgresql``
-    variant is a fresh database on the session's PostgreSQL server.
+    variant is a fresh copy of ``pg_at_head`` on the session's PostgreSQL server.
     """
-    backend = getattr(request, "param", "sqlite")
-    run_store = RunStore(request.getfixturevalue("pg_url") if backend == "postgresql" else None)
+    if getattr(request, "param", "sqlite") == "sqlite":
+        run_store = RunStore()
+        yield run_store
+        run_store.close()
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    name = postgres.create_database(template=request.getfixturevalue("pg_at_head"))
+    run_store = RunStore(postgres.url(name))
     yield run_store
     run_store.close()
+    postgres.drop_database(name)
 
 
 @pytest.fixture(autouse=True)

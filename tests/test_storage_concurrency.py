@@ -15,6 +15,7 @@ pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 
 @pytest.mark.slow
+@pytest.mark.backends("sqlite")  # SQLite's single-writer locking is what this exercises
 def test_writer_with_concurrent_readers(store: RunStore) -> None:
     run_id = store.create_run("busy", {}, status="running")
     other = store.create_run("other", {})
