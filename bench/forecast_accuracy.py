@@ -91,9 +91,12 @@ def run_config(overrides: dict[str, Any], args: argparse.Namespace, seed: int) -
 def train_curve(cfg: TrainConfig, tmp: Path, name: str) -> dict[str, Any]:
     recorder = ValRecorder()
     start = time.perf_counter()
-    train(cfg, checkpoint_dir=tmp / name, cache_dir=tmp / "cache", callbacks=recorder)
-    print(f"trained {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    result = train(cfg, checkpoint_dir=tmp / name, cache_dir=tmp / "cache",
+                   callbacks=recorder)
+    print(f"trained {name} in {time.perf_counter() - start:.0f} s: {result.status}",
+          file=sys.stderr, flush=True)
     return {"config": cfg.flat(), "steps": recorder.steps, "val_loss": recorder.values,
+            "status": result.status, "reason": result.reason,
             "train_seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -133,18 +136,21 @@ def judge(name: str, curve: dict[str, Any], fraction: float, ref_c: float) -> di
     cfg = TrainConfig.from_dict(curve["config"])
     lrs = lr_per_step(cfg)
     steps, values = curve["steps"], curve["val_loss"]
-    actual = values[steps.index(cfg.max_steps)]
     upto = int(fraction * cfg.max_steps)
+    summary = {"run": name, "fraction": fraction, "schedule": cfg.schedule, "lr": cfg.lr,
+               "min_lr": cfg.min_lr, "emb_dim": cfg.model.emb_dim,
+               "n_layers": cfg.model.n_layers, "max_steps": cfg.max_steps, "upto_step": upto}
+    if cfg.max_steps not in steps:  # it diverged or stopped: nothing to compare with
+        return {**summary, "actual": None, "predicted": None, "ref_predicted": None,
+                "plain_predicted": None, "note": f"no final evaluation: {curve.get('reason')}"}
+    actual = values[steps.index(cfg.max_steps)]
     alone = forecast_final(steps, values, lrs, cfg.max_steps, upto_step=upto)
     with_ref = forecast_final(steps, values, lrs, cfg.max_steps, upto_step=upto,
                               annealing_c=ref_c)
     plain = forecast_final(steps, values, np.ones(cfg.max_steps), cfg.max_steps,
                            upto_step=upto)
     return {
-        "run": name, "fraction": fraction, "schedule": cfg.schedule, "lr": cfg.lr,
-        "min_lr": cfg.min_lr, "emb_dim": cfg.model.emb_dim, "n_layers": cfg.model.n_layers,
-        "max_steps": cfg.max_steps, "upto_step": upto,
-        "n_points": alone.n_points if alone else 0, "actual": round(actual, 4),
+        **summary, "n_points": alone.n_points if alone else 0, "actual": round(actual, 4),
         **outcome(alone, actual, ""), **outcome(with_ref, actual, "ref_"),
         **{k: v for k, v in outcome(plain, actual, "plain_").items()
            if k in ("plain_predicted", "plain_error_pct")},
