@@ -21,6 +21,7 @@ PAGES = [
             url_path="compare"),
     st.Page("app_pages/playground.py", title="Playground", icon=":material/edit_note:",
             url_path="playground"),
+    st.Page("app_pages/workers.py", title="Workers", icon=":material/dns:", url_path="workers"),
 ]
 
 # Checked before any page renders: off loopback, the dashboard needs a password.

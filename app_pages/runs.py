@@ -40,6 +40,7 @@ table = pd.DataFrame({
     "last train loss": frame["last_train_loss"],
     "parameters": [human_count(n) for n in frame["n_params"]],
     "device": frame["device"],
+    "worker": frame["worker"],
 })
 event = st.dataframe(
     table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",

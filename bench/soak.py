@@ -89,12 +89,13 @@ class RecordingExecute:
         self.executed: list[int] = []
         self._lock = threading.Lock()
 
-    def __call__(self, store, run_id, *, stop_event=None, extra_callbacks=None):
+    def __call__(self, store, run_id, *, stop_event=None, extra_callbacks=None, device=None):
         recorder = MetricRecorder()
         with self._lock:
             self.recorders[run_id] = recorder
             self.executed.append(run_id)
-        return self.real(store, run_id, stop_event=stop_event, extra_callbacks=recorder)
+        return self.real(store, run_id, stop_event=stop_event, extra_callbacks=recorder,
+                         device=device)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from storage.store import RunStore
 
 WRITE_EVERY_S = 1.0
 STOP_POLL_S = 0.5
+HEARTBEAT_S = 5.0
 
 
 class StoreCallbacks(TrainerCallbacks):
@@ -33,6 +34,7 @@ class StoreCallbacks(TrainerCallbacks):
         self._write_lock = threading.Lock()  # one writer at a time, in order
         self._summary: dict[str, Any] = {}
         self._last_stop_poll = 0.0
+        self._last_beat = 0.0
         self._tokens_per_step = 0
         self._closed = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name=f"metrics-writer-{run_id}",
@@ -64,6 +66,10 @@ class StoreCallbacks(TrainerCallbacks):
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self.store.update_run(self.run_id, checkpoint_path=str(path))
+
+    def on_event(self, step: int, kind: str, message: str) -> None:
+        # Rare (a spike, a roll-back, a new best): written at once, so the charts show it.
+        self.store.log_event(self.run_id, step, kind, message, time.time())
 
     def on_status(self, status: str, message: str | None = None) -> None:
         self.store.set_status(self.run_id, status, error=message if status != "running" else None)
@@ -98,6 +104,11 @@ class StoreCallbacks(TrainerCallbacks):
                     raise
             if summary:
                 self.store.update_run(self.run_id, **summary)
+            now = time.monotonic()
+            if now - self._last_beat >= HEARTBEAT_S:
+                # Proof of life for whoever checks from another process or machine.
+                self._last_beat = now
+                self.store.heartbeat(self.run_id)
 
     def _write_loop(self) -> None:
         while not self._closed.wait(WRITE_EVERY_S):
@@ -134,6 +145,10 @@ class Chain(TrainerCallbacks):
     def on_checkpoint(self, step, path):
         self.primary.on_checkpoint(step, path)
         self.other.on_checkpoint(step, path)
+
+    def on_event(self, step, kind, message):
+        self.primary.on_event(step, kind, message)
+        self.other.on_event(step, kind, message)
 
     def on_status(self, status, message=None):
         self.primary.on_status(status, message)

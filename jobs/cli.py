@@ -108,6 +108,31 @@ def cmd_stop(args, store: RunStore) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args, store: RunStore) -> int:
+    from jobs.worker import run_worker
+
+    return run_worker(store, name=args.name, device=args.device, dead_after_s=args.dead_after,
+                      exit_when_idle=args.exit_when_idle)
+
+
+def cmd_db_upgrade(args) -> int:
+    """Bring the database to the schema this gptdash needs (no RunStore: that would refuse)."""
+    from storage.home import db_url
+    from storage.migrate import upgrade
+    from storage.schema import make_engine
+
+    engine = make_engine(db_url())
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"the database is already at the latest revision ({after})")
+    else:
+        print(f"upgraded the database from revision {before or 'none'} to {after}")
+    return EXIT_OK
+
+
 def cmd_serve(args, store: RunStore) -> int:
     from jobs.serve import serve
 
@@ -179,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int)
     sm.set_defaults(func=cmd_sample)
 
+    w = sub.add_parser("worker", help="train queued runs from the shared database, one at a "
+                       "time, until Ctrl-C / SIGTERM")
+    w.add_argument("--name", help="how this worker shows on the dashboard (default host:pid)")
+    w.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps: where runs whose config says auto "
+                        "train (default: the best this machine has)")
+    w.add_argument("--dead-after", type=float, default=60.0, metavar="SECONDS",
+                   help="a run whose owner has not beaten for this long becomes interrupted")
+    w.add_argument("--exit-when-idle", action="store_true",
+                   help="exit once the queue is empty (for batch jobs)")
+    w.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="bring the database to the latest schema (run it "
+                           "once, from one machine, after upgrading gptdash)")
+    up.set_defaults(func=cmd_db_upgrade, needs_store=False)
+
     sv = sub.add_parser("serve", help="start the dashboard and its training worker "
                         "(127.0.0.1 unless told otherwise)")
     sv.add_argument("--address", default="127.0.0.1",
@@ -195,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     from storage.store import RunStore
 
     try:
+        if not getattr(args, "needs_store", True):
+            return args.func(args)
         store = RunStore()
         # Before anything reads or changes runs: a run whose process is gone is not
         # "running", whether or not a dashboard was ever started.

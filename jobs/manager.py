@@ -1,48 +1,68 @@
-"""One background worker that trains queued runs, one at a time.
+"""A worker: a thread that claims queued runs and trains them, one at a time.
 
 The queue is the runs table itself: the worker claims the oldest ``queued`` row
-atomically, so runs enqueued from any page, session or process are picked up,
-and two servers on one home folder never train the same run. Pages create one
-``JobManager`` per server process (``st.cache_resource``); the worker never
-touches Streamlit.
+atomically, so runs enqueued from any page, session, process or machine are
+picked up, and no run is trained twice. The dashboard's server runs one worker
+thread (``process_worker``); ``gptdash worker`` runs one more anywhere that
+reaches the database. Each worker records itself in the ``workers`` table and
+beats every few seconds; each beat also marks runs whose owner is gone as
+``interrupted``. The worker never touches Streamlit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 
 from gptcore.config import TrainConfig
 from jobs import runner
-from jobs.recovery import recover_interrupted, worker_id
+from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, worker_id
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
+BEAT_S = 5.0
 
 
 def claim_here(store: RunStore, run_id: int) -> None:
     """Mark a run as trained by this process (the CLI's foreground train and resume)."""
-    store.update_run(run_id, status="running", worker=worker_id())
+    store.claim_run(run_id, worker_id(), host=socket.gethostname(), pid=os.getpid())
 
 
 class JobManager:
-    """A background thread that claims queued runs and trains them, one at a time."""
+    """A background thread that claims queued runs and trains them, one at a time.
 
-    def __init__(self, store: RunStore, *, start: bool = True):
+    ``name`` is how the worker shows on the pages (default ``host:pid``); ``device``
+    is the device it trains runs whose config says ``auto`` on (default: the best
+    one this machine has); ``dead_after_s`` is how long another owner may stay
+    silent before its run counts as interrupted. ``exit_when_idle`` ends the worker
+    once the queue is empty (a batch job that drains the queue).
+    """
+
+    def __init__(self, store: RunStore, *, name: str | None = None, device: str | None = None,
+                 dead_after_s: float = DEFAULT_DEAD_AFTER_S, exit_when_idle: bool = False,
+                 start: bool = True):
         self.store = store
-        self.worker = worker_id()
+        self.worker = name or worker_id()
+        self.device = device
+        self.dead_after_s = dead_after_s
         self._wake = threading.Event()
         self._shutdown = threading.Event()
         self._lock = threading.Lock()
         self._current: int | None = None
         self._stop_event: threading.Event | None = None
+        self.exit_when_idle = exit_when_idle
         self.completed: list[int] = []
-        self.interrupted_on_start = recover_interrupted(store)
+        self.interrupted_on_start = recover_interrupted(store, dead_after_s)
         self._thread = threading.Thread(target=self._loop, name="gptdash-worker", daemon=True)
+        self._beat_thread = threading.Thread(target=self._beat_loop, name="gptdash-beat",
+                                             daemon=True)
         if start:
             self._thread.start()
+            self._beat_thread.start()
 
     # ---- what pages call --------------------------------------------------------------
     def submit(self, cfg: TrainConfig, *, name: str | None = None, tags: list[str] | None = None,
@@ -87,27 +107,65 @@ class JobManager:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        try:
+            self.store.worker_stopped(self.worker)
+        except Exception:  # noqa: BLE001 - a database gone at shutdown must not hang it
+            log.exception("could not record worker %s as stopped", self.worker)
+
+    def wait(self) -> None:
+        """Block until the worker ends (``gptdash worker`` in the foreground)."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
 
     # ---- the worker -------------------------------------------------------------------------
+    def _register(self) -> None:
+        from gptcore.trainer import device_label, resolve_device  # torch: in the thread
+
+        label = device_label(resolve_device(self.device or "auto"))
+        self.store.register_worker(self.worker, host=socket.gethostname(), pid=os.getpid(),
+                                   device=label)
+
     def _loop(self) -> None:
+        try:
+            self._register()
+        except Exception:  # noqa: BLE001 - the Workers view lacks it; training still works
+            log.exception("could not register worker %s", self.worker)
         while not self._shutdown.is_set():
             try:
-                run_id = self.store.claim_next_queued(self.worker)
+                run_id = self.store.claim_next_queued(self.worker, host=socket.gethostname(),
+                                                      pid=os.getpid())
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("could not read the queue")
                 run_id = None
             if run_id is None:
+                if self.exit_when_idle:
+                    return
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
                 continue
             self._train(run_id)
+
+    def _beat_loop(self) -> None:
+        """Say this worker is alive, keep its run's heartbeat fresh, find orphaned runs."""
+        while not self._shutdown.wait(BEAT_S):
+            current = self._current
+            try:
+                self.store.worker_beat(self.worker, status="training" if current else "idle",
+                                       current_run_id=current)
+                if current is not None:
+                    # Also beaten by the trainer's writer; this covers a child process
+                    # (torchrun) that is slow to start writing.
+                    self.store.heartbeat(current)
+                recover_interrupted(self.store, self.dead_after_s)
+            except Exception:  # noqa: BLE001 - retried at the next beat
+                log.exception("worker heartbeat failed")
 
     def _train(self, run_id: int) -> None:
         stop_event = threading.Event()
         with self._lock:
             self._current, self._stop_event = run_id, stop_event
         try:
-            runner.execute_run(self.store, run_id, stop_event=stop_event)
+            runner.execute_run(self.store, run_id, stop_event=stop_event, device=self.device)
         except Exception:  # noqa: BLE001 - the row already says failed; keep the worker alive
             log.exception("run %s failed outside the trainer", run_id)
         finally:

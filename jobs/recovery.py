@@ -1,8 +1,10 @@
 """Who owns a running run, and turning runs whose owner is gone into ``interrupted``.
 
 Every command that reads or changes runs calls ``recover_interrupted`` first, so
-a run's state is true whether or not a dashboard was ever opened. Kept free of
-torch and of the training code, so the CLI's light commands can use it.
+a run's state is true whether or not a dashboard was ever opened. An owner is
+gone when it ran on this host and its process no longer exists, or, wherever it
+ran, when its heartbeat is older than ``dead_after_s``. Kept free of torch and of
+the training code, so the CLI's light commands can use it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import socket
 
 from storage.store import RunStore
 
+# A worker beats every few seconds; a minute of silence means it is gone.
+DEFAULT_DEAD_AFTER_S = 60.0
+
 
 def worker_id() -> str:
     """This process's name as a run's owner: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -28,19 +34,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_interrupted(store: RunStore) -> list[int]:
-    """Mark runs left ``running`` by a process that no longer exists as ``interrupted``.
+def recover_interrupted(store: RunStore,
+                        dead_after_s: float = DEFAULT_DEAD_AFTER_S) -> list[int]:
+    """Mark runs left ``running`` by an owner that is gone as ``interrupted``; their ids.
 
-    A run claimed by a live process on this host (another server, a CLI) is left alone.
+    A run owned by a live process on this host, or by one elsewhere that still
+    beats, is left alone.
     """
-    host = socket.gethostname()
-    found = []
-    for run in store.list_runs(status="running"):
-        owner_host, _, pid = (run.worker or "").partition(":")
-        if owner_host == host and pid.isdigit() and _pid_alive(int(pid)):
-            continue
-        store.set_status(run.id, "interrupted",
-                         error=f"the process training this run ({run.worker}) is gone; "
-                               "resume it to continue from its last checkpoint")
-        found.append(run.id)
-    return found
+    return store.recover_orphans(host=socket.gethostname(), pid_alive=pid_alive,
+                                 dead_after_s=dead_after_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,12 +105,14 @@ def queue_resume(store: RunStore, run_id: int) -> None:
 
 
 def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | None = None,
-                extra_callbacks: TrainerCallbacks | None = None) -> TrainResult:
+                extra_callbacks: TrainerCallbacks | None = None,
+                device: str | None = None) -> TrainResult:
     """Train a run whose row is already claimed (status running) to its end.
 
     A run whose folder holds a checkpoint continues from it (resume); otherwise it
     starts fresh, from ``init_from``'s weights when that is set. Every way out ends
     with the row in a final status, and with a reason when it did not complete.
+    ``device`` (a worker's ``--device``) replaces the config's ``auto``.
     """
     from gptcore.trainer import TrainResult, train
     from jobs.bridge import Chain, StoreCallbacks
@@ -120,6 +123,8 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         callbacks = Chain(callbacks, extra_callbacks)
     try:
         cfg = TrainConfig.from_dict(run.config).validate()
+        if device and cfg.device == "auto":
+            cfg = replace(cfg, device=device).validate()
         check_fits_device(cfg)  # this worker's device, which may not be the submitter's
         # Only a checkpoint this run recorded counts: never a stray file in its folder.
         resume = run.checkpoint_path is not None and checkpoint_file(run_id).is_file()

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -429,19 +430,19 @@ def test_a_kill_right_after_a_checkpoint_loses_no_metrics_once_resumed(store, ho
     run_id = runner.create_run(store, micro(
         max_steps=steps, log_interval=7, eval_interval=1000,
         checkpoint_interval=30 if which == "periodic" else 1000))
-    store.update_run(run_id, status="running", worker="gone-host:1")
     if which == "on_stop":
         store.request_stop(run_id)
     proc = multiprocessing.get_context("spawn").Process(
         target=_train_until_killed_after_a_checkpoint, args=(str(home), run_id))
     proc.start()
+    store.claim_run(run_id, "child", host=socket.gethostname(), pid=proc.pid)
     proc.join(120)
     assert proc.exitcode == 137, "the trainer was not killed after its checkpoint"
     saved_at = load_checkpoint(runner.checkpoint_file(run_id))["step"]
     assert saved_at == 30 if which == "periodic" else 0 < saved_at < steps
     assert recover_interrupted(store) == [run_id]
     runner.queue_resume(store, run_id)
-    store.update_run(run_id, status="running", worker="test:0")
+    store.claim_run(run_id, "test", host=socket.gethostname(), pid=os.getpid())
     assert runner.execute_run(store, run_id).status == "completed"
     logged = train_loss_steps(store, run_id)
     missing = sorted(set(range(steps)) - set(logged))

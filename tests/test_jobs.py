@@ -1,6 +1,9 @@
 """jobs: a run from config to finished row, the background worker, and recovery."""
 
+import os
+import socket
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -8,8 +11,9 @@ from gptcore.config import ModelConfig, TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.trainer import Trainer
 from jobs import runner
-from jobs.manager import JobManager
-from jobs.recovery import recover_interrupted
+from jobs.manager import JobManager, claim_here
+from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, worker_id
+from storage.schema import utcnow
 
 
 def micro(**overrides) -> TrainConfig:
@@ -22,7 +26,7 @@ def micro(**overrides) -> TrainConfig:
 
 
 def claim(store, run_id):
-    store.update_run(run_id, status="running", worker="test:0")
+    claim_here(store, run_id)
 
 
 def wait_for(predicate, timeout=60.0):
@@ -152,7 +156,7 @@ def test_the_worker_trains_queued_runs_one_at_a_time(store, manager):
     ra, rb = store.get_run(a), store.get_run(b)
     assert ra.status == "completed"
     assert ra.finished_at <= rb.started_at  # never two at once
-    assert manager.is_idle()
+    assert wait_for(manager.is_idle)  # the row says completed a moment before the worker frees
 
 
 def test_stop_from_the_manager_and_cancel_a_queued_run(store, manager):
@@ -177,17 +181,22 @@ def test_the_worker_lives_on_after_a_failed_run(store, manager, tmp_path):
     assert manager.is_alive()
 
 
-def test_runs_left_running_by_a_dead_process_become_interrupted(store):
-    dead = store.create_run("dead", micro().to_dict(), status="queued")
-    store.update_run(dead, status="running", worker="nohost-gptdash:999999")
-    alive = store.create_run("alive", micro().to_dict(), status="queued")
-    from jobs.recovery import worker_id
-
-    store.update_run(alive, status="running", worker=worker_id())
-    assert recover_interrupted(store) == [dead]
-    assert store.get_run(dead).status == "interrupted"
-    assert "resume it" in store.get_run(dead).error
-    assert store.get_run(alive).status == "running"
+def test_runs_whose_owner_is_gone_become_interrupted_and_live_owners_keep_theirs(store):
+    host = socket.gethostname()
+    runs = {name: store.create_run(name, micro().to_dict(), status="queued")
+            for name in ("dead here", "alive here", "silent elsewhere", "beating elsewhere")}
+    store.claim_run(runs["dead here"], "old-server", host=host, pid=999_999)
+    store.claim_run(runs["alive here"], worker_id(), host=host, pid=os.getpid())
+    store.claim_run(runs["silent elsewhere"], "gpu-box-2", host="gpu-box-2", pid=1)
+    store.update_run(runs["silent elsewhere"],
+                     heartbeat_at=utcnow() - timedelta(seconds=DEFAULT_DEAD_AFTER_S + 5))
+    store.claim_run(runs["beating elsewhere"], "gpu-box-3", host="gpu-box-3", pid=1)
+    assert sorted(recover_interrupted(store)) == sorted(
+        [runs["dead here"], runs["silent elsewhere"]])
+    assert "pid 999999" in store.get_run(runs["dead here"]).error
+    assert "no heartbeat from gpu-box-2" in store.get_run(runs["silent elsewhere"]).error
+    assert store.get_run(runs["alive here"]).status == "running"
+    assert store.get_run(runs["beating elsewhere"]).status == "running"
 
 
 def test_a_run_that_cannot_fit_is_refused_before_launch_with_the_estimate(store):

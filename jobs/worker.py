@@ -1,0 +1,80 @@
+"""`gptdash worker`: a long-running process that trains queued runs from the shared database.
+
+Start one per GPU on any machine that reaches the database and the artifacts
+folder. Ctrl-C or SIGTERM (systemd's stop, a batch scheduler's pre-emption) stops
+the current run with a checkpoint, so it can be resumed, and records the worker
+as stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+
+from gptcore.errors import GptdashError
+from jobs.exit_codes import EXIT_INTERRUPTED, EXIT_OK
+from storage.store import RunStore
+
+_CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
+
+
+def pin_device(device: str) -> str | None:
+    """The device runs train on, as a config value (None: the config's own choice).
+
+    ``cuda:N`` makes GPU N the only one this process sees (CUDA_VISIBLE_DEVICES, set
+    before torch starts), so the runs' ``cuda``, and any torchrun children, use it.
+    """
+    if device == "auto":
+        return None
+    if device in ("cpu", "cuda", "mps"):
+        return device
+    match = _CUDA_INDEX.match(device)
+    if match is None:
+        raise GptdashError(f"--device {device!r} is not a device: use auto, cpu, cuda, "
+                           "cuda:N (e.g. cuda:1) or mps")
+    if "torch" in sys.modules:
+        raise RuntimeError("pin_device must run before torch is imported")
+    os.environ["CUDA_VISIBLE_DEVICES"] = match.group(1)
+    return "cuda"
+
+
+def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: float,
+               exit_when_idle: bool) -> int:
+    """Train queued runs until the queue is empty (``exit_when_idle``) or a signal."""
+    from gptcore.trainer import device_label, resolve_device
+    from jobs.manager import JobManager
+
+    config_device = pin_device(device)
+    label = device_label(resolve_device(config_device or "auto"))
+    if dead_after_s <= 0:
+        raise GptdashError(f"--dead-after must be positive, not {dead_after_s:g}")
+    manager = JobManager(store, name=name, device=config_device, dead_after_s=dead_after_s,
+                         exit_when_idle=exit_when_idle)
+    print(f"gptdash worker {manager.worker} on {label}: training queued runs "
+          "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+    received: list[int] = []
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while manager.is_alive() and not stopping.wait(0.5):
+            pass
+    finally:
+        current = manager.current_run
+        manager.shutdown(timeout=120)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        note = f"; run {current} stopped with a checkpoint" if current is not None else ""
+        print(f"gptdash worker {manager.worker} stopped{note}", file=sys.stderr)
+        return EXIT_INTERRUPTED if received[0] == signal.SIGINT else EXIT_OK
+    print(f"gptdash worker {manager.worker}: the queue is empty; trained "
+          f"{len(manager.completed)} run(s)", file=sys.stderr)
+    return EXIT_OK
