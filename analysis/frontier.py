@@ -83,7 +83,7 @@ def fit_frontier(compute: Sequence[float], loss: Sequence[float]) -> FrontierFit
 
     lower = [0.0, B_BOUNDS[0]] + ([0.0] if free_c else [])
     # c sits below every frontier loss: the power-law term is positive.
-    upper = [np.inf, B_BOUNDS[1]] + ([float(y.min())] if free_c else [])
+    upper = [np.inf, B_BOUNDS[1]] + ([max(float(y.min()), 1e-12)] if free_c else [])
     best = None
     for b0 in (0.05, 0.3, 1.0):
         c0 = 0.5 * float(y.min()) if free_c else 0.0
