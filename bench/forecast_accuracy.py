@@ -20,7 +20,9 @@ loss three ways, each with the run's own lr per step from ``gptcore.schedule.lr_
 It then compares each with the val loss the run reached at max_steps. One JSON line per
 run and fraction (config, predicted, low, high, actual, error %, whether the band held
 the actual value) and one summary line per fraction (median and worst error, share
-within 5%, band coverage). Checkpoints and token caches live in a temporary folder.
+within 5%, band coverage, and which runs ``should_cut`` would have stopped against the
+run with the lowest forecast, and how many of those in fact beat it). Checkpoints and
+token caches live in a temporary folder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.forecast import Forecast, forecast_final  # noqa: E402
+from analysis.sweep import should_cut  # noqa: E402
 from gptcore.config import TrainConfig, apply_overrides, preset  # noqa: E402
 from gptcore.schedule import lr_at  # noqa: E402
 from gptcore.trainer import TrainerCallbacks, train  # noqa: E402
@@ -158,6 +161,26 @@ def judge(name: str, curve: dict[str, Any], fraction: float, ref_c: float) -> di
     }
 
 
+def cut_check(curves: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """What ``should_cut`` would do at ``fraction``: runs cut against the run with the
+    lowest forecast, and how many of them in fact finished below that run."""
+    forecasts, finals = {}, {}
+    for name, curve in curves.items():
+        cfg = TrainConfig.from_dict(curve["config"])
+        if cfg.max_steps not in curve["steps"]:
+            continue
+        forecasts[name] = forecast_final(curve["steps"], curve["val_loss"], lr_per_step(cfg),
+                                         cfg.max_steps, upto_step=int(fraction * cfg.max_steps))
+        finals[name] = curve["val_loss"][curve["steps"].index(cfg.max_steps)]
+    ranked = [n for n in forecasts if forecasts[n] is not None]
+    if not ranked:
+        return {"cut": []}
+    best = min(ranked, key=lambda n: forecasts[n].predicted_final)
+    cut = [n for n in ranked if should_cut(forecasts[n], forecasts[best])]
+    return {"best_forecast": best, "cut": cut,
+            "wrongly_cut": [n for n in cut if finals[n] < finals[best]]}
+
+
 def figures(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     done = [r for r in rows if r[f"{prefix}predicted"] is not None]
     errors = [abs(r[f"{prefix}error_pct"]) for r in done]
@@ -206,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             "summary": True, "fraction": fraction, "runs": len(rows),
             "alone": figures(rows, ""), "with_reference": figures(rows, "ref_"),
             "plain_power_law": figures(rows, "plain_"),
+            "should_cut": cut_check(curves["runs"], fraction),
             "reference_C": round(ref_c, 4), "seconds": round(time.perf_counter() - start, 1),
         }), flush=True)
 
