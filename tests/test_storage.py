@@ -390,8 +390,11 @@ def test_naive_datetimes_are_taken_as_utc(store: RunStore) -> None:
     assert store.get_run(run_id).started_at == aware
 
 
-def test_storage_imports_neither_torch_nor_streamlit() -> None:
-    code = ("import sys, storage.store, storage.home, storage.schema; "
-            "print(sorted(m for m in ('torch', 'streamlit') if m in sys.modules))")
+def test_storage_imports_no_torch_streamlit_gptcore_or_jobs() -> None:
+    # Creating a database also runs the migration environment (storage/migrations/env.py).
+    code = ("import sys, storage.store, storage.home, storage.schema, storage.migrate; "
+            "storage.store.RunStore('sqlite://').close(); "
+            "print(sorted(m for m in ('torch', 'streamlit', 'gptcore', 'jobs') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
