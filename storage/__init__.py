@@ -1,1 +1,1 @@
-"""Persistence for gptdash: the home folder, the database schema and RunStore."""
+"""Persistence for gptdash: the home folder, the database schema, its migrations and RunStore."""

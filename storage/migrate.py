@@ -66,6 +66,7 @@ def upgrade(engine: Engine, *, to: str = HEAD) -> tuple[str | None, str]:
 
 
 def _migrate(engine: Engine, *, allow_upgrade: bool, target: str = HEAD) -> tuple[str | None, str]:
+    """Bring the database from wherever it is to ``target`` under the migration lock."""
     from alembic import command
 
     config = _alembic_config()
@@ -73,15 +74,17 @@ def _migrate(engine: Engine, *, allow_upgrade: bool, target: str = HEAD) -> tupl
         config.attributes["connection"] = connection
         # Read again under the lock: another process may have migrated meanwhile.
         start = current_revision(connection)
-        if start is None and not inspect(connection).has_table("runs"):
+        unversioned = start is None
+        if unversioned and not inspect(connection).has_table("runs"):
             if target == HEAD:
+                # The models are the head schema (a test holds them equal to the revisions),
+                # and creating them is much quicker than replaying every revision.
                 Base.metadata.create_all(connection)
                 command.stamp(config, HEAD)
             else:
                 command.upgrade(config, target)
             return None, target
-        if start is None:
-            start = UNVERSIONED
+        start = start or UNVERSIONED
         _check_known(config, start)
         if start == target:
             return start, target
@@ -89,7 +92,7 @@ def _migrate(engine: Engine, *, allow_upgrade: bool, target: str = HEAD) -> tupl
             raise StorageError(
                 f"the database schema is at revision {start} but this gptdash needs {target}: "
                 "run `gptdash db upgrade` (once, from one machine)")
-        if current_revision(connection) is None:
+        if unversioned:
             command.stamp(config, UNVERSIONED)
         command.upgrade(config, target)
         return start, target
