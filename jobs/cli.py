@@ -56,6 +56,12 @@ def cmd_submit(args, store: RunStore) -> int:
 
 
 def cmd_resume(args, store: RunStore) -> int:
+    if args.queue:
+        from jobs import runner
+
+        runner.queue_resume(store, args.run_id)
+        print(f"run {args.run_id} queued to resume on the next free worker")
+        return EXIT_OK
     from jobs.foreground import cmd_resume as resume
 
     return resume(args, store)
@@ -177,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_id", type=int)
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--queue", action="store_true",
+                   help="put it back in the queue for a worker instead of training it here")
     r.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("list", help="list runs, newest first")

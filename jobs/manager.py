@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 
 from gptcore.config import TrainConfig
 from jobs import runner
-from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, worker_id
+from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ BEAT_S = 5.0
 
 def claim_here(store: RunStore, run_id: int) -> None:
     """Mark a run as trained by this process (the CLI's foreground train and resume)."""
-    store.claim_run(run_id, worker_id(), host=socket.gethostname(), pid=os.getpid())
+    store.claim_run(run_id, worker_id(), host=this_host(), pid=os.getpid())
 
 
 class JobManager:
@@ -122,7 +121,7 @@ class JobManager:
         from gptcore.trainer import device_label, resolve_device  # torch: in the thread
 
         label = device_label(resolve_device(self.device or "auto"))
-        self.store.register_worker(self.worker, host=socket.gethostname(), pid=os.getpid(),
+        self.store.register_worker(self.worker, host=this_host(), pid=os.getpid(),
                                    device=label)
 
     def _loop(self) -> None:
@@ -132,7 +131,7 @@ class JobManager:
             log.exception("could not register worker %s", self.worker)
         while not self._shutdown.is_set():
             try:
-                run_id = self.store.claim_next_queued(self.worker, host=socket.gethostname(),
+                run_id = self.store.claim_next_queued(self.worker, host=this_host(),
                                                       pid=os.getpid())
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("could not read the queue")
@@ -147,7 +146,9 @@ class JobManager:
 
     def _beat_loop(self) -> None:
         """Say this worker is alive, keep its run's heartbeat fresh, find orphaned runs."""
-        while not self._shutdown.wait(BEAT_S):
+        # Several beats fit in the timeout, so one late beat never makes a run look dead.
+        every = min(BEAT_S, self.dead_after_s / 4)
+        while not self._shutdown.wait(every):
             current = self._current
             try:
                 self.store.worker_beat(self.worker, status="training" if current else "idle",

@@ -18,9 +18,19 @@ from storage.store import RunStore
 DEFAULT_DEAD_AFTER_S = 60.0
 
 
+def this_host() -> str:
+    """This machine's name as an owner: ``$GPTDASH_HOST``, else the host name.
+
+    Set GPTDASH_HOST where machines share a host name (containers, cloned VMs): a
+    process id is checked only on the machine of the same name, so two machines with
+    one name would take each other's live runs for dead ones.
+    """
+    return os.environ.get("GPTDASH_HOST") or socket.gethostname()
+
+
 def worker_id() -> str:
     """This process's name as a run's owner: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{this_host()}:{os.getpid()}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -41,5 +51,5 @@ def recover_interrupted(store: RunStore,
     A run owned by a live process on this host, or by one elsewhere that still
     beats, is left alone.
     """
-    return store.recover_orphans(host=socket.gethostname(), pid_alive=pid_alive,
+    return store.recover_orphans(host=this_host(), pid_alive=pid_alive,
                                  dead_after_s=dead_after_s)

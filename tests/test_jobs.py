@@ -16,6 +16,9 @@ from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, worker_id
 from storage.schema import utcnow
 
 
+# The queue, the worker and recovery behave the same on both databases.
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 def micro(**overrides) -> TrainConfig:
     base = TrainConfig(
         model=ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2),
