@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args, preset
 from gptcore.errors import GptdashError
 from jobs.errors import USER_ERRORS
-from jobs.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+from jobs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -35,11 +35,26 @@ def _load_config(args) -> TrainConfig:
 
 
 def cmd_train(args, store: RunStore) -> int:
+    from gptcore.distributed import ranks_from_env
     from jobs import runner
-    from jobs.foreground import train_new
+    from jobs.foreground import train_as_rank, train_new
 
-    run_id = runner.create_run(store, _load_config(args), name=args.name, tags=args.tag)
-    return train_new(store, run_id, args.quiet)
+    cfg = _load_config(args)  # every rank checks it, so a bad value stops them all
+
+    def create() -> int:
+        return runner.create_run(store, cfg, name=args.name, tags=args.tag)
+
+    if ranks_from_env().enabled:  # started by hand under torchrun
+        return train_as_rank(store, cfg.device, create, args.quiet)
+    return train_new(store, create(), args.quiet)
+
+
+def cmd_rank(args, store: RunStore) -> int:
+    """One torchrun rank of a claimed run (started by the worker; not for people)."""
+    from jobs import runner
+
+    result = runner.execute_run(store, args.run_id, device=args.device)
+    return EXIT_OK if result.status != "failed" else EXIT_FAILED
 
 
 def cmd_submit(args, store: RunStore) -> int:
@@ -168,7 +183,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptdash", description="Train small GPTs; every run is "
                                 "recorded in the gptdash database ($GPTDASH_HOME).")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="create a run and train it in the foreground")
     _add_config_args(t)
@@ -223,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit once the queue is empty (for batch jobs)")
     w.set_defaults(func=cmd_worker)
+
+    rk = sub.add_parser("rank", help="(internal) one torchrun rank of a run that a worker "
+                        "launched")
+    rk.add_argument("run_id", type=int)
+    rk.add_argument("--device")
+    rk.set_defaults(func=cmd_rank)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -11,7 +11,10 @@ import signal
 import sys
 import threading
 from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
 
+from gptcore.distributed import ranks_from_env
 from gptcore.errors import GptdashError
 from gptcore.trainer import TrainResult
 from jobs import runner
@@ -29,6 +32,31 @@ def train_new(store: RunStore, run_id: int, quiet: bool) -> int:
     return _train_foreground(store, run_id, quiet)
 
 
+def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
+                  quiet: bool) -> int:
+    """``torchrun --nproc_per_node N -m jobs train ...`` by hand: rank 0 creates and claims
+    the run and tells the other ranks its id; every rank trains it, rank 0 records."""
+    import torch.distributed as dist
+
+    from gptcore import distributed
+    from gptcore.trainer import resolve_device
+
+    ranks = distributed.ranks_from_env()
+    run_id = None
+    if ranks.is_main:
+        run_id = create_run()
+        claim_here(store, run_id)
+        print(f"run {run_id} created ({ranks.world_size} processes)", file=sys.stderr)
+    distributed.init(ranks, resolve_device(device))  # the same backend on every rank
+    box = [run_id]
+    dist.broadcast_object_list(box, src=0)
+    run_id = int(box[0])
+    if not ranks.is_main:
+        result = runner.execute_run(store, run_id)
+        return EXIT_FAILED if result.status == "failed" else EXIT_OK
+    return _train_foreground(store, run_id, quiet)
+
+
 def cmd_resume(args: Namespace, store: RunStore) -> int:
     runner.queue_resume(store, args.run_id)
     claim_here(store, args.run_id)
@@ -36,7 +64,10 @@ def cmd_resume(args: Namespace, store: RunStore) -> int:
 
 
 def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
-    """Train a claimed run here; Ctrl-C stops it within a step, with a checkpoint."""
+    """Train a claimed run here; Ctrl-C stops it within a step, with a checkpoint.
+
+    A run with ``nproc > 1`` (outside torchrun) trains as torchrun children supervised here.
+    """
     stop = threading.Event()
     presses = 0
 
@@ -48,7 +79,10 @@ def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
         stop.set()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    nproc = int(store.get_run(run_id).config.get("nproc", 1))
     try:
+        if nproc > 1 and not ranks_from_env().enabled:
+            return _train_children(store, run_id, nproc, stop, presses=lambda: presses)
         result = runner.execute_run(store, run_id, stop_event=stop,
                                     extra_callbacks=None if quiet else Progress())
     except KeyboardInterrupt:
@@ -58,6 +92,21 @@ def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return _summarise(store, run_id, result, interrupted=stop.is_set() and presses > 0)
+
+
+def _train_children(store: RunStore, run_id: int, nproc: int, stop: threading.Event,
+                    presses: Callable[[], int]) -> int:
+    from jobs.torchrun import LOG_NAME, run_under_torchrun
+
+    print(f"training as {nproc} processes under torchrun; their output goes to "
+          f"{runner.checkpoint_file(run_id).parent / LOG_NAME}", file=sys.stderr)
+    run_under_torchrun(store, run_id, nproc, stop_event=stop)
+    run = store.get_run(run_id)
+    result = TrainResult(status=run.status, reason=run.error, step=run.last_step,
+                         best_val_loss=run.best_val_loss,
+                         checkpoint=Path(run.checkpoint_path) if run.checkpoint_path else None,
+                         metrics={"train/loss": run.last_train_loss or math.nan})
+    return _summarise(store, run_id, result, interrupted=presses() > 0)
 
 
 def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: bool) -> int:

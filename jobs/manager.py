@@ -166,7 +166,15 @@ class JobManager:
         with self._lock:
             self._current, self._stop_event = run_id, stop_event
         try:
-            runner.execute_run(self.store, run_id, stop_event=stop_event, device=self.device)
+            nproc = int(self.store.get_run(run_id).config.get("nproc", 1))
+            if nproc > 1:
+                from jobs.torchrun import run_under_torchrun
+
+                run_under_torchrun(self.store, run_id, nproc, stop_event=stop_event,
+                                   device=self.device)
+            else:
+                runner.execute_run(self.store, run_id, stop_event=stop_event,
+                                   device=self.device)
         except Exception:  # noqa: BLE001 - the row already says failed; keep the worker alive
             log.exception("run %s failed outside the trainer", run_id)
         finally:

@@ -104,6 +104,20 @@ def queue_resume(store: RunStore, run_id: int) -> None:
     store.set_status(run_id, "queued")
 
 
+def _plan(store: RunStore, run_id: int, device: str | None
+          ) -> tuple[TrainConfig, bool, Path | None]:
+    """The config to train (with a worker's device for ``auto``), whether it resumes, and
+    the weights to start from. Every rank of a torchrun launch computes the same."""
+    run = store.get_run(run_id)
+    cfg = TrainConfig.from_dict(run.config).validate()
+    if device and cfg.device == "auto":
+        cfg = replace(cfg, device=device).validate()
+    # Only a checkpoint this run recorded counts: never a stray file in its folder.
+    resume = run.checkpoint_path is not None and checkpoint_file(run_id).is_file()
+    init_path = None if resume else resolve_init_from(store, cfg.init_from)[0]
+    return cfg, resume, init_path
+
+
 def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | None = None,
                 extra_callbacks: TrainerCallbacks | None = None,
                 device: str | None = None) -> TrainResult:
@@ -113,22 +127,24 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
     starts fresh, from ``init_from``'s weights when that is set. Every way out ends
     with the row in a final status, and with a reason when it did not complete.
     ``device`` (a worker's ``--device``) replaces the config's ``auto``.
+
+    Under torchrun every rank calls this; rank 0 records, the others only train.
     """
+    from gptcore.distributed import ranks_from_env
     from gptcore.trainer import TrainResult, train
     from jobs.bridge import Chain, StoreCallbacks
 
+    if not ranks_from_env().is_main:
+        cfg, resume, init_path = _plan(store, run_id, device)
+        return train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
+                     cache_dir=home.cache_dir(), resume=resume, init_checkpoint=init_path)
     run = store.get_run(run_id)
     callbacks = StoreCallbacks(store, run_id, stop_event)
     if extra_callbacks is not None:
         callbacks = Chain(callbacks, extra_callbacks)
     try:
-        cfg = TrainConfig.from_dict(run.config).validate()
-        if device and cfg.device == "auto":
-            cfg = replace(cfg, device=device).validate()
+        cfg, resume, init_path = _plan(store, run_id, device)
         check_fits_device(cfg)  # this worker's device, which may not be the submitter's
-        # Only a checkpoint this run recorded counts: never a stray file in its folder.
-        resume = run.checkpoint_path is not None and checkpoint_file(run_id).is_file()
-        init_path = None if resume else resolve_init_from(store, cfg.init_from)[0]
         result = train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
                        cache_dir=home.cache_dir(), callbacks=callbacks, resume=resume,
                        init_checkpoint=init_path)
