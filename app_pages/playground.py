@@ -7,6 +7,7 @@ import streamlit as st
 from gptcore.checkpoint import model_from_checkpoint
 from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig, encode_prompt, stream_text
 from gptcore.tokenizer import get_tokenizer
+from jobs.runner import run_checkpoint
 from ui.widgets import empty_state, get_store, pick_run, user_errors
 
 store = get_store()
@@ -31,6 +32,9 @@ with c2:
     side_by_side = st.toggle("Compare with a second run")
     second = pick_run("Second run", runs, key="play_b") if side_by_side else None
 
+which = st.radio("Checkpoint", ["best", "latest"], horizontal=True, key="play_which",
+                 help="best: the weights with the lowest val loss so far (the run's latest "
+                      "when it has no best yet); latest: the last weights saved.")
 prompt = st.text_area("Prompt", value="The ", height=100)
 s1, s2, s3, s4, s5 = st.columns(5)
 temperature = s1.slider("Temperature", 0.0, 2.0, 0.8, 0.05, help="0 always picks the likeliest.")
@@ -44,9 +48,11 @@ sampling = SamplingConfig(max_new_tokens=int(max_new), temperature=float(tempera
 
 def generate_into(run, container) -> None:
     with container:
-        st.text(f"#{run.id} {run.name} · checkpoint step {run.last_step:,}")  # user text: plain
+        path = run_checkpoint(run, which)
         with user_errors():
-            model, cfg, _ = load_model(run.checkpoint_path, os.path.getmtime(run.checkpoint_path))
+            model, cfg, payload = load_model(str(path), os.path.getmtime(path))
+            # User text: plain, never markup.
+            st.text(f"#{run.id} {run.name} · {path.name} from step {int(payload['step']):,}")
             tokenizer = get_tokenizer(cfg.tokenizer)
             encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
             box = st.empty()

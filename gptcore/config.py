@@ -116,7 +116,8 @@ class TrainConfig:
                                 "kind of anomaly comes back.", 0.0, 1.0, lo_open=True)
     # fine-tuning
     init_from: str = _f("", "fine-tune",
-                        "Start from a finished run's weights (run id) or a checkpoint file.")
+                        "Start from a finished run's weights: a run id (its best checkpoint; "
+                        "'7:latest' for its last), or a checkpoint file.")
     freeze_embeddings: bool = _f(False, "fine-tune", "Fine-tune: keep embeddings fixed.")
     freeze_blocks: int = _f(0, "fine-tune", "Fine-tune: keep the first N blocks fixed.", 0,
                             MAX_LAYERS)

@@ -109,6 +109,9 @@ def cmd_show(args, store: RunStore) -> int:
             "steps": f"{r.last_step}/{r.max_steps}", "tokens_seen": r.tokens_seen,
             "best_val_loss": r.best_val_loss, "last_train_loss": r.last_train_loss,
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,
+            "worker": r.worker, "sweep_id": r.sweep_id,
+            "events": [{"step": int(e.step), "kind": e.kind, "message": e.message}
+                       for e in store.events([r.id]).itertuples()],
             "config": r.config}
     print(json.dumps(info, indent=2, default=str))
     return EXIT_OK
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--top-k", type=int, default=0)
     sm.add_argument("--top-p", type=float, default=1.0)
     sm.add_argument("--seed", type=int)
+    sm.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                    help="the weights with the best val loss (default) or the last ones")
     sm.set_defaults(func=cmd_sample)
 
     w = sub.add_parser("worker", help="train queued runs from the shared database, one at a "

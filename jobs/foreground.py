@@ -132,9 +132,10 @@ def cmd_sample(args: Namespace, store: RunStore) -> int:
     from gptcore.tokenizer import get_tokenizer
 
     r = store.get_run(args.run_id)
-    if not r.checkpoint_path:
+    path = runner.run_checkpoint(r, args.checkpoint)
+    if path is None:
         raise GptdashError(f"run {r.id} has no checkpoint yet")
-    model, cfg, _ = model_from_checkpoint(r.checkpoint_path)
+    model, cfg, _ = model_from_checkpoint(path)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
     sys.stdout.write(args.prompt)

@@ -19,7 +19,7 @@ from gptcore.estimate import fit_problem, param_count
 from jobs.errors import USER_ERRORS
 from storage import home
 from storage.errors import StorageError
-from storage.store import RunStore, remove_run_folder
+from storage.store import RunRecord, RunStore, remove_run_folder
 
 if TYPE_CHECKING:
     from gptcore.trainer import TrainerCallbacks, TrainResult
@@ -34,21 +34,38 @@ def default_name(cfg: TrainConfig) -> str:
     return f"{m.n_layers}L-{m.emb_dim}d {cfg.optimizer} lr={cfg.lr:g}"
 
 
+def run_checkpoint(run: RunRecord, which: str = "best") -> Path | None:
+    """A run's ``best`` (the default; its latest when it has no best) or ``latest``
+    checkpoint file, or None when it has none."""
+    from gptcore.checkpoint import checkpoint_in
+
+    if not run.checkpoint_path:
+        return None
+    path = checkpoint_in(Path(run.checkpoint_path).parent, which)
+    return path if path.is_file() else None
+
+
 def resolve_init_from(store: RunStore, init_from: str) -> tuple[Path | None, int | None]:
-    """``init_from`` as (checkpoint path, parent run id): a run id or a checkpoint file."""
+    """``init_from`` as (checkpoint path, parent run id).
+
+    ``7`` is run 7's best checkpoint, ``7:latest`` its last one, ``7:best`` the same as
+    ``7``; anything else is a checkpoint file.
+    """
     value = init_from.strip()
     if not value:
         return None, None
-    if value.isdigit():
-        parent = store.get_run(int(value))
-        path = Path(parent.checkpoint_path) if parent.checkpoint_path else None
-        if path is None or not path.is_file():
+    run_part, _, which = value.partition(":")
+    if run_part.isdigit() and which in ("", "best", "latest"):
+        parent = store.get_run(int(run_part))
+        path = run_checkpoint(parent, which or "best")
+        if path is None:
             raise GptdashError(f"run {parent.id} ({parent.name}) has no checkpoint to fine-tune "
                                "from: pick a run that has finished or been stopped")
         return path, parent.id
     path = Path(value).expanduser()
     if not path.is_file():
-        raise GptdashError(f"init_from {value!r} is neither a run id nor a checkpoint file")
+        raise GptdashError(f"init_from {value!r} is neither a run id (7, 7:best, 7:latest) nor "
+                           "a checkpoint file")
     return path, None
 
 

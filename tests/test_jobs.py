@@ -119,6 +119,18 @@ def test_fine_tuning_records_the_parent(store, tmp_path):
     assert runner.execute_run(store, child).status == "completed"
 
 
+def test_init_from_a_run_takes_its_best_checkpoint_unless_told_latest(store):
+    parent = runner.create_run(store, micro())
+    claim(store, parent)
+    runner.execute_run(store, parent)
+    folder = runner.checkpoint_file(parent).parent
+    assert runner.resolve_init_from(store, str(parent)) == (folder / "best.pt", parent)
+    assert runner.resolve_init_from(store, f"{parent}:best") == (folder / "best.pt", parent)
+    assert runner.resolve_init_from(store, f"{parent}:latest") == (folder / "latest.pt", parent)
+    with pytest.raises(GptdashError, match="neither a run id"):
+        runner.resolve_init_from(store, f"{parent}:newest")
+
+
 def test_fine_tuning_from_a_run_without_checkpoint_is_refused(store):
     queued = runner.create_run(store, micro())
     with pytest.raises(GptdashError, match="has no checkpoint"):
