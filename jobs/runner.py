@@ -41,7 +41,9 @@ def run_checkpoint(run: RunRecord, which: str = "best") -> Path | None:
 
     if not run.checkpoint_path:
         return None
-    path = checkpoint_in(Path(run.checkpoint_path).parent, which)
+    # This machine's view of the artifacts folder, not the path the writer recorded:
+    # a shared filesystem may be mounted elsewhere here.
+    path = checkpoint_in(home.checkpoints_dir(run.id, create=False), which)
     return path if path.is_file() else None
 
 

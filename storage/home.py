@@ -1,8 +1,10 @@
-"""Where gptdash keeps its files: one home folder holds everything.
+"""Where gptdash keeps its files: one home folder holds everything by default.
 
-The database, checkpoints, uploaded corpora and token caches all live under
-``home_dir()``, so nothing is written anywhere else and one environment
-variable moves it all.
+The SQLite database lives in ``home_dir()``; checkpoints, uploaded corpora and token
+caches live in ``artifacts_dir()``, which is the home folder unless
+``$GPTDASH_ARTIFACTS`` names a folder that every machine reaches (a shared
+filesystem, mounted at the same path everywhere), so a run trained by a worker on
+one machine is resumed, sampled and fine-tuned from on another.
 """
 
 from __future__ import annotations
@@ -23,15 +25,25 @@ def home_dir() -> Path:
     return home
 
 
+def artifacts_dir() -> Path:
+    """Checkpoints, uploads and caches: ``$GPTDASH_ARTIFACTS`` if set, else the home folder."""
+    env = os.environ.get("GPTDASH_ARTIFACTS")
+    if not env:
+        return home_dir()
+    root = Path(env).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def _subdir(*parts: str, create: bool = True) -> Path:
-    path = home_dir().joinpath(*parts)
+    path = artifacts_dir().joinpath(*parts)
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def checkpoints_dir(run_id: int, *, create: bool = True) -> Path:
-    """The folder holding one run's checkpoints: ``home/runs/<id>/``.
+    """The folder holding one run's checkpoints: ``artifacts/runs/<id>/``.
 
     ``create=False`` only computes the path (used when deleting a run).
     """
@@ -39,17 +51,17 @@ def checkpoints_dir(run_id: int, *, create: bool = True) -> Path:
 
 
 def uploads_dir() -> Path:
-    """Text files uploaded in the browser: ``home/uploads``."""
+    """Text files uploaded in the browser: ``artifacts/uploads``."""
     return _subdir("uploads")
 
 
 def cache_dir() -> Path:
-    """Token-id caches per (corpus, tokenizer): ``home/cache``."""
+    """Token-id caches per (corpus, tokenizer): ``artifacts/cache``."""
     return _subdir("cache")
 
 
 def data_dir() -> Path:
-    """Text corpora the user drops in by hand: ``home/data``."""
+    """Text corpora the user drops in by hand: ``artifacts/data``."""
     return _subdir("data")
 
 

@@ -27,6 +27,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh gptdash home folder (GPTDASH_HOME) with the default SQLite database URL."""
     monkeypatch.setenv("GPTDASH_HOME", str(tmp_path))
     monkeypatch.delenv("GPTDASH_DB_URL", raising=False)
+    monkeypatch.delenv("GPTDASH_ARTIFACTS", raising=False)
     return tmp_path
 
 

@@ -23,6 +23,18 @@ def test_home_dir_follows_environment(home: Path) -> None:
     assert home_dir() == home
 
 
+def test_artifacts_move_checkpoints_uploads_and_caches_but_not_the_database(
+        home: Path, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path_factory.mktemp("shared")
+    monkeypatch.setenv("GPTDASH_ARTIFACTS", str(shared))
+    assert checkpoints_dir(3) == shared / "runs" / "3"
+    assert uploads_dir() == shared / "uploads"
+    assert cache_dir() == shared / "cache"
+    assert data_dir() == shared / "data"
+    assert db_url() == f"sqlite:///{home / 'gptdash.db'}"
+
+
 def test_home_dir_defaults_to_repo_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GPTDASH_HOME", raising=False)
     monkeypatch.setattr(home_module, "REPO_ROOT", tmp_path)
