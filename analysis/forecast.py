@@ -208,6 +208,10 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     y = np.asarray(val_loss, dtype=float)
     if x.shape != y.shape:
         raise ValueError(f"steps ({x.size}) and val_loss ({y.size}) differ in length")
+    # A step evaluated twice (a run rolled back past a spike and went on) counts once,
+    # with its later value: that is the run's history from then on.
+    last = x.size - 1 - np.unique(x[::-1], return_index=True)[1]
+    x, y = x[last], y[last]
     if upto_step is None:
         upto_step = int(x.max()) if x.size else 0
     keep = np.isfinite(y) & (x >= 1) & (x <= min(upto_step, max_steps))

@@ -72,16 +72,15 @@ REFERENCE_SEED_OFFSET = 1
 
 
 class ValRecorder(TrainerCallbacks):
-    """Keeps every evaluation's val loss; the rest of the protocol stays a no-op."""
+    """Keeps each step's latest val loss (a roll-back past a spike evaluates a step again,
+    as the database's one row per step would); the rest of the protocol is a no-op."""
 
     def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.values: list[float] = []
+        self.by_step: dict[int, float] = {}
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if "val/loss" in metrics:
-            self.steps.append(step)
-            self.values.append(metrics["val/loss"])
+            self.by_step[step] = metrics["val/loss"]
 
 
 def run_config(overrides: dict[str, Any], args: argparse.Namespace, seed: int) -> TrainConfig:
@@ -98,7 +97,9 @@ def train_curve(cfg: TrainConfig, tmp: Path, name: str) -> dict[str, Any]:
                    callbacks=recorder)
     print(f"trained {name} in {time.perf_counter() - start:.0f} s: {result.status}",
           file=sys.stderr, flush=True)
-    return {"config": cfg.flat(), "steps": recorder.steps, "val_loss": recorder.values,
+    steps = sorted(recorder.by_step)
+    return {"config": cfg.flat(), "steps": steps,
+            "val_loss": [recorder.by_step[step] for step in steps],
             "status": result.status, "reason": result.reason,
             "train_seconds": round(time.perf_counter() - start, 1)}
 

@@ -141,6 +141,18 @@ def test_step_schedule_before_its_first_drop_is_flagged():
     assert f.params["C"] == 0.0 and f.note is not None
 
 
+def test_a_step_evaluated_twice_counts_once_with_its_later_value():
+    lrs = schedule("constant")
+    steps, loss, _ = curve(lrs, 0.0, noise=0.01)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120)
+    # A spike at step 30, rolled back and evaluated again: the first value is superseded.
+    steps_rb = np.concatenate([steps[:4], [30], steps[4:]])
+    loss_rb = np.concatenate([loss[:3], [9.0], [loss[3]], loss[4:]])
+    g = forecast_final(steps_rb, loss_rb, lrs, MAX_STEPS, upto_step=120)
+    assert g.n_points == f.n_points
+    assert g.predicted_final == pytest.approx(f.predicted_final)
+
+
 def test_too_few_evaluations_give_no_forecast():
     lrs = schedule("cosine")
     steps, loss, _ = curve(lrs, 0.0, noise=0.01)
