@@ -28,9 +28,10 @@ from scipy import optimize, signal, stats
 ANNEALING_MOMENTUM = 0.999  # the paper's lambda
 MIN_POINTS = 5  # evaluations (after step 0) a forecast needs: one more than the constants
 BAND_LEVEL = 0.95
-# C is fitted only once the annealing area seen is this share of the run's total: from a
-# smaller share its extrapolation (4x and more) follows noise, not annealing.
-MIN_ANNEALING_SEEN = 0.25
+# C is fitted only once the annealing area seen is half the run's total: extrapolated
+# further, a C fitted on real CPU runs took the curve's own bends for annealing and
+# forecast drops of 20-40% that never came (bench/forecast_accuracy.py).
+MIN_ANNEALING_SEEN = 0.5
 PARAM_NAMES = ("L0", "A", "alpha", "C")
 # alpha beyond these is a fit gone astray rather than a loss curve.
 ALPHA_BOUNDS = (0.01, 5.0)

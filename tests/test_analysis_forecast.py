@@ -117,8 +117,8 @@ def test_cosine_run_fits_its_own_annealing_once_it_shows():
     c = 0.5
     lrs = schedule("cosine")
     steps, loss, truth = curve(lrs, c, noise=0.01, seed=3)
-    aware = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=210)
-    plain = forecast_final(steps, loss, np.ones(MAX_STEPS), MAX_STEPS, upto_step=210)
+    aware = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=240)
+    plain = forecast_final(steps, loss, np.ones(MAX_STEPS), MAX_STEPS, upto_step=240)
     assert aware.note is None and aware.params["C"] > 0
     assert aware.predicted_final == pytest.approx(truth, abs=0.03)
     assert aware.low <= truth <= aware.high
