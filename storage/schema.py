@@ -73,6 +73,25 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
+class NulSafeText(TypeDecorator):
+    """Text that any backend stores: a NUL character (a byte-level model may generate one,
+    a user may paste one) becomes the visible symbol U+2400, which PostgreSQL accepts and
+    a page shows, where PostgreSQL would refuse the whole row."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return value.replace("\x00", "\u2400") if isinstance(value, str) else value
+
+
+class NulSafeString(NulSafeText):
+    """A bounded ``NulSafeText`` (names)."""
+
+    impl = String
+    cache_ok = True
+
+
 class Base(DeclarativeBase):
     """Declarative base for the gptdash tables."""
 
@@ -86,17 +105,17 @@ class Run(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(NulSafeString(200))
     status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     tags: Mapped[list] = mapped_column(JSON, default=list)
-    notes: Mapped[str] = mapped_column(Text, default="")
+    notes: Mapped[str] = mapped_column(NulSafeText, default="")
     device: Mapped[str | None] = mapped_column(String(100), nullable=True)
     n_params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(NulSafeText, nullable=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     parent_id: Mapped[int | None] = mapped_column(
@@ -153,8 +172,8 @@ class Sample(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
-    prompt: Mapped[str] = mapped_column(Text)
-    text: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(NulSafeText)
+    text: Mapped[str] = mapped_column(NulSafeText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -168,7 +187,7 @@ class Event(Base):
     run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(40))
-    message: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(NulSafeText)
     wall_time: Mapped[float] = mapped_column(Float)
 
 

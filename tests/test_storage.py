@@ -398,3 +398,16 @@ def test_storage_imports_no_torch_streamlit_gptcore_or_jobs() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_nul_characters_are_stored_visibly_on_every_backend(store: RunStore) -> None:
+    """A byte-level model can generate NUL; PostgreSQL refuses it in text, so it is kept as
+    the symbol U+2400 rather than failing the run at its first sample."""
+    run_id = store.create_run("nul\x00name", {}, notes="a\x00b")
+    store.log_sample(run_id, 0, "The ", "x\x00y")
+    store.log_event(run_id, 0, "spike", "m\x00n")
+    store.set_status(run_id, "failed", error="e\x00f")
+    run = store.get_run(run_id)
+    assert (run.name, run.notes, run.error) == ("nul\u2400name", "a\u2400b", "e\u2400f")
+    assert store.samples(run_id)["text"].tolist() == ["x\u2400y"]
+    assert store.events([run_id])["message"].tolist() == ["m\u2400n"]
