@@ -30,6 +30,7 @@ table = pd.DataFrame({
     "id": frame["id"],
     "name": frame["name"],
     "status": frame["status"],
+    "worker": frame["worker"],
     "tags": frame["tags"],
     "created": frame["created_at"],
     "duration": [human_duration(d) for d in frame["duration_s"]],
@@ -40,7 +41,6 @@ table = pd.DataFrame({
     "last train loss": frame["last_train_loss"],
     "parameters": [human_count(n) for n in frame["n_params"]],
     "device": frame["device"],
-    "worker": frame["worker"],
 })
 event = st.dataframe(
     table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
