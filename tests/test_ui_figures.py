@@ -147,3 +147,8 @@ def test_figures_serialise_with_nan():
     df = metrics(runs=(1,), keys=("a",))
     df.loc[3, "value"] = math.nan
     assert metric_figure(df, title="t", smoothing=0.5).to_json()
+
+
+def test_height_is_part_of_the_one_built_figure():
+    assert metric_figure(metrics(), title="t", height=300).layout.height == 300
+    assert metric_figure(metrics(), title="t").layout.height is None

@@ -62,6 +62,7 @@ def metric_figure(
     y_title: str | None = None,
     uirevision: str | None = None,
     x_title: str | None = None,
+    height: int | None = None,
 ) -> go.Figure:
     """One line per (run, key) of a long metric frame (run_id, key, ``x``, value).
 
@@ -69,6 +70,10 @@ def metric_figure(
     dash style, so a run's train and val losses read as a pair. With
     ``smoothing`` > 0 the raw curve stays as a faint shadow under its EMA.
     ``uirevision`` keeps the user's zoom and legend clicks across refreshes.
+
+    Traces and layout are plain dicts validated once by the Figure constructor:
+    plotly's ``update_layout``/``update_xaxes`` validate again on every call, and
+    cost a live page most of its refresh time.
     """
     if df.empty:
         return _empty_figure(title)
@@ -80,7 +85,7 @@ def metric_figure(
     keys = sorted(df["key"].unique())
     dashes = {key: DASHES[i % len(DASHES)] for i, key in enumerate(keys)}
 
-    fig = go.Figure()
+    traces: list[dict] = []
     groups = dict(iter(df.groupby(["run_id", "key"], sort=False)))
     for run_id in runs:
         run_name = names.get(run_id, f"run {run_id}")
@@ -92,31 +97,35 @@ def metric_figure(
             xs = part[x].to_numpy()
             ys = part["value"].to_numpy(dtype=float)
             name = run_name if len(keys) == 1 else key if len(runs) == 1 else f"{run_name} · {key}"
-            trace = go.Scattergl if len(part) > WEBGL_THRESHOLD else go.Scatter
+            kind = "scattergl" if len(part) > WEBGL_THRESHOLD else "scatter"
             line = {"color": colors[run_id], "dash": dashes[key]}
             if smoothing > 0:
-                fig.add_trace(trace(x=xs, y=ys, mode="lines", name=name, line=line,
-                                    opacity=SHADOW_OPACITY, showlegend=False,
-                                    legendgroup=name, hoverinfo="skip"))
+                traces.append({"type": kind, "x": xs, "y": ys, "mode": "lines", "name": name,
+                               "line": line, "opacity": SHADOW_OPACITY, "showlegend": False,
+                               "legendgroup": name, "hoverinfo": "skip"})
                 ys = ema(ys, smoothing)
-            fig.add_trace(trace(x=xs, y=ys, mode="lines", name=name, line=line,
-                                legendgroup=name))
+            traces.append({"type": kind, "x": xs, "y": ys, "mode": "lines", "name": name,
+                           "line": line, "legendgroup": name})
 
-    fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left"},
-        hovermode="x unified",
-        margin=_MARGIN,
-        legend=_LEGEND_ON_TOP,
-        uirevision=uirevision,
-    )
-    fig.update_xaxes(title_text=x_title if x_title is not None else x,
-                     type="log" if log_x else "linear")
-    if x_range is not None:
-        fig.update_xaxes(range=_axis_range(float(x_range[0]), float(x_range[1]), log_x))
     if y_title is None and len(keys) == 1:
         y_title = keys[0]
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", hoverformat=".4g")
-    return fig
+    x_axis = {"title": {"text": x_title if x_title is not None else x},
+              "type": "log" if log_x else "linear"}
+    if x_range is not None:
+        x_axis["range"] = _axis_range(float(x_range[0]), float(x_range[1]), log_x)
+    layout = {
+        "title": {"text": title, "x": 0, "xanchor": "left"},
+        "hovermode": "x unified",
+        "margin": _MARGIN,
+        "legend": _LEGEND_ON_TOP,
+        "uirevision": uirevision,
+        "xaxis": x_axis,
+        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear",
+                  "hoverformat": ".4g"},
+    }
+    if height is not None:
+        layout["height"] = height
+    return go.Figure(data=traces, layout=layout)
 
 
 def x_axis_frame(
