@@ -1,5 +1,11 @@
 """Live run: one run's progress and curves, refreshed every couple of seconds.
 
+One fragment refreshes the status, charts and samples together, so each tick is one
+script run. A tick reads only rows newer than the last, and rebuilds the four
+figures only when those brought something new (or the view changed); otherwise it
+sends the figures it built before. A run that has ended, or a tab that is hidden,
+gets no ticks at all.
+
 Keeping the user's zoom: Streamlit remounts a plotly chart whenever its figure
 changes (streamlit#5107), so zoom survives only while the figure stays the same.
 With "Follow live" on, charts redraw when new rows arrive and show the newest
@@ -12,13 +18,12 @@ import time
 
 import streamlit as st
 
-from ui.figures import metric_figure
+from storage.store import RunRecord
 from ui.format import eta_seconds, human_duration, progress_fraction
-from ui.live import LiveSeries, view_range
-from ui.widgets import empty_state, get_manager, get_store, pick_run, user_errors
+from ui.live import ACTIVE, LastBuilt, LiveSeries, chart_figures, refresh_every, view_range
+from ui.widgets import empty_state, get_manager, get_store, pick_run, tab_visible, user_errors
 
 store, manager = get_store(), get_manager()
-REFRESH_S = 2.0
 CHARTS = {  # title -> metric keys
     "Loss": ["train/loss", "val/loss"],
     "Learning rate": ["lr"],
@@ -28,7 +33,8 @@ CHARTS = {  # title -> metric keys
 KEYS = [k for keys in CHARTS.values() for k in keys]
 WINDOWS = {"whole run": None, "last 200 steps": 200, "last 1,000 steps": 1000,
            "last 5,000 steps": 5000}
-ACTIVE = ("queued", "running")
+CHART_HEIGHT = 300
+SAMPLES_EVERY_S = 4.0  # samples come with evaluations, far apart: no need to look each tick
 
 st.title("Live run")
 runs = store.list_runs()
@@ -42,14 +48,19 @@ if arrived_for in {r.id for r in runs}:
 default_id = manager.current_run or (running[0] if running else runs[0].id)
 run = pick_run("Run", runs, key="live_pick", default_id=default_id)
 run_id = run.id
+tick_every = refresh_every(run.status, tab_visible(key="live_visible"))
 
 
-def _series() -> LiveSeries:
-    """This tab's rows of the chosen run; only newer rows are read on each refresh."""
-    key = f"live_series_{run_id}"
+def _kept(name: str, make):
+    """This tab's object ``name`` for the chosen run, made on first use."""
+    key = f"live_{name}_{run_id}"
     if key not in st.session_state:
-        st.session_state[key] = LiveSeries(max_points=4000)
+        st.session_state[key] = make()
     return st.session_state[key]
+
+
+# A full page run (a click, a new pick) reads the samples afresh; ticks reuse them a while.
+st.session_state["live_page_runs"] = st.session_state.get("live_page_runs", 0) + 1
 
 
 def _refresh(series: LiveSeries) -> None:
@@ -62,11 +73,7 @@ def _refresh(series: LiveSeries) -> None:
         series.append(store.metrics([run_id], KEYS, after_step=series.cursor - 50))
 
 
-@st.fragment(run_every=REFRESH_S if run.status in ACTIVE else None)
-def status_panel() -> None:
-    r = store.get_run(run_id)
-    if r.status != run.status and r.status not in ACTIVE:
-        st.rerun()  # the run ended: redraw the whole page once, without auto-refresh
+def status(r: RunRecord, series: LiveSeries) -> None:
     # Four tiles, the step on the progress bar: five tiles cut "1,200 / 20,000" to "1,20…".
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Status", r.status)
@@ -74,8 +81,8 @@ def status_panel() -> None:
     c2.metric("Elapsed", human_duration(elapsed))
     c3.metric("ETA", human_duration(eta_seconds(r.last_step, r.max_steps, elapsed))
               if r.status == "running" else "—")
-    tps = store.metrics([run_id], ["tokens_per_sec"], after_step=max(r.last_step - 200, -1))
-    c4.metric("Tokens/s", f"{tps['value'].iloc[-1]:,.0f}" if not tps.empty else "—")
+    tps = series.latest("tokens_per_sec")
+    c4.metric("Tokens/s", f"{tps:,.0f}" if tps is not None else "—")
     st.progress(progress_fraction(r.last_step, r.max_steps),
                 text=f"Step {r.last_step:,} of {r.max_steps:,}")
     if r.status in ACTIVE:
@@ -89,60 +96,51 @@ def status_panel() -> None:
         st.text(r.error)
 
 
-status_panel()
-
-# ---- chart controls (server-side, so they survive every refresh) -------------------------------
-c1, c2, c3 = st.columns([1, 1, 2])
-follow = c1.toggle("Follow live", value=True, key="follow_live",
-                   help="On: charts move with new data. Off: charts freeze so you can zoom "
-                        "and pan freely with the mouse.")
-window_label = c2.selectbox("Show", list(WINDOWS), key="live_window", disabled=not follow)
-manual = None
-if not follow:
-    top = max(run.last_step, 1)
-    manual = c3.slider("Step range", 0, top, (0, top), key=f"live_range_{run_id}")
-
-
-@st.fragment(run_every=REFRESH_S if run.status in ACTIVE else None)
-def charts() -> None:
-    series = _series()
-    with user_errors():
-        _refresh(series)
-    frozen_key = f"live_frozen_{run_id}"
+def charts(series: LiveSeries) -> None:
+    # Chart controls act on the server, so they survive every refresh.
+    c1, c2, c3 = st.columns([1, 1, 2])
+    follow = c1.toggle("Follow live", value=True, key="follow_live",
+                       help="On: charts move with new data. Off: charts freeze so you can zoom "
+                            "and pan freely with the mouse.")
+    window_label = c2.selectbox("Show", list(WINDOWS), key="live_window", disabled=not follow)
     # Freeze only once there is something to look at, or the charts would wait forever.
-    if follow or st.session_state.get(frozen_key, series.frame).empty:
-        st.session_state[frozen_key] = series.frame
-    frame = series.frame if follow else st.session_state[frozen_key]
-    x_range = view_range(follow, series.cursor, WINDOWS[window_label], manual)
+    frozen_key = f"live_frozen_{run_id}"
+    if follow or st.session_state.get(frozen_key, (0, series.frame))[1].empty:
+        st.session_state[frozen_key] = (series.version, series.frame, series.cursor or 0)
+    version, frame, frozen_at = st.session_state[frozen_key]
+    manual = None
+    if not follow:
+        # Up to the frozen data's last step: a bound that moved each tick would reset the slider.
+        top = max(frozen_at, 1)
+        manual = c3.slider("Step range", 0, top, (0, top), key=f"live_range_{run_id}")
     if frame.empty:
         st.info("Waiting for the first metrics…" if run.status in ACTIVE else
                 "This run recorded no metrics.")
         return
+    x_range = view_range(follow, series.cursor, WINDOWS[window_label], manual)
+    figures, points = _kept("figures", LastBuilt).get(
+        (version, x_range),
+        lambda: (chart_figures(frame, CHARTS, {run_id: run.name}, x_range, uirevision=str(run_id),
+                               height=CHART_HEIGHT),
+                 int((frame["key"] == "train/loss").sum())))
     cols = st.columns(2)
-    for i, (title, keys) in enumerate(CHARTS.items()):
-        part = frame[frame["key"].isin(keys)]
-        fig = metric_figure(part, title=title, names={run_id: run.name}, x_range=x_range,
-                            uirevision=f"{run_id}")
-        fig.update_layout(height=300)
+    for i, fig in enumerate(figures):
         with cols[i % 2]:
             st.plotly_chart(fig, key=f"live_chart_{i}", config={"displaylogo": False})
-    n = len(frame[frame["key"] == "train/loss"])
-    st.caption(f"{n:,} train-loss points shown · refreshed {time.strftime('%H:%M:%S')}",
-               help="Only rows newer than the last read are fetched each refresh.")
+    st.caption(f"{points:,} train-loss points shown · refreshed {time.strftime('%H:%M:%S')}",
+               help="Only rows newer than the last read are fetched each refresh, and the "
+                    "charts are rebuilt only when those brought something new.")
 
 
-charts()
-
-
-# ---- samples, config, checkpoint ---------------------------------------------------------------
-@st.fragment(run_every=REFRESH_S * 2 if run.status in ACTIVE else None)
-def samples_panel() -> None:
-    samples = store.samples(run_id)
+def samples() -> None:
+    frame = _kept("samples", LastBuilt).get(
+        (st.session_state["live_page_runs"], int(time.monotonic() // SAMPLES_EVERY_S)),
+        lambda: store.samples(run_id))
     st.subheader("Samples")
-    if samples.empty:
+    if frame.empty:
         st.caption("Samples appear at each evaluation.")
         return
-    steps = sorted(int(s) for s in samples["step"].unique())
+    steps = sorted(int(s) for s in frame["step"].unique())
     chosen = steps[-1]
     if len(steps) > 1:
         # Only the user moves these widgets: a value the page set itself could be undone by
@@ -152,13 +150,27 @@ def samples_panel() -> None:
                          help="Off: go back to the samples of an earlier evaluation."):
             chosen = c2.select_slider("Go back to step", options=steps, value=steps[-1],
                                       key=f"sample_step_{run_id}")
-    shown = samples[samples["step"] <= chosen].head(3)  # newest first
+    shown = frame[frame["step"] <= chosen].head(3)  # newest first
     for _, row in shown.iterrows():
         st.caption(f"step {row['step']:,}")
         st.code(row["prompt"] + row["text"], language=None, wrap_lines=True)
 
 
-samples_panel()
+@st.fragment(run_every=tick_every)
+def live() -> None:
+    """One tick: the run's row, the rows new since the last tick, and what they change."""
+    r = store.get_run(run_id)
+    if r.status != run.status and r.status not in ACTIVE:
+        st.rerun()  # the run ended: redraw the whole page once, without the timer
+    series = _kept("series", lambda: LiveSeries(max_points=2000))
+    with user_errors():
+        _refresh(series)
+    status(r, series)
+    charts(series)
+    samples()
+
+
+live()
 
 with st.expander("Config"):
     st.json(run.config)

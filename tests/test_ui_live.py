@@ -2,7 +2,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ui.live import LiveSeries, view_range
+from ui.live import (
+    LIVE_REFRESH_S,
+    SIDEBAR_REFRESH_S,
+    LastBuilt,
+    LiveSeries,
+    chart_figures,
+    refresh_every,
+    sidebar_refresh_every,
+    view_range,
+)
+
+CHARTS = {"Loss": ["train/loss", "val/loss"], "Learning rate": ["lr"],
+          "Gradient norm": ["grad_norm"]}
 
 
 def chunk(start: int, stop: int, key: str = "train/loss", run_id: int = 1) -> pd.DataFrame:
@@ -70,3 +82,58 @@ def test_view_range():
     assert view_range(True, None, 1000, None) is None
     assert view_range(False, 5000, 1000, (10.0, 20.0)) == (10.0, 20.0)
     assert view_range(False, 5000, 1000, None) is None
+
+
+def test_latest_value_per_key_follows_the_newest_step():
+    live = LiveSeries()
+    assert live.latest("tokens_per_sec") is None
+    live.append(chunk(0, 10, key="tokens_per_sec"))
+    assert live.latest("tokens_per_sec") == pytest.approx(1.0 + np.sin(9 / 50.0))
+    live.append(chunk(5, 10, key="tokens_per_sec"))  # an overlapping read changes nothing
+    assert live.latest("tokens_per_sec") == pytest.approx(1.0 + np.sin(9 / 50.0))
+
+
+def test_no_new_rows_reuses_the_built_figures_without_rebuilding():
+    live = LiveSeries()
+    live.append(pd.concat([chunk(0, 100), chunk(0, 100, key="lr")]))
+    built = LastBuilt()
+
+    def figures():
+        return chart_figures(live.frame, CHARTS, {1: "run"}, None, uirevision="1", height=300)
+
+    first = built.get((live.version, None), figures)
+    live.append(chunk(50, 100))  # a refresh that finds only rows it already has
+    assert built.get((live.version, None), figures) is first
+    assert built.builds == 1
+    live.append(chunk(100, 110))  # new rows: new figures, with the new points
+    second = built.get((live.version, None), figures)
+    assert second is not first and built.builds == 2
+    assert second[0].data[0].x[-1] == 109
+    assert built.get((live.version, (50.0, 109.0)), figures) is not second  # the view moved
+
+
+def test_chart_figures_one_per_chart_with_its_keys_and_height():
+    live = LiveSeries()
+    live.append(pd.concat([chunk(0, 20), chunk(0, 20, key="val/loss"), chunk(0, 20, key="lr")]))
+    figs = chart_figures(live.frame, CHARTS, {1: "run"}, (0.0, 10.0), uirevision="1", height=300)
+    assert [f.layout.title.text for f in figs] == list(CHARTS)
+    assert [t.name for t in figs[0].data] == ["train/loss", "val/loss"]
+    assert figs[1].data[0].name == "run"
+    assert figs[2].layout.annotations[0].text == "No data yet"  # no grad_norm rows
+    assert all(f.layout.height == 300 for f in figs[:2])
+    assert list(figs[0].layout.xaxis.range) == [0.0, 10.0]
+    assert figs[0].layout.uirevision == "1"
+
+
+def test_live_views_refresh_only_active_runs_in_visible_tabs():
+    assert refresh_every("running") == LIVE_REFRESH_S
+    assert refresh_every("queued") == LIVE_REFRESH_S
+    for ended in ("completed", "stopped", "failed", "interrupted"):
+        assert refresh_every(ended) is None
+    assert refresh_every("running", visible=False) is None
+
+
+def test_sidebar_keeps_refreshing_while_a_run_trains():
+    # "Training now … step 0/3000" stayed at step 0: the sidebar must refresh while training.
+    assert sidebar_refresh_every(3) == SIDEBAR_REFRESH_S
+    assert sidebar_refresh_every(None) is None  # an idle worker costs no refreshes

@@ -1,13 +1,25 @@
-"""State for a live chart: only new rows are read, and memory stays bounded however long it runs."""
+"""State for live views: only new rows are read, memory stays bounded however long a run
+trains, figures are rebuilt only when what they show changed, and nothing refreshes that
+nobody watches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
 from ui.downsample import DEFAULT_BY, group_ids, minmax_downsample
+from ui.figures import metric_figure
 
 METRIC_COLUMNS = ("run_id", "key", "step", "value", "wall_time")
+ACTIVE = ("queued", "running")
+LIVE_REFRESH_S = 2.0
+# The sidebar only names the run and its step: a slower beat is plenty.
+SIDEBAR_REFRESH_S = 5.0
+T = TypeVar("T")
 
 
 class LiveSeries:
@@ -28,6 +40,7 @@ class LiveSeries:
         self.version = 0
         self._frame: pd.DataFrame | None = None
         self._cursors: dict[tuple, int] = {}
+        self._latest: dict[str, float] = {}
 
     @property
     def cursor(self) -> int | None:
@@ -40,6 +53,10 @@ class LiveSeries:
         if self._frame is None:
             return pd.DataFrame(columns=list(METRIC_COLUMNS))
         return self._frame
+
+    def latest(self, key: str) -> float | None:
+        """The value at the newest step read for metric ``key`` (any run), or None."""
+        return self._latest.get(key)
 
     def append(self, df_new: pd.DataFrame) -> int:
         """Add the rows of ``df_new`` newer than what each series already holds.
@@ -59,7 +76,10 @@ class LiveSeries:
                 part = part[part["step"] > seen]
             if not part.empty:
                 fresh.append(part)
-                self._cursors[key] = int(part["step"].max())
+                newest = part["step"].to_numpy().argmax()
+                self._cursors[key] = int(part["step"].iloc[newest])
+                if "key" in part.columns:
+                    self._latest[part["key"].iloc[newest]] = float(part["value"].iloc[newest])
         if not fresh:
             return 0
         parts = fresh if self._frame is None else [self._frame, *fresh]
@@ -99,3 +119,58 @@ def view_range(
     if cursor is None or not window:
         return None
     return (float(max(0, cursor - window)), float(cursor))
+
+
+class LastBuilt(Generic[T]):
+    """The last thing built, kept while the key it was built for stays the same.
+
+    A live page keeps one in session state for its figures, keyed by the version of
+    the rows they show and the view, so a refresh that brought no new rows (or
+    charts frozen by the user) reuses them instead of building them again.
+    """
+
+    def __init__(self) -> None:
+        self._key: Hashable | None = None
+        self._value: T | None = None
+        self.builds = 0
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        if self.builds == 0 or key != self._key:
+            self._value = build()
+            self._key = key
+            self.builds += 1
+        return self._value  # type: ignore[return-value]
+
+
+def chart_figures(
+    frame: pd.DataFrame,
+    charts: dict[str, list[str]],
+    names: dict[int, str],
+    x_range: tuple[float, float] | None,
+    *,
+    uirevision: str,
+    height: int,
+) -> list[go.Figure]:
+    """One figure per chart (title -> metric keys) of a live page, from one metric frame."""
+    by_key = dict(iter(frame.groupby("key", sort=False))) if not frame.empty else {}
+    figures = []
+    for title, keys in charts.items():
+        parts = [by_key[k] for k in keys if k in by_key]
+        part = pd.concat(parts) if parts else frame.iloc[:0]
+        figures.append(metric_figure(part, title=title, names=names, x_range=x_range,
+                                     uirevision=uirevision, height=height))
+    return figures
+
+
+def refresh_every(status: str, visible: bool = True) -> float | None:
+    """How often a live view of a run in ``status`` reruns; None: it does not.
+
+    A run that has ended changes no more, and a hidden tab shows nothing: neither
+    costs the server a refresh.
+    """
+    return LIVE_REFRESH_S if status in ACTIVE and visible else None
+
+
+def sidebar_refresh_every(current_run: int | None) -> float | None:
+    """How often the sidebar's "Training now" line refreshes: while the worker trains."""
+    return SIDEBAR_REFRESH_S if current_run is not None else None

@@ -12,6 +12,23 @@ from jobs.errors import USER_ERRORS
 from jobs.manager import JobManager, process_worker
 from storage import home
 from storage.store import RunRecord, RunStore
+from ui.live import sidebar_refresh_every
+
+# Tells the server when the tab is hidden or shown again (the Page Visibility API), so a
+# page can stop its timed refreshes while nobody looks. Streamlit's run_every timer lives
+# in the browser and keeps firing in a background tab; only a rerun without it ends it.
+# Runs in the page itself (components v2), loads nothing, draws nothing.
+_VISIBILITY_JS = """
+export default function ({ setStateValue }) {
+  if (window.__gptdashVisibility) {
+    document.removeEventListener("visibilitychange", window.__gptdashVisibility);
+  }
+  window.__gptdashVisibility = () =>
+    setStateValue("visible", document.visibilityState === "visible");
+  document.addEventListener("visibilitychange", window.__gptdashVisibility);
+}
+"""
+_visibility = st.components.v2.component("gptdash_visibility", js=_VISIBILITY_JS)
 
 
 @st.cache_resource(show_spinner=False)
@@ -65,25 +82,50 @@ def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | N
     return by_id[chosen]
 
 
+def tab_visible(key: str) -> bool:
+    """Whether the browser tab shows the page; a change reruns the page.
+
+    True until the tab first reports being hidden (a tab is visible when it loads).
+    """
+    state = _visibility(key=key, default={"visible": True}, height=0,
+                        on_visible_change=lambda: None)
+    return bool(state.visible)
+
+
 def sidebar(store: RunStore, manager: JobManager) -> None:
     """Where the data lives, what the worker does, and the queue."""
     with st.sidebar:
         st.divider()
-        current = manager.current_run
-        queued = store.queued_ids()
-        if current is not None:
-            run = store.get_run(current)
-            st.caption("Training now")
-            st.text(f"#{run.id} {run.name}\nstep {run.last_step}/{run.max_steps}")
-        elif not manager.is_alive():
-            st.error("The training worker has stopped; restart the server.")
-        else:
-            st.caption("Worker idle")
-        if queued:
-            st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}")
+        _worker_status(store, manager)
         url = store.engine.url
         where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(
             hide_password=True)
         st.caption(f"Database: `{url.get_backend_name()}`")
         st.text(str(where))
         st.caption(f"Home folder: {home.home_dir()}")
+        if home.artifacts_dir() != home.home_dir():
+            st.caption(f"Artifacts: {home.artifacts_dir()}")
+
+
+def _worker_status(store: RunStore, manager: JobManager) -> None:
+    """What the worker trains (its step kept current while it trains) and the queue."""
+    training = manager.current_run
+
+    @st.fragment(run_every=sidebar_refresh_every(training))
+    def worker_status() -> None:
+        current = manager.current_run
+        if training is not None and current is None:
+            st.rerun()  # the worker went idle: redraw the page once, without the timer
+        queued = store.queued_ids()
+        if current is not None:
+            run = store.get_run(current)
+            st.caption("Training now")
+            st.text(f"#{run.id} {run.name}\nstep {run.last_step:,}/{run.max_steps:,}")
+        elif not manager.is_alive():
+            st.error("The training worker has stopped; restart the server.")
+        else:
+            st.caption("Worker idle")
+        if queued:
+            st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}")
+
+    worker_status()
