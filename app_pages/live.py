@@ -20,7 +20,7 @@ import streamlit as st
 
 from storage.store import RunRecord
 from ui.format import eta_seconds, human_duration, progress_fraction
-from ui.live import ACTIVE, LastBuilt, LiveSeries, chart_figures, refresh_every, view_range
+from ui.live import ACTIVE, LastBuilt, LiveCharts, LiveSeries, refresh_every, view_range
 from ui.widgets import empty_state, get_manager, get_store, pick_run, tab_visible, user_errors
 
 store, manager = get_store(), get_manager()
@@ -118,18 +118,17 @@ def charts(series: LiveSeries) -> None:
                 "This run recorded no metrics.")
         return
     x_range = view_range(follow, series.cursor, WINDOWS[window_label], manual)
-    figures, points = _kept("figures", LastBuilt).get(
-        (version, x_range),
-        lambda: (chart_figures(frame, CHARTS, {run_id: run.name}, x_range, uirevision=str(run_id),
-                               height=CHART_HEIGHT),
-                 int((frame["key"] == "train/loss").sum())))
+    live_charts = _kept("charts", lambda: LiveCharts(CHARTS, {run_id: run.name},
+                                                     uirevision=str(run_id), height=CHART_HEIGHT))
+    figures = live_charts.show((version, x_range), frame, x_range)
     cols = st.columns(2)
     for i, fig in enumerate(figures):
         with cols[i % 2]:
             st.plotly_chart(fig, key=f"live_chart_{i}", config={"displaylogo": False})
+    points = int((frame["key"] == "train/loss").sum())
     st.caption(f"{points:,} train-loss points shown · refreshed {time.strftime('%H:%M:%S')}",
                help="Only rows newer than the last read are fetched each refresh, and the "
-                    "charts are rebuilt only when those brought something new.")
+                    "charts change only when those brought something new.")
 
 
 def samples() -> None:

@@ -6,8 +6,8 @@ from ui.live import (
     LIVE_REFRESH_S,
     SIDEBAR_REFRESH_S,
     LastBuilt,
+    LiveCharts,
     LiveSeries,
-    chart_figures,
     refresh_every,
     sidebar_refresh_every,
     view_range,
@@ -93,29 +93,58 @@ def test_latest_value_per_key_follows_the_newest_step():
     assert live.latest("tokens_per_sec") == pytest.approx(1.0 + np.sin(9 / 50.0))
 
 
-def test_no_new_rows_reuses_the_built_figures_without_rebuilding():
+def test_last_built_rebuilds_only_for_a_new_key():
+    built = LastBuilt()
+    assert built.get(1, lambda: ["a"]) == ["a"]
+    assert built.get(1, lambda: ["b"]) == ["a"] and built.builds == 1
+    assert built.get(2, lambda: ["c"]) == ["c"] and built.builds == 2
+
+
+def live_charts() -> LiveCharts:
+    return LiveCharts(CHARTS, {1: "run"}, uirevision="1", height=300)
+
+
+def test_no_new_rows_reuses_the_figures_with_no_figure_work():
     live = LiveSeries()
     live.append(pd.concat([chunk(0, 100), chunk(0, 100, key="lr")]))
-    built = LastBuilt()
-
-    def figures():
-        return chart_figures(live.frame, CHARTS, {1: "run"}, None, uirevision="1", height=300)
-
-    first = built.get((live.version, None), figures)
+    charts = live_charts()
+    first = charts.show(live.version, live.frame, None)
+    assert charts.builds == 3 and charts.updates == 0
     live.append(chunk(50, 100))  # a refresh that finds only rows it already has
-    assert built.get((live.version, None), figures) is first
-    assert built.builds == 1
-    live.append(chunk(100, 110))  # new rows: new figures, with the new points
-    second = built.get((live.version, None), figures)
-    assert second is not first and built.builds == 2
-    assert second[0].data[0].x[-1] == 109
-    assert built.get((live.version, (50.0, 109.0)), figures) is not second  # the view moved
+    assert charts.show(live.version, live.frame, None) is first
+    assert charts.builds == 3 and charts.updates == 0
 
 
-def test_chart_figures_one_per_chart_with_its_keys_and_height():
+def test_new_rows_update_the_figures_in_place():
+    live = LiveSeries()
+    live.append(pd.concat([chunk(0, 100), chunk(0, 100, key="lr")]))
+    charts = live_charts()
+    loss, lr, grad = charts.show(live.version, live.frame, None)
+    live.append(pd.concat([chunk(100, 110), chunk(100, 110, key="lr")]))
+    again = charts.show(live.version, live.frame, (10.0, 109.0))
+    assert again[0] is loss and again[1] is lr  # same figures, new points
+    assert charts.updates == 2 and charts.builds == 3  # grad norm: still no data
+    assert loss.data[0].x[-1] == 109 and len(loss.data[0].y) == 110
+    assert list(loss.layout.xaxis.range) == [10.0, 109.0]
+    charts.show(("follow", live.version), live.frame, None)  # the view changed back
+    assert loss.layout.xaxis.range is None
+
+
+def test_a_new_metric_rebuilds_its_chart():
+    live = LiveSeries()
+    live.append(chunk(0, 20))
+    charts = live_charts()
+    [loss, *_] = charts.show(live.version, live.frame, None)
+    live.append(chunk(0, 21, key="val/loss"))  # the first evaluation
+    [with_val, *_] = charts.show(live.version, live.frame, None)
+    assert with_val is not loss
+    assert [t.name for t in with_val.data] == ["train/loss", "val/loss"]
+
+
+def test_live_charts_one_per_chart_with_its_keys_and_height():
     live = LiveSeries()
     live.append(pd.concat([chunk(0, 20), chunk(0, 20, key="val/loss"), chunk(0, 20, key="lr")]))
-    figs = chart_figures(live.frame, CHARTS, {1: "run"}, (0.0, 10.0), uirevision="1", height=300)
+    figs = live_charts().show(live.version, live.frame, (0.0, 10.0))
     assert [f.layout.title.text for f in figs] == list(CHARTS)
     assert [t.name for t in figs[0].data] == ["train/loss", "val/loss"]
     assert figs[1].data[0].name == "run"

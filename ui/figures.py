@@ -77,6 +77,28 @@ def metric_figure(
     """
     if df.empty:
         return _empty_figure(title)
+    keys = sorted(df["key"].unique())
+    if y_title is None and len(keys) == 1:
+        y_title = keys[0]
+    layout = {
+        "title": {"text": title, "x": 0, "xanchor": "left"},
+        "hovermode": "x unified",
+        "margin": _MARGIN,
+        "legend": _LEGEND_ON_TOP,
+        "uirevision": uirevision,
+        "xaxis": {"title": {"text": x_title if x_title is not None else x},
+                  "type": "log" if log_x else "linear", "range": x_axis_range(x_range, log_x)},
+        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear",
+                  "hoverformat": ".4g"},
+    }
+    if height is not None:
+        layout["height"] = height
+    return go.Figure(data=metric_traces(df, names=names, x=x, smoothing=smoothing), layout=layout)
+
+
+def metric_traces(df: pd.DataFrame, *, names: dict[int, str] | None = None, x: str = "step",
+                  smoothing: float = 0.0) -> list[dict]:
+    """The traces of ``metric_figure`` as plain dicts, in drawing order."""
     names = names or {}
     present = {int(r) for r in df["run_id"].unique()}
     # Colours come from all named runs, so a run missing from this chart keeps its slot.
@@ -84,7 +106,6 @@ def metric_figure(
     runs = [r for r in colors if r in present]
     keys = sorted(df["key"].unique())
     dashes = {key: DASHES[i % len(DASHES)] for i, key in enumerate(keys)}
-
     traces: list[dict] = []
     groups = dict(iter(df.groupby(["run_id", "key"], sort=False)))
     for run_id in runs:
@@ -106,26 +127,14 @@ def metric_figure(
                 ys = ema(ys, smoothing)
             traces.append({"type": kind, "x": xs, "y": ys, "mode": "lines", "name": name,
                            "line": line, "legendgroup": name})
+    return traces
 
-    if y_title is None and len(keys) == 1:
-        y_title = keys[0]
-    x_axis = {"title": {"text": x_title if x_title is not None else x},
-              "type": "log" if log_x else "linear"}
-    if x_range is not None:
-        x_axis["range"] = _axis_range(float(x_range[0]), float(x_range[1]), log_x)
-    layout = {
-        "title": {"text": title, "x": 0, "xanchor": "left"},
-        "hovermode": "x unified",
-        "margin": _MARGIN,
-        "legend": _LEGEND_ON_TOP,
-        "uirevision": uirevision,
-        "xaxis": x_axis,
-        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear",
-                  "hoverformat": ".4g"},
-    }
-    if height is not None:
-        layout["height"] = height
-    return go.Figure(data=traces, layout=layout)
+
+def x_axis_range(x_range: tuple[float, float] | None, log_x: bool = False) -> list[float] | None:
+    """A plotly x-axis range for ``x_range`` (None: plotly autoscales)."""
+    if x_range is None:
+        return None
+    return _axis_range(float(x_range[0]), float(x_range[1]), log_x)
 
 
 def x_axis_frame(

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ui.downsample import DEFAULT_BY, group_ids, minmax_downsample
-from ui.figures import metric_figure
+from ui.figures import metric_figure, metric_traces, x_axis_range
 
 METRIC_COLUMNS = ("run_id", "key", "step", "value", "wall_time")
 ACTIVE = ("queued", "running")
@@ -142,24 +142,58 @@ class LastBuilt(Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
-def chart_figures(
-    frame: pd.DataFrame,
-    charts: dict[str, list[str]],
-    names: dict[int, str],
-    x_range: tuple[float, float] | None,
-    *,
-    uirevision: str,
-    height: int,
-) -> list[go.Figure]:
-    """One figure per chart (title -> metric keys) of a live page, from one metric frame."""
-    by_key = dict(iter(frame.groupby("key", sort=False))) if not frame.empty else {}
-    figures = []
-    for title, keys in charts.items():
-        parts = [by_key[k] for k in keys if k in by_key]
-        part = pd.concat(parts) if parts else frame.iloc[:0]
-        figures.append(metric_figure(part, title=title, names=names, x_range=x_range,
-                                     uirevision=uirevision, height=height))
-    return figures
+class LiveCharts:
+    """The figures of a live page, kept across refreshes and updated in place.
+
+    ``show`` hands back the same figures, untouched, while its ``key`` (the version
+    of the rows and the view) is unchanged: a refresh with no new rows does no
+    figure work. New rows replace each trace's x and y in place, some 15 times
+    cheaper than a new figure (plotly validates every property of a new one); a
+    chart whose traces changed (a new metric, the switch to WebGL) is built anew.
+    """
+
+    def __init__(self, charts: dict[str, list[str]], names: dict[int, str], *,
+                 uirevision: str, height: int) -> None:
+        self.charts = charts
+        self.names = names
+        self.uirevision = uirevision
+        self.height = height
+        self.builds = 0  # figures built from scratch
+        self.updates = 0  # figures updated in place
+        self._key: Hashable | None = None
+        self._figures: list[go.Figure] = []
+
+    def show(self, key: Hashable, frame: pd.DataFrame,
+             x_range: tuple[float, float] | None) -> list[go.Figure]:
+        """One figure per chart (title -> metric keys) of ``frame``, shown on ``x_range``."""
+        if self._figures and key == self._key:
+            return self._figures
+        by_key = dict(iter(frame.groupby("key", sort=False))) if not frame.empty else {}
+        figures = []
+        for i, (title, keys) in enumerate(self.charts.items()):
+            parts = [by_key[k] for k in keys if k in by_key]
+            part = pd.concat(parts) if parts else frame.iloc[:0]
+            old = self._figures[i] if self._figures else None
+            figures.append(self._chart(old, title, part, x_range))
+        self._key, self._figures = key, figures
+        return figures
+
+    def _chart(self, old: go.Figure | None, title: str, part: pd.DataFrame,
+               x_range: tuple[float, float] | None) -> go.Figure:
+        if part.empty and old is not None and not old.data:
+            return old  # still "No data yet"
+        traces = metric_traces(part, names=self.names) if not part.empty else []
+        if traces and old is not None and [(t.type, t.name) for t in old.data] == [
+                (t["type"], t["name"]) for t in traces]:
+            with old.batch_update():
+                for trace, new in zip(old.data, traces, strict=True):
+                    trace.x, trace.y = new["x"], new["y"]
+                old.layout.xaxis.range = x_axis_range(x_range)
+            self.updates += 1
+            return old
+        self.builds += 1
+        return metric_figure(part, title=title, names=self.names, x_range=x_range,
+                             uirevision=self.uirevision, height=self.height)
 
 
 def refresh_every(status: str, visible: bool = True) -> float | None:
