@@ -48,7 +48,7 @@ if arrived_for in {r.id for r in runs}:
 default_id = manager.current_run or (running[0] if running else runs[0].id)
 run = pick_run("Run", runs, key="live_pick", default_id=default_id)
 run_id = run.id
-tick_every = refresh_every(run.status, tab_visible(key="live_visible"))
+tick_every = refresh_every(run.status, tab_visible())
 
 
 def _kept(name: str, make):

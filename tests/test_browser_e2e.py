@@ -216,3 +216,44 @@ def test_live_zoom_survives_refreshes_unless_following(page: Page) -> None:
 
     page.get_by_role("button", name="Stop this run").click()
     wait_for_status(page, "stopped")
+
+
+# What the browser does when the user switches to another tab (and back): the Page
+# Visibility API reports it; headless chromium never hides a page on its own.
+SET_VISIBILITY_JS = """(state) => {
+    Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def assert_no_script_runs(page: Page, for_ms: int) -> None:
+    """No rerun of any kind (page or fragment) starts within ``for_ms``."""
+    before = page.evaluate("window.__gptdashRuns")
+    page.wait_for_timeout(for_ms)
+    after = page.evaluate("window.__gptdashRuns")
+    assert after == before, f"{after - before} script run(s) in {for_ms} ms"
+
+
+def test_a_hidden_tab_and_an_ended_run_cost_no_refreshes(page: Page) -> None:
+    set_field(page, "max_steps", "20000")
+    set_field(page, "batch_size", "8")
+    set_field(page, "Run name", "hidden")
+    start_training(page)
+    shown = wait_for_points(page, 0)
+
+    # Hidden: one rerun drops the timers (the Live page's and the sidebar's), then nothing.
+    rerun(page, lambda: page.evaluate(SET_VISIBILITY_JS, "hidden"))
+    assert_no_script_runs(page, 6_000)  # three Live ticks and a sidebar tick would fall here
+
+    # Shown again: the page catches up at once and goes on refreshing.
+    rerun(page, lambda: page.evaluate(SET_VISIBILITY_JS, "visible"))
+    caught_up = wait_for_points(page, shown)
+    wait_for_points(page, caught_up)
+    wait_for_status(page, "running", timeout_ms=10_000)
+
+    # A run that ends while watched stops the refreshes too.
+    page.get_by_role("button", name="Stop this run").click()
+    wait_for_status(page, "stopped")
+    page.wait_for_timeout(1_000)  # the one rerun that drops the timers
+    wait_rendered(page)
+    assert_no_script_runs(page, 6_000)

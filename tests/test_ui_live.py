@@ -166,3 +166,4 @@ def test_sidebar_keeps_refreshing_while_a_run_trains():
     # "Training now … step 0/3000" stayed at step 0: the sidebar must refresh while training.
     assert sidebar_refresh_every(3) == SIDEBAR_REFRESH_S
     assert sidebar_refresh_every(None) is None  # an idle worker costs no refreshes
+    assert sidebar_refresh_every(3, visible=False) is None

@@ -205,6 +205,7 @@ def refresh_every(status: str, visible: bool = True) -> float | None:
     return LIVE_REFRESH_S if status in ACTIVE and visible else None
 
 
-def sidebar_refresh_every(current_run: int | None) -> float | None:
-    """How often the sidebar's "Training now" line refreshes: while the worker trains."""
-    return SIDEBAR_REFRESH_S if current_run is not None else None
+def sidebar_refresh_every(current_run: int | None, visible: bool = True) -> float | None:
+    """How often the sidebar's "Training now" line refreshes: while the worker trains and
+    the tab is visible."""
+    return SIDEBAR_REFRESH_S if current_run is not None and visible else None

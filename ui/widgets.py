@@ -14,8 +14,8 @@ from storage import home
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
 
-# Tells the server when the tab is hidden or shown again (the Page Visibility API), so a
-# page can stop its timed refreshes while nobody looks. Streamlit's run_every timer lives
+# Tells the server when the tab is hidden or shown again (the Page Visibility API), so
+# pages can stop their timed refreshes while nobody looks. Streamlit's run_every timer lives
 # in the browser and keeps firing in a background tab; only a rerun without it ends it.
 # Runs in the page itself (components v2), loads nothing, draws nothing.
 _VISIBILITY_JS = """
@@ -29,6 +29,7 @@ export default function ({ setStateValue }) {
 }
 """
 _visibility = st.components.v2.component("gptdash_visibility", js=_VISIBILITY_JS)
+_VISIBLE = "_gptdash_tab_visible"
 
 
 @st.cache_resource(show_spinner=False)
@@ -82,21 +83,29 @@ def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | N
     return by_id[chosen]
 
 
-def tab_visible(key: str) -> bool:
-    """Whether the browser tab shows the page; a change reruns the page.
+def tab_visible() -> bool:
+    """Whether the browser tab shows the page, as the sidebar's watcher last reported.
 
-    True until the tab first reports being hidden (a tab is visible when it loads).
+    A change reruns the whole page, so a page that sets its refresh timer from this
+    drops the timer while the tab is hidden and takes it up when it shows again.
     """
-    state = _visibility(key=key, default={"visible": True}, height=0,
+    return st.session_state.get(_VISIBLE, True)
+
+
+def _watch_visibility() -> bool:
+    """Mount the visibility watcher (zero height) and remember what it reported."""
+    state = _visibility(key="tab_visibility", default={"visible": True}, height=0,
                         on_visible_change=lambda: None)
-    return bool(state.visible)
+    st.session_state[_VISIBLE] = bool(state.visible)
+    return st.session_state[_VISIBLE]
 
 
 def sidebar(store: RunStore, manager: JobManager) -> None:
     """Where the data lives, what the worker does, and the queue."""
     with st.sidebar:
+        visible = _watch_visibility()
         st.divider()
-        _worker_status(store, manager)
+        _worker_status(store, manager, visible)
         url = store.engine.url
         where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(
             hide_password=True)
@@ -107,11 +116,11 @@ def sidebar(store: RunStore, manager: JobManager) -> None:
             st.caption(f"Artifacts: {home.artifacts_dir()}")
 
 
-def _worker_status(store: RunStore, manager: JobManager) -> None:
+def _worker_status(store: RunStore, manager: JobManager, visible: bool) -> None:
     """What the worker trains (its step kept current while it trains) and the queue."""
     training = manager.current_run
 
-    @st.fragment(run_every=sidebar_refresh_every(training))
+    @st.fragment(run_every=sidebar_refresh_every(training, visible))
     def worker_status() -> None:
         current = manager.current_run
         if training is not None and current is None:
