@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -57,17 +57,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(home: Path, log_path: Path) -> Iterator[str]:
+def streamlit_process(home: Path, log_path: Path, *, prefix: Sequence[str] = ()
+                      ) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run ``streamlit run app.py`` on a free local port with ``home`` as GPTDASH_HOME.
 
-    Yields the base URL once the server answers its health check; stops it after.
+    ``prefix`` goes before the command (``taskset -c 0`` pins the server to a core;
+    taskset execs, so the process is still the server's). Yields the process and the
+    base URL once the server answers its health check; stops it after.
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "GPTDASH_DB_URL"}
     # One torch thread: on a small machine shared with the browser, spinning
     # intra-op threads make every training step many times slower.
     env.update(GPTDASH_HOME=str(home), OMP_NUM_THREADS="1")
-    cmd = [str(REPO / ".venv" / "bin" / "streamlit"), "run", "app.py",
+    cmd = [*prefix, str(REPO / ".venv" / "bin" / "streamlit"), "run", "app.py",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
@@ -77,7 +80,7 @@ def streamlit_server(home: Path, log_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_health(url, proc, log_path)
-        yield url
+        yield proc, url
     finally:
         proc.terminate()
         try:
@@ -85,6 +88,13 @@ def streamlit_server(home: Path, log_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def streamlit_server(home: Path, log_path: Path) -> Iterator[str]:
+    """The base URL of a ``streamlit_process`` (see there)."""
+    with streamlit_process(home, log_path) as (_, url):
+        yield url
 
 
 def _wait_for_health(url: str, proc: subprocess.Popen, log_path: Path,
