@@ -11,9 +11,15 @@ drawing costs the run nothing: what is lost is the server's share alone.
 Phases alternate between 0, 1 and 3 Live tabs (the order rotates every round). Each
 phase opens its tabs, lets them render, then measures for ``--phase-seconds``:
 the median of the run's own ``tokens_per_sec`` metrics written in that window, and
-the server's CPU time outside the training thread. Prints one JSON line per phase
-and a JSON summary (median and min-max spread per tab count); ``--markdown`` also
-prints the summary as a table for bench/RESULTS.md.
+the server's CPU time outside the training thread (what the tabs added, per tab and
+refresh period and per script run). Prints one JSON line per phase and a JSON
+summary (median and min-max spread per tab count); ``--markdown`` also prints the
+summary as a table for bench/RESULTS.md.
+
+The server inherits this environment, so Streamlit options can be compared side by
+side: ``STREAMLIT_RUNNER_POST_SCRIPT_GC=false`` turns off the full garbage collection
+Streamlit forces after every script run (150-200 ms with torch and plotly loaded,
+most of a refresh's cost).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from tests.browser_support import (  # noqa: E402
     streamlit_process,
     wait_rendered,
 )
+from ui.live import LIVE_REFRESH_S  # noqa: E402
 
 SERVER_CORE, BROWSER_CORE = 0, 1
 WARMUP_STEPS = 200  # past torch's first slow steps before anything is measured
@@ -152,24 +159,31 @@ def summarise(phases: list[Phase]) -> list[dict[str, float | int]]:
                "lost_vs_no_tab": round(1 - statistics.median(tps) / base, 4),
                "other_cpu_ms_per_s": round(1000 * cpu, 1),
                "script_runs_per_s": round(runs_per_s, 2)}
-        if tabs and runs_per_s:
-            # Server CPU the tabs added, shared out over the script runs they caused.
-            row["server_ms_per_script_run"] = round(1000 * (cpu - base_cpu) / runs_per_s, 1)
+        if tabs:
+            # Server CPU the tabs added: per tab and Live refresh period, and shared out over
+            # the script runs they caused (fewer than due when the server falls behind).
+            row["server_ms_per_tab_refresh"] = round(1000 * (cpu - base_cpu) / tabs
+                                                     * LIVE_REFRESH_S, 1)
+            if runs_per_s:
+                row["server_ms_per_script_run"] = round(1000 * (cpu - base_cpu) / runs_per_s, 1)
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict[str, float | int]]) -> str:
     lines = ["| Live tabs | tokens/s (median) | spread (min-max) | lost vs no tab "
-             "| server CPU outside training | per script run |",
-             "|---|---|---|---|---|---|"]
+             f"| server CPU outside training | per tab and {LIVE_REFRESH_S:g} s refresh "
+             "| per script run |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        per_tab = r.get("server_ms_per_tab_refresh")
         per_run = r.get("server_ms_per_script_run")
         lines.append(
             f"| {r['tabs']} | {r['tokens_per_sec_median']:,.0f} "
             f"| {r['tokens_per_sec_min']:,.0f}-{r['tokens_per_sec_max']:,.0f} "
             f"| {100 * r['lost_vs_no_tab']:.1f}% | {r['other_cpu_ms_per_s']:.0f} ms/s "
-            f"| {'' if per_run is None else f'{per_run:.1f} ms'} |")
+            f"| {'' if per_tab is None else f'{per_tab:.0f} ms'} "
+            f"| {'' if per_run is None else f'{per_run:.0f} ms'} |")
     return "\n".join(lines)
 
 
