@@ -15,7 +15,6 @@ from jobs.manager import JobManager, claim_here
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, worker_id
 from storage.schema import utcnow
 
-
 # The queue, the worker and recovery behave the same on both databases.
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 

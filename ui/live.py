@@ -124,9 +124,8 @@ def view_range(
 class LastBuilt(Generic[T]):
     """The last thing built, kept while the key it was built for stays the same.
 
-    A live page keeps one in session state for its figures, keyed by the version of
-    the rows they show and the view, so a refresh that brought no new rows (or
-    charts frozen by the user) reuses them instead of building them again.
+    A live page keeps one in session state for what it needs less often than it
+    refreshes (the samples, keyed by a coarser clock), so most refreshes reuse it.
     """
 
     def __init__(self) -> None:
