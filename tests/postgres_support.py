@@ -76,8 +76,12 @@ class PostgresServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_server() -> PostgresServer:
-    """initdb and start a server; RuntimeError with the reason if PostgreSQL 15 is missing."""
+def start_server(*, durable: bool = False) -> PostgresServer:
+    """initdb and start a server; RuntimeError with the reason if PostgreSQL 15 is missing.
+
+    Tests skip durability (fsync and friends off); ``durable=True`` keeps PostgreSQL's
+    defaults, for benchmarks.
+    """
     if not (PG_BIN / "initdb").is_file():
         raise RuntimeError(f"PostgreSQL 15 is not installed ({PG_BIN / 'initdb'} is missing); "
                            "`make setup` installs it (apt-get install postgresql)")
@@ -89,7 +93,9 @@ def start_server() -> PostgresServer:
     try:
         _run([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", USER,
               "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
-        options = f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1 {_FAST}"
+        options = f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1"
+        if not durable:
+            options += f" {_FAST}"
         _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options,
               "-l", str(folder / "server.log"), "-w", "start"])
     except BaseException:
