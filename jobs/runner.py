@@ -80,13 +80,9 @@ def check_fits_device(cfg: TrainConfig) -> None:
         raise GptdashError(problem)
 
 
-def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
-               tags: list[str] | None = None, notes: str = "", check_device: bool = True) -> int:
-    """Validate ``cfg`` and record a queued run; bad input raises before anything is written.
-
-    ``check_device=False`` skips the memory check against this machine's device, for a run
-    queued for whichever worker claims it (that worker checks its own device).
-    """
+def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True) -> int | None:
+    """Everything ``create_run`` refuses, without writing: raises GptdashError for bad input,
+    else returns the parent run id that ``init_from`` names (None when it names none)."""
     cfg.validate()
     if check_device:
         check_fits_device(cfg)
@@ -94,10 +90,22 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
     data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
     data.check_context(cfg.model.context_length)
+    return parent_id
+
+
+def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
+               tags: list[str] | None = None, notes: str = "", check_device: bool = True,
+               sweep_id: int | None = None) -> int:
+    """Validate ``cfg`` and record a queued run; bad input raises before anything is written.
+
+    ``check_device=False`` skips the memory check against this machine's device, for a run
+    queued for whichever worker claims it (that worker checks its own device).
+    """
+    parent_id = check_run(store, cfg, check_device=check_device)
     return store.create_run(
         (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
         notes=notes, parent_id=parent_id, status="queued", max_steps=cfg.max_steps,
-        n_params=param_count(cfg))
+        n_params=param_count(cfg), sweep_id=sweep_id)
 
 
 def checkpoint_file(run_id: int) -> Path:

@@ -1,0 +1,78 @@
+"""A recorded run's final-loss forecast: its val-loss curve and lr schedule, fitted by
+``analysis.forecast``.
+
+No torch: ``gptdash forecast`` and the pages read forecasts at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from analysis.forecast import MIN_POINTS, Forecast, forecast_final
+from gptcore.config import TrainConfig
+from gptcore.errors import GptdashError
+from gptcore.schedule import lr_at
+
+if TYPE_CHECKING:
+    from storage.store import RunRecord, RunStore
+
+VAL_KEY = "val/loss"
+
+
+def lr_schedule(cfg: TrainConfig) -> list[float]:
+    """The lr of every optimizer step 0..max_steps-1, as the trainer sets it."""
+    return [lr_at(step, cfg) for step in range(cfg.max_steps)]
+
+
+def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int], list[float]]:
+    frame = store.metrics([run_id], [VAL_KEY], max_step=upto)
+    return [int(s) for s in frame["step"]], [float(v) for v in frame["value"]]
+
+
+def _forecast(run: RunRecord, steps: list[int], losses: list[float],
+              upto: int | None) -> Forecast | None:
+    cfg = TrainConfig.from_dict(run.config)
+    try:
+        return forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps, upto_step=upto)
+    except ValueError as exc:
+        raise GptdashError(f"cannot forecast run {run.id}: {exc}") from None
+
+
+def run_forecast(store: RunStore, run_id: int, *, upto: int | None = None) -> Forecast | None:
+    """Forecast run ``run_id``'s val loss at its max_steps from its evaluations so far (only
+    those at or before step ``upto`` when given); None when it has too few evaluations."""
+    if upto is not None and upto < 1:
+        raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
+    run = store.get_run(run_id)
+    steps, losses = _val_curve(store, run_id, upto)
+    return _forecast(run, steps, losses, upto)
+
+
+def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) -> dict[str, Any]:
+    """The forecast as plain values (for JSON): run_id, status, predicted_final, low, high,
+    upto_step, max_steps, actual_final (the last evaluation's val loss once the run has
+    completed, else None) and note.
+
+    Raises GptdashError when the run has too few evaluations to forecast.
+    """
+    run = store.get_run(run_id)
+    if upto is not None and upto < 1:
+        raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
+    steps, losses = _val_curve(store, run_id, upto)
+    forecast = _forecast(run, steps, losses, upto)
+    if forecast is None:
+        usable = sum(1 for s, v in zip(steps, losses, strict=True) if s >= 1 and math.isfinite(v))
+        where = f" up to step {upto}" if upto is not None else ""
+        raise GptdashError(
+            f"run {run_id} ({run.status}) has {usable} evaluation(s) after step 0{where}; a "
+            f"forecast needs at least {MIN_POINTS}: wait for more, or evaluate more often "
+            "(a smaller eval_interval)")
+    actual = None
+    if run.status == "completed":
+        _, all_losses = _val_curve(store, run_id, None)
+        actual = all_losses[-1] if all_losses else None
+    return {"run_id": run.id, "status": run.status,
+            "predicted_final": forecast.predicted_final, "low": forecast.low,
+            "high": forecast.high, "upto_step": forecast.upto_step,
+            "max_steps": forecast.max_steps, "actual_final": actual, "note": forecast.note}

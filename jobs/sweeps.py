@@ -1,0 +1,109 @@
+"""Sweeps as queued runs: plan one from a base config and ``--grid``/``--range`` specs,
+check every run up front, then record the sweep and its runs for the workers.
+
+No torch: ``gptdash sweep`` answers at once, like ``gptdash submit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from analysis.sweep import Value, expand
+from gptcore.config import TrainConfig, apply_overrides
+from gptcore.errors import GptdashError
+from gptcore.estimate import flops_per_token
+
+if TYPE_CHECKING:
+    from storage.store import RunStore
+
+# Training FLOP/s assumed when this database has no finished run to measure: the order
+# of magnitude of a laptop CPU on the tiny preset. A GPU is 100-1000x faster, so the
+# estimate is only a rough guide until a run has finished here.
+NOMINAL_FLOPS_PER_S = 5e10
+
+
+@dataclass
+class SweepPlan:
+    """A sweep before anything is written: one validated config per run."""
+
+    configs: list[TrainConfig]
+    params: list[str]  # the swept settings, in the order given
+    spec: dict[str, Any]  # stored on the sweep row: how the runs were made
+    estimated_seconds: float | None  # all runs' training time, one after another (rough)
+    overrides: list[dict[str, Value]]  # each run's swept values, as in configs
+
+    def label(self, index: int) -> str:
+        """'lr=0.003 n_layers=4': run ``index``'s swept values."""
+        return " ".join(f"{k}={_fmt(v)}" for k, v in self.overrides[index].items())
+
+
+def _fmt(value: Value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def training_seconds(cfg: TrainConfig, flops_per_s: float) -> float:
+    """Time to train ``cfg`` at ``flops_per_s`` (evaluations and sampling left out)."""
+    return flops_per_token(cfg) * cfg.tokens_per_step * cfg.max_steps / flops_per_s
+
+
+def measured_flops_per_s(store: RunStore) -> float | None:
+    """Training FLOP/s of the newest finished run with throughput metrics, else None."""
+    for run in store.list_runs(status="completed", limit=5):
+        tps = store.metrics([run.id], ["tokens_per_sec"])
+        if not tps.empty:
+            return float(tps["value"].median()) * flops_per_token(TrainConfig.from_dict(run.config))
+    return None
+
+
+def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random: int = 0,
+               seed: int = 0, flops_per_s: float | None = None) -> SweepPlan:
+    """Expand the specs over ``base`` and validate every run's config; GptdashError names
+    the first bad run and value. ``flops_per_s`` (default ``NOMINAL_FLOPS_PER_S``) sizes
+    ``estimated_seconds``."""
+    try:
+        overrides = expand(grids, ranges, random=random, seed=seed)
+    except ValueError as exc:
+        raise GptdashError(str(exc)) from None
+    if not overrides:
+        raise GptdashError("a sweep needs at least one --grid KEY=V1,V2 or --range with "
+                           "--random N")
+    params = list(overrides[0])
+    configs = []
+    for i, values in enumerate(overrides):
+        label = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        try:
+            configs.append(apply_overrides(base, values).validate())
+        except GptdashError as exc:
+            raise GptdashError(f"sweep run {i + 1} of {len(overrides)} ({label}): {exc}") from None
+    rate = flops_per_s or NOMINAL_FLOPS_PER_S
+    spec = {"base": base.to_dict(), "grids": list(grids), "ranges": list(ranges),
+            "random": random, "seed": seed, "params": params, "runs": overrides}
+    return SweepPlan(configs=configs, params=params, spec=spec,
+                     estimated_seconds=sum(training_seconds(c, rate) for c in configs),
+                     overrides=overrides)
+
+
+def default_sweep_name(plan: SweepPlan) -> str:
+    return f"sweep {','.join(plan.params)}"
+
+
+def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
+                 cut: bool = False) -> tuple[int, list[int]]:
+    """Record the sweep and queue its runs (named '<sweep name> lr=0.003 n_layers=4');
+    returns (sweep id, run ids). Every run is checked (corpus, init_from) before anything
+    is written; the device check is left to the worker that claims each run."""
+    from jobs import runner
+
+    for i, cfg in enumerate(plan.configs):
+        try:
+            runner.check_run(store, cfg, check_device=False)
+        except GptdashError as exc:
+            raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
+                               f"{exc}") from None
+    sweep_name = (name or "").strip() or default_sweep_name(plan)
+    sweep_id = store.create_sweep(sweep_name, plan.spec, cut=cut)
+    run_ids = [runner.create_run(store, cfg, name=f"{sweep_name} {plan.label(i)}",
+                                 check_device=False, sweep_id=sweep_id)
+               for i, cfg in enumerate(plan.configs)]
+    return sweep_id, run_ids
