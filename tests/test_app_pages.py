@@ -26,7 +26,7 @@ from storage.store import RunStore
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/new_run.py", "app_pages/runs.py", "app_pages/live.py", "app_pages/compare.py",
-         "app_pages/playground.py"]
+         "app_pages/compute.py", "app_pages/playground.py"]
 # Small enough to train 20 steps on a CPU in a few seconds, with evals, samples and checkpoints.
 MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_steps": 20,
          "eval_interval": 10, "eval_iters": 2, "batch_size": 8, "device": "cpu",
@@ -154,6 +154,7 @@ def test_every_page_renders_on_an_empty_database_and_says_what_to_do(empty_app):
 
     expected = {"app_pages/runs.py": "No runs yet", "app_pages/live.py": "No runs yet",
                 "app_pages/compare.py": "No runs yet",
+                "app_pages/compute.py": "No finished runs yet",
                 "app_pages/playground.py": "No checkpoints yet"}
     for page, message in expected.items():
         _open(at, page)
@@ -272,6 +273,19 @@ def test_compare_page_overlays_runs_and_lists_the_differing_lr(trained_app):
     diff = at.dataframe[0].value
     assert "lr" in diff.index
     assert "emb_dim" not in diff.index  # only what differs is listed
+
+
+def test_compute_page_plots_the_finished_runs_and_says_why_no_law_fits(trained_app):
+    at, _ = trained_app
+    at.run()
+    _open(at, "app_pages/compute.py")
+    [fig] = _plotly_specs(at)
+    names = sorted(row[0] for trace in fig["data"] for row in trace["customdata"])
+    assert names == ["alpha", "beta"]  # the failed run has no point
+    assert fig["layout"]["xaxis"]["type"] == "log"
+    # Same shape, same steps: one compute, so no law can be fitted.
+    assert "No frontier fitted: need at least two runs with different compute" in _texts(
+        at.caption)
 
 
 def test_playground_generates_text_from_a_checkpoint(trained_app):
