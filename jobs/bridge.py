@@ -4,10 +4,15 @@ Metric rows are buffered and written by a small writer thread, so the
 training thread never waits on the database between evaluations. ``flush()``
 (every evaluation and the end) writes synchronously, so nothing reported is
 lost on a normal or failed end.
+
+A run of a sweep created with cut=True is also compared with its sweep after the
+evaluations at its cut points (``jobs.sweeps``), and stopped when it is confidently
+losing.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -16,6 +21,8 @@ from typing import Any
 
 from gptcore.trainer import TrainerCallbacks
 from storage.store import RunStore
+
+log = logging.getLogger(__name__)
 
 WRITE_EVERY_S = 1.0
 STOP_POLL_S = 0.5
@@ -37,6 +44,9 @@ class StoreCallbacks(TrainerCallbacks):
         self._last_beat = 0.0
         self._tokens_per_step = 0
         self._closed = threading.Event()
+        self._cut_at = self._cut_points()  # steps still to compare with the sweep at
+        self._cut_due: int | None = None  # an evaluation step to compare once it is written
+        self.cut_reason: str | None = None
         self._writer = threading.Thread(target=self._write_loop, name=f"metrics-writer-{run_id}",
                                         daemon=True)
         self._writer.start()
@@ -45,6 +55,9 @@ class StoreCallbacks(TrainerCallbacks):
     def on_start(self, info: dict[str, Any]) -> None:
         self.store.update_run(self.run_id, device=info["device"], n_params=info["n_params"],
                               max_steps=info["max_steps"])
+        # A resumed run was compared at the cut points it had passed.
+        self._cut_at = [s for s in self._cut_at
+                        if info.get("start_step", 0) < s < info["max_steps"]]
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         now = time.time()
@@ -60,6 +73,9 @@ class StoreCallbacks(TrainerCallbacks):
             if val is not None and math.isfinite(val):
                 best = s.get("best_val_loss")
                 s["best_val_loss"] = val if best is None else min(best, val)
+        if val is not None and self._cut_at and step >= self._cut_at[0]:
+            self._cut_at = [s for s in self._cut_at if s > step]
+            self._cut_due = step  # compared in flush(), once this evaluation is written
 
     def on_sample(self, step: int, prompt: str, text: str) -> None:
         self.store.log_sample(self.run_id, step, prompt, text)
@@ -72,10 +88,15 @@ class StoreCallbacks(TrainerCallbacks):
         self.store.log_event(self.run_id, step, kind, message, time.time())
 
     def on_status(self, status: str, message: str | None = None) -> None:
+        if status == "stopped" and self.cut_reason:
+            message = self.cut_reason  # the stop was the sweep's cut, not a person's request
         self.store.set_status(self.run_id, status, error=message if status != "running" else None)
 
     def flush(self) -> None:
         self._write()
+        if self._cut_due is not None:
+            step, self._cut_due = self._cut_due, None
+            self._check_cut(step)
 
     def should_stop(self) -> bool:
         if self.stop_event.is_set():
@@ -88,6 +109,34 @@ class StoreCallbacks(TrainerCallbacks):
             if self.store.stop_requested(self.run_id):
                 self.stop_event.set()
         return self.stop_event.is_set()
+
+    # ---- the sweep's cut ------------------------------------------------------------------
+    def _cut_points(self) -> list[int]:
+        try:
+            from jobs.sweeps import cut_points
+
+            return cut_points(self.store, self.run_id)
+        except Exception:  # noqa: BLE001 - no cut is better than no training
+            log.warning("run %s: cannot read its sweep; it will not be cut", self.run_id,
+                        exc_info=True)
+            return []
+
+    def _check_cut(self, step: int) -> None:
+        """Stop the run when its forecast at ``step`` is confidently worse than the best of
+        its sweep: an ``early_stop`` event, and the trainer stops after its next step."""
+        try:
+            from jobs.sweeps import cut_reason
+
+            reason = cut_reason(self.store, self.run_id, upto=step)
+            if reason:
+                self.store.log_event(self.run_id, step, "early_stop", reason, time.time())
+        except Exception:  # noqa: BLE001 - a failed comparison must not end the training
+            log.warning("run %s: sweep cut check at step %s failed", self.run_id, step,
+                        exc_info=True)
+            return
+        if reason:
+            self.cut_reason = reason
+            self.stop_event.set()
 
     # ---- writing ------------------------------------------------------------------------
     def _write(self) -> None:

@@ -1,18 +1,21 @@
 """Sweeps as queued runs: plan one from a base config and ``--grid``/``--range`` specs,
-check every run up front, then record the sweep and its runs for the workers.
+check every run up front, then record the sweep and its runs for the workers; and the
+successive-halving cut, which the process training a run asks at ``cut_points``.
 
 No torch: ``gptdash sweep`` answers at once, like ``gptdash submit``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from analysis.sweep import Value, expand
+from analysis.forecast import Forecast
+from analysis.sweep import Value, cut_steps, expand, should_cut
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token
+from jobs.forecasting import VAL_KEY, run_forecast
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -107,3 +110,50 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
                                  check_device=False, sweep_id=sweep_id)
                for i, cfg in enumerate(plan.configs)]
     return sweep_id, run_ids
+
+
+# ---- successive halving -----------------------------------------------------------------
+# Runs that may hold the sweep's best forecast: queued runs have no curve, and a failed
+# run's curve ended in a fault.
+COMPARED_STATUSES = ("running", "completed", "stopped", "interrupted")
+
+
+def cut_points(store: RunStore, run_id: int) -> list[int]:
+    """The steps at which run ``run_id`` is compared with its sweep (``cut_steps``), or []
+    unless it belongs to a sweep created with cut=True."""
+    run = store.get_run(run_id)
+    if run.sweep_id is None or not store.get_sweep(run.sweep_id).cut:
+        return []
+    return cut_steps(TrainConfig.from_dict(run.config).max_steps)
+
+
+def _standing(store: RunStore, run_id: int, status: str) -> Forecast | None:
+    """A run's forecast; for a completed run its actual final val loss with the fit's band
+    width (the scatter of one evaluation) around it."""
+    forecast = run_forecast(store, run_id)
+    if forecast is None or status != "completed":
+        return forecast
+    final = float(store.metrics([run_id], [VAL_KEY])["value"].iloc[-1])
+    width = forecast.half_width
+    return replace(forecast, predicted_final=final, low=final - width, high=final + width)
+
+
+def best_forecast(store: RunStore, sweep_id: int, *, exclude: int) -> Forecast | None:
+    """The lowest forecast final loss among the sweep's other runs that can be forecast."""
+    forecasts = [_standing(store, r.id, r.status)
+                 for r in store.list_runs(sweep_id=sweep_id, status=COMPARED_STATUSES)
+                 if r.id != exclude]
+    forecasts = [f for f in forecasts if f is not None]
+    return min(forecasts, key=lambda f: f.predicted_final, default=None)
+
+
+def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
+    """Why run ``run_id`` should stop now, from its evaluations up to step ``upto``: its
+    forecast is confidently worse than the best of its sweep (``should_cut``); else None."""
+    run = store.get_run(run_id)
+    if run.sweep_id is None:
+        return None
+    forecast = run_forecast(store, run_id, upto=upto)
+    if forecast is None:
+        return None
+    return should_cut(forecast, best_forecast(store, run.sweep_id, exclude=run_id))

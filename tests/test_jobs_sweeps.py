@@ -1,0 +1,115 @@
+"""jobs.sweeps: plan, check and queue a sweep; cut a confident loser while it trains."""
+
+import pytest
+from test_jobs import micro
+
+from gptcore.config import preset
+from gptcore.errors import GptdashError
+from jobs import runner, sweeps
+from jobs.manager import claim_here
+from jobs.sweeps import NOMINAL_FLOPS_PER_S, plan_sweep, submit_sweep, training_seconds
+
+
+def test_plan_crosses_the_grids_into_validated_configs():
+    plan = plan_sweep(preset("tiny"), ["lr=1e-3,3e-3,1e-2", "n_layers=2,4"], [])
+    assert plan.params == ["lr", "n_layers"]
+    assert [(c.lr, c.model.n_layers) for c in plan.configs] == [
+        (1e-3, 2), (1e-3, 4), (3e-3, 2), (3e-3, 4), (1e-2, 2), (1e-2, 4)]
+    assert all(c.max_steps == 400 for c in plan.configs)  # the rest is the base's
+    assert plan.label(3) == "lr=0.003 n_layers=4"
+    assert plan.spec["grids"] == ["lr=1e-3,3e-3,1e-2", "n_layers=2,4"]
+    assert plan.estimated_seconds == pytest.approx(
+        sum(training_seconds(c, NOMINAL_FLOPS_PER_S) for c in plan.configs))
+
+
+def test_random_draws_join_every_grid_combination():
+    plan = plan_sweep(preset("tiny"), ["n_layers=2,4"], ["lr=1e-3:1e-2:log"], random=3, seed=1)
+    assert len(plan.configs) == 6 and plan.params == ["n_layers", "lr"]
+    lrs = [c.lr for c in plan.configs]
+    assert lrs[:3] == lrs[3:] and all(1e-3 <= lr <= 1e-2 for lr in lrs)
+    again = plan_sweep(preset("tiny"), ["n_layers=2,4"], ["lr=1e-3:1e-2:log"], random=3, seed=1)
+    assert [c.lr for c in again.configs] == lrs
+
+
+@pytest.mark.parametrize("grids, ranges, random, message", [
+    (["lr=1e-3,abc"], [], 0, r"sweep run 2 of 2 \(lr=abc\): lr must be a number"),
+    (["n_heads=4,5"], [], 0, r"sweep run 2 of 2 \(n_heads=5\): emb_dim 96 is not divisible"),
+    (["lrr=1,2"], [], 0, "unknown setting 'lrr'"),
+    (["lr"], [], 0, "--grid needs KEY=V1,V2"),
+    ([], ["lr=1:0.1"], 2, "LOW must be below HIGH"),
+    ([], [], 0, "a sweep needs at least one --grid"),
+])
+def test_a_bad_spec_or_value_is_refused(grids, ranges, random, message):
+    with pytest.raises(GptdashError, match=message):
+        plan_sweep(preset("tiny"), grids, ranges, random=random)
+
+
+def test_submit_queues_one_run_per_config_in_the_sweep(store):
+    plan = plan_sweep(micro(), ["lr=1e-3,1e-2", "n_layers=1,2"], [])
+    sweep_id, run_ids = submit_sweep(store, plan, name="lr sweep", cut=True)
+    sweep = store.get_sweep(sweep_id)
+    assert sweep.name == "lr sweep" and sweep.cut and sweep.spec["params"] == ["lr", "n_layers"]
+    runs = {r.id: r for r in store.list_runs(sweep_id=sweep_id)}
+    assert sorted(runs) == run_ids and len(run_ids) == 4
+    for i, run_id in enumerate(run_ids):
+        run = runs[run_id]
+        assert run.status == "queued" and run.sweep_id == sweep_id
+        assert run.config == plan.configs[i].to_dict()
+        assert run.name == f"lr sweep {plan.label(i)}"
+    assert runs[run_ids[1]].name == "lr sweep lr=0.001 n_layers=2"
+
+
+def test_a_run_that_cannot_start_writes_nothing(store, tmp_path):
+    plan = plan_sweep(micro(), [f"corpus=builtin,{tmp_path / 'missing.txt'}"], [])
+    with pytest.raises(GptdashError, match=r"sweep run 2 of 2 \(corpus=.*missing.txt\)"):
+        submit_sweep(store, plan, name=None, cut=False)
+    assert store.list_sweeps() == [] and store.list_runs() == []
+
+
+def test_only_a_cut_sweep_has_cut_points(store):
+    plan = plan_sweep(micro(max_steps=80), ["lr=1e-3,1e-2"], [])
+    _, (plain, _) = submit_sweep(store, plan, name=None, cut=False)
+    _, (cut, _) = submit_sweep(store, plan, name=None, cut=True)
+    alone = runner.create_run(store, micro(max_steps=80))
+    assert sweeps.cut_points(store, plain) == [] and sweeps.cut_points(store, alone) == []
+    assert sweeps.cut_points(store, cut) == [20, 40]
+
+
+def train(store, run_id):
+    claim_here(store, run_id)
+    return runner.execute_run(store, run_id)
+
+
+# An evaluation every step: 6 of them by the first cut point (step 6 of 24).
+FAST = dict(max_steps=24, eval_interval=1, sample_tokens=0, checkpoint_interval=1000,
+            warmup_steps=2, schedule="constant")
+
+
+def test_a_confident_loser_is_cut_and_the_winner_is_not(store):
+    plan = plan_sweep(micro(**FAST), ["lr=3e-2,1e-6"], [])
+    _, (good, bad) = submit_sweep(store, plan, name="cut", cut=True)
+    assert train(store, good).status == "completed"  # nothing to compare with yet
+    result = train(store, bad)
+    assert result.status == "stopped"
+    run = store.get_run(bad)
+    assert run.status == "stopped" and run.last_step < 12
+    assert run.error.startswith("stopped at step 6: forecast ")
+    assert " vs best " in run.error
+    events = store.events([bad])
+    cut = events[events["kind"] == "early_stop"]
+    assert list(cut["step"]) == [6] and list(cut["message"]) == [run.error]
+    assert store.get_run(good).error is None
+
+
+def test_a_failing_cut_check_never_stops_training(store, monkeypatch):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(kwargs["upto"])
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(sweeps, "cut_reason", broken)
+    plan = plan_sweep(micro(**FAST), ["lr=1e-2"], [])
+    _, (run_id,) = submit_sweep(store, plan, name=None, cut=True)
+    assert train(store, run_id).status == "completed"
+    assert calls == [6, 12]  # asked once at each cut point, not at every evaluation
