@@ -19,6 +19,8 @@ PAGES = [
     st.Page("app_pages/live.py", title="Live run", icon=":material/monitoring:", url_path="live"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:",
             url_path="compare"),
+    st.Page("app_pages/sweeps.py", title="Sweeps", icon=":material/grid_view:",
+            url_path="sweeps"),
     st.Page("app_pages/compute.py", title="Compute", icon=":material/show_chart:",
             url_path="compute"),
     st.Page("app_pages/playground.py", title="Playground", icon=":material/edit_note:",

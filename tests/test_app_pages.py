@@ -26,7 +26,7 @@ from storage.store import RunStore
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/new_run.py", "app_pages/runs.py", "app_pages/live.py", "app_pages/compare.py",
-         "app_pages/compute.py", "app_pages/playground.py"]
+         "app_pages/sweeps.py", "app_pages/compute.py", "app_pages/playground.py"]
 # Small enough to train 20 steps on a CPU in a few seconds, with evals, samples and checkpoints.
 MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_steps": 20,
          "eval_interval": 10, "eval_iters": 2, "batch_size": 8, "device": "cpu",
@@ -385,3 +385,32 @@ def test_start_training_queues_the_form_config_and_opens_live_run(empty_app, hom
     assert run.name == "from the form"
     assert run.config["max_steps"] == 30 and run.config["lr"] == 0.002
     assert run.status in ("queued", "running", "completed")
+
+
+def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app, home):
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/sweeps.py")
+    assert "No sweeps yet" in _texts(at.info)
+    at.text_area(key="sweep_overrides").input("max_steps=20\nbatch_size=4").run()
+    at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3,1e-2").run()
+    assert not at.exception and not at.error
+    assert {m.label: m.value for m in at.metric}["This sweep makes"] == "3 runs"
+
+    at.text_input(key="sweep_grid_values_0").input("1e-3,fast").run()
+    assert "fast" in _texts(at.error)
+    assert [b for b in at.button if b.label == "Start sweep"][0].disabled
+
+    at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3").run()
+    at.text_input(key="sweep_name").input("two lrs").run()
+    [start] = [b for b in at.button if b.label == "Start sweep"]
+    start.click().run()
+    assert not at.exception and not at.error
+    store = RunStore()
+    [sweep] = store.list_sweeps()
+    runs = store.list_runs(sweep_id=sweep.id)
+    store.close()
+    assert sweep.name == "two lrs"
+    assert sorted(r.config["lr"] for r in runs) == [1e-3, 3e-3]
+    assert all(r.config["max_steps"] == 20 for r in runs)
+    assert "of 2 runs completed" in _texts(at.markdown)

@@ -20,7 +20,10 @@ VAL_KEY = "val/loss"
 COMPUTE_COLUMNS = ("run_id", "name", "status", "params", "tokens", "compute", "val_loss")
 FRONTIER_COLOR = "#d62728"
 OTHER_COLOR = "#7f7f7f"
-_MARGIN = {"l": 10, "r": 10, "t": 60, "b": 10}
+# Shared with the Sweeps figures: the legend on the title's line at the right (at the left
+# it ran into the title).
+FIGURE_MARGIN = {"l": 10, "r": 10, "t": 60, "b": 10}
+LEGEND_RIGHT = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1}
 
 
 def last_values(metrics: pd.DataFrame) -> dict[int, float]:
@@ -118,9 +121,8 @@ def compute_figure(frame: pd.DataFrame, fit: FrontierFit, *, title: str = "Val l
                        "hovertemplate": "%{x:.3g} FLOPs<br>law %{y:.4g}<extra></extra>"})
     layout = {
         "title": {"text": title, "x": 0, "xanchor": "left"},
-        "margin": _MARGIN,
-        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left",
-                   "x": 0},
+        "margin": FIGURE_MARGIN,
+        "legend": LEGEND_RIGHT,
         "xaxis": {"title": {"text": "training compute (FLOPs)"}, "type": "log",
                   "exponentformat": "power"},
         "yaxis": {"title": {"text": "final val loss"}, "type": "log"},

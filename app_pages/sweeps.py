@@ -1,0 +1,185 @@
+"""Sweeps: queue a grid or random search of runs, then watch them train and compare them.
+
+The form plans the sweep as it is edited (how many runs, how long), and writes
+nothing until Start. The dashboard's worker trains the queued runs one by one; the
+results below refresh while any of the chosen sweep's runs is queued or training.
+"""
+
+import streamlit as st
+
+from gptcore.config import PRESETS, field_info
+from jobs.errors import USER_ERRORS
+from jobs.forecasting import run_forecast
+from jobs.sweeps import measured_flops_per_s, plan_sweep, submit_sweep
+from ui.compute import VAL_KEY, last_values
+from ui.live import ACTIVE
+from ui.sweeps import (
+    base_config,
+    plan_summary,
+    specs,
+    sweep_figure,
+    sweep_refresh_every,
+    sweep_table,
+    swept_params,
+)
+from ui.widgets import get_manager, get_store, tab_visible, user_errors
+
+store, manager = get_store(), get_manager()
+FIELDS = list(field_info())
+GRID_DEFAULTS = ["lr", "batch_size", "n_layers", "emb_dim", "weight_decay", "warmup_steps"]
+MAX_ROWS = len(GRID_DEFAULTS)
+
+st.title("Sweeps")
+
+# ---- a new sweep -------------------------------------------------------------------------------
+st.subheader("New sweep")
+form_col, summary_col = st.columns([3, 2], gap="large")
+with form_col:
+    c1, c2 = st.columns([1, 2])
+    preset_name = c1.selectbox("Base preset", list(PRESETS), key="sweep_preset",
+                               help="Every run starts from this preset, with the overrides "
+                                    "beside it, then the swept values.")
+    overrides = c2.text_area("Overrides", key="sweep_overrides", height=130,
+                             placeholder="one key=value per line, e.g.\nmax_steps=200\n"
+                                         "batch_size=16",
+                             help="Settings every run of the sweep shares, as `--set` takes "
+                                  "them.")
+    st.markdown("**Grid**: every combination of these values")
+    n_grid = st.number_input("Grid parameters", 1, MAX_ROWS, 1, key="sweep_n_grid")
+    grid_rows = []
+    for i in range(int(n_grid)):
+        g1, g2 = st.columns([1, 2])
+        key = g1.selectbox(f"Parameter {i + 1}", FIELDS, index=FIELDS.index(GRID_DEFAULTS[i]),
+                           key=f"sweep_grid_key_{i}")
+        values = g2.text_input(f"Values {i + 1}", key=f"sweep_grid_values_{i}",
+                               placeholder="comma-separated, e.g. 1e-3,3e-3,1e-2")
+        grid_rows.append((key, values))
+    st.markdown("**Random search**: values drawn from ranges, the same draws for every grid "
+                "combination")
+    r1, r2 = st.columns(2)
+    n_random = r1.number_input("Random draws", 0, 1000, 0, key="sweep_random",
+                               help="How many values to draw from the ranges; 0 for a grid only.")
+    seed = r2.number_input("Seed", 0, 2**31 - 1, 0, key="sweep_seed",
+                           help="Seeds the random draws, so the same sweep draws the same values.")
+    range_rows = []
+    if n_random:
+        n_ranges = st.number_input("Range parameters", 1, MAX_ROWS, 1, key="sweep_n_ranges")
+        for i in range(int(n_ranges)):
+            g1, g2 = st.columns([1, 2])
+            key = g1.selectbox(f"Range parameter {i + 1}", FIELDS,
+                               index=FIELDS.index(GRID_DEFAULTS[i]), key=f"sweep_range_key_{i}")
+            span = g2.text_input(f"Range {i + 1}", key=f"sweep_range_span_{i}",
+                                 placeholder="low:high, or low:high:log, e.g. 1e-4:1e-2:log")
+            range_rows.append((key, span))
+
+grids, ranges = specs(grid_rows), specs(range_rows)
+plan, problem, rate = None, None, None
+if grids or ranges:
+    try:
+        try:
+            rate = measured_flops_per_s(store)
+        except USER_ERRORS:
+            rate = None  # the last finished run's config is unreadable: use the nominal rate
+        plan = plan_sweep(base_config(preset_name, overrides), grids, ranges,
+                          random=int(n_random), seed=int(seed), flops_per_s=rate)
+    except USER_ERRORS as exc:
+        problem = str(exc)
+
+with summary_col:
+    name = st.text_input("Sweep name", key="sweep_name", max_chars=200,
+                         placeholder="optional; named after the swept settings")
+    cut = st.checkbox("Early cut (successive halving)", key="sweep_cut",
+                      help="At a quarter and at half of max_steps, stop a run whose forecast "
+                           "final loss is confidently worse than the best run's.")
+    if problem:
+        st.error(problem)
+    elif plan is None:
+        st.info("Type values for at least one parameter to see the runs this sweep makes.")
+    else:
+        runs_text, time_text = plan_summary(len(plan.configs), plan.estimated_seconds)
+        st.metric("This sweep makes", runs_text)
+        st.metric("Training time", time_text)
+        st.caption("The runs train one after another. Time from this machine's last finished "
+                   "run's throughput, scaled by FLOPs, without evaluations." if rate else
+                   "The runs train one after another. Time is a rough CPU guess until a run "
+                   "has finished here.")
+        with st.expander(f"The {runs_text}"):
+            st.text("\n".join(plan.label(i) for i in range(len(plan.configs))))
+    if st.button("Start sweep", type="primary", disabled=plan is None,
+                 use_container_width=True) and plan is not None:
+        with user_errors():
+            sweep_id, run_ids = submit_sweep(store, plan, name=name, cut=cut)
+            st.session_state.sweep_pick = sweep_id
+            st.toast(f"Queued {len(run_ids)} runs; the worker trains them one by one.")
+
+# ---- a sweep's runs ----------------------------------------------------------------------------
+st.divider()
+st.subheader("Results")
+sweeps = store.list_sweeps()
+if not sweeps:
+    st.info("No sweeps yet: plan one above and press **Start sweep**.")
+    st.stop()
+by_id = {s.id: s for s in sweeps}
+if st.session_state.get("sweep_pick") not in by_id:
+    st.session_state.sweep_pick = sweeps[0].id
+sweep = by_id[st.selectbox("Sweep", list(by_id), key="sweep_pick",
+                           format_func=lambda i: f"#{i} {by_id[i].name}")]
+first_runs = store.list_runs(sweep_id=sweep.id)
+was_active = any(r.status in ACTIVE for r in first_runs)
+params = swept_params(sweep.spec, [r.config for r in first_runs])
+
+
+@st.fragment(run_every=sweep_refresh_every([r.status for r in first_runs], tab_visible()))
+def results() -> None:
+    """The sweep's runs, their losses and forecasts, read afresh on every tick."""
+    runs = store.list_runs(sweep_id=sweep.id)
+    active = [r for r in runs if r.status in ACTIVE]
+    if was_active and not active:
+        st.rerun()  # the sweep ended: redraw the whole page once, without the timer
+    forecasts = {}
+    for r in runs:
+        if r.status == "running":
+            try:
+                forecast = run_forecast(store, r.id)
+            except USER_ERRORS:
+                forecast = None
+            if forecast is not None:
+                forecasts[r.id] = forecast
+    table = sweep_table(runs, params, last_values(store.metrics([r.id for r in runs], [VAL_KEY])),
+                        forecasts)
+    done = sum(r.status == "completed" for r in runs)
+    counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}"
+                       for s in dict.fromkeys(r.status for r in runs))
+    st.markdown(f"**{done} of {len(runs)} runs completed** ({counts})"
+                + (" · early cut on" if sweep.cut else ""))
+    if active and st.button("Stop this sweep", help="Cancel its queued runs and stop the one "
+                                                    "training (it saves a checkpoint)."):
+        with user_errors():
+            for r in active:
+                manager.stop(r.id)
+            st.toast("Stop requested")
+    # What the chart plots first, then progress and the raw losses; the long name last.
+    shown = table[["id", "status", *params, "val loss", "kind", "best", "step", "of",
+                   "last val loss", "best val loss", "forecast", "name"]]
+    if shown["forecast"].isna().all():
+        shown = shown.drop(columns="forecast")  # nothing training: a column of blanks
+    losses = ("last val loss", "best val loss", "forecast", "val loss")
+    st.dataframe(shown, hide_index=True, key="sweep_table", column_config={
+        "best": st.column_config.CheckboxColumn("best"),
+        **{c: st.column_config.NumberColumn(format="%.4f") for c in losses}})
+    st.caption("Best first. *val loss* is a completed run's final evaluation, a training "
+               "run's forecast of its final loss, or the last evaluation of a run that "
+               "ended early (*kind* says which).")
+    cols = st.columns(min(len(params), 2) or 1)
+    for i, param in enumerate(params):
+        with cols[i % len(cols)]:
+            st.plotly_chart(sweep_figure(table, param), key=f"sweep_chart_{param}",
+                            config={"displaylogo": False})
+
+
+results()
+
+with st.expander("How this sweep was made"):
+    st.json({k: v for k, v in sweep.spec.items() if k not in ("base", "runs")})
+    st.caption(f"Created {sweep.created_at:%Y-%m-%d %H:%M} UTC · early cut "
+               f"{'on' if sweep.cut else 'off'}")

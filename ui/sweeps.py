@@ -1,0 +1,181 @@
+"""The Sweeps page's logic: the form's specs and base config, the sweep's runs as a table
+(best first), and val loss against each swept setting as a figure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis.forecast import Forecast
+from gptcore.config import TrainConfig, apply_overrides, parse_set_args, preset
+from gptcore.errors import GptdashError
+from storage.store import RunRecord
+from ui.compute import FIGURE_MARGIN, LEGEND_RIGHT
+from ui.config_diff import differing_params
+from ui.format import human_duration
+from ui.live import ACTIVE, LIVE_REFRESH_S
+
+# Settings whose good values spread over decades: a log axis whatever values were tried.
+LOG_PARAMS = ("lr", "min_lr", "weight_decay")
+# How each run's val loss on the chart was obtained, drawn each its own way.
+KINDS = {
+    "final": {"symbol": "circle", "size": 10, "color": "#1f77b4"},
+    "forecast": {"symbol": "circle-open", "size": 11, "color": "#ff7f0e"},
+    "at stop": {"symbol": "x", "size": 9, "color": "#7f7f7f"},
+}
+BEST_MARKER = {"symbol": "star", "size": 18, "color": "#d62728",
+               "line": {"width": 1, "color": "black"}}
+
+
+def specs(rows: Iterable[tuple[str, str]]) -> list[str]:
+    """Form rows of (setting, text) as ``KEY=TEXT`` specs; rows left blank are skipped."""
+    return [f"{key}={text.strip()}" for key, text in rows if text.strip()]
+
+
+def base_config(preset_name: str, overrides: str) -> TrainConfig:
+    """The preset with ``key=value`` overrides (one per line; blank lines and lines starting
+    with # ignored), as ``--preset``/``--set`` do; GptdashError says what to change."""
+    pairs = [line.strip() for line in overrides.splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    return apply_overrides(preset(preset_name), parse_set_args(pairs))
+
+
+def plan_summary(n_runs: int, estimated_seconds: float | None) -> tuple[str, str]:
+    """("3 runs", "about 2 min 10 s") for the form's summary tiles."""
+    runs = f"{n_runs} run" if n_runs == 1 else f"{n_runs} runs"
+    when = human_duration(estimated_seconds)
+    return runs, when if estimated_seconds is None else f"about {when}"
+
+
+def swept_params(spec: dict[str, Any], configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The settings a sweep varies: as its spec names them, else those its runs differ in."""
+    if spec.get("params"):
+        return [str(p) for p in spec["params"]]
+    flats = {str(i): TrainConfig.from_dict(c).flat() for i, c in enumerate(configs)}
+    return list(differing_params(flats).index) if len(flats) > 1 else []
+
+
+def sweep_refresh_every(statuses: Iterable[str], visible: bool = True) -> float | None:
+    """How often the sweep's results rerun: while any of its runs is queued or training and
+    the tab is visible; never once they have all ended."""
+    return LIVE_REFRESH_S if visible and any(s in ACTIVE for s in statuses) else None
+
+
+def _config_values(run: RunRecord, params: Sequence[str]) -> dict[str, Any]:
+    try:
+        flat = TrainConfig.from_dict(run.config).flat()
+    except GptdashError:
+        flat = run.config  # an older config: show what it names at its top level
+    return {p: flat.get(p) for p in params}
+
+
+def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dict[int, float],
+                forecasts: dict[int, Forecast]) -> pd.DataFrame:
+    """One row per run of a sweep, best first: id, name, status, the swept settings, step,
+    of (max_steps), last and best val loss, forecast (and its low/high), val loss, kind, best.
+
+    "val loss" is what the chart plots for the run and "kind" how it was obtained:
+    a completed run's last evaluation ("final"), a training run's forecast of its
+    final loss ("forecast"), or the last evaluation of a run that ended early ("at
+    stop": stopped, cut, failed). Runs with none of these (queued, or not evaluated
+    yet) sort last. "best" marks the lowest final loss, or while nothing has
+    completed, the lowest forecast.
+    """
+    rows = []
+    for run in runs:
+        forecast = forecasts.get(run.id)
+        last = last_loss.get(run.id)
+        if run.status == "completed" and last is not None:
+            value, kind = last, "final"
+        elif forecast is not None and run.status in ACTIVE:
+            value, kind = forecast.predicted_final, "forecast"
+        elif last is not None and run.status not in ACTIVE:
+            value, kind = last, "at stop"
+        else:
+            value, kind = np.nan, ""
+        rows.append({"id": run.id, "name": run.name, "status": run.status,
+                     **_config_values(run, params),
+                     "step": run.last_step, "of": run.max_steps,
+                     "last val loss": last if last is not None else np.nan,
+                     "best val loss": run.best_val_loss if run.best_val_loss is not None
+                     else np.nan,
+                     "forecast": forecast.predicted_final if forecast else np.nan,
+                     "forecast low": forecast.low if forecast else np.nan,
+                     "forecast high": forecast.high if forecast else np.nan,
+                     "val loss": value, "kind": kind})
+    columns = ["id", "name", "status", *params, "step", "of", "last val loss",
+               "best val loss", "forecast", "forecast low", "forecast high", "val loss", "kind"]
+    table = pd.DataFrame(rows, columns=columns).astype({"val loss": "float64"})
+    table = table.sort_values(["val loss", "id"], na_position="last", kind="stable")
+    table = table.reset_index(drop=True)
+    table["best"] = False
+    for kind in ("final", "forecast"):
+        candidates = table.index[table["kind"] == kind]
+        if len(candidates):
+            table.loc[table.loc[candidates, "val loss"].idxmin(), "best"] = True
+            break
+    return table
+
+
+def _categorical(values: pd.Series) -> bool:
+    return any(isinstance(v, (str, bool, np.bool_)) for v in values.dropna())
+
+
+def log_axis(param: str, values: pd.Series) -> bool:
+    """A log x-axis for learning-rate-like settings and for positive values spanning more
+    than two decades."""
+    if _categorical(values):
+        return False
+    known = pd.to_numeric(values, errors="coerce").dropna()
+    if known.empty or not (known > 0).all():
+        return False
+    return param in LOG_PARAMS or known.max() / known.min() > 100
+
+
+def sweep_figure(table: pd.DataFrame, param: str) -> go.Figure:
+    """Val loss against ``param``, one point per run of a :func:`sweep_table`: final
+    losses filled, forecasts open (with their band as an error bar), early stops as
+    crosses, the best run starred."""
+    title = f"val loss vs {param}"
+    points = table[table["kind"] != ""]
+    categorical = _categorical(table[param])
+    traces: list[dict] = []
+    for kind, marker in KINDS.items():
+        part = points[points["kind"] == kind]
+        if part.empty:
+            continue
+        xs = part[param].astype(str) if categorical else part[param]
+        trace = {"type": "scatter", "x": xs, "y": part["val loss"], "mode": "markers",
+                 "name": kind, "marker": marker, "text": part["name"],
+                 "hovertemplate": f"%{{text}}<br>{param} %{{x}}<br>{kind} val loss "
+                                  "%{y:.4g}<extra></extra>"}
+        if kind == "forecast":
+            trace["error_y"] = {"type": "data", "symmetric": False,
+                                "array": part["forecast high"] - part["val loss"],
+                                "arrayminus": part["val loss"] - part["forecast low"],
+                                "color": marker["color"], "thickness": 1}
+        traces.append(trace)
+    best = points[points["best"]]
+    if not best.empty:
+        traces.append({"type": "scatter", "mode": "markers", "name": "best",
+                       "x": best[param].astype(str) if categorical else best[param],
+                       "y": best["val loss"], "marker": BEST_MARKER, "text": best["name"],
+                       "hovertemplate": f"best: %{{text}}<br>{param} %{{x}}<br>val loss "
+                                        "%{y:.4g}<extra></extra>"})
+    xaxis: dict[str, Any] = {"title": {"text": param}}
+    if categorical:
+        xaxis.update(type="category", categoryorder="category ascending")
+    elif log_axis(param, table[param]):
+        xaxis["type"] = "log"
+    layout = {"title": {"text": title, "x": 0, "xanchor": "left"}, "margin": FIGURE_MARGIN,
+              "legend": LEGEND_RIGHT,
+              "xaxis": xaxis, "yaxis": {"title": {"text": "val loss"}}, "height": 380}
+    if not traces:
+        layout["annotations"] = [{"text": "No val loss yet", "x": 0.5, "y": 0.5,
+                                  "xref": "paper", "yref": "paper", "showarrow": False,
+                                  "font": {"size": 16, "color": "gray"}}]
+    return go.Figure(data=traces, layout=layout)
