@@ -4,7 +4,10 @@ One fragment refreshes the status, charts and samples together, so each tick is 
 script run. A tick reads only rows newer than the last, and rebuilds the four
 figures only when those brought something new (or the view changed); otherwise it
 sends the figures it built before. A run that has ended, or a tab that is hidden,
-gets no ticks at all.
+gets no ticks at all. The Loss chart's extras follow the same rule: events (markers
+on the curve, a table below) are read only when new rows arrived, and the val-loss
+forecast (a dotted curve with its band to max_steps) is refitted only when a new
+evaluation arrived.
 
 Keeping the user's zoom: Streamlit remounts a plotly chart whenever its figure
 changes (streamlit#5107), so zoom survives only while the figure stays the same.
@@ -15,12 +18,32 @@ slider zooms on the server and survives anything.
 """
 
 import time
+from collections.abc import Hashable
 
+import pandas as pd
 import streamlit as st
 
+from jobs.forecasting import run_forecast
 from storage.store import RunRecord
+from ui.events import event_traces, events_table
+from ui.figures import PALETTE
+from ui.forecast_view import (
+    eta_text,
+    forecast_summary,
+    forecast_traces,
+    seconds_per_step,
+    try_forecast,
+)
 from ui.format import eta_seconds, human_duration, progress_fraction
-from ui.live import ACTIVE, LastBuilt, LiveCharts, LiveSeries, refresh_every, view_range
+from ui.live import (
+    ACTIVE,
+    LastBuilt,
+    LiveCharts,
+    LiveSeries,
+    refresh_every,
+    trained_by,
+    view_range,
+)
 from ui.widgets import empty_state, get_manager, get_store, pick_run, tab_visible, user_errors
 
 store, manager = get_store(), get_manager()
@@ -35,6 +58,9 @@ WINDOWS = {"whole run": None, "last 200 steps": 200, "last 1,000 steps": 1000,
            "last 5,000 steps": 5000}
 CHART_HEIGHT = 300
 SAMPLES_EVERY_S = 4.0  # samples come with evaluations, far apart: no need to look each tick
+LOSS_KEYS = CHARTS["Loss"]
+EVENTS_SHOWN, EVENTS_HEIGHT = 6, 260  # a longer list scrolls
+CHECK_AT = 0.4  # an ended run's forecast made from this fraction of it, beside what happened
 
 st.title("Live run")
 runs = store.list_runs()
@@ -85,6 +111,9 @@ def status(r: RunRecord, series: LiveSeries) -> None:
     c4.metric("Tokens/s", f"{tps:,.0f}" if tps is not None else "—")
     st.progress(progress_fraction(r.last_step, r.max_steps),
                 text=f"Step {r.last_step:,} of {r.max_steps:,}")
+    who = trained_by(r.worker, r.device, r.owner_host)
+    if who:
+        st.caption(who)
     if r.status in ACTIVE:
         if st.button("Stop this run", type="secondary",
                      help="Saves a checkpoint and stops within a step; resume it later."):
@@ -96,7 +125,18 @@ def status(r: RunRecord, series: LiveSeries) -> None:
         st.text(r.error)
 
 
-def charts(series: LiveSeries) -> None:
+def loss_overlays(series: LiveSeries, events: pd.DataFrame, forecast) -> list[dict]:
+    """Event markers on the loss curves and the forecast's band and dotted curve."""
+    frame = series.frame
+    loss = frame[frame["key"].isin(LOSS_KEYS)] if not frame.empty else frame
+    traces = event_traces(events, loss, names={run_id: run.name})
+    if forecast is not None and forecast.upto_step < forecast.max_steps:  # a road ahead
+        top = float(loss["value"].max()) if not loss.empty else None
+        traces += forecast_traces(forecast, PALETTE[0], clip=(0.0, top) if top else None)
+    return traces
+
+
+def charts(series: LiveSeries, overlays: tuple[Hashable, list[dict]]) -> None:
     # Chart controls act on the server, so they survive every refresh.
     c1, c2, c3 = st.columns([1, 1, 2])
     follow = c1.toggle("Follow live", value=True, key="follow_live",
@@ -106,8 +146,9 @@ def charts(series: LiveSeries) -> None:
     # Freeze only once there is something to look at, or the charts would wait forever.
     frozen_key = f"live_frozen_{run_id}"
     if follow or st.session_state.get(frozen_key, (0, series.frame))[1].empty:
-        st.session_state[frozen_key] = (series.version, series.frame, series.cursor or 0)
-    version, frame, frozen_at = st.session_state[frozen_key]
+        st.session_state[frozen_key] = (series.version, series.frame, series.cursor or 0,
+                                        overlays)
+    version, frame, frozen_at, (overlay_key, loss_extra) = st.session_state[frozen_key]
     manual = None
     if not follow:
         # Up to the frozen data's last step: a bound that moved each tick would reset the slider.
@@ -120,7 +161,8 @@ def charts(series: LiveSeries) -> None:
     x_range = view_range(follow, series.cursor, WINDOWS[window_label], manual)
     live_charts = _kept("charts", lambda: LiveCharts(CHARTS, {run_id: run.name},
                                                      uirevision=str(run_id), height=CHART_HEIGHT))
-    figures = live_charts.show((version, x_range), frame, x_range)
+    figures = live_charts.show((version, overlay_key, x_range), frame, x_range,
+                               {"Loss": loss_extra})
     cols = st.columns(2)
     for i, fig in enumerate(figures):
         with cols[i % 2]:
@@ -129,6 +171,42 @@ def charts(series: LiveSeries) -> None:
     st.caption(f"{points:,} train-loss points shown · refreshed {time.strftime('%H:%M:%S')}",
                help="Only rows newer than the last read are fetched each refresh, and the "
                     "charts change only when those brought something new.")
+
+
+def events_list(events: pd.DataFrame) -> None:
+    table = events_table(events)
+    if table.empty:
+        return
+    st.caption("Events (only the latest best checkpoint is listed)")
+    st.table(table, hide_index=True, border="horizontal",
+             height=EVENTS_HEIGHT if len(table) > EVENTS_SHOWN else "content")
+
+
+def forecast_panel(r: RunRecord, series: LiveSeries, forecast, failure: str | None) -> None:
+    if forecast is None:
+        st.caption(failure or "The val-loss forecast appears after a few evaluations.")
+        return
+    st.caption(f":material/trending_down: {forecast_summary(forecast)}",
+               help="A fit of the val-loss curve aware of the lr schedule (analysis.forecast); "
+                    f"the band holds one evaluation with {forecast.level:.0%} probability.")
+    if forecast.note:
+        st.caption(f"Note: {forecast.note}.")
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    target = c1.number_input("ETA to val loss", min_value=0.0, value=None, step=0.05,
+                             format="%.3f", key=f"eta_target_{run_id}",
+                             placeholder="e.g. 2.0")
+    if target is not None:
+        pace = seconds_per_step(r.duration_s, r.last_step) if r.status in ACTIVE else None
+        c2.write(eta_text(forecast, target, last_step=r.last_step, seconds_per_step=pace))
+    if r.status == "completed" and r.max_steps > 0:
+        check = _kept("forecast_check", LastBuilt).get(
+            r.status, lambda: try_forecast(lambda: run_forecast(
+                store, run_id, upto=int(CHECK_AT * r.max_steps)))[0])
+        last = series.latest("val/loss")
+        if check is not None and last is not None:
+            st.caption(f"Made at step {check.upto_step:,} ({CHECK_AT:.0%} of the run), the "
+                       f"forecast was {check.predicted_final:.3g} ({check.low:.3g}–"
+                       f"{check.high:.3g}); the last evaluation gave {last:.3g}.")
 
 
 def samples() -> None:
@@ -164,8 +242,21 @@ def live() -> None:
     series = _kept("series", lambda: LiveSeries(max_points=2000))
     with user_errors():
         _refresh(series)
+    # Events come with new rows; a page run (a click, the run ending) looks again too.
+    read_events = _kept("events", LastBuilt)
+    events = read_events.get((series.version, st.session_state["live_page_runs"]),
+                             lambda: store.events([run_id]))
+    # The forecast changes only with a new evaluation.
+    fit = _kept("forecast", LastBuilt)
+    forecast, failure = fit.get(series.latest_step("val/loss"),
+                                lambda: try_forecast(lambda: run_forecast(store, run_id)))
+    overlay_key = (series.version, read_events.builds, fit.builds)
+    overlays = _kept("overlays", LastBuilt).get(
+        overlay_key, lambda: loss_overlays(series, events, forecast))
     status(r, series)
-    charts(series)
+    charts(series, (overlay_key, overlays))
+    forecast_panel(r, series, forecast, failure)
+    events_list(events)
     samples()
 
 

@@ -10,6 +10,7 @@ from ui.live import (
     LiveSeries,
     refresh_every,
     sidebar_refresh_every,
+    trained_by,
     view_range,
 )
 
@@ -167,3 +168,55 @@ def test_sidebar_keeps_refreshing_while_a_run_trains():
     assert sidebar_refresh_every(3) == SIDEBAR_REFRESH_S
     assert sidebar_refresh_every(None) is None  # an idle worker costs no refreshes
     assert sidebar_refresh_every(3, visible=False) is None
+
+
+def marker(xs, text: str, name: str = "spike") -> dict:
+    return {"type": "scatter", "mode": "markers", "name": name, "x": np.asarray(xs),
+            "y": np.ones(len(xs)), "text": [text] * len(xs)}
+
+
+def test_overlays_drawn_on_their_chart_and_updated_in_place_with_their_hover_text():
+    live = LiveSeries()
+    live.append(pd.concat([chunk(0, 100), chunk(0, 100, key="lr")]))
+    charts = live_charts()
+    loss, lr, _ = charts.show((live.version, 0), live.frame, None,
+                              {"Loss": [marker([10], "first")]})
+    assert [t.name for t in loss.data] == ["run", "spike"]  # one key: named by its run
+    assert loss.data[1].text == ("first",) and [t.name for t in lr.data] == ["run"]
+    live.append(chunk(100, 110))
+    again, *_ = charts.show((live.version, 1), live.frame, None,
+                            {"Loss": [marker([10, 105], "second")]})
+    assert again is loss and charts.updates == 2  # same traces: updated, not rebuilt
+    assert list(loss.data[1].x) == [10, 105] and loss.data[1].text == ("second", "second")
+    # A new kind of marker is a new trace: the chart is built anew.
+    third, *_ = charts.show((live.version, 2), live.frame, None,
+                            {"Loss": [marker([10], "s"), marker([50], "r", name="roll-back")]})
+    assert third is not loss and [t.name for t in third.data][1:] == ["spike", "roll-back"]
+
+
+def test_overlays_wait_for_curves_and_a_refresh_without_news_reuses_them():
+    charts = live_charts()
+    empty = charts.show(0, pd.DataFrame(columns=["run_id", "key", "step", "value"]), None,
+                        {"Loss": [marker([1], "x")]})
+    assert empty[0].data == ()  # "No data yet", no lone markers
+    live = LiveSeries()
+    live.append(chunk(0, 10))
+    first = charts.show(1, live.frame, None, {"Loss": [marker([1], "x")]})
+    assert charts.show(1, live.frame, None, {"Loss": []}) is first
+
+
+def test_latest_step_per_metric():
+    live = LiveSeries()
+    assert live.latest_step("val/loss") is None
+    live.append(pd.concat([chunk(0, 100), chunk(0, 51, key="val/loss")]))
+    assert live.latest_step("val/loss") == 50 and live.latest_step("train/loss") == 99
+    live.append(chunk(100, 120))  # no new evaluation: the forecast's key stays
+    assert live.latest_step("val/loss") == 50
+
+
+def test_trained_by_names_worker_device_and_a_host_the_worker_does_not():
+    assert trained_by("gpu-box:4242", "cuda:0", "gpu-box") == (
+        "Trained by worker gpu-box:4242 on cuda:0")
+    assert trained_by("w1", "cpu", "lab-2") == "Trained by worker w1 on cpu (host lab-2)"
+    assert trained_by(None, "mps", None) == "Trained on mps"
+    assert trained_by(None, None, None) is None

@@ -20,6 +20,8 @@ LIVE_REFRESH_S = 2.0
 # The sidebar only names the run and its step: a slower beat is plenty.
 SIDEBAR_REFRESH_S = 5.0
 T = TypeVar("T")
+# Trace properties besides x and y that an overlay's new data may change (hover texts).
+_CHANGING = ("text", "customdata")
 
 
 class LiveSeries:
@@ -41,6 +43,7 @@ class LiveSeries:
         self._frame: pd.DataFrame | None = None
         self._cursors: dict[tuple, int] = {}
         self._latest: dict[str, float] = {}
+        self._latest_step: dict[str, int] = {}
 
     @property
     def cursor(self) -> int | None:
@@ -57,6 +60,11 @@ class LiveSeries:
     def latest(self, key: str) -> float | None:
         """The value at the newest step read for metric ``key`` (any run), or None."""
         return self._latest.get(key)
+
+    def latest_step(self, key: str) -> int | None:
+        """The newest step read for metric ``key`` (any run), or None: what a view derived
+        from one metric (the val-loss forecast) is keyed on."""
+        return self._latest_step.get(key)
 
     def append(self, df_new: pd.DataFrame) -> int:
         """Add the rows of ``df_new`` newer than what each series already holds.
@@ -79,7 +87,9 @@ class LiveSeries:
                 newest = part["step"].to_numpy().argmax()
                 self._cursors[key] = int(part["step"].iloc[newest])
                 if "key" in part.columns:
-                    self._latest[part["key"].iloc[newest]] = float(part["value"].iloc[newest])
+                    metric = part["key"].iloc[newest]
+                    self._latest[metric] = float(part["value"].iloc[newest])
+                    self._latest_step[metric] = self._cursors[key]
         if not fresh:
             return 0
         parts = fresh if self._frame is None else [self._frame, *fresh]
@@ -145,10 +155,12 @@ class LiveCharts:
     """The figures of a live page, kept across refreshes and updated in place.
 
     ``show`` hands back the same figures, untouched, while its ``key`` (the version
-    of the rows and the view) is unchanged: a refresh with no new rows does no
-    figure work. New rows replace each trace's x and y in place, some 15 times
-    cheaper than a new figure (plotly validates every property of a new one); a
-    chart whose traces changed (a new metric, the switch to WebGL) is built anew.
+    of the rows, of the overlays and of the view) is unchanged: a refresh with no new
+    rows does no figure work. New rows replace each trace's x and y in place, some 15
+    times cheaper than a new figure (plotly validates every property of a new one); a
+    chart whose traces changed (a new metric, the switch to WebGL, a new kind of event
+    marker) is built anew. Overlays (event markers, the forecast) are extra trace dicts
+    drawn over a chart's curves.
     """
 
     def __init__(self, charts: dict[str, list[str]], names: dict[int, str], *,
@@ -162,9 +174,10 @@ class LiveCharts:
         self._key: Hashable | None = None
         self._figures: list[go.Figure] = []
 
-    def show(self, key: Hashable, frame: pd.DataFrame,
-             x_range: tuple[float, float] | None) -> list[go.Figure]:
-        """One figure per chart (title -> metric keys) of ``frame``, shown on ``x_range``."""
+    def show(self, key: Hashable, frame: pd.DataFrame, x_range: tuple[float, float] | None,
+             overlays: dict[str, list[dict]] | None = None) -> list[go.Figure]:
+        """One figure per chart (title -> metric keys) of ``frame``, shown on ``x_range``,
+        with the ``overlays`` traces of its title drawn over it."""
         if self._figures and key == self._key:
             return self._figures
         by_key = dict(iter(frame.groupby("key", sort=False))) if not frame.empty else {}
@@ -173,26 +186,50 @@ class LiveCharts:
             parts = [by_key[k] for k in keys if k in by_key]
             part = pd.concat(parts) if parts else frame.iloc[:0]
             old = self._figures[i] if self._figures else None
-            figures.append(self._chart(old, title, part, x_range))
+            extra = (overlays or {}).get(title, [])
+            figures.append(self._chart(old, title, part, x_range, extra))
         self._key, self._figures = key, figures
         return figures
 
     def _chart(self, old: go.Figure | None, title: str, part: pd.DataFrame,
-               x_range: tuple[float, float] | None) -> go.Figure:
+               x_range: tuple[float, float] | None, extra: list[dict]) -> go.Figure:
         if part.empty and old is not None and not old.data:
             return old  # still "No data yet"
         traces = metric_traces(part, names=self.names) if not part.empty else []
+        if traces:
+            traces += extra  # overlays only go on a chart with curves
         if traces and old is not None and [(t.type, t.name) for t in old.data] == [
                 (t["type"], t["name"]) for t in traces]:
             with old.batch_update():
                 for trace, new in zip(old.data, traces, strict=True):
                     trace.x, trace.y = new["x"], new["y"]
+                    for prop in _CHANGING:
+                        if prop in new:
+                            trace[prop] = new[prop]
                 old.layout.xaxis.range = x_axis_range(x_range)
             self.updates += 1
             return old
         self.builds += 1
-        return metric_figure(part, title=title, names=self.names, x_range=x_range,
-                             uirevision=self.uirevision, height=self.height)
+        fig = metric_figure(part, title=title, names=self.names, x_range=x_range,
+                            uirevision=self.uirevision, height=self.height)
+        if extra and not part.empty:
+            fig.add_traces(extra)
+        return fig
+
+
+def trained_by(worker: str | None, device: str | None, host: str | None) -> str | None:
+    """"Trained by worker w1 on cuda:0 (host gpu-box)": who trains (or trained) a run,
+    or None before anyone claimed it."""
+    if not (worker or device or host):
+        return None
+    parts = ["Trained"]
+    if worker:
+        parts.append(f"by worker {worker}")
+    if device:
+        parts.append(f"on {device}")
+    if host and (not worker or host not in worker):
+        parts.append(f"(host {host})")
+    return " ".join(parts)
 
 
 def refresh_every(status: str, visible: bool = True) -> float | None:
