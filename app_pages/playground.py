@@ -4,11 +4,8 @@ import os
 
 import streamlit as st
 
-from gptcore.checkpoint import model_from_checkpoint
-from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig, encode_prompt, stream_text
-from gptcore.tokenizer import get_tokenizer
-from jobs.runner import run_checkpoint
-from ui.widgets import empty_state, get_store, pick_run, user_errors
+from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig
+from ui.widgets import empty_state, get_store, pick_run, sample_from_run
 
 store = get_store()
 
@@ -17,12 +14,6 @@ runs = [r for r in store.list_runs() if r.checkpoint_path and os.path.isfile(r.c
 if not runs:
     empty_state("No checkpoints yet: train a run (New run) and sample from it here once it has "
             "saved a checkpoint.")
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the checkpoint…")
-def load_model(path: str, mtime: float):
-    """The model of a checkpoint; keyed on mtime so a newer checkpoint is reloaded."""
-    return model_from_checkpoint(path)
 
 
 c1, c2 = st.columns(2)
@@ -46,24 +37,9 @@ sampling = SamplingConfig(max_new_tokens=int(max_new), temperature=float(tempera
                           top_k=int(top_k), top_p=float(top_p), seed=int(seed))
 
 
-def generate_into(run, container) -> None:
-    with container:
-        path = run_checkpoint(run, which)
-        with user_errors():
-            model, cfg, payload = load_model(str(path), os.path.getmtime(path))
-            # User text: plain, never markup.
-            st.text(f"#{run.id} {run.name} · {path.name} from step {int(payload['step']):,}")
-            tokenizer = get_tokenizer(cfg.tokenizer)
-            encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
-            box = st.empty()
-            text = prompt
-            for piece in stream_text(model, tokenizer, prompt, sampling):
-                text += piece
-                box.code(text, language=None, wrap_lines=True)
-
-
 if st.button("Generate", type="primary"):
     targets = [first] + ([second] if second is not None else [])
     columns = st.columns(len(targets))
     for run, column in zip(targets, columns, strict=False):
-        generate_into(run, column)
+        with column:
+            sample_from_run(run, which, prompt, sampling)

@@ -1,15 +1,18 @@
 """The few Streamlit pieces every page shares: the store, the job manager, the sidebar,
-run pickers and error display. The only module of ``ui`` that imports streamlit."""
+run pickers, error display and sampling from a checkpoint. The only module of ``ui`` that
+imports streamlit."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import streamlit as st
 
 from jobs.errors import USER_ERRORS
 from jobs.manager import JobManager, process_worker
+from jobs.runner import run_checkpoint
 from storage import home
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
@@ -81,6 +84,40 @@ def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | N
     chosen = st.selectbox(label, ids, index=index, key=key, help=help,
                           format_func=lambda i: f"#{i} {by_id[i].name}")
     return by_id[chosen]
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the checkpoint…")
+def load_model(path: str, mtime: float):
+    """The model of a checkpoint; keyed on mtime so a newer checkpoint is reloaded."""
+    from gptcore.checkpoint import model_from_checkpoint  # torch: only where a page samples
+
+    return model_from_checkpoint(path)
+
+
+def sample_from_run(run: RunRecord, which: str, prompt: str, sampling) -> None:
+    """Stream ``prompt``'s continuation by the run's ``which`` ("best"/"latest") checkpoint,
+    sampled with ``sampling`` (a ``gptcore.generate.SamplingConfig``), here on the page.
+
+    A run without that checkpoint gets a caption saying so.
+    """
+    from gptcore.generate import encode_prompt, stream_text
+    from gptcore.tokenizer import get_tokenizer
+
+    path = run_checkpoint(run, which)
+    if path is None:
+        st.caption(f"#{run.id} {run.name} has no checkpoint yet.")
+        return
+    with user_errors():
+        model, cfg, payload = load_model(str(path), os.path.getmtime(path))
+        # User text: plain, never markup.
+        st.text(f"#{run.id} {run.name} · {path.name} from step {int(payload['step']):,}")
+        tokenizer = get_tokenizer(cfg.tokenizer)
+        encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
+        box = st.empty()
+        text = prompt
+        for piece in stream_text(model, tokenizer, prompt, sampling):
+            text += piece
+            box.code(text, language=None, wrap_lines=True)
 
 
 def tab_visible() -> bool:
