@@ -1,9 +1,11 @@
-"""`gptdash`: train, queue, list, show, resume, sample and stop runs from a terminal.
+"""`gptdash`: train, queue, sweep, list, show, forecast, resume, sample and stop runs from
+a terminal.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C.
 
 Only the commands that train or sample import torch (from ``jobs.foreground``),
-so ``gptdash list``, ``show``, ``stop`` and ``submit`` answer at once.
+so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep`` and ``forecast`` answer at
+once.
 """
 
 from __future__ import annotations
@@ -70,6 +72,42 @@ def cmd_submit(args, store: RunStore) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args, store: RunStore) -> int:
+    # Like submit: every run's config and corpus are checked here, the device by the worker.
+    from analysis.sweep import cut_steps
+    from jobs.sweeps import NOMINAL_FLOPS_PER_S, measured_flops_per_s, plan_sweep, submit_sweep
+    from ui.format import human_duration
+
+    base = _load_config(args)
+    measured = measured_flops_per_s(store)
+    plan = plan_sweep(base, args.grid or [], args.range or [], random=args.random,
+                      seed=args.seed, flops_per_s=measured)
+    sweep_id, run_ids = submit_sweep(store, plan, name=args.name, cut=args.cut)
+    sweep = store.get_sweep(sweep_id)
+    basis = ("the newest finished run's throughput" if measured else
+             f"a nominal {NOMINAL_FLOPS_PER_S / 1e9:g} GFLOP/s, a laptop CPU's; a GPU is far "
+             "faster")
+    cut = ""
+    if args.cut:
+        steps = sorted({s for cfg in plan.configs for s in cut_steps(cfg.max_steps)})
+        cut = f"; a confident loser is cut at step {' or '.join(map(str, steps))}"
+    print(f"sweep {sweep_id} {sweep.name!r}: {len(run_ids)} runs queued{cut}")
+    for i, run_id in enumerate(run_ids):
+        print(f"  run {run_id}: {plan.label(i)}")
+    print(f"estimated training time: about {human_duration(plan.estimated_seconds)} in all, "
+          f"one after another (estimated from {basis})")
+    print(f"`gptdash serve` or `gptdash worker` trains them; watch them with "
+          f"`gptdash list --sweep {sweep_id}`", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_forecast(args, store: RunStore) -> int:
+    from jobs.forecasting import forecast_report
+
+    print(json.dumps(forecast_report(store, args.run_id, upto=args.upto)))
+    return EXIT_OK
+
+
 def cmd_resume(args, store: RunStore) -> int:
     if args.queue:
         from jobs import runner
@@ -89,9 +127,15 @@ def cmd_sample(args, store: RunStore) -> int:
 
 
 def cmd_list(args, store: RunStore) -> int:
-    runs = store.list_runs(status=args.status, tag=args.tag, text=args.text)
+    if args.sweep is not None:
+        sweep = store.get_sweep(args.sweep)  # a clear error when there is no such sweep
+        print(f"sweep {sweep.id} {sweep.name!r}"
+              f"{' (successive halving)' if sweep.cut else ''}")
+    runs = store.list_runs(status=args.status, tag=args.tag, text=args.text,
+                           sweep_id=args.sweep)
     if not runs:
-        print("no runs yet: start one with `gptdash train --preset tiny`")
+        print("no runs" if args.sweep is not None or args.status or args.tag or args.text
+              else "no runs yet: start one with `gptdash train --preset tiny`")
         return EXIT_OK
     print(f"{'id':>4}  {'status':<11} {'steps':>13}  {'best val':>8}  name")
     for r in runs:
@@ -173,14 +217,15 @@ def _status(value: str) -> str:
     return value
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    """The options that make a config, shared by ``train`` and ``submit``."""
+def _add_config_args(p: argparse.ArgumentParser, what: str = "run") -> None:
+    """The options that make a config, shared by ``train``, ``submit`` and ``sweep``."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
     p.add_argument("--config", help="a JSON config file (as the dashboard downloads)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one setting, e.g. --set lr=3e-4 (repeatable)")
-    p.add_argument("--name", help="run name")
-    p.add_argument("--tag", action="append", help="tag the run (repeatable)")
+    p.add_argument("--name", help=f"name of the {what}")
+    if what == "run":
+        p.add_argument("--tag", action="append", help="tag the run (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +243,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(q)
     q.set_defaults(func=cmd_submit)
 
+    sw = sub.add_parser("sweep", help="queue one run per combination of --grid values (and "
+                        "--random draws from --range), as one sweep; print its ids")
+    _add_config_args(sw, what="the sweep (each run is named after it and its values)")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                    help="try every value, crossed with every other --grid (repeatable)")
+    sw.add_argument("--range", action="append", metavar="KEY=LOW:HIGH[:log|lin]",
+                    help="draw --random values from this range (repeatable)")
+    sw.add_argument("--random", type=int, default=0, metavar="N",
+                    help="draws from the --range settings, for every --grid combination")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the --random draws")
+    sw.add_argument("--cut", action="store_true",
+                    help="successive halving: stop a run at a quarter or half of max_steps "
+                         "when its forecast final loss is confidently worse than the best's")
+    sw.set_defaults(func=cmd_sweep)
+
+    fc = sub.add_parser("forecast", help="a run's forecast final val loss as one JSON line")
+    fc.add_argument("run_id", type=int)
+    fc.add_argument("--upto", type=int, metavar="STEP",
+                    help="use only the evaluations up to this step (to check the forecast "
+                         "against a finished run)")
+    fc.set_defaults(func=cmd_forecast)
+
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_id", type=int)
     r.add_argument("--quiet", action="store_true")
@@ -210,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "running, completed, stopped, failed or interrupted)")
     ls.add_argument("--tag")
     ls.add_argument("--text")
+    ls.add_argument("--sweep", type=int, metavar="SWEEP_ID", help="only the runs of this sweep")
     ls.set_defaults(func=cmd_list)
 
     s = sub.add_parser("show", help="a run's details and config as JSON")

@@ -64,10 +64,11 @@ def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) ->
     if forecast is None:
         usable = sum(1 for s, v in zip(steps, losses, strict=True) if s >= 1 and math.isfinite(v))
         where = f" up to step {upto}" if upto is not None else ""
-        raise GptdashError(
-            f"run {run_id} ({run.status}) has {usable} evaluation(s) after step 0{where}; a "
-            f"forecast needs at least {MIN_POINTS}: wait for more, or evaluate more often "
-            "(a smaller eval_interval)")
+        advice = ("wait for more, or evaluate more often (a smaller eval_interval)"
+                  if run.status in ("queued", "running") and upto is None
+                  else "evaluate more often (a smaller eval_interval)")
+        raise GptdashError(f"run {run_id} ({run.status}) has {usable} evaluation(s) after "
+                           f"step 0{where}; a forecast needs at least {MIN_POINTS}: {advice}")
     actual = None
     if run.status == "completed":
         _, all_losses = _val_curve(store, run_id, None)
