@@ -1,16 +1,36 @@
-"""Compare: overlay runs' curves, see which hyperparameters differ and what they did."""
+"""Compare: overlay runs' curves with their events and forecasts, see which
+hyperparameters differ and what they did, and read the runs' samples side by side."""
 
 import pandas as pd
 import streamlit as st
 
+from analysis.forecast import Forecast
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
+from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig
+from jobs.forecasting import VAL_KEY, run_forecast
 from ui.config_diff import differing_params
-from ui.figures import X_TITLES, hparam_figure, metric_figure, x_axis_frame
-from ui.widgets import empty_state, get_store
+from ui.events import CROWDING, event_traces, events_table, is_loss
+from ui.figures import X_TITLES, hparam_figure, metric_figure, run_colors, x_axis_frame
+from ui.forecast_view import forecast_table, forecast_traces, try_forecast
+from ui.samples import sample_steps, samples_at
+from ui.widgets import empty_state, get_store, sample_from_run
 
 store = get_store()
 POINTS_PER_CURVE = 2000
+SAMPLES_PER_ROW = 3
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def forecast_of(run_id: int, last_step: int, status: str
+                ) -> tuple[Forecast | None, str | None, float | None]:
+    """The run's forecast, why there is none, and its last val loss; refitted only when the
+    run has moved on (``last_step``, ``status``)."""
+    val = store.metrics([run_id], [VAL_KEY])
+    last_val = float(val["value"].iloc[-1]) if not val.empty else None
+    forecast, failure = try_forecast(lambda: run_forecast(store, run_id))
+    return forecast, failure, last_val
+
 
 st.title("Compare")
 runs = store.list_runs()
@@ -58,10 +78,43 @@ names = {i: by_id[i].name for i in chosen}
 fig = metric_figure(frame, title=metric, names=names, x="x", log_x=log_x, log_y=log_y,
                     smoothing=smoothing, x_title=X_TITLES[x_mode],
                     uirevision=f"{metric}-{x_mode}")
+forecasts = {i: forecast_of(i, by_id[i].last_step, by_id[i].status) for i in chosen}
+if metric == VAL_KEY and x_mode != "time":
+    colors = run_colors(chosen)
+    for i in chosen:
+        forecast = forecasts[i][0]
+        if forecast is not None and by_id[i].status == "running":
+            top = frame.loc[frame["run_id"] == i, "value"].max()
+            fig.add_traces(forecast_traces(
+                forecast, colors[i], name=f"{names[i]} · forecast",
+                x_per_step=tokens_per_step.get(i, 1) if x_mode == "tokens" else 1,
+                clip=(0.0, float(top)) if pd.notna(top) else None))
+events = store.events(chosen) if is_loss(metric) else pd.DataFrame()
+if not events.empty:
+    fig.add_traces(event_traces(events, frame, names=names, x="x", leave_out=CROWDING))
 fig.update_layout(height=460)
 st.plotly_chart(fig, key="compare_chart", config={"displaylogo": False})
 st.caption(f"Up to {POINTS_PER_CURVE:,} points per curve; long series keep each bucket's "
-           "minimum and maximum, so spikes survive.")
+           "minimum and maximum, so spikes survive."
+           + (" Dotted: the forecast of each running run, with its band." if metric == VAL_KEY
+              else ""))
+if not events.empty:
+    listed = events_table(events, names)
+    with st.expander(f"Events ({len(listed):,})"):
+        st.caption("Best checkpoints are not drawn; each run's latest is listed.")
+        st.table(listed, hide_index=True, border="horizontal")
+
+st.subheader("Forecast final val loss")
+rows = [{"run": f"#{i} {names[i]}", "status": by_id[i].status, "last_val": forecasts[i][2],
+         "forecast": forecasts[i][0]} for i in chosen]
+st.table(forecast_table(rows), hide_index=True, border="horizontal")
+missing = [f"#{i}: {forecasts[i][1]}" for i in chosen if forecasts[i][1]]
+if missing:
+    st.caption(" · ".join(missing))
+else:
+    st.caption("A fit of each run's val-loss curve, aware of its lr schedule; the band holds "
+               "one evaluation at max_steps with 95% probability. Runs with fewer than five "
+               "evaluations have none yet.")
 
 
 def export_csv() -> bytes:
@@ -98,3 +151,49 @@ else:
                      f"{which} val loss": value})
     points = pd.DataFrame(rows).dropna(subset=[f"{which} val loss"])
     st.plotly_chart(hparam_figure(points, param, f"{which} val loss"), key="hparam_chart")
+
+st.subheader("Samples")
+st.caption("Every chosen run continues the same prompt with the same settings and seed.")
+prompt = st.text_area("Prompt", value="The ", height=80, key="cmp_prompt")
+s1, s2, s3, s4, s5 = st.columns(5)
+max_new = s1.number_input("Max new tokens", min_value=1, max_value=MAX_NEW_TOKENS, value=100,
+                          key="cmp_max_new")
+temperature = s2.slider("Temperature", 0.0, 2.0, 0.8, 0.05, key="cmp_temperature",
+                        help="0 always picks the likeliest.")
+top_k = s3.number_input("Top-k (0 = off)", min_value=0, max_value=100_000, value=40,
+                        key="cmp_top_k")
+seed = s4.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="cmp_seed")
+which = s5.radio("Checkpoint", ["best", "latest"], horizontal=True, key="cmp_which",
+                 help="best: the weights with the lowest val loss so far; latest: the last "
+                      "weights saved.")
+if st.button("Generate", type="primary", key="cmp_generate"):
+    sampling = SamplingConfig(max_new_tokens=int(max_new), temperature=float(temperature),
+                              top_k=int(top_k), seed=int(seed))
+    for start in range(0, len(chosen), SAMPLES_PER_ROW):
+        row = chosen[start:start + SAMPLES_PER_ROW]
+        for i, column in zip(row, st.columns(SAMPLES_PER_ROW), strict=False):
+            with column:
+                sample_from_run(by_id[i], which, prompt, sampling)
+
+st.markdown("**Recorded during training**")
+recorded = {i: store.samples(i) for i in chosen}
+steps, common = sample_steps(recorded)
+if not steps:
+    st.caption("The chosen runs recorded no samples.")
+else:
+    step = steps[-1]
+    if len(steps) > 1:
+        step = st.select_slider("At step", options=steps, value=steps[-1], key="cmp_sample_step",
+                                help="Steps at which every chosen run has samples." if common
+                                else "No step is common to all runs: each shows its nearest.")
+    for start in range(0, len(chosen), SAMPLES_PER_ROW):
+        row = chosen[start:start + SAMPLES_PER_ROW]
+        for i, column in zip(row, st.columns(SAMPLES_PER_ROW), strict=False):
+            with column:
+                st.text(f"#{i} {names[i]}")
+                shown = samples_at(recorded[i], step)
+                if shown.empty:
+                    st.caption("No samples.")
+                for _, sample in shown.iterrows():
+                    st.caption(f"step {int(sample['step']):,}")
+                    st.code(sample["prompt"] + sample["text"], language=None, wrap_lines=True)
