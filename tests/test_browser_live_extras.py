@@ -1,0 +1,190 @@
+"""Events, the forecast and cross-run samples in headless chromium against a real server.
+
+The home folder is prepared before the server starts: two short completed runs (the
+first with a spike, a roll-back and an lr cut recorded on it), and a long run left in
+the queue, which the server's worker starts training as soon as the first page opens
+and trains until the last test stops it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from browser_support import (
+    ARTIFACTS,
+    goto_page,
+    launch_chromium,
+    new_context,
+    on_chart,
+    rerun,
+    screenshot,
+    set_field,
+    streamlit_server,
+    wait_for_chart,
+    wait_rendered,
+)
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from gptcore.config import apply_overrides, preset
+from jobs import runner
+from storage.store import RunStore
+
+pytestmark = pytest.mark.browser
+
+# Small enough to train 60 steps on a CPU in a few seconds, evaluating often enough to
+# forecast from the first 40% of the run (five evaluations after step 0).
+MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_steps": 60,
+         "eval_interval": 4, "eval_iters": 2, "batch_size": 8, "device": "cpu",
+         "warmup_steps": 2, "log_interval": 2, "checkpoint_interval": 20, "sample_tokens": 16}
+SPIKE = "loss 9.12 at step 25 is 8.4σ above the recent mean 4.10"
+ROLLBACK = "rolled back to step 20 and skipped the batch"
+TRAINING_TIMEOUT_MS = 120_000
+LONG_STEPS = 2_000  # the run watched while it trains; stopped long before its end
+
+
+def _train(store: RunStore, name: str, **overrides: object) -> int:
+    cfg = apply_overrides(preset("tiny"), {**MICRO, **overrides})
+    run_id = runner.create_run(store, cfg, name=name)
+    store.set_status(run_id, "running")
+    runner.execute_run(store, run_id)
+    assert store.get_run(run_id).status == "completed"
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    root = tmp_path_factory.mktemp("extras_home")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTDASH_HOME", str(root))
+        mp.delenv("GPTDASH_DB_URL", raising=False)
+        mp.delenv("GPTDASH_ARTIFACTS", raising=False)
+        store = RunStore()
+        ids = {"bumpy": _train(store, "bumpy", lr=3e-3), "calm": _train(store, "calm", lr=1e-3)}
+        store.log_event(ids["bumpy"], 25, "spike", SPIKE)
+        store.log_event(ids["bumpy"], 25, "rollback", ROLLBACK)
+        store.log_event(ids["bumpy"], 20, "lr_reduced", "lr scaled by 0.5 after a repeat spike")
+        long_run = apply_overrides(preset("tiny"), {**MICRO, "max_steps": LONG_STEPS,
+                                                    "eval_interval": 5, "lr": 2e-3})
+        ids["long"] = runner.create_run(store, long_run, name="long")  # queued
+        store.close()
+        torch.set_num_threads(threads)
+        yield {"root": root, **ids}
+
+
+@pytest.fixture(scope="module")
+def server(home: dict) -> Iterator[str]:
+    with streamlit_server(Path(home["root"]), ARTIFACTS / "extras-server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    context = new_context(browser)
+    page = context.new_page()
+    page.goto(f"{server}/")
+    wait_rendered(page)
+    yield page
+    context.close()
+
+
+def pick(page: Page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label, exact=True).click()
+    rerun(page, lambda: page.get_by_role("option", name=option, exact=True).click())
+
+
+def add_to_multiselect(page: Page, option: str) -> None:
+    page.locator('[data-testid="stMultiSelect"] input').click()
+    rerun(page, lambda: page.get_by_role("option", name=option, exact=True).click())
+    page.keyboard.press("Escape")
+
+
+def chart_traces(page: Page, title: str) -> list[str]:
+    return on_chart(page, title, "return el.data.map((t) => t.name);")
+
+
+def test_live_marks_a_rolled_back_run_and_lists_its_events(page: Page, home: dict) -> None:
+    goto_page(page, "Live run", "/live")
+    pick(page, "Run", f"#{home['bumpy']} bumpy")
+    wait_for_chart(page, "Loss", "el.data.some((t) => t.name === 'roll-back')")
+    names = chart_traces(page, "Loss")
+    assert {"spike", "roll-back", "lr reduced", "best checkpoint"} <= set(names)
+    hover = on_chart(page, "Loss", "return el.data.find((t) => t.name === 'spike').text[0];")
+    assert SPIKE in hover
+    table = page.locator('[data-testid="stTable"]').inner_text()
+    assert ROLLBACK in table and "spike" in table
+    # A finished run: its forecast from what it saw, and the check made at 40% of it.
+    page.get_by_text("Forecast final val loss").wait_for()
+    page.get_by_text("the last evaluation gave").wait_for()
+    page.get_by_text("Trained on cpu").wait_for()  # trained here, by no worker
+    wait_rendered(page)
+    screenshot(page, "live_events")
+
+
+def test_live_forecast_band_and_eta_while_a_run_trains(page: Page, home: dict) -> None:
+    goto_page(page, "Live run", "/live")
+    assert page.get_by_role("combobox", name="Run", exact=True).input_value() == "#3 long"
+    # Five evaluations (every 5 steps) and the forecast is drawn past the curve.
+    wait_for_chart(page, "Loss", "el.data.some((t) => t.name === 'forecast band')",
+                   timeout_ms=TRAINING_TIMEOUT_MS)
+    band_end = on_chart(page, "Loss", "const t = el._fullData.find((t) => t.name === 'forecast');"
+                                      "return t.x[t.x.length - 1];")
+    assert band_end == LONG_STEPS
+    page.get_by_text("Forecast final val loss").wait_for()
+    page.get_by_text("Trained by worker").wait_for()
+    # An event while it trains: drawn at the step it names once new rows arrive.
+    store = open_store(home)
+    step = store.get_run(home["long"]).last_step
+    store.log_event(home["long"], step, "spike", f"loss 8.00 at step {step} is 7.1σ above")
+    store.close()
+    wait_for_chart(page, "Loss", "el.data.some((t) => t.name === 'spike')", timeout_ms=30_000)
+    set_field(page, "ETA to val loss", "1.000")
+    page.get_by_text(re.compile(r"Val loss 1 (is not reached by|at about) step")).wait_for()
+    screenshot(page, "live_forecast_events", readme=True)
+
+
+def open_store(home: dict) -> RunStore:
+    """The prepared home's store, opened from this (the test's) process."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTDASH_HOME", str(home["root"]))
+        mp.delenv("GPTDASH_DB_URL", raising=False)
+        return RunStore()
+
+
+def test_compare_generates_samples_side_by_side(page: Page, home: dict) -> None:
+    goto_page(page, "Compare", "/compare")
+    for name in ("bumpy", "calm"):
+        if name not in page.locator('[data-testid="stMultiSelect"]').inner_text():
+            add_to_multiselect(page, f"#{home[name]} {name}")
+    names = chart_traces(page, "val/loss")
+    assert {"bumpy", "calm"} <= set(names)
+    page.get_by_role("heading", name="Forecast final val loss").wait_for()
+    forecasts = page.locator('[data-testid="stTable"]').last.inner_text()
+    assert "bumpy" in forecasts and "calm" in forecasts
+    rerun(page, lambda: page.get_by_role("button", name="Generate").click())
+    texts = page.locator('[data-testid="stCode"] code').all_inner_texts()
+    generated = [t for t in texts if t.startswith("The ")]
+    assert len(generated) >= 2
+    heads = page.locator('[data-testid="stText"]').all_inner_texts()
+    assert any("bumpy" in h and "best.pt" in h for h in heads)
+    assert any("calm" in h for h in heads)
+    page.get_by_text("Recorded during training").wait_for()
+    # The long run still trains: its forecast continues its curve.
+    assert "long · forecast" in chart_traces(page, "val/loss")
+    screenshot(page, "compare_samples", readme=True)
+    store = open_store(home)
+    store.request_stop(home["long"])
+    store.close()
