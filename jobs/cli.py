@@ -72,12 +72,17 @@ def cmd_submit(args, store: RunStore) -> int:
     return EXIT_OK
 
 
+def _roughly(seconds: float) -> str:
+    """An estimate's size, no more precise than it is (jobs does not import ui's formats)."""
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def cmd_sweep(args, store: RunStore) -> int:
     # Like submit: every run's config and corpus are checked here, the device by the worker.
     from analysis.sweep import cut_steps
     from jobs.sweeps import NOMINAL_FLOPS_PER_S, measured_flops_per_s, plan_sweep, submit_sweep
-    from ui.format import human_duration
-
     base = _load_config(args)
     measured = measured_flops_per_s(store)
     plan = plan_sweep(base, args.grid or [], args.range or [], random=args.random,
@@ -94,7 +99,7 @@ def cmd_sweep(args, store: RunStore) -> int:
     print(f"sweep {sweep_id} {sweep.name!r}: {len(run_ids)} runs queued{cut}")
     for i, run_id in enumerate(run_ids):
         print(f"  run {run_id}: {plan.label(i)}")
-    print(f"estimated training time: about {human_duration(plan.estimated_seconds)} in all, "
+    print(f"estimated training time: about {_roughly(plan.estimated_seconds)} in all, "
           f"one after another (estimated from {basis})")
     print(f"`gptdash serve` or `gptdash worker` trains them; watch them with "
           f"`gptdash list --sweep {sweep_id}`", file=sys.stderr)
