@@ -126,6 +126,7 @@ sweep = by_id[st.selectbox("Sweep", list(by_id), key="sweep_pick",
                            format_func=lambda i: f"#{i} {by_id[i].name}")]
 first_runs = store.list_runs(sweep_id=sweep.id)
 was_active = any(r.status in ACTIVE for r in first_runs)
+training_now = manager.current_run
 params = swept_params(sweep.spec, [r.config for r in first_runs])
 
 
@@ -136,6 +137,8 @@ def results() -> None:
     active = [r for r in runs if r.status in ACTIVE]
     if was_active and not active:
         st.rerun()  # the sweep ended: redraw the whole page once, without the timer
+    if manager.current_run != training_now:
+        st.rerun()  # the worker took up the next run: redraw once, so the sidebar says so
     forecasts = {}
     for r in runs:
         if r.status == "running":
@@ -166,7 +169,10 @@ def results() -> None:
     losses = ("last val loss", "best val loss", "forecast", "val loss")
     st.dataframe(shown, hide_index=True, key="sweep_table", column_config={
         "best": st.column_config.CheckboxColumn("best"),
-        **{c: st.column_config.NumberColumn(format="%.4f") for c in losses}})
+        **{c: st.column_config.NumberColumn(format="%.4f") for c in losses},
+        # Swept values in full (0.0001327, not 0.0001): they name the runs.
+        **{p: st.column_config.NumberColumn(format="%g") for p in params
+           if shown[p].dtype.kind == "f"}})
     st.caption("Best first. *val loss* is a completed run's final evaluation, a training "
                "run's forecast of its final loss, or the last evaluation of a run that "
                "ended early (*kind* says which).")
