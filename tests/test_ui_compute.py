@@ -95,8 +95,10 @@ def test_too_few_runs_draw_points_without_a_law_and_say_why():
 
 def test_the_caption_names_the_fitted_constants():
     fit = FrontierFit(a=12.5, b=0.12, c=1.5, on_frontier=[0, 1, 2])
-    assert fit_caption(fit) == ("Frontier fitted to 3 run(s): loss = 12.5 · C^−0.12 + 1.5 "
+    assert fit_caption(fit) == ("Frontier fitted to 3 run(s): loss = 12.5 · C^−0.12 + 1.500 "
                                 "(C in FLOPs).")
+    tiny_floor = FrontierFit(a=12.5, b=0.12, c=6.7e-21, on_frontier=[0, 1, 2])
+    assert "+ 0.000 (C in FLOPs)" in fit_caption(tiny_floor)
     two = FrontierFit(a=12.5, b=0.12, c=0.0, on_frontier=[0, 1],
                       note="two frontier runs: c held at 0 (a pure power law)")
     assert fit_caption(two).endswith("Two frontier runs: c held at 0 (a pure power law).")

@@ -78,7 +78,7 @@ def fit_caption(fit: FrontierFit) -> str:
     if not fit.fitted:
         return f"No frontier fitted: {fit.note}."
     text = (f"Frontier fitted to {len(fit.on_frontier)} run(s): loss = {fit.a:.4g} · "
-            f"C^−{fit.b:.3g} + {fit.c:.4g} (C in FLOPs).")
+            f"C^−{fit.b:.3g} + {fit.c:.3f} (C in FLOPs).")
     return f"{text} {fit.note[0].upper()}{fit.note[1:]}." if fit.note else text
 
 
@@ -116,7 +116,8 @@ def compute_figure(frame: pd.DataFrame, fit: FrontierFit, *, title: str = "Val l
         # A little past the runs on both sides, so the law's trend reads beyond them.
         xs, ys = fit.curve(frame["compute"].min() / 2, frame["compute"].max() * 2)
         traces.append({"type": "scatter", "x": xs, "y": ys, "mode": "lines",
-                       "name": f"fit: {fit.a:.3g}·C^−{fit.b:.3g} + {fit.c:.3g}",
+                       # c in fixed point: a floor fitted at ~0 reads 0.000, not 6.69e-21
+                       "name": f"fit: {fit.a:.3g}·C^−{fit.b:.3g} + {fit.c:.3f}",
                        "line": {"color": FRONTIER_COLOR, "dash": "dash"},
                        "hovertemplate": "%{x:.3g} FLOPs<br>law %{y:.4g}<extra></extra>"})
     layout = {
