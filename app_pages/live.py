@@ -23,6 +23,7 @@ from collections.abc import Hashable
 import pandas as pd
 import streamlit as st
 
+from analysis.forecast import Forecast
 from jobs.forecasting import run_forecast
 from storage.store import RunRecord
 from ui.events import event_traces, events_table
@@ -125,7 +126,8 @@ def status(r: RunRecord, series: LiveSeries) -> None:
         st.text(r.error)
 
 
-def loss_overlays(series: LiveSeries, events: pd.DataFrame, forecast) -> list[dict]:
+def loss_overlays(series: LiveSeries, events: pd.DataFrame,
+                  forecast: Forecast | None) -> list[dict]:
     """Event markers on the loss curves and the forecast's band and dotted curve."""
     frame = series.frame
     loss = frame[frame["key"].isin(LOSS_KEYS)] if not frame.empty else frame
@@ -182,7 +184,8 @@ def events_list(events: pd.DataFrame) -> None:
              height=EVENTS_HEIGHT if len(table) > EVENTS_SHOWN else "content")
 
 
-def forecast_panel(r: RunRecord, series: LiveSeries, forecast, failure: str | None) -> None:
+def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
+                   failure: str | None) -> None:
     if forecast is None:
         st.caption(failure or "The val-loss forecast appears after a few evaluations.")
         return
