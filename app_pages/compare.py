@@ -183,7 +183,9 @@ if not steps:
 else:
     step = steps[-1]
     if len(steps) > 1:
-        step = st.select_slider("At step", options=steps, value=steps[-1], key="cmp_sample_step",
+        # Keyed by the runs: another choice of runs has other steps to offer.
+        step = st.select_slider("At step", options=steps, value=steps[-1],
+                                key=f"cmp_sample_step_{'-'.join(map(str, chosen))}",
                                 help="Steps at which every chosen run has samples." if common
                                 else "No step is common to all runs: each shows its nearest.")
     for start in range(0, len(chosen), SAMPLES_PER_ROW):
