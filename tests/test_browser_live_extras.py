@@ -28,6 +28,7 @@ from browser_support import (
     wait_rendered,
 )
 from playwright.sync_api import Browser, Page, sync_playwright
+from test_app_pages import MICRO, _train
 
 from gptcore.config import apply_overrides, preset
 from jobs import runner
@@ -35,24 +36,13 @@ from storage.store import RunStore
 
 pytestmark = pytest.mark.browser
 
-# Small enough to train 60 steps on a CPU in a few seconds, evaluating often enough to
-# forecast from the first 40% of the run (five evaluations after step 0).
-MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_steps": 60,
-         "eval_interval": 4, "eval_iters": 2, "batch_size": 8, "device": "cpu",
-         "warmup_steps": 2, "log_interval": 2, "checkpoint_interval": 20, "sample_tokens": 16}
+# test_app_pages' micro model, evaluating often enough to forecast from the first 40% of
+# a 60-step run (five evaluations after step 0).
+SHORT = {"max_steps": 60, "eval_interval": 4, "checkpoint_interval": 20}
 SPIKE = "loss 9.12 at step 25 is 8.4σ above the recent mean 4.10"
 ROLLBACK = "rolled back to step 20 and skipped the batch"
 TRAINING_TIMEOUT_MS = 120_000
 LONG_STEPS = 2_000  # the run watched while it trains; stopped long before its end
-
-
-def _train(store: RunStore, name: str, **overrides: object) -> int:
-    cfg = apply_overrides(preset("tiny"), {**MICRO, **overrides})
-    run_id = runner.create_run(store, cfg, name=name)
-    store.set_status(run_id, "running")
-    runner.execute_run(store, run_id)
-    assert store.get_run(run_id).status == "completed"
-    return run_id
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +55,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
         mp.delenv("GPTDASH_DB_URL", raising=False)
         mp.delenv("GPTDASH_ARTIFACTS", raising=False)
         store = RunStore()
-        ids = {"bumpy": _train(store, "bumpy", lr=3e-3), "calm": _train(store, "calm", lr=1e-3)}
+        ids = {"bumpy": _train(store, "bumpy", lr=3e-3, **SHORT),
+               "calm": _train(store, "calm", lr=1e-3, **SHORT)}
+        assert all(store.get_run(i).status == "completed" for i in ids.values())
         store.log_event(ids["bumpy"], 25, "spike", SPIKE)
         store.log_event(ids["bumpy"], 25, "rollback", ROLLBACK)
         store.log_event(ids["bumpy"], 20, "lr_reduced", "lr scaled by 0.5 after a repeat spike")
