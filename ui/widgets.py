@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -16,6 +17,9 @@ from jobs.runner import run_checkpoint
 from storage import home
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
+
+if TYPE_CHECKING:
+    from gptcore.generate import SamplingConfig  # torch: imported where a page samples
 
 # Tells the server when the tab is hidden or shown again (the Page Visibility API), so
 # pages can stop their timed refreshes while nobody looks. Streamlit's run_every timer lives
@@ -94,9 +98,9 @@ def load_model(path: str, mtime: float):
     return model_from_checkpoint(path)
 
 
-def sample_from_run(run: RunRecord, which: str, prompt: str, sampling) -> None:
+def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingConfig) -> None:
     """Stream ``prompt``'s continuation by the run's ``which`` ("best"/"latest") checkpoint,
-    sampled with ``sampling`` (a ``gptcore.generate.SamplingConfig``), here on the page.
+    sampled with ``sampling``, here on the page.
 
     A run without that checkpoint gets a caption saying so.
     """
