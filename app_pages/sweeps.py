@@ -7,12 +7,13 @@ results below refresh while any of the chosen sweep's runs is queued or training
 
 import streamlit as st
 
+from analysis.forecast import Forecast
 from gptcore.config import PRESETS, field_info
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import run_forecast
 from jobs.sweeps import measured_flops_per_s, plan_sweep, submit_sweep
 from ui.compute import VAL_KEY, last_values
-from ui.live import ACTIVE
+from ui.live import ACTIVE, LastBuilt
 from ui.sweeps import (
     base_config,
     plan_summary,
@@ -130,6 +131,13 @@ training_now = manager.current_run
 params = swept_params(sweep.spec, [r.config for r in first_runs])
 
 
+def _forecast(run_id: int) -> Forecast | None:
+    try:
+        return run_forecast(store, run_id)
+    except USER_ERRORS:
+        return None
+
+
 @st.fragment(run_every=sweep_refresh_every([r.status for r in first_runs], tab_visible()))
 def results() -> None:
     """The sweep's runs, their losses and forecasts, read afresh on every tick."""
@@ -139,17 +147,19 @@ def results() -> None:
         st.rerun()  # the sweep ended: redraw the whole page once, without the timer
     if manager.current_run != training_now:
         st.rerun()  # the worker took up the next run: redraw once, so the sidebar says so
+    val = store.metrics([r.id for r in runs], [VAL_KEY])
+    evaluations = val["run_id"].value_counts()
+    # A forecast changes only with a new evaluation: refit then, not on every tick (a fit
+    # takes 40-300 ms of the CPU the run trains on).
+    kept = st.session_state.setdefault("sweep_forecasts", {})
     forecasts = {}
     for r in runs:
         if r.status == "running":
-            try:
-                forecast = run_forecast(store, r.id)
-            except USER_ERRORS:
-                forecast = None
+            forecast = kept.setdefault(r.id, LastBuilt()).get(
+                int(evaluations.get(r.id, 0)), lambda run_id=r.id: _forecast(run_id))
             if forecast is not None:
                 forecasts[r.id] = forecast
-    table = sweep_table(runs, params, last_values(store.metrics([r.id for r in runs], [VAL_KEY])),
-                        forecasts)
+    table = sweep_table(runs, params, last_values(val), forecasts)
     done = sum(r.status == "completed" for r in runs)
     counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}"
                        for s in dict.fromkeys(r.status for r in runs))
