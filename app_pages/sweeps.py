@@ -73,14 +73,20 @@ with form_col:
                                  placeholder="low:high, or low:high:log, e.g. 1e-4:1e-2:log")
             range_rows.append((key, span))
 
+
+def measured_rate() -> float | None:
+    """This machine's training FLOP/s, or None: the plan then assumes a nominal CPU's."""
+    try:
+        return measured_flops_per_s(store)
+    except USER_ERRORS:
+        return None  # the last finished run's config is one this version cannot read
+
+
 grids, ranges = specs(grid_rows), specs(range_rows)
 plan, problem, rate = None, None, None
 if grids or ranges:
+    rate = measured_rate()
     try:
-        try:
-            rate = measured_flops_per_s(store)
-        except USER_ERRORS:
-            rate = None  # the last finished run's config is unreadable: use the nominal rate
         plan = plan_sweep(base_config(preset_name, overrides), grids, ranges,
                           random=int(n_random), seed=int(seed), flops_per_s=rate)
     except USER_ERRORS as exc:
@@ -107,7 +113,7 @@ with summary_col:
         with st.expander(f"The {runs_text}"):
             st.text("\n".join(plan.label(i) for i in range(len(plan.configs))))
     if st.button("Start sweep", type="primary", disabled=plan is None,
-                 use_container_width=True) and plan is not None:
+                 width="stretch") and plan is not None:
         with user_errors():
             sweep_id, run_ids = submit_sweep(store, plan, name=name, cut=cut)
             st.session_state.sweep_pick = sweep_id
