@@ -11,7 +11,7 @@ from analysis.forecast import Forecast
 from gptcore.config import PRESETS, field_info
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import run_forecast
-from jobs.sweeps import measured_flops_per_s, plan_sweep, submit_sweep
+from jobs.sweeps import cut_problem, measured_flops_per_s, plan_sweep, submit_sweep
 from ui.compute import VAL_KEY, last_values
 from ui.live import ACTIVE, LastBuilt
 from ui.sweeps import (
@@ -98,6 +98,9 @@ with summary_col:
     cut = st.checkbox("Early cut (successive halving)", key="sweep_cut",
                       help="At a quarter and at half of max_steps, stop a run whose forecast "
                            "final loss is confidently worse than the best run's.")
+    if plan is not None and cut and not problem:
+        problem = cut_problem(plan)
+        plan = None if problem else plan
     if problem:
         st.error(problem)
     elif plan is None:

@@ -7,18 +7,18 @@ No torch: ``gptdash sweep`` answers at once, like ``gptdash submit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from analysis.forecast import Forecast
+from analysis.forecast import MIN_POINTS, Forecast
 from analysis.sweep import Value, cut_steps, expand, should_cut
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token
-from jobs.forecasting import VAL_KEY, run_forecast
+from jobs.forecasting import run_forecast
 
 if TYPE_CHECKING:
-    from storage.store import RunStore
+    from storage.store import RunRecord, RunStore
 
 # Training FLOP/s assumed when this database has no finished run to measure: the order
 # of magnitude of a laptop CPU on the tiny preset. A GPU is 100-1000x faster, so the
@@ -53,9 +53,13 @@ def training_seconds(cfg: TrainConfig, flops_per_s: float) -> float:
 def measured_flops_per_s(store: RunStore) -> float | None:
     """Training FLOP/s of the newest finished run with throughput metrics, else None."""
     for run in store.list_runs(status="completed", limit=5):
+        try:
+            cfg = TrainConfig.from_dict(run.config)
+        except GptdashError:
+            continue  # a config this version cannot read: look at the next run
         tps = store.metrics([run.id], ["tokens_per_sec"])
         if not tps.empty:
-            return float(tps["value"].median()) * flops_per_token(TrainConfig.from_dict(run.config))
+            return float(tps["value"].median()) * flops_per_token(cfg)
     return None
 
 
@@ -91,12 +95,38 @@ def default_sweep_name(plan: SweepPlan) -> str:
     return f"sweep {','.join(plan.params)}"
 
 
+def cut_problem(plan: SweepPlan) -> str | None:
+    """Why an early cut could never act on this plan, or None.
+
+    A forecast needs ``MIN_POINTS`` evaluations after step 0; a run that has fewer by its
+    first cut point is never compared, and the cut would silently do nothing (``tiny``
+    evaluates every 50 of 400 steps: 2 evaluations by the cut at step 100).
+    """
+    for i, cfg in enumerate(plan.configs):
+        points = cut_steps(cfg.max_steps)
+        if not points:
+            continue
+        first = points[0]
+        if first // cfg.eval_interval < MIN_POINTS:
+            most = max(1, first // MIN_POINTS)
+            where = f" ({plan.label(i)})" if len(plan.configs) > 1 else ""
+            return (f"early cut compares forecasts at step {' and '.join(map(str, points))} "
+                    f"of {cfg.max_steps}, and a forecast needs {MIN_POINTS} evaluations by "
+                    f"step {first}: set eval_interval to {most} or less (run {i + 1}{where} "
+                    f"evaluates every {cfg.eval_interval} steps)")
+    return None
+
+
 def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
                  cut: bool = False) -> tuple[int, list[int]]:
     """Record the sweep and queue its runs (named '<sweep name> lr=0.003 n_layers=4');
-    returns (sweep id, run ids). Every run is checked (corpus, init_from) before anything
-    is written; the device check is left to the worker that claims each run."""
+    returns (sweep id, run ids). Every run is checked (corpus, init_from, and with ``cut``
+    enough evaluations for a forecast by the first cut) before anything is written; the
+    device check is left to the worker that claims each run."""
     from jobs import runner
+
+    if cut and (problem := cut_problem(plan)):
+        raise GptdashError(problem)
 
     for i, cfg in enumerate(plan.configs):
         try:
@@ -127,20 +157,38 @@ def cut_points(store: RunStore, run_id: int) -> list[int]:
     return cut_steps(TrainConfig.from_dict(run.config).max_steps)
 
 
-def _standing(store: RunStore, run_id: int, status: str) -> Forecast | None:
-    """A run's forecast; for a completed run its actual final val loss with the fit's band
-    width (the scatter of one evaluation) around it."""
-    forecast = run_forecast(store, run_id)
-    if forecast is None or status != "completed":
-        return forecast
-    final = float(store.metrics([run_id], [VAL_KEY])["value"].iloc[-1])
-    width = forecast.half_width
-    return replace(forecast, predicted_final=final, low=final - width, high=final + width)
+# Forecasts of runs that no longer train, by (run id, upto): they never change, and every
+# cut check of a long sweep would otherwise fit them all again on the training thread.
+_settled: dict[tuple[int, int], Forecast | None] = {}
 
 
-def best_forecast(store: RunStore, sweep_id: int, *, exclude: int) -> Forecast | None:
-    """The lowest forecast final loss among the sweep's other runs that can be forecast."""
-    forecasts = [_standing(store, r.id, r.status)
+def _standing(store: RunStore, run: RunRecord, fraction: float) -> Forecast | None:
+    """A run's forecast from its evaluations up to ``fraction`` of its own max_steps (all of
+    them, if it has not got that far yet).
+
+    Like with like: the run being checked is forecast from that fraction too, and a
+    forecast made early leaves out the part of the lr decay it has not seen; comparing it
+    with another run's actual final loss, measured after the decay, would cut runs that
+    were going to be just as good.
+    """
+    upto = max(1, int(fraction * run.max_steps)) if run.max_steps else None
+    settled = run.status != "running" and upto is not None
+    if settled and (run.id, upto) in _settled:
+        return _settled[(run.id, upto)]
+    try:
+        forecast = run_forecast(store, run.id, upto=upto)
+    except GptdashError:
+        forecast = None  # a config this version cannot read, or a curve that cannot be fit
+    if settled:
+        _settled[(run.id, upto)] = forecast
+    return forecast
+
+
+def best_forecast(store: RunStore, sweep_id: int, *, exclude: int,
+                  fraction: float = 1.0) -> Forecast | None:
+    """The lowest forecast final loss among the sweep's other runs that can be forecast,
+    each from its evaluations up to ``fraction`` of its steps."""
+    forecasts = [_standing(store, r, fraction)
                  for r in store.list_runs(sweep_id=sweep_id, status=COMPARED_STATUSES)
                  if r.id != exclude]
     forecasts = [f for f in forecasts if f is not None]
@@ -156,4 +204,6 @@ def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
     forecast = run_forecast(store, run_id, upto=upto)
     if forecast is None:
         return None
-    return should_cut(forecast, best_forecast(store, run.sweep_id, exclude=run_id))
+    fraction = upto / run.max_steps if run.max_steps else 1.0
+    return should_cut(forecast, best_forecast(store, run.sweep_id, exclude=run_id,
+                                              fraction=fraction))

@@ -36,7 +36,7 @@ def gptdash(home, capsys):
 
 def test_sweep_queues_its_runs_and_says_what_it_did(home, gptdash):
     out = gptdash("sweep", "--preset", "tiny", "--grid", "lr=1e-3,3e-3,1e-2",
-                  "--grid", "n_layers=2,4", "--name", "lr", "--cut")
+                  "--grid", "n_layers=2,4", "--name", "lr", "--cut", "--set", "eval_interval=20")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "sweep 1 'lr': 6 runs queued; a confident loser is cut at step 100 or 200"
@@ -59,6 +59,7 @@ def test_sweep_queues_its_runs_and_says_what_it_did(home, gptdash):
     (["--grid", "lr=1e-3,1e-2", "--set", "lrr=1"], "unknown setting 'lrr'"),
     (["--random", "2"], "--random 2 needs at least one --range"),
     ([], "a sweep needs at least one --grid"),
+    (["--grid", "lr=1e-3,1e-2", "--cut"], "set eval_interval to 20 or less"),
 ])
 def test_a_bad_sweep_is_one_line_exit_2_and_writes_nothing(home, gptdash, args, message):
     out = gptdash("sweep", "--preset", "tiny", *args)
@@ -101,7 +102,8 @@ def test_forecast_without_evaluations_or_run_is_a_clear_error(gptdash):
 
 def test_sweep_list_and_forecast_do_not_import_torch(tmp_path):
     code = ("import sys\nfrom jobs.cli import main\n"
-            "main(['sweep', '--preset', 'tiny', '--grid', 'lr=1e-3,1e-2', '--cut'])\n"
+            "main(['sweep', '--preset', 'tiny', '--grid', 'lr=1e-3,1e-2', '--cut', '--set', "
+            "'eval_interval=20'])\n"
             "main(['list', '--sweep', '1'])\nmain(['forecast', '1'])\n"
             "print('torch' in sys.modules)")
     env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}

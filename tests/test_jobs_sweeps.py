@@ -1,13 +1,24 @@
 """jobs.sweeps: plan, check and queue a sweep; cut a confident loser while it trains."""
 
+import numpy as np
 import pytest
 from test_jobs import micro
 
-from gptcore.config import preset
+from analysis.forecast import annealing_areas
+from gptcore.config import apply_overrides, preset
 from gptcore.errors import GptdashError
 from jobs import runner, sweeps
+from jobs.forecasting import lr_schedule, run_forecast
 from jobs.manager import claim_here
-from jobs.sweeps import NOMINAL_FLOPS_PER_S, plan_sweep, submit_sweep, training_seconds
+from jobs.sweeps import (
+    NOMINAL_FLOPS_PER_S,
+    cut_problem,
+    cut_reason,
+    measured_flops_per_s,
+    plan_sweep,
+    submit_sweep,
+    training_seconds,
+)
 
 
 def test_plan_crosses_the_grids_into_validated_configs():
@@ -45,7 +56,7 @@ def test_a_bad_spec_or_value_is_refused(grids, ranges, random, message):
 
 
 def test_submit_queues_one_run_per_config_in_the_sweep(store):
-    plan = plan_sweep(micro(), ["lr=1e-3,1e-2", "n_layers=1,2"], [])
+    plan = plan_sweep(micro(eval_interval=1), ["lr=1e-3,1e-2", "n_layers=1,2"], [])
     sweep_id, run_ids = submit_sweep(store, plan, name="lr sweep", cut=True)
     sweep = store.get_sweep(sweep_id)
     assert sweep.name == "lr sweep" and sweep.cut and sweep.spec["params"] == ["lr", "n_layers"]
@@ -67,7 +78,7 @@ def test_a_run_that_cannot_start_writes_nothing(store, tmp_path):
 
 
 def test_only_a_cut_sweep_has_cut_points(store):
-    plan = plan_sweep(micro(max_steps=80), ["lr=1e-3,1e-2"], [])
+    plan = plan_sweep(micro(max_steps=80, eval_interval=4), ["lr=1e-3,1e-2"], [])
     _, (plain, _) = submit_sweep(store, plan, name=None, cut=False)
     _, (cut, _) = submit_sweep(store, plan, name=None, cut=True)
     alone = runner.create_run(store, micro(max_steps=80))
@@ -92,12 +103,16 @@ def test_a_confident_loser_is_cut_and_the_winner_is_not(store):
     result = train(store, bad)
     assert result.status == "stopped"
     run = store.get_run(bad)
-    assert run.status == "stopped" and run.last_step < 12
-    assert run.error.startswith("stopped at step 6: forecast ")
-    assert " vs best " in run.error
     events = store.events([bad])
     cut = events[events["kind"] == "early_stop"]
-    assert list(cut["step"]) == [6] and list(cut["message"]) == [run.error]
+    # At a cut point (a quarter or half of 24 steps), compared with the good run's forecast
+    # from the same share of its own steps; the trainer stops one step later.
+    assert len(cut) == 1 and int(cut["step"].iloc[0]) in (6, 12)
+    at = int(cut["step"].iloc[0])
+    assert run.status == "stopped" and run.last_step <= at + 1 < 24
+    assert run.error.startswith(f"stopped at step {at}: forecast ")
+    assert " vs best " in run.error
+    assert list(cut["message"]) == [run.error]
     assert store.get_run(good).error is None
 
 
@@ -113,3 +128,55 @@ def test_a_failing_cut_check_never_stops_training(store, monkeypatch):
     _, (run_id,) = submit_sweep(store, plan, name=None, cut=True)
     assert train(store, run_id).status == "completed"
     assert calls == [6, 12]  # asked once at each cut point, not at every evaluation
+
+
+def test_a_cut_that_could_never_act_is_refused_before_anything_is_written(store):
+    # tiny evaluates every 50 of 400 steps: 2 evaluations by the first cut at step 100.
+    plan = plan_sweep(preset("tiny"), ["lr=1e-3,3e-3"], [])
+    assert "set eval_interval to 20 or less" in cut_problem(plan)
+    with pytest.raises(GptdashError, match="eval_interval to 20 or less"):
+        submit_sweep(store, plan, name="never cuts", cut=True)
+    assert store.list_sweeps() == [] and store.list_runs() == []
+    # Without the cut the same sweep is fine, and evaluating often enough makes the cut fine.
+    assert cut_problem(plan_sweep(apply_overrides(preset("tiny"), {"eval_interval": 20}),
+                                  ["lr=1e-3,3e-3"], [])) is None
+    submit_sweep(store, plan, name="no cut", cut=False)
+    assert len(store.list_runs()) == 2
+
+
+# The annealing law with a strong decay term: a run forecast before it has seen its lr
+# decay predicts a higher final loss than the one it will reach.
+COSINE = dict(max_steps=400, lr=1e-2, min_lr=0.0, schedule="cosine", warmup_steps=0,
+              eval_interval=10)
+
+
+def _law_curve(cfg, upto):
+    s1, s2 = annealing_areas(lr_schedule(cfg))
+    steps = np.arange(cfg.eval_interval, upto + 1, cfg.eval_interval)
+    return [(int(s), float(2.0 + 0.5 * s1[s] ** -0.5 - 0.2 * s2[s])) for s in steps]
+
+
+def test_a_run_as_good_as_a_finished_one_is_not_cut_before_its_lr_decays(store):
+    cfg = apply_overrides(preset("tiny"), COSINE)
+    sweep_id = store.create_sweep("twins", {}, cut=True)
+    finished = store.create_run("finished", cfg.to_dict(), max_steps=cfg.max_steps,
+                                status="running", sweep_id=sweep_id)
+    store.log_metrics(finished, [("val/loss", s, v, 0.0) for s, v in _law_curve(cfg, 400)])
+    store.set_status(finished, "completed")
+    twin = store.create_run("twin", cfg.to_dict(), max_steps=cfg.max_steps, status="running",
+                            sweep_id=sweep_id)
+    store.log_metrics(twin, [("val/loss", s, v, 0.0) for s, v in _law_curve(cfg, 100)])
+    # The twin's early forecast leaves out the decay still to come ...
+    early = run_forecast(store, twin, upto=100)
+    final = _law_curve(cfg, 400)[-1][1]
+    assert early.low > final
+    # ... so it is held against the finished run's forecast from the same quarter of its
+    # steps, not against its final loss, and two identical curves are never cut.
+    assert cut_reason(store, twin, upto=100) is None
+
+
+def test_the_throughput_estimate_skips_a_run_this_version_cannot_read(store):
+    old = store.create_run("old", {"no_such_setting": 1}, status="running", max_steps=10)
+    store.log_metrics(old, [("tokens_per_sec", 1, 1000.0, 0.0)])
+    store.set_status(old, "completed")
+    assert measured_flops_per_s(store) is None  # no error: there is just nothing to measure
