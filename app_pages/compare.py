@@ -22,10 +22,10 @@ SAMPLES_PER_ROW = 3
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def forecast_of(run_id: int, last_step: int, status: str
+def forecast_of(run_id: int, evaluations: int, status: str
                 ) -> tuple[Forecast | None, str | None, float | None]:
     """The run's forecast, why there is none, and its last val loss; refitted only when the
-    run has moved on (``last_step``, ``status``)."""
+    run has a new evaluation or status (not each time its step moves)."""
     val = store.metrics([run_id], [VAL_KEY])
     last_val = float(val["value"].iloc[-1]) if not val.empty else None
     forecast, failure = try_forecast(lambda: run_forecast(store, run_id))
@@ -78,7 +78,14 @@ names = {i: by_id[i].name for i in chosen}
 fig = metric_figure(frame, title=metric, names=names, x="x", log_x=log_x, log_y=log_y,
                     smoothing=smoothing, x_title=X_TITLES[x_mode],
                     uirevision=f"{metric}-{x_mode}")
-forecasts = {i: forecast_of(i, by_id[i].last_step, by_id[i].status) for i in chosen}
+
+
+def evaluations_so_far(r) -> int:
+    interval = r.config.get("eval_interval") if isinstance(r.config, dict) else None
+    return r.last_step // interval if isinstance(interval, int) and interval > 0 else r.last_step
+
+
+forecasts = {i: forecast_of(i, evaluations_so_far(by_id[i]), by_id[i].status) for i in chosen}
 if metric == VAL_KEY and x_mode != "time":
     colors = run_colors(chosen)
     for i in chosen:

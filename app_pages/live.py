@@ -5,7 +5,8 @@ script run. A tick reads only rows newer than the last, and rebuilds the four
 figures only when those brought something new (or the view changed); otherwise it
 sends the figures it built before. A run that has ended, or a tab that is hidden,
 gets no ticks at all. The Loss chart's extras follow the same rule: events (markers
-on the curve, a table below) are read only when new rows arrived, and the val-loss
+on the curve, a table below) are read only when their count moved (one COUNT a tick:
+a roll-back rewrites old steps, so new rows alone would show its marker late), and the val-loss
 forecast (a dotted curve with its band to max_steps) is refitted only when a new
 evaluation arrived.
 
@@ -247,7 +248,7 @@ def live() -> None:
         _refresh(series)
     # Events come with new rows; a page run (a click, the run ending) looks again too.
     read_events = _kept("events", LastBuilt)
-    events = read_events.get((series.version, st.session_state["live_page_runs"]),
+    events = read_events.get((store.event_count([run_id]), st.session_state["live_page_runs"]),
                              lambda: store.events([run_id]))
     # The forecast changes only with a new evaluation.
     fit = _kept("forecast", LastBuilt)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,16 @@ class EventsMixin:
                 session.flush()
             except IntegrityError as exc:
                 raise missing_run(run_id) from exc
+
+    def event_count(self, run_ids: Sequence[int]) -> int:
+        """How many events the runs have: one cheap query, so a live page re-reads the
+        events only when this moves (a roll-back rewrites old steps, so new metric rows
+        alone do not tell)."""
+        if not run_ids:
+            return 0
+        stmt = select(func.count()).select_from(Event).where(Event.run_id.in_(list(run_ids)))
+        with Session(self.engine) as session:
+            return int(session.scalar(stmt) or 0)
 
     def events(self, run_ids: Sequence[int]) -> pd.DataFrame:
         """The runs' events (run_id, step, kind, message, wall_time), sorted by run then step."""

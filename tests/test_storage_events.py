@@ -49,3 +49,13 @@ def test_deleting_a_run_deletes_its_events(store: RunStore) -> None:
     store.log_event(kept, 1, "spike", "y")
     store.delete_run(gone)
     assert list(store.events([gone, kept])["run_id"]) == [kept]
+
+
+def test_event_count_moves_with_each_event_and_counts_only_the_runs_asked(store):
+    a = store.create_run("a", {}, status="running", max_steps=10)
+    b = store.create_run("b", {}, status="running", max_steps=10)
+    assert store.event_count([a]) == 0 and store.event_count([]) == 0
+    store.log_event(a, 5, "spike", "loss 8.0 at step 5")
+    store.log_event(a, 3, "rollback", "back to step 3")  # an older step: still counted
+    store.log_event(b, 1, "best_checkpoint", "val 2.0")
+    assert store.event_count([a]) == 2 and store.event_count([a, b]) == 3
