@@ -160,7 +160,7 @@ def cmd_show(args, store: RunStore) -> int:
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,
             "worker": r.worker, "sweep_id": r.sweep_id,
             "events": [{"step": int(e.step), "kind": e.kind, "message": e.message}
-                       for e in store.events([r.id]).itertuples()],
+                       for e in store.event_rows([r.id])],
             "config": r.config}
     print(json.dumps(info, indent=2, default=str))
     return EXIT_OK

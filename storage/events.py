@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,14 +49,18 @@ class EventsMixin:
         with Session(self.engine) as session:
             return int(session.scalar(stmt) or 0)
 
-    def events(self, run_ids: Sequence[int]) -> pd.DataFrame:
-        """The runs' events (run_id, step, kind, message, wall_time), sorted by run then step."""
-        import pandas as pd  # here, not at the top: `gptdash list` should not wait for pandas
-
+    def event_rows(self, run_ids: Sequence[int]) -> list[Row]:
+        """The runs' events as rows with attributes run_id, step, kind, message, wall_time,
+        sorted by run then step: for the CLI, which should not wait for pandas."""
         stmt = (select(Event.run_id, Event.step, Event.kind, Event.message, Event.wall_time)
                 .where(Event.run_id.in_(list(run_ids)))
                 .order_by(Event.run_id, Event.step, Event.id))
         with Session(self.engine) as session:
-            rows = session.execute(stmt).all() if run_ids else []
-        frame = pd.DataFrame.from_records(rows, columns=EVENT_COLUMNS)
+            return list(session.execute(stmt).all()) if run_ids else []
+
+    def events(self, run_ids: Sequence[int]) -> pd.DataFrame:
+        """The runs' events (run_id, step, kind, message, wall_time), sorted by run then step."""
+        import pandas as pd  # here, not at the top: `gptdash list` should not wait for pandas
+
+        frame = pd.DataFrame.from_records(self.event_rows(run_ids), columns=EVENT_COLUMNS)
         return frame.astype({"run_id": "int64", "step": "int64", "wall_time": "float64"})

@@ -146,3 +146,20 @@ def test_light_commands_do_not_import_torch(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_list_and_show_do_not_import_pandas(tmp_path):
+    """pandas costs a third of a second to import; `list` and `show` answer without it."""
+    store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
+    run_id = store.create_run("with an event", {}, max_steps=10)
+    store.log_event(run_id, 3, "spike", "loss 9.0 at step 3")
+    store.close()
+    code = ("import sys\nfrom jobs.cli import main\nmain(['list'])\n"
+            f"main(['show', '{run_id}'])\nprint('pandas' in sys.modules)")
+    env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
+    env.pop("GPTDASH_DB_URL", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"kind": "spike"' in out.stdout  # show lists the event
+    assert out.stdout.strip().splitlines()[-1] == "False"
