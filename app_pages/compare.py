@@ -189,7 +189,10 @@ if not steps:
     st.caption("The chosen runs recorded no samples.")
 else:
     step = steps[-1]
-    if len(steps) > 1:
+    latest = st.toggle("Each run's latest", key="cmp_sample_latest",
+                       help="On: every run's newest samples, whatever their step. Off: all "
+                            "runs at one step.")
+    if len(steps) > 1 and not latest:
         # Keyed by the runs: another choice of runs has other steps to offer.
         step = st.select_slider("At step", options=steps, value=steps[-1],
                                 key=f"cmp_sample_step_{'-'.join(map(str, chosen))}",
@@ -200,7 +203,9 @@ else:
         for i, column in zip(row, st.columns(SAMPLES_PER_ROW), strict=False):
             with column:
                 st.text(f"#{i} {names[i]}")
-                shown = samples_at(recorded[i], step)
+                own = recorded[i]
+                newest = int(own["step"].max()) if latest and not own.empty else step
+                shown = samples_at(own, newest)
                 if shown.empty:
                     st.caption("No samples.")
                 for _, sample in shown.iterrows():

@@ -414,3 +414,29 @@ def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app,
     assert sorted(r.config["lr"] for r in runs) == [1e-3, 3e-3]
     assert all(r.config["max_steps"] == 20 for r in runs)
     assert "of 2 runs completed" in _texts(at.markdown)
+
+
+def test_compare_shows_recorded_samples_at_one_step_or_each_runs_latest(home):
+    store = RunStore()
+    config = preset("tiny").to_dict()
+    short = store.create_run("short", config, status="completed", max_steps=100)
+    long = store.create_run("long", config, status="running", max_steps=1000)
+    for run_id, steps in ((short, (50, 100)), (long, (50, 100, 600))):
+        store.log_metrics(run_id, [("val/loss", s, 3.0 - s / 1000, 0.0) for s in steps])
+        for s in steps:
+            store.log_sample(run_id, s, "The ", f"text of run {run_id} at step {s}")
+    store.close()
+    with _app_test() as at:
+        at.run()
+        at.session_state["compare_ids"] = [short, long]
+        _open(at, "app_pages/compare.py")
+        codes = _texts(at.code)
+        # One step for all: the newest step both runs have.
+        assert f"text of run {short} at step 100" in codes
+        assert f"text of run {long} at step 100" in codes
+        assert "at step 600" not in codes
+        at.toggle(key="cmp_sample_latest").set_value(True).run()
+        assert not at.exception
+        codes = _texts(at.code)
+        assert f"text of run {short} at step 100" in codes
+        assert f"text of run {long} at step 600" in codes
