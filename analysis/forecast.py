@@ -171,7 +171,8 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
                    lr_per_step: Sequence[float], max_steps: int, *,
                    upto_step: int | None = None, annealing_c: float | None = None,
                    level: float = BAND_LEVEL,
-                   momentum: float = ANNEALING_MOMENTUM) -> Forecast | None:
+                   momentum: float = ANNEALING_MOMENTUM,
+                   areas: tuple[np.ndarray, np.ndarray] | None = None) -> Forecast | None:
     """Fit the evaluations at or before ``upto_step`` and forecast val loss at ``max_steps``.
 
     ``steps``/``val_loss`` are the evaluations (val loss after ``steps[k]`` optimizer
@@ -189,7 +190,9 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     forecast leaves the coming drop out. ``annealing_c`` supplies C instead, as the paper
     does: fitted on a finished run of the same model and data (its ``params["C"]``) and
     held fixed here, so a run's annealing is forecast before it shows. Its uncertainty is
-    not in the band.
+    not in the band. ``areas`` is ``annealing_areas(lr_per_step, momentum)`` computed
+    once by a caller that forecasts the same schedule again and again (a live page on a
+    10-million-step run would otherwise spend most of a second on it at each refit).
 
     The band is a prediction interval from the fit's parameter covariance (the Jacobian at
     the optimum, scaled by the residual variance) carried to ``max_steps`` by the delta
@@ -220,7 +223,9 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     if x.size < MIN_POINTS:
         return None
 
-    s1_all, s2_all = annealing_areas(np.asarray(lr_per_step, dtype=float)[:max_steps], momentum)
+    if areas is None:
+        areas = annealing_areas(np.asarray(lr_per_step, dtype=float)[:max_steps], momentum)
+    s1_all, s2_all = areas
     s1, s2 = s1_all[x], s2_all[x]
     if np.any(s1 <= 0):
         return None  # an lr of zero up to an evaluation: nothing to fit a power of

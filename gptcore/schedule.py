@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from gptcore.config import TrainConfig
 
 
@@ -30,6 +32,33 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
     return cfg.min_lr + coeff * (lr - cfg.min_lr)
+
+
+def lr_array(cfg: TrainConfig) -> np.ndarray:
+    """``lr_at`` for every step 0..max_steps-1 at once, as float64.
+
+    The same formulas on whole arrays: a forecast needs the lr of every step, and a
+    Python loop over a 10-million-step schedule takes seconds where this takes
+    milliseconds. ``lr_at`` stays the reference; a test holds the two equal.
+    """
+    step = np.arange(cfg.max_steps, dtype=np.float64)
+    lr, warmup = cfg.lr, cfg.warmup_steps
+    if cfg.schedule == "constant":
+        out = np.full_like(step, lr)
+    elif cfg.schedule == "step":
+        out = lr * cfg.gamma ** np.floor_divide(step - warmup, cfg.step_size)
+    elif cfg.schedule in ("cosine", "linear"):
+        decay_steps = max(1, cfg.max_steps - warmup)
+        progress = np.minimum(1.0, (step - warmup) / decay_steps)
+        coeff = (0.5 * (1.0 + np.cos(np.pi * progress)) if cfg.schedule == "cosine"
+                 else 1.0 - progress)
+        out = cfg.min_lr + coeff * (lr - cfg.min_lr)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if warmup > 0:
+        head = min(warmup, cfg.max_steps)
+        out[:head] = lr * (step[:head] + 1) / warmup
+    return out
 
 
 def lr_curve(cfg: TrainConfig, points: int = 500) -> tuple[list[int], list[float]]:

@@ -6,13 +6,17 @@ No torch: ``gptdash forecast`` and the pages read forecasts at once.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from analysis.forecast import MIN_POINTS, Forecast, forecast_final
+import numpy as np
+
+from analysis.forecast import MIN_POINTS, Forecast, annealing_areas, forecast_final
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
-from gptcore.schedule import lr_at
+from gptcore.schedule import lr_array
 
 if TYPE_CHECKING:
     from storage.store import RunRecord, RunStore
@@ -20,9 +24,25 @@ if TYPE_CHECKING:
 VAL_KEY = "val/loss"
 
 
-def lr_schedule(cfg: TrainConfig) -> list[float]:
-    """The lr of every optimizer step 0..max_steps-1, as the trainer sets it."""
-    return [lr_at(step, cfg) for step in range(cfg.max_steps)]
+def lr_schedule(cfg: TrainConfig) -> np.ndarray:
+    """The lr of every optimizer step 0..max_steps-1, as the trainer sets it (read-only)."""
+    return _schedule(json.dumps(cfg.to_dict(), sort_keys=True))[0]
+
+
+def _areas(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    return _schedule(json.dumps(cfg.to_dict(), sort_keys=True))[1]
+
+
+# Kept for the last few configs: a live page refits a run's forecast at each new
+# evaluation, and the schedule and its annealing areas never change (on a 10-million-step
+# run they take about a second to compute, the fit itself milliseconds).
+@functools.lru_cache(maxsize=8)
+def _schedule(config_json: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    lrs = lr_array(TrainConfig.from_dict(json.loads(config_json)))
+    areas = annealing_areas(lrs)
+    for array in (lrs, *areas):
+        array.setflags(write=False)  # shared between callers
+    return lrs, areas
 
 
 def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int], list[float]]:
@@ -34,7 +54,8 @@ def _forecast(run: RunRecord, steps: list[int], losses: list[float],
               upto: int | None) -> Forecast | None:
     cfg = TrainConfig.from_dict(run.config)
     try:
-        return forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps, upto_step=upto)
+        return forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps, upto_step=upto,
+                              areas=_areas(cfg))
     except ValueError as exc:
         raise GptdashError(f"cannot forecast run {run.id}: {exc}") from None
 

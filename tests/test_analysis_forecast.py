@@ -195,3 +195,14 @@ def test_eta_to_loss_finds_the_first_step_at_the_target():
     assert eta_to_loss(f, target) == 200
     assert eta_to_loss(f, truth - 0.5) is None  # never within this run
     assert eta_to_loss(f, 1e3) == 1  # already below it after the first step
+
+
+def test_precomputed_areas_give_the_same_forecast():
+    lrs = [1e-3 * (0.5 + 0.5 * np.cos(np.pi * s / 400)) for s in range(400)]
+    steps = list(range(20, 401, 20))
+    loss = [2.0 + 0.3 * (1e-3 * s) ** -0.5 + 0.01 * np.sin(s) for s in steps]
+    plain = forecast_final(steps, loss, lrs, 400, upto_step=240)
+    given = forecast_final(steps, loss, lrs, 400, upto_step=240,
+                           areas=annealing_areas(np.asarray(lrs)))
+    assert (given.predicted_final, given.low, given.high) == (
+        plain.predicted_final, plain.low, plain.high)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from gptcore.config import TrainConfig
-from gptcore.schedule import lr_at, lr_curve
+from gptcore.schedule import lr_array, lr_at, lr_curve
 
 
 def cfg(**kw):
@@ -58,3 +58,14 @@ def test_lr_curve_covers_the_whole_run():
     assert steps[0] == 0 and steps[-1] == 9_999
     assert len(steps) <= 102
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "linear"])
+@pytest.mark.parametrize("warmup", [0, 1, 7, 300])
+def test_lr_array_is_lr_at_at_every_step(schedule, warmup):
+    cfg = TrainConfig(max_steps=250, warmup_steps=warmup, schedule=schedule, lr=3e-3,
+                      min_lr=3e-4, step_size=40, gamma=0.5)
+    expected = [lr_at(s, cfg) for s in range(cfg.max_steps)]
+    got = lr_array(cfg)
+    assert got.shape == (cfg.max_steps,)
+    assert got.tolist() == pytest.approx(expected, rel=1e-12, abs=0)

@@ -34,7 +34,9 @@ def recorded_run(store, steps, *, status="running", noise=0.0) -> int:
 
 def test_lr_schedule_is_lr_at_for_every_step():
     cfg = TrainConfig(max_steps=30, warmup_steps=5, schedule="cosine")
-    assert lr_schedule(cfg) == [lr_at(s, cfg) for s in range(30)]
+    np.testing.assert_allclose(lr_schedule(cfg), [lr_at(s, cfg) for s in range(30)],
+                               rtol=1e-12)
+    assert lr_schedule(cfg) is lr_schedule(cfg)  # computed once per config
 
 
 def test_forecast_of_a_recorded_curve_finds_its_final_loss(store):
