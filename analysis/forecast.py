@@ -279,6 +279,10 @@ def eta_to_loss(forecast: Forecast, target: float) -> int | None:
 
     A step at or before ``forecast.upto_step`` means the fitted curve is already there.
     """
-    steps = np.arange(1, forecast.max_steps + 1)
-    reached = np.flatnonzero(forecast.curve(steps).mean <= target)
-    return int(steps[reached[0]]) if reached.size else None
+    # The mean alone, straight from the law: the band's Jacobian at every step of a long
+    # run would cost far more and is not needed here.
+    l0, a, alpha, c = forecast._theta
+    s1 = forecast._s1[1:forecast.max_steps + 1]
+    s2 = forecast._s2[1:forecast.max_steps + 1]
+    reached = np.flatnonzero(l0 + a * s1 ** (-alpha) - c * s2 <= target)
+    return int(reached[0]) + 1 if reached.size else None

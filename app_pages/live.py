@@ -24,7 +24,7 @@ from collections.abc import Hashable
 import pandas as pd
 import streamlit as st
 
-from analysis.forecast import Forecast
+from analysis.forecast import Forecast, eta_to_loss
 from jobs.forecasting import run_forecast
 from storage.store import RunRecord
 from ui.events import event_traces, events_table
@@ -201,7 +201,12 @@ def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
                              placeholder="e.g. 2.0")
     if target is not None:
         pace = seconds_per_step(r.duration_s, r.last_step) if r.status in ACTIVE else None
-        c2.write(eta_text(forecast, target, last_step=r.last_step, seconds_per_step=pace))
+        # The step is kept until the fit or the target changes: finding it scans every step
+        # to max_steps, which on a long run is not a per-tick job.
+        step = _kept("eta", LastBuilt).get((id(forecast), target),
+                                           lambda: eta_to_loss(forecast, target))
+        c2.write(eta_text(forecast, target, last_step=r.last_step, seconds_per_step=pace,
+                          step=step))
     if r.status == "completed" and r.max_steps > 0:
         check = _kept("forecast_check", LastBuilt).get(
             r.status, lambda: try_forecast(lambda: run_forecast(

@@ -72,10 +72,14 @@ def _translucent(color: str, alpha: float) -> str:
 
 
 def eta_text(forecast: Forecast, target: float, *, last_step: int,
-             seconds_per_step: float | None) -> str:
+             seconds_per_step: float | None, step: int | None | bool = False) -> str:
     """When the forecast reaches val loss ``target``: the step, and from ``last_step`` at
-    ``seconds_per_step`` how long until then; or that it does not by max_steps."""
-    step = eta_to_loss(forecast, target)
+    ``seconds_per_step`` how long until then; or that it does not by max_steps.
+
+    ``step`` is ``eta_to_loss(forecast, target)`` when the caller kept it (on a long run
+    it scans every step to max_steps); by default it is computed here."""
+    if step is False:
+        step = eta_to_loss(forecast, target)
     if step is None:
         return (f"Val loss {target:g} is not reached by step {forecast.max_steps:,} "
                 f"(forecast final {forecast.predicted_final:.3g}).")
