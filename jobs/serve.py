@@ -73,11 +73,12 @@ def check_port_free(address: str, port: int) -> None:
 
 
 def streamlit_args(address: str, port: int) -> list[str]:
-    """``streamlit run`` arguments: our app, headless, no telemetry, no file watcher (it
-    costs the training thread CPU), pinned Host names; whatever folder it is started from."""
+    """``streamlit run`` arguments: our app, headless, no telemetry, pinned Host names, and
+    neither a file watcher nor a forced garbage collection after each script run (both cost
+    the training thread CPU); whatever folder it is started from."""
     args = ["run", str(APP), "--server.address", address, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none"]
+            "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
     # Only these Host names may open the app's WebSocket: on 0.0.0.0, name the host
     # names you serve under in GPTDASH_ALLOWED_HOSTS.
     for host in allowed_hosts(address):
