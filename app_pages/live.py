@@ -7,7 +7,8 @@ sends the figures it built before. A run that has ended, or a tab that is hidden
 gets no ticks at all. The Loss chart's extras follow the same rule: events (markers
 on the curve, a table below) are read only when their count moved (one COUNT a tick:
 a roll-back rewrites old steps, so new rows alone would show its marker late), and the val-loss
-forecast (a dotted curve with its band to max_steps) is refitted only when a new
+forecast (a dotted curve with its band, as far ahead as the run has come, to
+max_steps at most) is refitted only when a new
 evaluation arrived.
 
 Keeping the user's zoom: Streamlit remounts a plotly chart whenever its figure
@@ -135,7 +136,12 @@ def loss_overlays(series: LiveSeries, events: pd.DataFrame,
     traces = event_traces(events, loss, names={run_id: run.name})
     if forecast is not None and forecast.upto_step < forecast.max_steps:  # a road ahead
         top = float(loss["value"].max()) if not loss.empty else None
-        traces += forecast_traces(forecast, PALETTE[0], clip=(0.0, top) if top else None)
+        # As far ahead as the run has come (to max_steps at most): early in a long run the
+        # whole road would squash the curve into the chart's left edge and stop the axis
+        # following new steps. The final value is in the caption below the charts.
+        ahead = 2 * max(series.cursor or 0, forecast.upto_step)
+        traces += forecast_traces(forecast, PALETTE[0], clip=(0.0, top) if top else None,
+                                  until=ahead)
     return traces
 
 

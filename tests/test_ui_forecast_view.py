@@ -88,3 +88,11 @@ def test_forecast_table(forecast):
     assert table.values.tolist() == [
         ["#1 a", "running", "2.5000", f"{forecast.predicted_final:.4f}", band_text(forecast)],
         ["#2 b", "queued", "—", "—", "—"]]
+
+
+def test_forecast_traces_end_where_asked_but_never_past_max_steps_or_before_the_start(
+        forecast):
+    start = forecast.upto_step
+    assert forecast_traces(forecast, "#636efa", until=start + 10)[2]["x"][-1] == start + 10
+    assert forecast_traces(forecast, "#636efa", until=10**9)[2]["x"][-1] == forecast.max_steps
+    assert forecast_traces(forecast, "#636efa", until=1)[2]["x"][-1] == start

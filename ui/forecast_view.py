@@ -35,16 +35,19 @@ def forecast_summary(forecast: Forecast) -> str:
 
 def forecast_traces(forecast: Forecast, color: str, *, name: str = FORECAST_NAME,
                     x_per_step: float = 1.0,
-                    clip: tuple[float, float] | None = None) -> list[dict]:
+                    clip: tuple[float, float] | None = None,
+                    until: int | None = None) -> list[dict]:
     """The forecast from its last evaluation to max_steps: a shaded band (low to high) and
     a dotted line through its middle, in the run's ``color``.
 
     ``x_per_step`` scales steps to the chart's x-axis (tokens per step on a tokens axis).
     ``clip`` bounds the band's edges, so an early, wide band does not squash the curves
-    it continues (the hover still gives the whole band).
+    it continues (the hover still gives the whole band). ``until`` ends the curve at that
+    step instead of max_steps (never before its start).
     """
     start = max(forecast.upto_step, 1)
-    steps = np.unique(np.linspace(start, forecast.max_steps, CURVE_POINTS).round().astype(int))
+    end = forecast.max_steps if until is None else max(start, min(until, forecast.max_steps))
+    steps = np.unique(np.linspace(start, end, CURVE_POINTS).round().astype(int))
     curve = forecast.curve(steps)
     xs = curve.steps * x_per_step
     low, high = curve.low, curve.high
