@@ -14,7 +14,6 @@ from browser_support import (
     ARTIFACTS,
     OffHostRequests,
     goto_page,
-    launch_chromium,
     new_context,
     on_chart,
     rerun,
@@ -25,7 +24,7 @@ from browser_support import (
     wait_for_points,
     wait_rendered,
 )
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.browser
 
@@ -41,14 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("browser_home")
     with streamlit_server(home, ARTIFACTS / "streamlit-server.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import torch
 from browser_support import (
     ARTIFACTS,
     goto_page,
-    launch_chromium,
     new_context,
     on_chart,
     rerun,
@@ -27,7 +26,7 @@ from browser_support import (
     wait_for_chart,
     wait_rendered,
 )
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from test_app_pages import MICRO, _train
 
 from gptcore.config import apply_overrides, preset
@@ -73,14 +72,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
 def server(home: dict) -> Iterator[str]:
     with streamlit_server(Path(home["root"]), ARTIFACTS / "extras-server.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -17,6 +17,14 @@ MICRO = ["--set", "context_length=16", "--set", "emb_dim=32", "--set", "n_layers
          "--set", "sample_tokens=8", "--set", "warmup_steps=2", "--set", "device=cpu"]
 
 
+def python_in(home, code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter on ``home`` (SQLite): what a new process imports."""
+    env = {**os.environ, "GPTDASH_HOME": str(home)}
+    env.pop("GPTDASH_DB_URL", None)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
 def gptdash(home, *args, timeout=120):
     env = {**os.environ, "GPTDASH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("GPTDASH_DB_URL", None)
@@ -140,10 +148,7 @@ def test_light_commands_do_not_import_torch(tmp_path):
             "main(['submit', '--preset', 'tiny', '--set', 'max_steps=5'])\n"
             "main(['show', '1'])\nmain(['stop', '1'])\n"
             "print('torch' in sys.modules)")
-    env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
-    env.pop("GPTDASH_DB_URL", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = python_in(tmp_path, code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
 
@@ -156,10 +161,7 @@ def test_list_and_show_do_not_import_pandas(tmp_path):
     store.close()
     code = ("import sys\nfrom jobs.cli import main\nmain(['list'])\n"
             f"main(['show', '{run_id}'])\nprint('pandas' in sys.modules)")
-    env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
-    env.pop("GPTDASH_DB_URL", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = python_in(tmp_path, code)
     assert out.returncode == 0, out.stderr
     assert '"kind": "spike"' in out.stdout  # show lists the event
     assert out.stdout.strip().splitlines()[-1] == "False"

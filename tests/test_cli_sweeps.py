@@ -5,13 +5,10 @@ pays for no interpreter start; only the torch check needs a fresh process.
 """
 
 import json
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
-from test_cli import ROOT
+from test_cli import python_in
 from test_jobs import micro
 
 from jobs import runner
@@ -106,9 +103,6 @@ def test_sweep_list_and_forecast_do_not_import_torch(tmp_path):
             "'eval_interval=20'])\n"
             "main(['list', '--sweep', '1'])\nmain(['forecast', '1'])\n"
             "print('torch' in sys.modules)")
-    env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
-    env.pop("GPTDASH_DB_URL", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = python_in(tmp_path, code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
