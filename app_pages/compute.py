@@ -4,8 +4,8 @@ frontier the best of them trace."""
 import pandas as pd
 import streamlit as st
 
+from jobs.forecasting import VAL_KEY
 from ui.compute import (
-    VAL_KEY,
     compute_figure,
     compute_frame,
     fit_caption,

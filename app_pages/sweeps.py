@@ -10,9 +10,9 @@ import streamlit as st
 from analysis.forecast import Forecast
 from gptcore.config import PRESETS, field_info
 from jobs.errors import USER_ERRORS
-from jobs.forecasting import run_forecast
+from jobs.forecasting import VAL_KEY, run_forecast
 from jobs.sweeps import cut_problem, measured_flops_per_s, plan_sweep, submit_sweep
-from ui.compute import VAL_KEY, last_values
+from ui.compute import last_values
 from ui.live import ACTIVE, LastBuilt
 from ui.sweeps import (
     base_config,

@@ -48,6 +48,11 @@ class MemoryEstimate:
         return self.params_mb + self.optimizer_mb + self.gradients_mb + self.activations_mb
 
 
+def training_flops(cfg: TrainConfig, steps: int) -> float:
+    """FLOPs spent training ``steps`` optimizer steps: FLOPs per token times tokens seen."""
+    return flops_per_token(cfg) * steps * cfg.tokens_per_step
+
+
 def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
     """A rough training-memory estimate in MB (fp32 weights, bf16-or-fp32 activations).
 

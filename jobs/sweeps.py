@@ -14,7 +14,7 @@ from analysis.forecast import MIN_POINTS, Forecast
 from analysis.sweep import Value, cut_steps, expand, should_cut
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
-from gptcore.estimate import flops_per_token
+from gptcore.estimate import flops_per_token, training_flops
 from jobs.forecasting import run_forecast
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _fmt(value: Value) -> str:
 
 def training_seconds(cfg: TrainConfig, flops_per_s: float) -> float:
     """Time to train ``cfg`` at ``flops_per_s`` (evaluations and sampling left out)."""
-    return flops_per_token(cfg) * cfg.tokens_per_step * cfg.max_steps / flops_per_s
+    return training_flops(cfg, cfg.max_steps) / flops_per_s
 
 
 def measured_flops_per_s(store: RunStore) -> float | None:

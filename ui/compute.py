@@ -12,11 +12,10 @@ import plotly.graph_objects as go
 from analysis.frontier import FrontierFit, fit_frontier
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
-from gptcore.estimate import flops_per_token, param_count
+from gptcore.estimate import param_count, training_flops
 from storage.store import RunRecord
 from ui.format import human_count
 
-VAL_KEY = "val/loss"
 COMPUTE_COLUMNS = ("run_id", "name", "status", "params", "tokens", "compute", "val_loss")
 FRONTIER_COLOR = "#d62728"
 OTHER_COLOR = "#7f7f7f"
@@ -32,11 +31,6 @@ def last_values(metrics: pd.DataFrame) -> dict[int, float]:
         return {}
     last = metrics.sort_values(["run_id", "step"], kind="stable").groupby("run_id").tail(1)
     return {int(r): float(v) for r, v in zip(last["run_id"], last["value"], strict=True)}
-
-
-def training_flops(cfg: TrainConfig, steps: int) -> float:
-    """FLOPs spent training ``steps`` optimizer steps: FLOPs per token times tokens seen."""
-    return flops_per_token(cfg) * steps * cfg.tokens_per_step
 
 
 def is_finished(run: RunRecord, final_loss: float | None) -> bool:
