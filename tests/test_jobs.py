@@ -2,8 +2,11 @@
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +15,7 @@ from gptcore.errors import GptdashError
 from gptcore.trainer import Trainer
 from jobs import runner
 from jobs.manager import JobManager, claim_here
-from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, worker_id
+from jobs.recovery import DEFAULT_DEAD_AFTER_S, pid_alive, recover_interrupted, worker_id
 from storage.schema import utcnow
 
 # The queue, the worker and recovery behave the same on both databases.
@@ -236,3 +239,20 @@ def test_bad_corpus_files_are_refused_before_launch(store, tmp_path, content, me
     with pytest.raises(GptdashError, match=message):
         runner.create_run(store, micro(corpus=str(bad)))
     assert store.list_runs() == []
+
+
+def test_a_killed_process_not_yet_reaped_is_not_alive():
+    # A zombie still answers signal 0; recovery must see it as gone, or `gptdash list`
+    # right after a kill -9 would show the run `running`.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not become a zombie"
+            time.sleep(0.05)
+        assert not pid_alive(child.pid)  # killed, not yet reaped
+    finally:
+        child.wait()
+    assert not pid_alive(child.pid)
