@@ -1,3 +1,4 @@
+
 """Compare: overlay runs' curves with their events and forecasts, see which
 hyperparameters differ and what they did, and read the runs' samples side by side."""
 
@@ -9,6 +10,7 @@ from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig
 from jobs.forecasting import VAL_KEY, run_forecast
+from storage.status import RunStatus
 from ui.config_diff import differing_params
 from ui.events import CROWDING, event_traces, events_table, is_loss
 from ui.figures import X_TITLES, hparam_figure, metric_figure, run_colors, x_axis_frame
@@ -90,7 +92,7 @@ if metric == VAL_KEY and x_mode != "time":
     colors = run_colors(chosen)
     for i in chosen:
         forecast = forecasts[i][0]
-        if forecast is not None and by_id[i].status == "running":
+        if forecast is not None and by_id[i].status == RunStatus.RUNNING:
             top = frame.loc[frame["run_id"] == i, "value"].max()
             fig.add_traces(forecast_traces(
                 forecast, colors[i], name=f"{names[i]} · forecast",

@@ -1,3 +1,4 @@
+
 """Compute: every finished run's final val loss against the FLOPs it trained for, and the
 frontier the best of them trace."""
 
@@ -5,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from jobs.forecasting import VAL_KEY
+from storage.status import RunStatus
 from ui.compute import (
     compute_figure,
     compute_frame,
@@ -23,7 +25,7 @@ st.caption("Each point is a finished run (completed, or stopped with a val loss)
            "frontier holds the runs no run with less compute beat; the dashed line is "
            "loss = a·C^−b + c fitted to them.")
 
-finished = store.list_runs(status=["completed", "stopped"])
+finished = store.list_runs(status=[RunStatus.COMPLETED, RunStatus.STOPPED])
 frame = compute_frame(finished, last_values(store.metrics([r.id for r in finished], [VAL_KEY])))
 if frame.empty:
     empty_state("No finished runs yet: a run shows here once it completes, or is stopped "

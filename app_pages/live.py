@@ -1,3 +1,4 @@
+
 """Live run: one run's progress and curves, refreshed every couple of seconds.
 
 One fragment refreshes the status, charts and samples together, so each tick is one
@@ -27,6 +28,7 @@ import streamlit as st
 
 from analysis.forecast import Forecast, eta_to_loss
 from jobs.forecasting import run_forecast
+from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
 from ui.events import event_traces, events_table
 from ui.figures import PALETTE
@@ -39,7 +41,6 @@ from ui.forecast_view import (
 )
 from ui.format import eta_seconds, human_duration, progress_fraction
 from ui.live import (
-    ACTIVE,
     LastBuilt,
     LiveCharts,
     LiveSeries,
@@ -70,7 +71,7 @@ runs = store.list_runs()
 if not runs:
     empty_state("No runs yet: start one on **New run** and it appears here while it trains.")
 
-running = [r.id for r in runs if r.status == "running"]
+running = [r.id for r in runs if r.status == RunStatus.RUNNING]
 arrived_for = st.session_state.pop("live_run", None)  # set by Start / Open on other pages
 if arrived_for in {r.id for r in runs}:
     st.session_state.live_pick = arrived_for
@@ -109,7 +110,7 @@ def status(r: RunRecord, series: LiveSeries) -> None:
     elapsed = r.duration_s
     c2.metric("Elapsed", human_duration(elapsed))
     c3.metric("ETA", human_duration(eta_seconds(r.last_step, r.max_steps, elapsed))
-              if r.status == "running" else "—")
+              if r.status == RunStatus.RUNNING else "—")
     tps = series.latest("tokens_per_sec")
     c4.metric("Tokens/s", f"{tps:,.0f}" if tps is not None else "—")
     st.progress(progress_fraction(r.last_step, r.max_steps),
@@ -123,8 +124,8 @@ def status(r: RunRecord, series: LiveSeries) -> None:
             with user_errors():
                 manager.stop(run_id)
                 st.toast("Stop requested")
-    if r.status in ("failed", "interrupted", "stopped") and r.error:
-        (st.error if r.status == "failed" else st.warning)("Why it ended:")
+    if r.status in (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.STOPPED) and r.error:
+        (st.error if r.status == RunStatus.FAILED else st.warning)("Why it ended:")
         st.text(r.error)
 
 
@@ -213,7 +214,7 @@ def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
                                            lambda: eta_to_loss(forecast, target))
         c2.write(eta_text(forecast, target, last_step=r.last_step, seconds_per_step=pace,
                           step=step))
-    if r.status == "completed" and r.max_steps > 0:
+    if r.status == RunStatus.COMPLETED and r.max_steps > 0:
         check = _kept("forecast_check", LastBuilt).get(
             r.status, lambda: try_forecast(lambda: run_forecast(
                 store, run_id, upto=int(CHECK_AT * r.max_steps)))[0])

@@ -1,3 +1,4 @@
+
 """New run: pick hyperparameters, see what they cost, press Start."""
 
 from dataclasses import replace
@@ -11,6 +12,7 @@ from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token
 from jobs.errors import USER_ERRORS
 from storage import home
+from storage.status import RunStatus
 from ui.config_diff import config_from_upload, config_json_bytes
 from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
@@ -56,7 +58,8 @@ def corpus_label(value: str) -> str:
 
 # ---- where the form starts from --------------------------------------------------------------
 runs = store.list_runs()
-finished = [r for r in runs if r.checkpoint_path and r.status in ("completed", "stopped")]
+finished = [r for r in runs
+            if r.checkpoint_path and r.status in (RunStatus.COMPLETED, RunStatus.STOPPED)]
 finished_by_id = {str(r.id): r for r in finished}
 c1, c2, c3, c4 = st.columns(4)
 with c1:
@@ -180,7 +183,8 @@ with summary_col:
                    "see the messages under the fields.")
     if cfg is not None and "emb_dim" not in problems:
         throughput = None
-        done = [r for r in runs if r.status in ("completed", "stopped") and r.last_step > 0]
+        done = [r for r in runs
+                if r.status in (RunStatus.COMPLETED, RunStatus.STOPPED) and r.last_step > 0]
         if done:
             ref = done[0]
             tps = store.metrics([ref.id], ["tokens_per_sec"])

@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from jobs.runner import RESUMABLE, can_resume
-from storage.schema import STATUSES
+from jobs.runner import can_resume
+from storage.status import RESUMABLE, STATUSES, RunStatus
 from ui.format import human_count, human_duration
 from ui.widgets import empty_state, get_manager, get_store, user_errors
 
@@ -72,7 +72,7 @@ if b1.button("Compare", disabled=len(runs) < 1, use_container_width=True):
 if b2.button("Open live view", disabled=len(runs) != 1, use_container_width=True):
     st.session_state.live_run = selected[0]
     st.switch_page("app_pages/live.py")
-stoppable = [r for r in runs if r.status in ("running", "queued")]
+stoppable = [r for r in runs if r.status in (RunStatus.RUNNING, RunStatus.QUEUED)]
 if b3.button("Stop / cancel", disabled=not stoppable, use_container_width=True):
     with user_errors():
         for r in stoppable:
@@ -88,7 +88,7 @@ if b4.button("Resume", disabled=not resumable, use_container_width=True,
         st.toast(f"Queued {', '.join(f'#{r.id}' for r in resumable)} to resume")
         st.rerun()
 with b5.popover("Delete", use_container_width=True,
-                disabled=any(r.status == "running" for r in runs)):
+                disabled=any(r.status == RunStatus.RUNNING for r in runs)):
     st.write(f"Delete {len(runs)} run(s) with their metrics, samples and checkpoints? "
              "This cannot be undone.")
     if st.button("Yes, delete", type="primary"):

@@ -1,3 +1,4 @@
+
 """Sweeps: queue a grid or random search of runs, then watch them train and compare them.
 
 The form plans the sweep as it is edited (how many runs, how long), and writes
@@ -12,8 +13,9 @@ from gptcore.config import PRESETS, field_info
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import VAL_KEY, run_forecast
 from jobs.sweeps import cut_problem, measured_flops_per_s, plan_sweep, submit_sweep
+from storage.status import ACTIVE, RunStatus
 from ui.compute import last_values
-from ui.live import ACTIVE, LastBuilt
+from ui.live import LastBuilt
 from ui.sweeps import (
     base_config,
     plan_summary,
@@ -163,13 +165,13 @@ def results() -> None:
     kept = st.session_state.setdefault("sweep_forecasts", {})
     forecasts = {}
     for r in runs:
-        if r.status == "running":
+        if r.status == RunStatus.RUNNING:
             forecast = kept.setdefault(r.id, LastBuilt()).get(
                 int(evaluations.get(r.id, 0)), lambda run_id=r.id: _forecast(run_id))
             if forecast is not None:
                 forecasts[r.id] = forecast
     table = sweep_table(runs, params, last_values(val), forecasts)
-    done = sum(r.status == "completed" for r in runs)
+    done = sum(r.status == RunStatus.COMPLETED for r in runs)
     counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}"
                        for s in dict.fromkeys(r.status for r in runs))
     st.markdown(f"**{done} of {len(runs)} runs completed** ({counts})"

@@ -44,7 +44,7 @@ from jobs import runner  # noqa: E402
 from jobs.errors import USER_ERRORS  # noqa: E402
 from jobs.manager import JobManager  # noqa: E402
 from storage.home import checkpoints_dir  # noqa: E402
-from storage.schema import FINISHED_STATUSES  # noqa: E402
+from storage.status import FINISHED  # noqa: E402
 from storage.store import RunStore  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def _chaos(store: RunStore, manager: JobManager, rng: random.Random, result: Soa
         for action in actions:
             if done.wait(rng.uniform(0.05, 0.5)):
                 return
-            finished = {r.id for r in store.list_runs(ids=untouched, status=FINISHED_STATUSES)}
+            finished = {r.id for r in store.list_runs(ids=untouched, status=FINISHED)}
             candidates = [r for r in untouched if r not in finished]
             if not candidates:
                 return
@@ -174,7 +174,7 @@ def soak(store: RunStore, manager: JobManager, *, runs: int = 20, seed: int = 0,
 
     def drained() -> bool:
         live = [r for r in result.run_ids if r not in result.deleted]
-        finals = {r.id for r in store.list_runs(ids=live, status=FINISHED_STATUSES)}
+        finals = {r.id for r in store.list_runs(ids=live, status=FINISHED)}
         return len(finals) == len(live) and manager.is_idle()
 
     while time.monotonic() < end and not drained():

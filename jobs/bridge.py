@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcore.trainer import TrainerCallbacks
+from storage.status import RunStatus
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,10 @@ class StoreCallbacks(TrainerCallbacks):
         self.store.log_event(self.run_id, step, kind, message, time.time())
 
     def on_status(self, status: str, message: str | None = None) -> None:
-        if status == "stopped" and self.cut_reason:
+        if status == RunStatus.STOPPED and self.cut_reason:
             message = self.cut_reason  # the stop was the sweep's cut, not a person's request
-        self.store.set_status(self.run_id, status, error=message if status != "running" else None)
+        self.store.set_status(self.run_id, status,
+                              error=message if status != RunStatus.RUNNING else None)
 
     def flush(self) -> None:
         self._write()

@@ -20,6 +20,7 @@ from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args
 from gptcore.errors import GptdashError
 from jobs.errors import USER_ERRORS
 from jobs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from storage.status import RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -56,7 +57,7 @@ def cmd_rank(args, store: RunStore) -> int:
     from jobs import runner
 
     result = runner.execute_run(store, args.run_id, device=args.device)
-    return EXIT_OK if result.status != "failed" else EXIT_FAILED
+    return EXIT_OK if result.status != RunStatus.FAILED else EXIT_FAILED
 
 
 def cmd_submit(args, store: RunStore) -> int:
@@ -168,13 +169,13 @@ def cmd_show(args, store: RunStore) -> int:
 
 def cmd_stop(args, store: RunStore) -> int:
     r = store.get_run(args.run_id)
-    if r.status in ("queued", "running"):
+    if r.status in (RunStatus.QUEUED, RunStatus.RUNNING):
         store.request_stop(r.id)  # first, so a worker claiming it meanwhile stops it
     r = store.get_run(args.run_id)
-    if r.status == "queued":
-        store.set_status(r.id, "stopped", error="cancelled before it started")
+    if r.status == RunStatus.QUEUED:
+        store.set_status(r.id, RunStatus.STOPPED, error="cancelled before it started")
         print(f"run {r.id} cancelled")
-    elif r.status == "running":
+    elif r.status == RunStatus.RUNNING:
         print(f"stop requested for run {r.id}; it saves a checkpoint and stops within a step")
     else:
         raise GptdashError(f"run {r.id} is {r.status}, not running")
@@ -214,7 +215,7 @@ def cmd_serve(args, store: RunStore) -> int:
 
 def _status(value: str) -> str:
     """A run status for ``list --status``; anything else is an argparse error (exit 2)."""
-    from storage.schema import STATUSES
+    from storage.status import STATUSES
 
     if value not in STATUSES:
         raise argparse.ArgumentTypeError(f"{value!r} is not a run status; choose one of "

@@ -17,6 +17,7 @@ from analysis.forecast import MIN_POINTS, Forecast, annealing_areas, forecast_fi
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.schedule import lr_array
+from storage.status import RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunRecord, RunStore
@@ -86,12 +87,12 @@ def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) ->
         usable = sum(1 for s, v in zip(steps, losses, strict=True) if s >= 1 and math.isfinite(v))
         where = f" up to step {upto}" if upto is not None else ""
         advice = ("wait for more, or evaluate more often (a smaller eval_interval)"
-                  if run.status in ("queued", "running") and upto is None
+                  if run.status in (RunStatus.QUEUED, RunStatus.RUNNING) and upto is None
                   else "evaluate more often (a smaller eval_interval)")
         raise GptdashError(f"run {run_id} ({run.status}) has {usable} evaluation(s) after "
                            f"step 0{where}; a forecast needs at least {MIN_POINTS}: {advice}")
     actual = None
-    if run.status == "completed":
+    if run.status == RunStatus.COMPLETED:
         _, all_losses = _val_curve(store, run_id, None)
         actual = all_losses[-1] if all_losses else None
     return {"run_id": run.id, "status": run.status,

@@ -21,6 +21,7 @@ from jobs import runner
 from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from jobs.manager import claim_here
 from jobs.progress import Progress
+from storage.status import RunStatus
 from storage.store import RunStore
 
 
@@ -53,7 +54,7 @@ def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
     run_id = int(box[0])
     if not ranks.is_main:
         result = runner.execute_run(store, run_id)
-        return EXIT_FAILED if result.status == "failed" else EXIT_OK
+        return EXIT_FAILED if result.status == RunStatus.FAILED else EXIT_OK
     return _train_foreground(store, run_id, quiet)
 
 
@@ -111,10 +112,10 @@ def _train_children(store: RunStore, run_id: int, nproc: int, stop: threading.Ev
 
 def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: bool) -> int:
     run = store.get_run(run_id)
-    if result.status == "failed":
+    if result.status == RunStatus.FAILED:
         print(f"run {run_id} failed: {result.reason}", file=sys.stderr)
         return EXIT_FAILED
-    if result.status == "stopped":
+    if result.status == RunStatus.STOPPED:
         print(f"run {run_id} stopped at step {result.step}; checkpoint saved. Resume with "
               f"`gptdash resume {run_id}`", file=sys.stderr)
         return EXIT_INTERRUPTED if interrupted else EXIT_OK

@@ -18,6 +18,7 @@ import threading
 from gptcore.config import TrainConfig
 from jobs import runner
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
+from storage.status import RunStatus
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ class JobManager:
         # The flag first: a worker claiming the run from now on starts a trainer that stops
         # at once, so a Stop racing a claim is never lost.
         self.store.request_stop(run_id)
-        if self.store.get_run(run_id).status == "queued":
-            self.store.set_status(run_id, "stopped", error="cancelled before it started")
+        if self.store.get_run(run_id).status == RunStatus.QUEUED:
+            self.store.set_status(run_id, RunStatus.STOPPED, error="cancelled before it started")
             return
         with self._lock:
             if self._current == run_id and self._stop_event is not None:

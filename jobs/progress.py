@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from gptcore.trainer import TrainerCallbacks
+from storage.status import RunStatus
 
 
 class Progress(TrainerCallbacks):
@@ -51,6 +52,6 @@ class Progress(TrainerCallbacks):
                                                             file=self.stream)
 
     def on_status(self, status: str, message: str | None = None) -> None:
-        if self.bar is not None and status != "running":
+        if self.bar is not None and status != RunStatus.RUNNING:
             self.bar.close()
             self.bar = None

@@ -19,6 +19,7 @@ from gptcore.estimate import fit_problem, param_count
 from jobs.errors import USER_ERRORS
 from storage import home
 from storage.errors import StorageError
+from storage.status import RESUMABLE, RunStatus
 from storage.store import RunRecord, RunStore, remove_run_folder
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESUMABLE = ("stopped", "interrupted", "failed")
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -104,7 +104,7 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     parent_id = check_run(store, cfg, check_device=check_device)
     return store.create_run(
         (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
-        notes=notes, parent_id=parent_id, status="queued", max_steps=cfg.max_steps,
+        notes=notes, parent_id=parent_id, status=RunStatus.QUEUED, max_steps=cfg.max_steps,
         n_params=param_count(cfg), sweep_id=sweep_id)
 
 
@@ -128,7 +128,7 @@ def queue_resume(store: RunStore, run_id: int) -> None:
     if not checkpoint_file(run_id).is_file():
         raise GptdashError(f"run {run_id} has no checkpoint to resume from")
     store.update_run(run_id, stop_requested=False)
-    store.set_status(run_id, "queued")
+    store.set_status(run_id, RunStatus.QUEUED)
 
 
 def _plan(store: RunStore, run_id: int, device: str | None
@@ -178,12 +178,12 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
     except USER_ERRORS as exc:
         reason = str(exc)
         _unless_deleted(callbacks.flush)
-        _unless_deleted(lambda: store.set_status(run_id, "failed", error=reason))
-        result = TrainResult(status="failed", reason=reason, step=run.last_step)
+        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=reason))
+        result = TrainResult(status=RunStatus.FAILED, reason=reason, step=run.last_step)
     except BaseException as exc:  # even KeyboardInterrupt must leave a consistent row
         log.exception("run %s crashed outside the training loop", run_id)
         crash = f"{type(exc).__name__}: {exc}"
-        _unless_deleted(lambda: store.set_status(run_id, "failed", error=crash))
+        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=crash))
         raise
     finally:
         _unless_deleted(callbacks.close)

@@ -16,6 +16,7 @@ from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, training_flops
 from jobs.forecasting import run_forecast
+from storage.status import RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunRecord, RunStore
@@ -52,7 +53,7 @@ def training_seconds(cfg: TrainConfig, flops_per_s: float) -> float:
 
 def measured_flops_per_s(store: RunStore) -> float | None:
     """Training FLOP/s of the newest finished run with throughput metrics, else None."""
-    for run in store.list_runs(status="completed", limit=5):
+    for run in store.list_runs(status=RunStatus.COMPLETED, limit=5):
         try:
             cfg = TrainConfig.from_dict(run.config)
         except GptdashError:
@@ -145,7 +146,8 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
 # ---- successive halving -----------------------------------------------------------------
 # Runs that may hold the sweep's best forecast: queued runs have no curve, and a failed
 # run's curve ended in a fault.
-COMPARED_STATUSES = ("running", "completed", "stopped", "interrupted")
+COMPARED_STATUSES = (RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.STOPPED,
+                     RunStatus.INTERRUPTED)
 
 
 def cut_points(store: RunStore, run_id: int) -> list[int]:
@@ -172,7 +174,7 @@ def _standing(store: RunStore, run: RunRecord, fraction: float) -> Forecast | No
     were going to be just as good.
     """
     upto = max(1, int(fraction * run.max_steps)) if run.max_steps else None
-    settled = run.status != "running" and upto is not None
+    settled = run.status != RunStatus.RUNNING and upto is not None
     if settled and (run.id, upto) in _settled:
         return _settled[(run.id, upto)]
     try:

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from storage import home
+from storage.status import RunStatus
 from storage.store import RunStore
 
 POLL_S = 0.5
@@ -54,8 +55,8 @@ def run_under_torchrun(store: RunStore, run_id: int, nproc: int, *,
             store.request_stop(run_id)  # every rank stops at its next log_interval
             stop_sent = True
     run = store.get_run(run_id)
-    if run.status == "running":  # the ranks died before rank 0 could say how it ended
-        store.set_status(run_id, "failed", error=(
+    if run.status == RunStatus.RUNNING:  # the ranks died before rank 0 could say how it ended
+        store.set_status(run_id, RunStatus.FAILED, error=(
             f"the {nproc} training processes exited with code {proc.returncode} before the "
             f"run ended; the end of their output:\n{_tail(log_path)}"))
     return store.get_run(run_id).status

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from storage.errors import missing_run
 from storage.runs import status_changes
 from storage.schema import Run, utcnow
+from storage.status import RunStatus
 
 INTERRUPTED_ERROR = (
     "the server stopped while this run was training; resume it from its last checkpoint"
@@ -41,7 +42,7 @@ class QueueMixin:
         processes racing for one run exactly one sees rowcount 1 and the other
         tries the next queued run.
         """
-        pick = (select(Run.id).where(Run.status == "queued").order_by(Run.id).limit(1)
+        pick = (select(Run.id).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(1)
                 .with_for_update(skip_locked=True))
         while True:
             with Session(self.engine) as session, session.begin():
@@ -51,8 +52,8 @@ class QueueMixin:
                 now = utcnow()
                 result = session.execute(
                     update(Run)
-                    .where(Run.id == run_id, Run.status == "queued")
-                    .values(status="running", worker=worker, owner_host=host, owner_pid=pid,
+                    .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                    .values(status=RunStatus.RUNNING, worker=worker, owner_host=host, owner_pid=pid,
                             heartbeat_at=now, finished_at=None, error=None,
                             started_at=func.coalesce(Run.started_at,
                                                      literal(now, Run.started_at.type))),
@@ -66,7 +67,7 @@ class QueueMixin:
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Run).where(Run.id == run_id).values(
-                    **status_changes("running", None), worker=worker, owner_host=host,
+                    **status_changes(RunStatus.RUNNING, None), worker=worker, owner_host=host,
                     owner_pid=pid, heartbeat_at=utcnow()),
                 execution_options=_NO_SYNC,
             )
@@ -77,7 +78,7 @@ class QueueMixin:
         """The run's owner is alive now. Does nothing once the run is no longer running."""
         with Session(self.engine) as session, session.begin():
             session.execute(
-                update(Run).where(Run.id == run_id, Run.status == "running")
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
                 .values(heartbeat_at=utcnow()),
                 execution_options=_NO_SYNC,
             )
@@ -86,7 +87,7 @@ class QueueMixin:
         """Ids of queued runs, oldest first (the order ``claim_next_queued`` takes them)."""
         with Session(self.engine) as session:
             return list(session.scalars(
-                select(Run.id).where(Run.status == "queued").order_by(Run.id)
+                select(Run.id).where(Run.status == RunStatus.QUEUED).order_by(Run.id)
             ))
 
     def recover_orphans(self, *, host: str, pid_alive: Callable[[int], bool],
@@ -104,7 +105,7 @@ class QueueMixin:
                    Run.started_at, Run.created_at)
         with Session(self.engine) as session:
             rows = session.execute(
-                select(*columns).where(Run.status == "running").order_by(Run.id)).all()
+                select(*columns).where(Run.status == RunStatus.RUNNING).order_by(Run.id)).all()
         recovered = []
         for row in rows:
             owner = row.worker or "an unknown worker"
@@ -129,8 +130,8 @@ class QueueMixin:
                      else Run.heartbeat_at == heartbeat_at)
         with Session(self.engine) as session, session.begin():
             result = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == "running", same_beat)
-                .values(status="interrupted", error=error, finished_at=utcnow()),
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING, same_beat)
+                .values(status=RunStatus.INTERRUPTED, error=error, finished_at=utcnow()),
                 execution_options=_NO_SYNC,
             )
             return result.rowcount == 1
@@ -141,7 +142,7 @@ class QueueMixin:
         ``worker_prefix`` limits this to runs claimed by workers whose name
         starts with it (e.g. this host), leaving other machines' runs alone.
         """
-        stmt = select(Run.id).where(Run.status == "running").order_by(Run.id)
+        stmt = select(Run.id).where(Run.status == RunStatus.RUNNING).order_by(Run.id)
         if worker_prefix is not None:
             stmt = stmt.where(Run.worker.startswith(worker_prefix, autoescape=True))
         marked = []
@@ -150,8 +151,9 @@ class QueueMixin:
                 # Re-check the status per row: the run may have finished meanwhile.
                 result = session.execute(
                     update(Run)
-                    .where(Run.id == run_id, Run.status == "running")
-                    .values(status="interrupted", error=INTERRUPTED_ERROR, finished_at=utcnow()),
+                    .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+                    .values(status=RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR,
+                            finished_at=utcnow()),
                     execution_options=_NO_SYNC,
                 )
                 if result.rowcount == 1:

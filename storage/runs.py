@@ -19,8 +19,6 @@ from sqlalchemy.orm import Session
 from storage.errors import StorageError, missing_run
 from storage.home import checkpoints_dir
 from storage.schema import (
-    FINISHED_STATUSES,
-    STATUSES,
     Event,
     Metric,
     Run,
@@ -29,6 +27,7 @@ from storage.schema import (
     Worker,
     utcnow,
 )
+from storage.status import FINISHED, STATUSES, RunStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,12 +98,12 @@ def status_changes(status: str, error: str | None) -> dict[str, Any]:
     changes: dict[str, Any] = {
         "status": status,
         "error": error,
-        "finished_at": now if status in FINISHED_STATUSES else None,
+        "finished_at": now if status in FINISHED else None,
     }
-    if status == "running":
+    if status == RunStatus.RUNNING:
         # Only the first start counts, so a resumed run keeps its original start time.
         changes["started_at"] = func.coalesce(Run.started_at, literal(now, Run.started_at.type))
-    if status == "queued":
+    if status == RunStatus.QUEUED:
         changes["stop_requested"] = False
     return changes
 
@@ -122,7 +121,7 @@ class RunsMixin:
         tags: Iterable[str] = (),
         notes: str = "",
         parent_id: int | None = None,
-        status: str = "queued",
+        status: str = RunStatus.QUEUED,
         max_steps: int = 0,
         n_params: int | None = None,
         sweep_id: int | None = None,
@@ -141,8 +140,8 @@ class RunsMixin:
             max_steps=max_steps,
             n_params=n_params,
             created_at=now,
-            started_at=now if status == "running" else None,
-            finished_at=now if status in FINISHED_STATUSES else None,
+            started_at=now if status == RunStatus.RUNNING else None,
+            finished_at=now if status in FINISHED else None,
             stop_requested=False,
             last_step=0,
             tokens_seen=0,

@@ -12,7 +12,7 @@ Every change to these models needs an Alembic revision in ``storage/migrations``
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -35,15 +35,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-STATUSES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
-# A run in one of these has ended; it gets a finished_at timestamp.
-FINISHED_STATUSES = ("completed", "stopped", "failed", "interrupted")
-WORKER_STATUSES = ("idle", "training", "stopped")
+from storage.status import RunStatus
 
 
 def utcnow() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -61,16 +58,16 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             # Naive values are taken to be UTC already, as everything here writes UTC.
-            value = value.replace(tzinfo=timezone.utc)
-        value = value.astimezone(timezone.utc)
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class NulSafeText(TypeDecorator):
@@ -106,7 +103,7 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(NulSafeString(200))
-    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    status: Mapped[str] = mapped_column(String(20), index=True, default=RunStatus.QUEUED)
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     tags: Mapped[list] = mapped_column(JSON, default=list)
     notes: Mapped[str] = mapped_column(NulSafeText, default="")

@@ -13,7 +13,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError
-from storage.schema import WORKER_STATUSES, Worker, utcnow
+from storage.schema import Worker, utcnow
+from storage.status import WORKER_STATUSES
 
 
 @dataclass(frozen=True)

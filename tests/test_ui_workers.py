@@ -1,11 +1,11 @@
 """The Workers view's table: states, order and what each column says."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ui.workers import WORKER_COLUMNS, worker_state, workers_table
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from analysis.frontier import FrontierFit, fit_frontier
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.estimate import param_count, training_flops
+from storage.status import RunStatus
 from storage.store import RunRecord
 from ui.format import human_count
 
@@ -35,8 +36,8 @@ def last_values(metrics: pd.DataFrame) -> dict[int, float]:
 
 def is_finished(run: RunRecord, final_loss: float | None) -> bool:
     """A run whose loss says what its compute bought: completed, or stopped with a val loss."""
-    return final_loss is not None and run.last_step > 0 and run.status in ("completed",
-                                                                           "stopped")
+    return final_loss is not None and run.last_step > 0 and run.status in (RunStatus.COMPLETED,
+                                                                           RunStatus.STOPPED)
 
 
 def compute_frame(runs: Sequence[RunRecord], final_loss: dict[int, float]) -> pd.DataFrame:

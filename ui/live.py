@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from storage.status import ACTIVE
 from ui.downsample import DEFAULT_BY, group_ids, minmax_downsample
 from ui.figures import metric_figure, metric_traces, x_axis_range
 
 METRIC_COLUMNS = ("run_id", "key", "step", "value", "wall_time")
-ACTIVE = ("queued", "running")
 LIVE_REFRESH_S = 2.0
 # The sidebar only names the run and its step: a slower beat is plenty.
 SIDEBAR_REFRESH_S = 5.0

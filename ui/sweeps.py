@@ -13,11 +13,12 @@ import plotly.graph_objects as go
 from analysis.forecast import Forecast
 from gptcore.config import TrainConfig, apply_overrides, parse_set_args, preset
 from gptcore.errors import GptdashError
+from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
 from ui.compute import FIGURE_MARGIN, LEGEND_RIGHT
 from ui.config_diff import differing_params
 from ui.format import human_duration
-from ui.live import ACTIVE, LIVE_REFRESH_S
+from ui.live import LIVE_REFRESH_S
 
 # Settings whose good values spread over decades: a log axis whatever values were tried.
 LOG_PARAMS = ("lr", "min_lr", "weight_decay")
@@ -89,7 +90,7 @@ def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dic
     for run in runs:
         forecast = forecasts.get(run.id)
         last = last_loss.get(run.id)
-        if run.status == "completed" and last is not None:
+        if run.status == RunStatus.COMPLETED and last is not None:
             value, kind = last, "final"
         elif forecast is not None and run.status in ACTIVE:
             value, kind = forecast.predicted_final, "forecast"
