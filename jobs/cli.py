@@ -173,7 +173,7 @@ def cmd_stop(args, store: RunStore) -> int:
         store.request_stop(r.id)  # first, so a worker claiming it meanwhile stops it
     r = store.get_run(args.run_id)
     if r.status == RunStatus.QUEUED:
-        store.set_status(r.id, RunStatus.STOPPED, error="cancelled before it started")
+        store.set_status(r.id, RunStatus.CANCELLED, error="cancelled before it started")
         print(f"run {r.id} cancelled")
     elif r.status == RunStatus.RUNNING:
         print(f"stop requested for run {r.id}; it saves a checkpoint and stops within a step")

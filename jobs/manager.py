@@ -82,7 +82,7 @@ class JobManager:
         # at once, so a Stop racing a claim is never lost.
         self.store.request_stop(run_id)
         if self.store.get_run(run_id).status == RunStatus.QUEUED:
-            self.store.set_status(run_id, RunStatus.STOPPED, error="cancelled before it started")
+            self.store.set_status(run_id, RunStatus.CANCELLED, error="cancelled before it started")
             return
         with self._lock:
             if self._current == run_id and self._stop_event is not None:

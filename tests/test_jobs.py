@@ -181,7 +181,7 @@ def test_stop_from_the_manager_and_cancel_a_queued_run(store, manager):
     queued = manager.submit(micro(), name="queued")
     assert wait_for(lambda: store.get_run(long).status == "running")
     manager.stop(queued)
-    assert store.get_run(queued).status == "stopped"
+    assert store.get_run(queued).status == "cancelled"
     assert store.get_run(queued).error == "cancelled before it started"
     assert wait_for(lambda: store.get_run(long).last_step > 0)
     manager.stop(long)
