@@ -22,6 +22,9 @@ TOKENIZERS = ("byte", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}
+# The largest vocab_size each tokenizer allows: ids past the tokenizer's own are never seen,
+# so they only pay as padding, as GPT-2's 50304 (a multiple of 64) does for GPU speed.
+TOKENIZER_MAX_VOCAB = {"byte": 256, "gpt2": 51200}
 
 # Bounds that keep a typo from asking for a model no machine holds.
 MAX_EMB_DIM = 16384
@@ -187,11 +190,9 @@ class TrainConfig:
             errs.setdefault("emb_dim", f"emb_dim {m.emb_dim} is not divisible by n_heads "
                                        f"{m.n_heads}: pick an emb_dim that is a multiple of "
                                        f"{m.n_heads}")
-        known = TOKENIZER_VOCAB.get(self.tokenizer)
-        if known and m.vocab_size and m.vocab_size < known:
-            errs.setdefault("vocab_size", f"vocab_size {m.vocab_size} is smaller than the "
-                                          f"{self.tokenizer} tokenizer's {known} ids: set it to "
-                                          f"0 (automatic) or {known}")
+        vocab_problem = _vocab_problem(m.vocab_size, self.tokenizer)
+        if vocab_problem and "vocab_size" not in errs:
+            errs["vocab_size"] = vocab_problem
         if self.freeze_blocks > m.n_layers:
             errs.setdefault("freeze_blocks", f"freeze_blocks {self.freeze_blocks} is more than "
                                              f"n_layers {m.n_layers}")
@@ -213,6 +214,22 @@ class TrainConfig:
         if errs:
             raise GptdashError("; ".join(errs.values()))
         return self
+
+
+def _vocab_problem(vocab_size: int, tokenizer: str) -> str | None:
+    """Why ``vocab_size`` does not fit ``tokenizer``'s ids (0 is the tokenizer's own), or None."""
+    known, most = TOKENIZER_VOCAB.get(tokenizer), TOKENIZER_MAX_VOCAB.get(tokenizer)
+    if not vocab_size or known is None or most is None:
+        return None
+    if vocab_size < known:
+        return (f"vocab_size {vocab_size} is smaller than the {tokenizer} tokenizer's {known} "
+                f"ids: set it to 0 (automatic) or {known}")
+    if vocab_size > most:
+        padded = -(-known // 64) * 64
+        pad = f", or pad it up to {most} (e.g. {padded})" if most > known else ""
+        return (f"vocab_size {vocab_size} is more than the {tokenizer} tokenizer needs (it "
+                f"makes {known} ids): set it to 0 (automatic) or {known}{pad}")
+    return None
 
 
 def _field_specs(cfg: TrainConfig):

@@ -33,8 +33,12 @@ def builtin_text() -> str:
 
 
 def read_text_file(path: str | Path) -> str:
-    """Read a corpus file; a missing, empty, binary or non-UTF-8 file is a GptdashError."""
+    """Read a corpus file; a directory, or a missing, empty, binary or non-UTF-8 file, is a
+    GptdashError."""
     p = Path(path)
+    if p.is_dir():
+        raise GptdashError(f"corpus {str(path)!r} is a directory, not a text file: give the "
+                           "path of one UTF-8 text file in it")
     if not p.is_file():
         raise GptdashError(f"corpus file {str(path)!r} does not exist")
     size = p.stat().st_size

@@ -1,7 +1,8 @@
 """`gptdash`: train, queue, sweep, list, show, forecast, resume, sample and stop runs from
 a terminal.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C.
+Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C, 141 the
+reader of its output went away (``| head``).
 
 Only the commands that train or sample import torch (from ``jobs.foreground``),
 so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep`` and ``forecast`` answer at
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,13 @@ from typing import TYPE_CHECKING
 from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args, preset
 from gptcore.errors import GptdashError
 from jobs.errors import USER_ERRORS
-from jobs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from jobs.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
 from storage.status import RunStatus
 
 if TYPE_CHECKING:
@@ -108,6 +116,7 @@ def cmd_sweep(args, store: RunStore) -> int:
 
 
 def cmd_forecast(args, store: RunStore) -> int:
+    store.get_run(args.run_id)  # a missing run is refused before scipy and pandas load
     from jobs.forecasting import forecast_report
 
     print(json.dumps(forecast_report(store, args.run_id, upto=args.upto)))
@@ -223,6 +232,18 @@ def _status(value: str) -> str:
     return value
 
 
+def _port(value: str) -> int:
+    """A TCP port for ``serve --port``; anything else is an argparse error (exit 2)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port: use a number from 1 to "
+                                         "65535")
+    return port
+
+
 def _add_config_args(p: argparse.ArgumentParser, what: str = "run") -> None:
     """The options that make a config, shared by ``train``, ``submit`` and ``sweep``."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
@@ -334,12 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(127.0.0.1 unless told otherwise)")
     sv.add_argument("--address", default="127.0.0.1",
                     help="address to bind; anything but loopback needs GPTDASH_PASSWORD")
-    sv.add_argument("--port", type=int, default=8501)
+    sv.add_argument("--port", type=_port, default=8501, help="TCP port, 1 to 65535")
     sv.set_defaults(func=cmd_serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a reader that closes the pipe early (``gptdash list | head -1``)
+    ends it quietly with 141, as SIGPIPE ends other Unix tools, not with a traceback."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe can no longer be caught
+        return code
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere, so the exit's own flush fails no more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Imported after parsing, so `gptdash --help` and usage errors answer at once.
     from jobs.recovery import recover_interrupted

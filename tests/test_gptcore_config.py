@@ -45,6 +45,12 @@ def test_validation_names_the_field_and_what_to_change(overrides, field, text):
     assert text in errs[field]
 
 
+def test_vocab_size_is_the_tokenizers_or_padding_of_gpt2s():
+    assert "vocab_size" in problems(vocab_size=1000)  # byte makes 256 ids, never more
+    assert problems(tokenizer="gpt2", vocab_size=50304) == {}  # nanoGPT's padding for speed
+    assert "pad it up to 51200" in problems(tokenizer="gpt2", vocab_size=60000)["vocab_size"]
+
+
 def test_validate_raises_one_error_with_every_problem():
     cfg = apply_overrides(TrainConfig(), {"lr": 0, "batch_size": 0})
     with pytest.raises(GptdashError) as exc:

@@ -1,0 +1,101 @@
+"""Bad input to `gptdash` gets one clear line on stderr, exit 2, and nothing written (issue 15).
+
+Commands run in this process through ``main`` (as ``python -m jobs`` calls it), except where
+what a fresh process does (a closed pipe, its imports) is the point.
+"""
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from test_cli import MICRO, ROOT, python_in
+
+from jobs.cli import main
+from storage.store import RunStore
+
+
+def db(home) -> RunStore:
+    return RunStore(f"sqlite:///{home / 'gptdash.db'}")
+
+
+@pytest.fixture
+def gptdash(home, capsys):
+    """Run a command in the test's home folder: its exit code, stdout and stderr."""
+    def run(*args: str) -> SimpleNamespace:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return run
+
+
+def refused(out: SimpleNamespace, *fragments: str) -> None:
+    """Exit 2 with one line on stderr that holds every fragment, and no traceback."""
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), out.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+def nothing_written(home) -> None:
+    store = db(home)
+    try:
+        assert store.list_runs() == [] and store.list_sweeps() == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", ["train", "submit"])
+@pytest.mark.parametrize("vocab", ["1000", "1000000"])
+def test_a_vocab_the_byte_tokenizer_cannot_make_is_refused_before_training(
+        home, gptdash, command, vocab):
+    out = gptdash(command, *MICRO, "--set", f"vocab_size={vocab}", "--set", "max_steps=5")
+    refused(out, f"vocab_size {vocab} is more than the byte tokenizer needs (it makes 256 ids)",
+            "set it to 0 (automatic) or 256")
+    nothing_written(home)
+
+
+def test_a_corpus_that_is_a_directory_says_so(home, gptdash, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    out = gptdash("submit", *MICRO, "--set", f"corpus={folder}")
+    refused(out, f"corpus '{folder}' is a directory, not a text file")
+    nothing_written(home)
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_serve_refuses_a_port_out_of_range_in_one_line(home, gptdash, port):
+    out = gptdash("serve", "--port", port)
+    refused(out, f"argument --port: {port!r} is not a port: use a number from 1 to 65535")
+
+
+def test_forecast_of_a_missing_run_answers_before_loading_scipy_or_pandas(home):
+    db(home).close()
+    out = python_in(home, "import sys\nfrom jobs.cli import main\ncode = main(['forecast', '7'])\n"
+                          "print(code, 'scipy' in sys.modules, 'pandas' in sys.modules)")
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+    assert out.stderr.strip() == "gptdash: run 7 does not exist"
+
+
+def test_list_into_a_closed_pipe_ends_quietly(home):
+    store = db(home)
+    for i in range(3):
+        store.create_run(f"run {i}", {}, max_steps=10)
+    store.close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`head -1`) has gone before gptdash writes
+    env = {**os.environ, "GPTDASH_HOME": str(home)}
+    env.pop("GPTDASH_DB_URL", None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "jobs", "list"], cwd=ROOT, env=env,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141
