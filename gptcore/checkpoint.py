@@ -1,4 +1,8 @@
-"""Saving and loading checkpoints: atomic writes, safe loads, clear errors."""
+"""Saving and loading checkpoints: atomic writes, safe loads, clear errors.
+
+Torch is imported by the functions that need it, so the file names and ``checkpoint_in``
+serve commands that only queue or list runs (``gptdash resume --queue``) at once.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
-from gptcore.model import GPTModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from gptcore.model import GPTModel
 
 FORMAT = "gptdash-checkpoint-1"
 # In a run's checkpoint folder: the state to resume from, and the weights of the best
@@ -25,6 +31,8 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
                     step: int, config: TrainConfig, rng: dict[str, Any],
                     extra: dict[str, Any] | None = None) -> Path:
     """Write to a temporary file and rename it, so a kill mid-save never corrupts ``path``."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
@@ -48,6 +56,8 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``: tensors and plain data only, never arbitrary code."""
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise GptdashError(f"checkpoint {str(path)!r} does not exist")
@@ -69,6 +79,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                           ) -> tuple[GPTModel, TrainConfig, dict[str, Any]]:
     """The model (eval mode) and config stored in a checkpoint."""
+    from gptcore.model import GPTModel
+
     payload = load_checkpoint(path, map_location=device)
     cfg = TrainConfig.from_dict(payload["config"])
     model_cfg = cfg.model

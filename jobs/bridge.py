@@ -6,7 +6,7 @@ training thread never waits on the database between evaluations. ``flush()``
 lost on a normal or failed end.
 
 A run of a sweep created with cut=True is also compared with its sweep after the
-evaluations at its cut points (``jobs.sweeps``), and stopped when it is confidently
+evaluations at its cut points (``jobs.halving``), and stopped when it is confidently
 losing.
 """
 
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gptcore.trainer import TrainerCallbacks
+from gptcore.callbacks import TrainerCallbacks
+from jobs import halving
 from storage.status import RunStatus
 from storage.store import RunStore
 
@@ -115,9 +116,7 @@ class StoreCallbacks(TrainerCallbacks):
     # ---- the sweep's cut ------------------------------------------------------------------
     def _cut_points(self) -> list[int]:
         try:
-            from jobs.sweeps import cut_points
-
-            return cut_points(self.store, self.run_id)
+            return halving.cut_points(self.store, self.run_id)
         except Exception:  # noqa: BLE001 - no cut is better than no training
             log.warning("run %s: cannot read its sweep; it will not be cut", self.run_id,
                         exc_info=True)
@@ -127,9 +126,7 @@ class StoreCallbacks(TrainerCallbacks):
         """Stop the run when its forecast at ``step`` is confidently worse than the best of
         its sweep: an ``early_stop`` event, and the trainer stops after its next step."""
         try:
-            from jobs.sweeps import cut_reason
-
-            reason = cut_reason(self.store, self.run_id, upto=step)
+            reason = halving.cut_reason(self.store, self.run_id, upto=step)
             if reason:
                 self.store.log_event(self.run_id, step, "early_stop", reason, time.time())
         except Exception:  # noqa: BLE001 - a failed comparison must not end the training

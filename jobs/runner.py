@@ -109,7 +109,7 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
 
 
 def checkpoint_file(run_id: int) -> Path:
-    from gptcore.trainer import CHECKPOINT_NAME
+    from gptcore.checkpoint import CHECKPOINT_NAME  # no torch: `resume --queue` answers at once
 
     return home.checkpoints_dir(run_id, create=False) / CHECKPOINT_NAME
 

@@ -1,6 +1,6 @@
 """Sweeps as queued runs: plan one from a base config and ``--grid``/``--range`` specs,
-check every run up front, then record the sweep and its runs for the workers; and the
-successive-halving cut, which the process training a run asks at ``cut_points``.
+check every run up front, then record the sweep and its runs for the workers. The
+successive-halving cut that a training run asks at its cut points is ``jobs.halving``.
 
 No torch: ``gptdash sweep`` answers at once, like ``gptdash submit``.
 """
@@ -10,16 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from analysis.forecast import MIN_POINTS, Forecast
-from analysis.sweep import Value, cut_steps, expand, should_cut
+from analysis.forecast import MIN_POINTS
+from analysis.sweep import Value, cut_steps, expand
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, training_flops
-from jobs.forecasting import run_forecast
+from jobs import runner
 from storage.status import RunStatus
 
 if TYPE_CHECKING:
-    from storage.store import RunRecord, RunStore
+    from storage.store import RunStore
 
 # Training FLOP/s assumed when this database has no finished run to measure: the order
 # of magnitude of a laptop CPU on the tiny preset. A GPU is 100-1000x faster, so the
@@ -124,8 +124,6 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
     returns (sweep id, run ids). Every run is checked (corpus, init_from, and with ``cut``
     enough evaluations for a forecast by the first cut) before anything is written; the
     device check is left to the worker that claims each run."""
-    from jobs import runner
-
     if cut and (problem := cut_problem(plan)):
         raise GptdashError(problem)
 
@@ -141,71 +139,3 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
                                  check_device=False, sweep_id=sweep_id)
                for i, cfg in enumerate(plan.configs)]
     return sweep_id, run_ids
-
-
-# ---- successive halving -----------------------------------------------------------------
-# Runs that may hold the sweep's best forecast: queued runs have no curve, and a failed
-# run's curve ended in a fault.
-COMPARED_STATUSES = (RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.STOPPED,
-                     RunStatus.INTERRUPTED)
-
-
-def cut_points(store: RunStore, run_id: int) -> list[int]:
-    """The steps at which run ``run_id`` is compared with its sweep (``cut_steps``), or []
-    unless it belongs to a sweep created with cut=True."""
-    run = store.get_run(run_id)
-    if run.sweep_id is None or not store.get_sweep(run.sweep_id).cut:
-        return []
-    return cut_steps(TrainConfig.from_dict(run.config).max_steps)
-
-
-# Forecasts of runs that no longer train, by (run id, upto): they never change, and every
-# cut check of a long sweep would otherwise fit them all again on the training thread.
-_settled: dict[tuple[int, int], Forecast | None] = {}
-
-
-def _standing(store: RunStore, run: RunRecord, fraction: float) -> Forecast | None:
-    """A run's forecast from its evaluations up to ``fraction`` of its own max_steps (all of
-    them, if it has not got that far yet).
-
-    Like with like: the run being checked is forecast from that fraction too, and a
-    forecast made early leaves out the part of the lr decay it has not seen; comparing it
-    with another run's actual final loss, measured after the decay, would cut runs that
-    were going to be just as good.
-    """
-    upto = max(1, int(fraction * run.max_steps)) if run.max_steps else None
-    settled = run.status != RunStatus.RUNNING and upto is not None
-    if settled and (run.id, upto) in _settled:
-        return _settled[(run.id, upto)]
-    try:
-        forecast = run_forecast(store, run.id, upto=upto)
-    except GptdashError:
-        forecast = None  # a config this version cannot read, or a curve that cannot be fit
-    if settled:
-        _settled[(run.id, upto)] = forecast
-    return forecast
-
-
-def best_forecast(store: RunStore, sweep_id: int, *, exclude: int,
-                  fraction: float = 1.0) -> Forecast | None:
-    """The lowest forecast final loss among the sweep's other runs that can be forecast,
-    each from its evaluations up to ``fraction`` of its steps."""
-    forecasts = [_standing(store, r, fraction)
-                 for r in store.list_runs(sweep_id=sweep_id, status=COMPARED_STATUSES)
-                 if r.id != exclude]
-    forecasts = [f for f in forecasts if f is not None]
-    return min(forecasts, key=lambda f: f.predicted_final, default=None)
-
-
-def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
-    """Why run ``run_id`` should stop now, from its evaluations up to step ``upto``: its
-    forecast is confidently worse than the best of its sweep (``should_cut``); else None."""
-    run = store.get_run(run_id)
-    if run.sweep_id is None:
-        return None
-    forecast = run_forecast(store, run_id, upto=upto)
-    if forecast is None:
-        return None
-    fraction = upto / run.max_steps if run.max_steps else 1.0
-    return should_cut(forecast, best_forecast(store, run.sweep_id, exclude=run_id,
-                                              fraction=fraction))

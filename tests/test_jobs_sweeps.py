@@ -7,13 +7,13 @@ from test_jobs import micro
 from analysis.forecast import annealing_areas
 from gptcore.config import apply_overrides, preset
 from gptcore.errors import GptdashError
-from jobs import runner, sweeps
+from jobs import halving, runner
 from jobs.forecasting import lr_schedule, run_forecast
+from jobs.halving import cut_reason
 from jobs.manager import claim_here
 from jobs.sweeps import (
     NOMINAL_FLOPS_PER_S,
     cut_problem,
-    cut_reason,
     measured_flops_per_s,
     plan_sweep,
     submit_sweep,
@@ -82,8 +82,8 @@ def test_only_a_cut_sweep_has_cut_points(store):
     _, (plain, _) = submit_sweep(store, plan, name=None, cut=False)
     _, (cut, _) = submit_sweep(store, plan, name=None, cut=True)
     alone = runner.create_run(store, micro(max_steps=80))
-    assert sweeps.cut_points(store, plain) == [] and sweeps.cut_points(store, alone) == []
-    assert sweeps.cut_points(store, cut) == [20, 40]
+    assert halving.cut_points(store, plain) == [] and halving.cut_points(store, alone) == []
+    assert halving.cut_points(store, cut) == [20, 40]
 
 
 def train(store, run_id):
@@ -123,7 +123,7 @@ def test_a_failing_cut_check_never_stops_training(store, monkeypatch):
         calls.append(kwargs["upto"])
         raise RuntimeError("database hiccup")
 
-    monkeypatch.setattr(sweeps, "cut_reason", broken)
+    monkeypatch.setattr(halving, "cut_reason", broken)
     plan = plan_sweep(micro(**FAST), ["lr=1e-2"], [])
     _, (run_id,) = submit_sweep(store, plan, name=None, cut=True)
     assert train(store, run_id).status == "completed"
