@@ -19,7 +19,15 @@ class TrainerCallbacks:
         """Once the model is built: device, n_params, start_step, max_steps, world_size."""
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Metric values at ``step``; called often, so implementations should buffer."""
+        """Metric values at ``step``; called often, so implementations should buffer.
+
+        ``step`` is the number of optimizer steps done on the weights the values were
+        measured with: a training step's ``train/loss``, ``lr`` and ``grad_norm`` at its
+        0-based index (measured before its own update), an evaluation and the throughput
+        summary (``tokens_per_sec``, ``tokens_seen``) at the count of steps done. So the
+        highest ``step`` reported so far is the count of optimizer steps done: what every
+        display calls "step" (a completed run of max_steps 30 is at step 30).
+        """
 
     def on_sample(self, step: int, prompt: str, text: str) -> None:
         """A text sample generated at an evaluation."""

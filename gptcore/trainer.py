@@ -406,6 +406,10 @@ class Trainer:
         """Fetch the pending losses in one transfer, check them, and send metrics up to the
         first anomaly; when all are normal, maybe take a roll-back snapshot.
 
+        Each step's loss, lr and grad norm go at its index (the steps done before it); the
+        throughput summary goes at the count of steps done, so the highest step reported is
+        always the number of optimizer steps done (see ``TrainerCallbacks.on_metrics``).
+
         Returns the anomaly (or None) and, with several processes, whether rank 0 was asked
         to stop: losses are averaged over ranks and the stop flag rides along in the same
         all-reduce, so every rank sees the same values and takes the same decisions.
@@ -423,16 +427,16 @@ class Trainer:
             if anomaly is not None:
                 return anomaly, stop
             self.cb.on_metrics(step, {"train/loss": loss, "lr": lr, "grad_norm": gn})
-        last = pending[-1][0]
+        done = self.step  # optimizer steps done: the last pending index + 1
         summary = {
             "tokens_per_sec": tokens_per_sec,
             "step_time_ms": 1000 * elapsed / max(self._interval_steps, 1),
-            "tokens_seen": float((last + 1) * self.tokens_per_step),
+            "tokens_seen": float(done * self.tokens_per_step),
         }
         if self.peak:  # the peak is one GPU's
             summary["mfu"] = (self.flops_per_token * tokens_per_sec
                               / (self.peak * self.ranks.world_size))
-        self.cb.on_metrics(last, summary)
+        self.cb.on_metrics(done, summary)
         self.last_metrics.update(summary, **{"train/loss": values[-1][0]})
         self._start_interval()
         if self.guard and self.step - max(self.ring.steps, default=0) >= self.cfg.guard_interval:

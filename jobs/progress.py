@@ -15,6 +15,9 @@ from tqdm import tqdm
 from gptcore.trainer import TrainerCallbacks
 from storage.status import RunStatus
 
+BAR_FORMAT = ("{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}, {rate_fmt}"
+              "{postfix}]")
+
 
 class Progress(TrainerCallbacks):
     """Draws the run's progress on ``stream`` (stderr by default)."""
@@ -31,8 +34,10 @@ class Progress(TrainerCallbacks):
         print(f"training on {info['device']}: {info['n_params']:,} parameters, "
               f"steps {info['start_step']}..{info['max_steps']}", file=self.stream)
         if self.tty:
-            self.bar = tqdm(total=info["max_steps"], initial=info["start_step"], unit="step",
-                            file=self.stream, dynamic_ncols=True, mininterval=0.2)
+            # "12/30 steps", never tqdm's bare "31step": the count of optimizer steps done.
+            self.bar = tqdm(total=info["max_steps"], initial=info["start_step"], unit=" steps",
+                            bar_format=BAR_FORMAT, file=self.stream, dynamic_ncols=True,
+                            mininterval=0.2)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.loss = metrics.get("train/loss", self.loss)
@@ -41,10 +46,11 @@ class Progress(TrainerCallbacks):
             self.val = metrics["val/loss"]
             if self.bar is None:
                 print(f"step {step}: val loss {self.val:.4f}", file=self.stream, flush=True)
-        if self.bar is not None and step + 1 > self.bar.n:
+        # The highest step reported is the count of steps done (TrainerCallbacks.on_metrics).
+        if self.bar is not None and step > self.bar.n:
             self.bar.set_postfix(loss=f"{self.loss:.4f}", val=f"{self.val:.4f}",
                                  tok_s=f"{self.tps:,.0f}", refresh=False)
-            self.bar.update(step + 1 - self.bar.n)
+            self.bar.update(step - self.bar.n)
 
     def on_event(self, step: int, kind: str, message: str) -> None:
         # tqdm.write prints above the bar instead of breaking it.
