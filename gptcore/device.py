@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
+from gptcore.machine import host_memory_mb
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,10 +32,7 @@ def available_memory_mb(device: torch.device) -> float | None:
         free, _total = torch.cuda.mem_get_info(device)
         return free / 2**20
     if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-        except (ValueError, OSError, AttributeError):
-            return None
+        return host_memory_mb()
     return None
 
 

@@ -76,8 +76,10 @@ def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
     )
 
 
-def fit_problem(cfg: TrainConfig, available_mb: float | None) -> str | None:
-    """A message when the run's estimated memory exceeds what the device has, else None."""
+def fit_problem(cfg: TrainConfig, available_mb: float | None, *,
+                where: str = "the device") -> str | None:
+    """A message when the run's estimated memory exceeds ``available_mb`` (what ``where``
+    has), else None."""
     if available_mb is None:
         return None
     need = memory_estimate(cfg).total_mb
@@ -85,7 +87,7 @@ def fit_problem(cfg: TrainConfig, available_mb: float | None) -> str | None:
         return None
     return (f"this run needs about {need / 1024:,.1f} GB ({param_count(cfg) / 1e6:,.1f} M "
             f"parameters, batch_size {cfg.batch_size}, context_length "
-            f"{cfg.model.context_length}) but the device has {available_mb / 1024:,.1f} GB: "
+            f"{cfg.model.context_length}) but {where} has {available_mb / 1024:,.1f} GB: "
             "lower batch_size, context_length, emb_dim or n_layers")
 
 

@@ -69,12 +69,11 @@ def cmd_rank(args, store: RunStore) -> int:
 
 
 def cmd_submit(args, store: RunStore) -> int:
-    # The worker that claims it checks its own device's memory; here only the config
-    # and the corpus are checked, so this needs no torch and answers at once.
-    from jobs import runner
+    # Memory is checked without torch against the largest device here (a config that fits
+    # none is refused); the worker that claims it checks its own device's free memory.
+    from jobs import actions
 
-    run_id = runner.create_run(store, _load_config(args), name=args.name, tags=args.tag,
-                               check_device=False)
+    run_id = actions.submit(store, _load_config(args), name=args.name, tags=args.tag)
     print(run_id)
     print(f"run {run_id} queued: `gptdash serve` or `gptdash worker` trains it; "
           f"watch it with `gptdash list`", file=sys.stderr)
@@ -89,7 +88,7 @@ def _roughly(seconds: float) -> str:
 
 
 def cmd_sweep(args, store: RunStore) -> int:
-    # Like submit: every run's config and corpus are checked here, the device by the worker.
+    # Like submit: every run's config, corpus and memory (torch-free) are checked here.
     from analysis.sweep import cut_steps
     from jobs.sweeps import NOMINAL_FLOPS_PER_S, measured_flops_per_s, plan_sweep, submit_sweep
     base = _load_config(args)
@@ -125,9 +124,9 @@ def cmd_forecast(args, store: RunStore) -> int:
 
 def cmd_resume(args, store: RunStore) -> int:
     if args.queue:
-        from jobs import runner
+        from jobs import actions
 
-        runner.queue_resume(store, args.run_id)
+        actions.resume(store, args.run_id)
         print(f"run {args.run_id} queued to resume on the next free worker")
         return EXIT_OK
     from jobs.foreground import cmd_resume as resume
@@ -177,17 +176,17 @@ def cmd_show(args, store: RunStore) -> int:
 
 
 def cmd_stop(args, store: RunStore) -> int:
-    r = store.get_run(args.run_id)
-    if r.status in (RunStatus.QUEUED, RunStatus.RUNNING):
-        store.request_stop(r.id)  # first, so a worker claiming it meanwhile stops it
-    r = store.get_run(args.run_id)
-    if r.status == RunStatus.QUEUED:
-        store.set_status(r.id, RunStatus.CANCELLED, error="cancelled before it started")
-        print(f"run {r.id} cancelled")
-    elif r.status == RunStatus.RUNNING:
-        print(f"stop requested for run {r.id}; it saves a checkpoint and stops within a step")
+    from jobs.actions import Stop, stop
+
+    done = stop(store, args.run_id)
+    if done == Stop.CANCELLED:
+        print(f"run {args.run_id} cancelled")
+    elif done == Stop.REQUESTED:
+        print(f"stop requested for run {args.run_id}; it saves a checkpoint and stops within "
+              "a step")
     else:
-        raise GptdashError(f"run {r.id} is {r.status}, not running")
+        print(f"run {args.run_id} ended on its own meanwhile: "
+              f"{store.get_run(args.run_id).status}")
     return EXIT_OK
 
 

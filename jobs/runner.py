@@ -16,6 +16,7 @@ from gptcore.config import TrainConfig
 from gptcore.data import load_data
 from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
+from gptcore.machine import machine_fit_problem
 from jobs.errors import USER_ERRORS
 from storage import home
 from storage.errors import StorageError
@@ -64,10 +65,13 @@ def resolve_init_from(store: RunStore, init_from: str) -> tuple[Path | None, int
             raise GptdashError(f"run {parent.id} ({parent.name}) has no checkpoint to fine-tune "
                                "from: pick a run that has finished or been stopped")
         return path, parent.id
+    from gptcore.checkpoint import check_checkpoint_file  # no torch: `submit` answers at once
+
     path = Path(value).expanduser()
     if not path.is_file():
         raise GptdashError(f"init_from {value!r} is neither a run id (7, 7:best, 7:latest) nor "
                            "a checkpoint file")
+    check_checkpoint_file(path)
     return path, None
 
 
@@ -86,6 +90,8 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True) -
     cfg.validate()
     if check_device:
         check_fits_device(cfg)
+    elif problem := machine_fit_problem(cfg):  # torch-free: no device here could hold it
+        raise GptdashError(problem)
     _, parent_id = resolve_init_from(store, cfg.init_from)
     # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
     data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
@@ -98,8 +104,9 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
                sweep_id: int | None = None) -> int:
     """Validate ``cfg`` and record a queued run; bad input raises before anything is written.
 
-    ``check_device=False`` skips the memory check against this machine's device, for a run
-    queued for whichever worker claims it (that worker checks its own device).
+    ``check_device=False`` checks memory without torch, against the largest device this
+    machine has, for a run queued for whichever worker claims it (that worker checks its own
+    device's free memory).
     """
     parent_id = check_run(store, cfg, check_device=check_device)
     return store.create_run(
@@ -114,21 +121,44 @@ def checkpoint_file(run_id: int) -> Path:
     return home.checkpoints_dir(run_id, create=False) / CHECKPOINT_NAME
 
 
+def has_checkpoint(run: RunRecord) -> bool:
+    """Whether the run recorded a checkpoint to resume from that is still there: never a
+    stray file in its folder."""
+    return run.checkpoint_path is not None and checkpoint_file(run.id).is_file()
+
+
 def can_resume(store: RunStore, run_id: int) -> bool:
-    run = store.get_run(run_id)
-    return run.status in RESUMABLE and checkpoint_file(run_id).is_file()
+    """Whether the run may be queued again: from its checkpoint, or from step 0 without one."""
+    return store.get_run(run_id).status in RESUMABLE
 
 
-def queue_resume(store: RunStore, run_id: int) -> None:
-    """Put a stopped / interrupted / failed run back in the queue to continue its checkpoint."""
+def queue_resume(store: RunStore, run_id: int) -> str:
+    """Put a stopped / interrupted / failed / cancelled run back in the queue, to continue
+    from its last checkpoint, or with the same config from step 0 when it died before its
+    first one. Returns how it will start, in one line for the user."""
     run = store.get_run(run_id)
     if run.status not in RESUMABLE:
         raise GptdashError(f"run {run_id} is {run.status}; only stopped, interrupted or failed "
                            "runs can be resumed")
-    if not checkpoint_file(run_id).is_file():
-        raise GptdashError(f"run {run_id} has no checkpoint to resume from")
     store.update_run(run_id, stop_requested=False)
     store.set_status(run_id, RunStatus.QUEUED)
+    if has_checkpoint(run):
+        return f"run {run_id} resumes from its last checkpoint"
+    return f"run {run_id} has no checkpoint yet: restarting from step 0"
+
+
+def end_aborted(store: RunStore, run_id: int, how: str) -> str:
+    """End a run whose trainer was aborted (a second Ctrl-C): ``stopped`` when it has a
+    checkpoint to resume from, else ``interrupted`` (a resume restarts it from step 0).
+    A run that had already ended keeps its status. Returns the resume hint."""
+    run = store.get_run(run_id)
+    hint = f"resume it with `gptdash resume {run_id}`"
+    if not has_checkpoint(run):
+        hint += " (no checkpoint yet: it restarts from step 0)"
+    if run.status == RunStatus.RUNNING:
+        status = RunStatus.STOPPED if has_checkpoint(run) else RunStatus.INTERRUPTED
+        store.set_status(run_id, status, error=f"{how} at step {run.last_step}; {hint}")
+    return hint
 
 
 def _plan(store: RunStore, run_id: int, device: str | None
@@ -139,8 +169,7 @@ def _plan(store: RunStore, run_id: int, device: str | None
     cfg = TrainConfig.from_dict(run.config).validate()
     if device and cfg.device == "auto":
         cfg = replace(cfg, device=device).validate()
-    # Only a checkpoint this run recorded counts: never a stray file in its folder.
-    resume = run.checkpoint_path is not None and checkpoint_file(run_id).is_file()
+    resume = has_checkpoint(run)  # else from step 0 (or init_from), also after a crash
     init_path = None if resume else resolve_init_from(store, cfg.init_from)[0]
     return cfg, resume, init_path
 
@@ -180,7 +209,10 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         _unless_deleted(callbacks.flush)
         _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=reason))
         result = TrainResult(status=RunStatus.FAILED, reason=reason, step=run.last_step)
-    except BaseException as exc:  # even KeyboardInterrupt must leave a consistent row
+    except KeyboardInterrupt:  # a second Ctrl-C: the user's abort, not a crash
+        _unless_deleted(lambda: end_aborted(store, run_id, "aborted by a second Ctrl-C"))
+        raise
+    except BaseException as exc:  # anything else must leave a consistent row too
         log.exception("run %s crashed outside the training loop", run_id)
         crash = f"{type(exc).__name__}: {exc}"
         _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=crash))

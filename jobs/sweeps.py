@@ -122,8 +122,8 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
                  cut: bool = False) -> tuple[int, list[int]]:
     """Record the sweep and queue its runs (named '<sweep name> lr=0.003 n_layers=4');
     returns (sweep id, run ids). Every run is checked (corpus, init_from, and with ``cut``
-    enough evaluations for a forecast by the first cut) before anything is written; the
-    device check is left to the worker that claims each run."""
+    enough evaluations for a forecast by the first cut, memory against the largest device
+    here) before anything is written; each run's worker checks its own device again."""
     if cut and (problem := cut_problem(plan)):
         raise GptdashError(problem)
 

@@ -99,3 +99,36 @@ def test_list_into_a_closed_pipe_ends_quietly(home):
         os.close(write_end)
     assert done.stderr == ""
     assert done.returncode == 141
+
+
+HUGE = ["--set", "emb_dim=16384", "--set", "n_layers=96"]  # ~4.7 TB to train
+
+
+@pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "lr=1e-3,3e-3"]])
+def test_submit_and_sweep_refuse_what_fits_no_device_here_without_torch(home, command):
+    db(home).close()
+    out = python_in(home, "import sys\nfrom jobs.cli import main\n"
+                          f"code = main({[*command, '--preset', 'tiny', *HUGE]!r})\n"
+                          "print(code, 'torch' in sys.modules)")
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "but the largest device on this machine has" in out.stderr
+    nothing_written(home)
+
+
+def test_gpu_memory_comes_from_nvidia_smi_when_torch_is_not_loaded(tmp_path, monkeypatch):
+    from gptcore import machine
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 40960\necho 81920\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    machine.gpu_memory_mb.cache_clear()
+    try:
+        assert machine.gpu_memory_mb() == 81920
+        assert machine.largest_memory_mb("cuda") == 81920
+        assert machine.largest_memory_mb("auto") == max(81920, machine.host_memory_mb())
+        assert machine.largest_memory_mb("cpu") == machine.host_memory_mb()
+    finally:
+        machine.gpu_memory_mb.cache_clear()
