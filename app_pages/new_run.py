@@ -114,9 +114,12 @@ with form_col:
     for group, names in form_groups().items():
         with st.expander(GROUP_TITLES.get(group, group), expanded=group in ("model", "data",
                                                                             "optimization")):
-            cols = st.columns(3)
             for i, name in enumerate(names):
                 meta, default = INFO[name], base_values[name]
+                if i % 3 == 0:
+                    # A row of columns per three fields: a message under one field moves
+                    # the rows below it together, never one column out of line.
+                    cols = st.columns(3)
                 with cols[i % 3]:
                     key = wkey(name)
                     if key not in st.session_state:
@@ -210,7 +213,7 @@ with summary_col:
     tags = st.text_input("Tags", placeholder="comma-separated, e.g. baseline, lr-sweep")
     notes = st.text_area("Notes", height=80)
     start = st.button("Start training", type="primary", disabled=bool(problems) or cfg is None,
-                      use_container_width=True)
+                      width="stretch")
     if cfg is not None and not problems:
         st.download_button("Download this config (JSON)", config_json_bytes(cfg),
                            file_name="gptdash-config.json", mime="application/json")

@@ -105,10 +105,11 @@ if len(runs) == 1:
         new_tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags))
         new_notes = st.text_area("Notes", value=run.notes)
         if st.form_submit_button("Save"):
-            store.update_run(run.id, name=new_name.strip() or run.name, notes=new_notes,
-                             tags=[t.strip() for t in new_tags.split(",") if t.strip()])
-            st.toast("Saved")
-            st.rerun()
+            with user_errors():  # e.g. a name pasted with a control character in it
+                store.update_run(run.id, name=new_name.strip() or run.name, notes=new_notes,
+                                 tags=[t.strip() for t in new_tags.split(",") if t.strip()])
+                st.toast("Saved")
+                st.rerun()
     if run.error:
         st.caption("Why it ended")
         st.text(run.error)

@@ -28,6 +28,7 @@ from jobs.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
+from storage.names import one_line
 from storage.status import RunStatus
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def cmd_list(args, store: RunStore) -> int:
     for r in runs:
         best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
         print(f"{r.id:>4}  {r.status:<11} {f'{r.last_step}/{r.max_steps}':>13}  {best:>8}  "
-              f"{r.name}")
+              f"{one_line(r.name)}")  # a row from before names were checked may hold a newline
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, training_flops
 from jobs import runner
+from storage.names import check_name
 from storage.status import RunStatus
 
 if TYPE_CHECKING:
@@ -133,9 +134,10 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
         except GptdashError as exc:
             raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
                                f"{exc}") from None
-    sweep_name = (name or "").strip() or default_sweep_name(plan)
+    sweep_name = check_name((name or "").strip() or default_sweep_name(plan), "sweep name")
+    run_names = [check_name(f"{sweep_name} {plan.label(i)}") for i in range(len(plan.configs))]
     sweep_id = store.create_sweep(sweep_name, plan.spec, cut=cut)
-    run_ids = [runner.create_run(store, cfg, name=f"{sweep_name} {plan.label(i)}",
-                                 check_device=False, sweep_id=sweep_id)
-               for i, cfg in enumerate(plan.configs)]
+    run_ids = [runner.create_run(store, cfg, name=run_name, check_device=False,
+                                 sweep_id=sweep_id)
+               for cfg, run_name in zip(plan.configs, run_names, strict=True)]
     return sweep_id, run_ids

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from storage.errors import StorageError, missing_run
 from storage.home import checkpoints_dir
+from storage.names import check_name
 from storage.schema import (
     Event,
     Metric,
@@ -128,6 +129,7 @@ class RunsMixin:
     ) -> int:
         """Insert a run and return its id. A run created as ``running`` starts its clock now."""
         check_status(status)
+        check_name(name)
         now = utcnow()
         run = Run(
             name=name,
@@ -172,6 +174,8 @@ class RunsMixin:
         unknown = sorted(set(changes) - _UPDATABLE)
         if unknown:
             raise ValueError(f"runs has no updatable column(s) {', '.join(unknown)}")
+        if "name" in changes:
+            check_name(changes["name"])
         if "tags" in changes:
             changes["tags"] = [str(t) for t in changes["tags"]]
         if "status" in changes:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError
+from storage.names import check_name
 from storage.schema import Sweep, utcnow
 
 
@@ -40,6 +41,7 @@ class SweepsMixin:
 
     def create_sweep(self, name: str, spec: dict, *, cut: bool = False) -> int:
         """Insert a sweep and return its id; its runs are created with ``sweep_id=`` it."""
+        check_name(name, "sweep name")
         sweep = Sweep(name=name, spec=dict(spec), cut=cut, notes="", created_at=utcnow())
         with Session(self.engine) as session, session.begin():
             session.add(sweep)

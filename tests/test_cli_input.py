@@ -132,3 +132,40 @@ def test_gpu_memory_comes_from_nvidia_smi_when_torch_is_not_loaded(tmp_path, mon
         assert machine.largest_memory_mb("cpu") == machine.host_memory_mb()
     finally:
         machine.gpu_memory_mb.cache_clear()
+
+
+@pytest.mark.parametrize("command, name, what", [
+    (["submit", *MICRO], "two\nlines", "run name"),
+    (["train", *MICRO, "--set", "max_steps=2"], "red \x1b[31m", "run name"),
+    (["sweep", *MICRO, "--grid", "lr=1e-3,3e-3"], "tab\there", "sweep name"),
+])
+def test_a_name_with_a_control_character_is_refused_in_one_line(home, gptdash, command, name,
+                                                                 what):
+    out = gptdash(*command, "--name", name)
+    refused(out, f"{what} {name!r} holds a control character")
+    nothing_written(home)
+
+
+def test_a_rename_with_a_newline_is_refused_and_the_name_kept(store):
+    from storage.errors import StorageError
+
+    run_id = store.create_run("kept", {}, max_steps=10)
+    with pytest.raises(StorageError, match="holds a control character"):
+        store.update_run(run_id, name="one\ntwo")
+    assert store.get_run(run_id).name == "kept"
+
+
+def test_list_keeps_one_line_per_run_for_an_old_name_with_a_newline(home, gptdash):
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from storage.schema import Run
+
+    store = db(home)
+    first, second = store.create_run("old", {}, max_steps=10), store.create_run("b", {})
+    with Session(store.engine) as session, session.begin():  # written before the check
+        session.execute(update(Run).where(Run.id == first).values(name="old\nrow\x1b[2J"))
+    store.close()
+    lines = gptdash("list").stdout.splitlines()
+    assert len(lines) == 3 and lines[2].endswith(r"old\nrow\x1b[2J"), lines
+    assert lines[1].startswith(f"{second:>4}")

@@ -62,3 +62,12 @@ def test_launch_summary_duration_from_throughput():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_presets_have_no_problems(name):
     assert form_problems(PRESETS[name].flat()) == (PRESETS[name], {})
+
+
+def test_an_unreadable_field_does_not_hide_the_other_fields_problems():
+    # min_lr 0.5 is above the default lr, but lr was typed (badly): that check is left out.
+    cfg, problems = form_problems({"lr": "abc", "emb_dim": 100, "n_heads": 12,
+                                   "n_layers": 10**6, "min_lr": "0.5"})
+    assert cfg is None
+    assert set(problems) == {"lr", "emb_dim", "n_layers"}
+    assert "divisible" in problems["emb_dim"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from gptcore.config import TrainConfig, apply_overrides, field_info
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, memory_estimate, param_count
@@ -25,20 +27,27 @@ def form_problems(
 
     Returns ``(None, errors)`` when some values cannot be read as their field's
     type (or name no field), else ``(cfg, cfg.problems())``, which is empty when
-    the config is ready to run.
+    the config is ready to run. An unreadable field never hides the others'
+    problems: they are judged with the readable values, and a combination check
+    that names an unreadable field is left out (it would judge a value not typed).
     """
     base = base if base is not None else TrainConfig()
     # Each field on its own, so every unreadable field is reported, each beside its input.
     errors: dict[str, str] = {}
+    readable: dict[str, object] = {}
     for name, value in values.items():
         try:
             apply_overrides(base, {name: value})
+            readable[name] = value
         except GptdashError as exc:
             errors[name] = str(exc)
-    if errors:
-        return None, errors
-    cfg = apply_overrides(base, values)
-    return cfg, cfg.problems()
+    cfg = apply_overrides(base, readable)
+    if not errors:
+        return cfg, cfg.problems()
+    unread = [re.compile(rf"\b{re.escape(name)}\b") for name in errors]
+    problems = {name: message for name, message in cfg.problems().items()
+                if not any(pattern.search(message) for pattern in unread)}
+    return None, {**problems, **errors}
 
 
 def launch_summary(
