@@ -19,7 +19,7 @@ from gptcore.estimate import fit_problem, param_count
 from gptcore.machine import machine_fit_problem
 from jobs.errors import USER_ERRORS
 from storage import home
-from storage.errors import StorageError
+from storage.errors import RunMissing
 from storage.status import RESUMABLE, RunStatus
 from storage.store import RunRecord, RunStore, remove_run_folder
 
@@ -227,7 +227,7 @@ def _unless_deleted(write) -> None:
     """Do a write that fails only when the run was deleted meanwhile (nothing to record)."""
     try:
         write()
-    except StorageError as exc:
+    except RunMissing as exc:
         log.info("run gone while finishing: %s", exc)
 
 
@@ -236,5 +236,5 @@ def _forget_if_deleted(store: RunStore, run_id: int) -> None:
     folder back."""
     try:
         store.get_run(run_id)
-    except StorageError:
+    except RunMissing:  # not any StorageError: a database that is down deletes nothing
         remove_run_folder(run_id)

@@ -3,15 +3,18 @@
 ``ensure_schema`` runs whenever a RunStore opens. At head (the usual case) it is
 one small query and never imports Alembic, so a CLI command stays fast. Otherwise:
 
-- an empty database is created at head (tables from the models, stamped head);
+- an empty SQLite database is created at head (tables from the models, stamped head);
 - a database made before migrations existed (gptdash tables, no
   ``alembic_version``) counts as revision 0001;
 - SQLite is upgraded in place: one file has one writer at a time, and the
   migration holds SQLite's write lock, so two processes never both migrate;
-- PostgreSQL is only upgraded by ``upgrade`` (``gptdash db upgrade``), run once
-  from one machine: workers on several machines must not race to migrate a
-  shared server, so they refuse to open an older schema and say so;
-- a revision newer than this code is refused: the code is the one to upgrade.
+- PostgreSQL is only created or upgraded by ``upgrade`` (``gptdash db upgrade``),
+  run once from one machine: workers on several machines must not race to migrate a
+  shared server, so they refuse to open an empty or older schema and say so;
+- a revision newer than this code is refused: the code is the one to upgrade;
+- a database that holds other tables and not gptdash's is refused, never added to.
+
+Every refusal is a one-line StorageError naming the database's URL.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from storage.errors import StorageError
+from storage.errors import database_error
 from storage.schema import Base
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine import URL
 
 # The newest revision in storage/migrations/versions; a test checks it against Alembic's head.
 HEAD = "0003"
@@ -53,7 +57,14 @@ def ensure_schema(engine: Engine) -> None:
     with engine.connect() as connection:
         if current_revision(connection) == HEAD:
             return
-    _migrate(engine, allow_upgrade=engine.dialect.name == "sqlite")
+        if engine.dialect.name != "sqlite":
+            # Only `gptdash db upgrade` changes a server's schema, an empty one's included.
+            start = _starting_point(connection, engine.url)
+            found = ("it has no gptdash tables yet" if start is None
+                     else f"the schema is at revision {start} but this gptdash needs {HEAD}")
+            raise database_error(engine.url, f"{found}: run `gptdash db upgrade` "
+                                             "(once, from one machine)")
+    _migrate(engine)
 
 
 def upgrade(engine: Engine, *, to: str = HEAD) -> tuple[str | None, str]:
@@ -62,10 +73,10 @@ def upgrade(engine: Engine, *, to: str = HEAD) -> tuple[str | None, str]:
     ``from`` is None for an empty database, which is created at ``to``; a
     database made before migrations existed counts as revision 0001.
     """
-    return _migrate(engine, allow_upgrade=True, target=to)
+    return _migrate(engine, target=to)
 
 
-def _migrate(engine: Engine, *, allow_upgrade: bool, target: str = HEAD) -> tuple[str | None, str]:
+def _migrate(engine: Engine, *, target: str = HEAD) -> tuple[str | None, str]:
     """Bring the database from wherever it is to ``target`` under the migration lock."""
     from alembic import command
 
@@ -73,9 +84,8 @@ def _migrate(engine: Engine, *, allow_upgrade: bool, target: str = HEAD) -> tupl
     with _locked_transaction(engine) as connection:
         config.attributes["connection"] = connection
         # Read again under the lock: another process may have migrated meanwhile.
-        start = current_revision(connection)
-        unversioned = start is None
-        if unversioned and not inspect(connection).has_table("runs"):
+        start = _starting_point(connection, engine.url)
+        if start is None:
             if target == HEAD:
                 # The models are the head schema (a test holds them equal to the revisions),
                 # and creating them is much quicker than replaying every revision.
@@ -84,15 +94,9 @@ def _migrate(engine: Engine, *, allow_upgrade: bool, target: str = HEAD) -> tupl
             else:
                 command.upgrade(config, target)
             return None, target
-        start = start or UNVERSIONED
-        _check_known(config, start)
         if start == target:
             return start, target
-        if not allow_upgrade:
-            raise StorageError(
-                f"the database schema is at revision {start} but this gptdash needs {target}: "
-                "run `gptdash db upgrade` (once, from one machine)")
-        if unversioned:
+        if current_revision(connection) is None:
             command.stamp(config, UNVERSIONED)
         command.upgrade(config, target)
         return start, target
@@ -106,19 +110,38 @@ def _alembic_config() -> Config:
     return config
 
 
-def _check_known(config: Config, revision: str) -> None:
-    """Refuse a revision this code has no script for: a newer gptdash wrote it."""
+def _starting_point(connection: Connection, url: URL) -> str | None:
+    """The revision the database is at (None: empty; 0001: gptdash tables, unstamped).
+
+    Refuses a database that is not gptdash's (tables, but no ``runs``) and a revision
+    this code has no script for (a newer gptdash wrote it).
+    """
+    revision = current_revision(connection)
+    tables = sorted(inspect(connection).get_table_names())
+    if "runs" not in tables:
+        if not tables:
+            return None
+        listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise database_error(url, f"it holds tables that are not gptdash's ({listed}); set "
+                                  "GPTDASH_DB_URL to a gptdash database or a new, empty one")
+    if revision is None:
+        return UNVERSIONED
+    if not _known(revision):
+        raise database_error(
+            url, f"the schema is at revision {revision}, newer than this gptdash knows "
+                 f"(it needs {HEAD}): upgrade gptdash on this machine to use this database")
+    return revision
+
+
+def _known(revision: str) -> bool:
+    """Whether this code has a migration script for ``revision``."""
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
     try:
-        known = ScriptDirectory.from_config(config).get_revision(revision) is not None
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
     except CommandError:
-        known = False
-    if not known:
-        raise StorageError(
-            f"the database schema is at revision {revision}, newer than this gptdash knows "
-            f"(it needs {HEAD}): upgrade gptdash on this machine to use this database")
+        return False
 
 
 @contextmanager
@@ -148,7 +171,8 @@ def _locked_transaction(engine: Engine) -> Iterator[Connection]:
                 _restore_sqlite_sequences(connection, sequences)
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                 if broken:
-                    raise StorageError(f"migrating the database broke foreign keys: {broken}")
+                    raise database_error(engine.url,
+                                         f"migrating it broke foreign keys: {broken}")
                 connection.commit()
             except BaseException:
                 connection.rollback()

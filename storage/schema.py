@@ -30,11 +30,12 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from storage.diagnose import engine_error, parse_url, translate_errors
 from storage.status import RunStatus
 
 
@@ -241,19 +242,26 @@ def _lower(value: Any) -> Any:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``, with the SQLite settings that make it a safe multi-thread bus."""
-    parsed = make_url(url)
+    """An engine for ``url``, with the SQLite settings that make it a safe multi-thread bus.
+
+    A URL that is malformed or names a driver that is missing raises StorageError here;
+    any later database-side error on the engine is a one-line StorageError too
+    (``storage.diagnose``).
+    """
+    parsed = parse_url(url)
+    kwargs: dict[str, Any] = {"json_serializer": _json_dumps}
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, json_serializer=_json_dumps, pool_pre_ping=True)
-    kwargs: dict[str, Any] = {}
-    if parsed.database in (None, "", ":memory:"):
-        # An in-memory database exists once per connection: share one connection.
-        kwargs["poolclass"] = StaticPool
-    engine = create_engine(
-        url,
-        json_serializer=_json_dumps,
-        connect_args={"check_same_thread": False, "timeout": 30},
-        **kwargs,
-    )
-    event.listen(engine, "connect", _sqlite_pragmas)
+        kwargs["pool_pre_ping"] = True
+    else:
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if parsed.database in (None, "", ":memory:"):
+            # An in-memory database exists once per connection: share one connection.
+            kwargs["poolclass"] = StaticPool
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
+        raise engine_error(parsed, exc) from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    translate_errors(engine)
     return engine

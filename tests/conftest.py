@@ -61,10 +61,24 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def pg_at_head(postgres: PostgresServer) -> str:
-    """A database that RunStore created at the schema head, once; ``store`` copies it."""
+    """A database that `gptdash db upgrade` created at the schema head, once; ``store`` and
+    ``pg_head_url`` copy it (RunStore refuses to create a PostgreSQL schema itself)."""
+    from storage.migrate import upgrade
+    from storage.schema import make_engine
+
     name = postgres.create_database()
-    RunStore(postgres.url(name)).close()
+    engine = make_engine(postgres.url(name))
+    upgrade(engine)
+    engine.dispose()
     return name
+
+
+@pytest.fixture
+def pg_head_url(postgres: PostgresServer, pg_at_head: str) -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database at the schema head, dropped after the test."""
+    name = postgres.create_database(template=pg_at_head)
+    yield postgres.url(name)
+    postgres.drop_database(name)
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ def test_postgres_older_schema_is_refused_until_upgraded(pg_url: str) -> None:
                 "INSERT INTO runs (name, status, config, tags, notes, created_at, stop_requested,"
                 " last_step, max_steps, tokens_seen) VALUES ('old', 'completed', '{}', '[]', '',"
                 " now(), false, 7, 10, 0)"))
-        message = ("the database schema is at revision 0001 but this gptdash needs "
+        message = (f"database {pg_url}: the schema is at revision 0001 but this gptdash needs "
                    f"{HEAD}: run `gptdash db upgrade` (once, from one machine)")
         with pytest.raises(StorageError) as refused:
             RunStore(pg_url)
@@ -230,9 +230,9 @@ def test_revision_newer_than_the_code_is_refused(backend: str, request: pytest.F
                                                  tmp_path: Path) -> None:
     url = (request.getfixturevalue("pg_url") if backend == "postgresql"
            else f"sqlite:///{tmp_path / 'future.db'}")
-    RunStore(url).close()
     engine = make_engine(url)
     try:
+        upgrade(engine)
         with engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = '0999'"))
         with pytest.raises(StorageError, match="revision 0999, newer than this gptdash knows"):

@@ -42,7 +42,8 @@ def _wait_for(predicate, timeout: float, what: str):
 
 @pytest.mark.slow
 def test_three_workers_train_twelve_runs_once_each_and_a_killed_workers_run_resumes(
-        tmp_path, pg_url, monkeypatch):
+        tmp_path, pg_head_url, monkeypatch):
+    pg_url = pg_head_url  # as after `gptdash db upgrade`
     monkeypatch.setenv("GPTDASH_HOME", str(tmp_path))  # one artifacts folder for everyone
     store = RunStore(pg_url)
     long_id = runner.create_run(store, apply_overrides(preset("tiny"),
