@@ -16,7 +16,9 @@ import threading
 
 from gptcore.errors import GptdashError
 from jobs.exit_codes import EXIT_INTERRUPTED, EXIT_OK
+from jobs.recovery import pid_alive, this_host
 from storage.store import RunStore
+from storage.workers import WorkerRecord
 
 _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
 
@@ -41,6 +43,11 @@ def pin_device(device: str) -> str | None:
     return "cuda"
 
 
+def _gone_from_this_host(worker: WorkerRecord) -> bool:
+    """A worker of this host whose process has died (killed, not stopped) holds no name."""
+    return worker.host == this_host() and not pid_alive(worker.pid)
+
+
 def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: float,
                exit_when_idle: bool) -> int:
     """Train queued runs until the queue is empty (``exit_when_idle``) or a signal."""
@@ -51,6 +58,9 @@ def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: 
     label = device_label(resolve_device(config_device or "auto"))
     if dead_after_s <= 0:
         raise GptdashError(f"--dead-after must be positive, not {dead_after_s:g}")
+    if name is not None:  # host:pid, the default, is this process's alone
+        store.take_worker_name(name, host=this_host(), pid=os.getpid(),
+                               dead_after_s=dead_after_s, gone=_gone_from_this_host)
     manager = JobManager(store, name=name, device=config_device, dead_after_s=dead_after_s,
                          exit_when_idle=exit_when_idle)
     print(f"gptdash worker {manager.worker} on {label}: training queued runs "

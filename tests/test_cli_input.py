@@ -13,6 +13,7 @@ import pytest
 from test_cli import MICRO, ROOT, python_in
 
 from jobs.cli import main
+from storage.errors import StorageError
 from storage.store import RunStore
 
 
@@ -147,8 +148,6 @@ def test_a_name_with_a_control_character_is_refused_in_one_line(home, gptdash, c
 
 
 def test_a_rename_with_a_newline_is_refused_and_the_name_kept(store):
-    from storage.errors import StorageError
-
     run_id = store.create_run("kept", {}, max_steps=10)
     with pytest.raises(StorageError, match="holds a control character"):
         store.update_run(run_id, name="one\ntwo")
@@ -169,3 +168,40 @@ def test_list_keeps_one_line_per_run_for_an_old_name_with_a_newline(home, gptdas
     lines = gptdash("list").stdout.splitlines()
     assert len(lines) == 3 and lines[2].endswith(r"old\nrow\x1b[2J"), lines
     assert lines[1].startswith(f"{second:>4}")
+
+
+def test_worker_refuses_a_name_a_live_worker_holds_before_training(home, gptdash):
+    store = db(home)
+    store.register_worker("gpu-1", host="other-box", pid=4242, device="cuda")  # beating now
+    run_id = store.create_run("waiting", {}, max_steps=10)
+    out = gptdash("worker", "--name", "gpu-1", "--exit-when-idle")
+    refused(out, "worker name 'gpu-1' is in use by a live worker (other-box pid 4242",
+            "choose another --name")
+    assert store.get_run(run_id).status == "queued"
+    assert [(w.host, w.pid) for w in store.workers()] == [("other-box", 4242)]
+    store.close()
+
+
+def test_a_stopped_stale_or_dead_workers_name_may_be_taken_over(store):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from storage.schema import Worker, utcnow
+
+    store.register_worker("stopped", host="box", pid=1, device=None)
+    store.worker_stopped("stopped")
+    store.register_worker("stale", host="box", pid=2, device=None)
+    with Session(store.engine) as session, session.begin():
+        session.execute(update(Worker).where(Worker.name == "stale")
+                        .values(heartbeat_at=utcnow() - timedelta(seconds=120)))
+    store.register_worker("dead", host="here", pid=3, device=None)
+    for name in ("stopped", "stale", "dead"):
+        store.take_worker_name(name, host="here", pid=99, dead_after_s=60,
+                               gone=lambda w: w.host == "here" and w.pid == 3)
+    assert {(w.name, w.pid, w.status) for w in store.workers()} == {
+        ("stopped", 99, "idle"), ("stale", 99, "idle"), ("dead", 99, "idle")}
+    store.take_worker_name("new", host="here", pid=99, dead_after_s=60)
+    with pytest.raises(StorageError, match="worker name 'new' is in use"):
+        store.take_worker_name("new", host="there", pid=5, dead_after_s=60)
