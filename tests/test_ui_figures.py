@@ -152,3 +152,26 @@ def test_figures_serialise_with_nan():
 def test_height_is_part_of_the_one_built_figure():
     assert metric_figure(metrics(), title="t", height=300).layout.height == 300
     assert metric_figure(metrics(), title="t").layout.height is None
+
+
+def test_a_run_with_one_point_gets_a_marker_and_sensible_axes_not_minus_one_to_one():
+    one = pd.DataFrame([{"run_id": 1, "key": "tokens_per_sec", "step": 0, "value": 48134.5,
+                         "wall_time": 0.0}])
+    fig = metric_figure(one, title="Tokens per second")
+    assert fig.data[0].mode == "lines+markers"  # a lone point draws no line
+    # Steps from 0 over a few integers; the value with room around it, nowhere near -1..1.
+    assert list(fig.layout.xaxis.autorangeoptions.include) == [0, 10]
+    low, high = fig.layout.yaxis.autorangeoptions.include
+    assert 40_000 < low < 48134.5 < high < 56_000
+
+
+def test_ticks_read_as_few_digit_si_and_integer_steps_hover_as_integers():
+    big = pd.DataFrame([{"run_id": 1, "key": "tokens_per_sec", "step": s, "value": 48134.5 + s,
+                         "wall_time": float(s)} for s in range(0, 3000, 10)])
+    fig = metric_figure(big, title="Tokens per second")
+    assert fig.layout.xaxis.tickformat == fig.layout.yaxis.tickformat == ".3~s"  # 2.39k, 48.1k
+    assert fig.layout.xaxis.hoverformat == ",d"  # step 2,394, never 2,394.5
+    # Small values (a loss, a learning rate) keep plotly's own ticks: no "800µ" for 8e-4.
+    small = metric_figure(metrics(), title="loss")
+    assert small.layout.yaxis.tickformat is None
+    assert small.layout.yaxis.autorangeoptions.include is None  # many values: autoscale

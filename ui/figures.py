@@ -22,6 +22,12 @@ X_MODES = ("step", "tokens", "time")
 X_TITLES = {"step": "step", "tokens": "tokens seen", "time": "seconds since start"}
 _MARGIN = {"l": 10, "r": 10, "t": 60, "b": 10}
 _LEGEND_ON_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0}
+# d3 formats: ticks as SI with three significant digits at most ("2.39k", "150", "20k"),
+# never "2,394.5" or "48.1345k"; small values (losses, learning rates) keep plotly's own.
+SI_TICKS = ".3~s"
+SI_FROM = 1e4
+# A one-point curve: at least this many steps shown, from 0, never plotly's -1..1.
+MIN_X_SPAN = 10
 
 
 def run_colors(run_ids: list[int]) -> dict[int, str]:
@@ -87,13 +93,45 @@ def metric_figure(
         "legend": _LEGEND_ON_TOP,
         "uirevision": uirevision,
         "xaxis": {"title": {"text": x_title if x_title is not None else x},
-                  "type": "log" if log_x else "linear", "range": x_axis_range(x_range, log_x)},
+                  "type": "log" if log_x else "linear", "range": x_axis_range(x_range, log_x),
+                  **axis_formats(df[x], log=log_x, x=True)},
         "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear",
-                  "hoverformat": ".4g"},
+                  **axis_formats(df["value"], log=log_y, x=False)},
     }
     if height is not None:
         layout["height"] = height
     return go.Figure(data=metric_traces(df, names=names, x=x, smoothing=smoothing), layout=layout)
+
+
+def axis_formats(values: pd.Series, *, log: bool, x: bool) -> dict:
+    """Tick and hover formats for an axis of ``values``, and, when they are all one value
+    (a run with one point), a range to include around it instead of plotly's -1..1.
+
+    The range is an ``autorangeoptions.include``, not a fixed range: a live chart updated
+    in place keeps its layout, and more points must still autoscale.
+    """
+    finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return {}
+    top = float(np.abs(finite).max())
+    whole = bool(np.all(finite == np.round(finite)))
+    formats: dict = {}
+    if x:
+        formats = {"tickformat": SI_TICKS, "hoverformat": ",d" if whole else ",.4~g"}
+    else:
+        formats = {"hoverformat": ".4~s" if top >= SI_FROM else ".4~g"}
+        if top >= SI_FROM:
+            formats["tickformat"] = SI_TICKS
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo == hi and not log:
+        if x:
+            include = [min(0.0, lo), max(MIN_X_SPAN, 2 * hi)]
+        else:
+            pad = abs(lo) * 0.1 or 1.0
+            include = [lo - pad, lo + pad] if lo else [0.0, 1.0]
+        formats["autorangeoptions"] = {"include": include}
+    return formats
 
 
 def metric_traces(df: pd.DataFrame, *, names: dict[int, str] | None = None, x: str = "step",
@@ -125,7 +163,9 @@ def metric_traces(df: pd.DataFrame, *, names: dict[int, str] | None = None, x: s
                                "line": line, "opacity": SHADOW_OPACITY, "showlegend": False,
                                "legendgroup": name, "hoverinfo": "skip"})
                 ys = ema(ys, smoothing)
-            traces.append({"type": kind, "x": xs, "y": ys, "mode": "lines", "name": name,
+            # A lone point draws no line: give it a marker, or the chart looks empty.
+            mode = "lines" if len(xs) > 1 else "lines+markers"
+            traces.append({"type": kind, "x": xs, "y": ys, "mode": mode, "name": name,
                            "line": line, "legendgroup": name})
     return traces
 

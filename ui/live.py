@@ -21,7 +21,7 @@ LIVE_REFRESH_S = 2.0
 SIDEBAR_REFRESH_S = 5.0
 T = TypeVar("T")
 # Trace properties besides x and y that an overlay's new data may change (hover texts).
-_CHANGING = ("text", "customdata")
+_CHANGING = ("text", "customdata", "mode")  # mode: a lone point's marker goes with more
 
 
 class LiveSeries:
