@@ -36,10 +36,16 @@ from ui.forecast_view import (
     eta_text,
     forecast_summary,
     forecast_traces,
-    seconds_per_step,
     try_forecast,
 )
-from ui.format import eta_seconds, human_duration, progress_fraction
+from ui.format import (
+    PACE_WINDOW,
+    eta_seconds,
+    human_duration,
+    progress_fraction,
+    recent_eval_seconds,
+    recent_seconds_per_step,
+)
 from ui.live import (
     LastBuilt,
     LiveCharts,
@@ -103,14 +109,31 @@ def _refresh(series: LiveSeries) -> None:
         series.append(store.metrics([run_id], KEYS, after_step=series.cursor - 50))
 
 
+STEP_TIME_MS, EVAL_TIME_MS = "step_time_ms", "eval_time_ms"  # the trainer's timings
+
+
+def recent_times_ms(r: RunRecord, key: str) -> list[float]:
+    """The run's newest values of a timing metric (step_time_ms, eval_time_ms), enough for
+    its recent pace."""
+    every = int(r.config.get("eval_interval" if key == EVAL_TIME_MS else "log_interval") or 1)
+    rows = store.metrics([run_id], [key], after_step=r.last_step - (PACE_WINDOW + 1) * every)
+    return rows["value"].tolist()
+
+
+def eta(r: RunRecord) -> float | None:
+    """Seconds left: the steps to go at the recent pace, and the evaluations to go."""
+    return eta_seconds(r.last_step, r.max_steps, recent_times_ms(r, STEP_TIME_MS),
+                       eval_interval=int(r.config.get("eval_interval") or 0),
+                       eval_s=recent_eval_seconds(recent_times_ms(r, EVAL_TIME_MS)))
+
+
 def status(r: RunRecord, series: LiveSeries) -> None:
     # Four tiles, the step on the progress bar: five tiles cut "1,200 / 20,000" to "1,20…".
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Status", r.status)
     elapsed = r.duration_s
     c2.metric("Elapsed", human_duration(elapsed))
-    c3.metric("ETA", human_duration(eta_seconds(r.last_step, r.max_steps, elapsed))
-              if r.status == RunStatus.RUNNING else "—")
+    c3.metric("ETA", human_duration(eta(r)) if r.status == RunStatus.RUNNING else "—")
     tps = series.latest("tokens_per_sec")
     c4.metric("Tokens/s", f"{tps:,.0f}" if tps is not None else "—")
     st.progress(progress_fraction(r.last_step, r.max_steps),
@@ -207,7 +230,8 @@ def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
                              format="%.3f", key=f"eta_target_{run_id}",
                              placeholder="e.g. 2.0")
     if target is not None:
-        pace = seconds_per_step(r.duration_s, r.last_step) if r.status in ACTIVE else None
+        pace = (recent_seconds_per_step(recent_times_ms(r, STEP_TIME_MS))
+                if r.status in ACTIVE else None)
         # The step is kept until the fit or the target changes: finding it scans every step
         # to max_steps, which on a long run is not a per-tick job.
         step = _kept("eta", LastBuilt).get((id(forecast), target),

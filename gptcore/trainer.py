@@ -277,13 +277,16 @@ class Trainer:
 
     def _eval_and_report(self) -> str | None:
         """Evaluate, sample and flush; returns an early-stopping reason when it is time."""
+        start = time.perf_counter()
         losses = self.evaluate()
+        self._sample()
         val = losses["val"]
+        # What an evaluation with its sample costs: the pages' ETA and estimates add it.
         metrics = {"val/loss": val, "train/eval_loss": losses["train"],
-                   "val/ppl": math.exp(min(val, 50.0))}
+                   "val/ppl": math.exp(min(val, 50.0)),
+                   "eval_time_ms": 1000 * (time.perf_counter() - start)}
         self.cb.on_metrics(self.step, metrics)
         self.last_metrics.update(metrics)
-        self._sample()
         self.cb.flush()
         if not math.isfinite(val):
             return None  # the NaN path reports it

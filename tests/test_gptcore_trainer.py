@@ -72,6 +72,9 @@ def test_a_run_reports_every_metric_sample_and_checkpoint(tmp_path):
         assert key in cb.metrics, key
     assert sorted(cb.metrics["train/loss"]) == list(range(30))
     assert sorted(cb.metrics["val/loss"]) == [0, 10, 20, 30]
+    # Each evaluation, its sample included, is timed for the ETA and the estimates.
+    assert sorted(cb.metrics["eval_time_ms"]) == [0, 10, 20, 30]
+    assert all(t > 0 for t in cb.metrics["eval_time_ms"].values())
     assert [s for s, _, _ in cb.samples] == [0, 10, 20, 30]
     assert [s for s, _ in cb.checkpoints] == [10, 20, 30]
     assert cb.statuses[-1] == ("completed", None)

@@ -10,7 +10,6 @@ from ui.forecast_view import (
     forecast_summary,
     forecast_table,
     forecast_traces,
-    seconds_per_step,
     try_forecast,
 )
 
@@ -64,11 +63,6 @@ def test_eta_gives_the_step_and_time_or_says_it_is_not_reached(forecast):
     assert "already passed" in eta_text(forecast, 10.0, last_step=400, seconds_per_step=None)
     no_pace = eta_text(forecast, round(target, 6), last_step=400, seconds_per_step=None)
     assert no_pace.endswith("step 601.")
-
-
-def test_seconds_per_step():
-    assert seconds_per_step(100.0, 50) == 2.0
-    assert seconds_per_step(None, 50) is None and seconds_per_step(10.0, 0) is None
 
 
 def test_a_failing_forecast_becomes_one_line():

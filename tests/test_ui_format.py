@@ -30,11 +30,11 @@ def test_human_bytes_mb(mb, text):
 
 
 def test_eta_seconds():
-    assert eta_seconds(100, 500, 50.0) == pytest.approx(200.0)
-    assert eta_seconds(600, 500, 50.0) == 0.0
-    assert eta_seconds(0, 500, 10.0) is None
-    assert eta_seconds(None, 500, 10.0) is None
-    assert eta_seconds(10, 500, None) is None
+    assert eta_seconds(100, 500, [500.0]) == pytest.approx(200.0)
+    assert eta_seconds(100, 500, [500.0], eval_interval=100, eval_s=10.0) == pytest.approx(240)
+    assert eta_seconds(600, 500, [500.0]) == 0.0
+    assert eta_seconds(None, 500, [500.0]) is None
+    assert eta_seconds(10, 500, []) is None
 
 
 def test_progress_fraction():

@@ -94,13 +94,6 @@ def eta_text(forecast: Forecast, target: float, *, last_step: int,
     return f"Val loss {target:g} at about step {step:,}{wait}."
 
 
-def seconds_per_step(elapsed_s: float | None, steps_done: int) -> float | None:
-    """The run's pace so far, or None before it has one."""
-    if not elapsed_s or steps_done <= 0:
-        return None
-    return elapsed_s / steps_done
-
-
 def try_forecast(compute: Callable[[], Forecast | None]) -> tuple[Forecast | None, str | None]:
     """``compute()``, or None and one line saying why it failed: a page shows a caption for a
     forecast that cannot be made, never a traceback."""

@@ -6,8 +6,6 @@ import math
 import statistics
 from collections.abc import Sequence
 
-import pandas as pd
-
 DASH = "—"
 
 # SI-style suffixes; "B" (billion) rather than "G" because people say "a 1.2 B model".
@@ -105,19 +103,11 @@ def eta_seconds(step: int | None, max_steps: int | None, step_times_ms: Sequence
     return max(0.0, (max_steps - step) * pace + evals)
 
 
-def recent_eval_seconds(step_time_rows: pd.DataFrame, val_rows: pd.DataFrame) -> float | None:
-    """The median time of the run's recent evaluations, or None before one has been timed.
-
-    Both frames hold (step, wall_time) metric rows. The trainer reports the steps before an
-    evaluation at its step (``step_time_ms``) and the evaluation's result there once it is
-    done (``val/loss``), so the gap between their wall times is what the evaluation took.
-    """
-    if step_time_rows.empty or val_rows.empty:
-        return None
-    both = val_rows.merge(step_time_rows, on="step", suffixes=("_val", "_train"))
-    gaps = (both["wall_time_val"] - both["wall_time_train"]).tail(PACE_WINDOW)
-    gaps = gaps[gaps >= 0]
-    return float(gaps.median()) if len(gaps) else None
+def recent_eval_seconds(eval_times_ms: Sequence[float]) -> float | None:
+    """The median time of the run's recent evaluations (its ``eval_time_ms`` metrics, each
+    an evaluation with its text sample), or None before one has been timed."""
+    recent = [t for t in list(eval_times_ms)[-PACE_WINDOW:] if not _missing(t) and t >= 0]
+    return statistics.median(recent) / 1000 if recent else None
 
 
 def progress_fraction(step: int | None, max_steps: int | None) -> float:
