@@ -7,7 +7,7 @@ import streamlit as st
 
 from gptcore.errors import GptdashError
 from jobs.serve import PASSWORD_ENV, check_bind, password_ok
-from ui.widgets import get_manager, get_store, sidebar
+from ui.widgets import get_store, sidebar
 
 # A local icon: a Material or emoji page_icon makes the browser fetch it from a CDN.
 ICON = Path(__file__).parent / "ui" / "assets" / "icon.png"
@@ -47,5 +47,5 @@ if password and not st.session_state.get("authenticated"):
     st.stop()
 
 page = st.navigation(PAGES)
-sidebar(get_store(), get_manager())
+sidebar(get_store())
 page.run()

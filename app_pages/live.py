@@ -27,6 +27,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.forecast import Forecast, eta_to_loss
+from jobs import actions
 from jobs.forecasting import run_forecast
 from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
@@ -54,9 +55,9 @@ from ui.live import (
     trained_by,
     view_range,
 )
-from ui.widgets import empty_state, get_manager, get_store, pick_run, tab_visible, user_errors
+from ui.widgets import empty_state, get_store, pick_run, tab_visible, user_errors
 
-store, manager = get_store(), get_manager()
+store = get_store()
 CHARTS = {  # title -> metric keys
     "Loss": ["train/loss", "val/loss"],
     "Learning rate": ["lr"],
@@ -81,7 +82,7 @@ running = [r.id for r in runs if r.status == RunStatus.RUNNING]
 arrived_for = st.session_state.pop("live_run", None)  # set by Start / Open on other pages
 if arrived_for in {r.id for r in runs}:
     st.session_state.live_pick = arrived_for
-default_id = manager.current_run or (running[0] if running else runs[0].id)
+default_id = running[0] if running else runs[0].id
 run = pick_run("Run", runs, key="live_pick", default_id=default_id)
 run_id = run.id
 tick_every = refresh_every(run.status, tab_visible())
@@ -145,7 +146,7 @@ def status(r: RunRecord, series: LiveSeries) -> None:
         if st.button("Stop this run", type="secondary",
                      help="Saves a checkpoint and stops within a step; resume it later."):
             with user_errors():
-                manager.stop(run_id)
+                actions.stop(store, run_id)
                 st.toast("Stop requested")
     if r.status in (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.STOPPED) and r.error:
         (st.error if r.status == RunStatus.FAILED else st.warning)("Why it ended:")

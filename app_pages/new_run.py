@@ -10,15 +10,16 @@ from gptcore.config import PRESETS, TrainConfig, field_info, preset
 from gptcore.data import BUILTIN, decode_corpus
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token
+from jobs import actions
 from jobs.errors import USER_ERRORS
 from storage import home
 from storage.status import RunStatus
 from ui.config_diff import config_from_upload, config_json_bytes
 from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
-from ui.widgets import get_manager, get_store, run_label, user_errors
+from ui.widgets import get_store, run_label, user_errors
 
-store, manager = get_store(), get_manager()
+store = get_store()
 INFO = field_info()
 CORPUS_SUFFIXES = (".txt", ".md", ".text", ".csv", ".json", ".py", ".rst", ".html", ".xml")
 MAX_UPLOAD_MB = 50
@@ -220,6 +221,6 @@ with summary_col:
     if start and cfg is not None:
         with user_errors():
             tag_list = [t.strip() for t in tags.split(",") if t.strip()]
-            run_id = manager.submit(cfg, name=name, tags=tag_list, notes=notes)
+            run_id = actions.submit(store, cfg, name=name, tags=tag_list, notes=notes)
             st.session_state.live_run = run_id
             st.switch_page("app_pages/live.py")

@@ -3,12 +3,13 @@
 import pandas as pd
 import streamlit as st
 
+from jobs import actions
 from jobs.runner import can_resume
 from storage.status import RESUMABLE, STATUSES, RunStatus
 from ui.format import human_count, human_duration
-from ui.widgets import empty_state, get_manager, get_store, user_errors
+from ui.widgets import empty_state, get_store, user_errors
 
-store, manager = get_store(), get_manager()
+store = get_store()
 
 st.title("Runs")
 
@@ -76,7 +77,7 @@ stoppable = [r for r in runs if r.status in (RunStatus.RUNNING, RunStatus.QUEUED
 if b3.button("Stop / cancel", disabled=not stoppable, use_container_width=True):
     with user_errors():
         for r in stoppable:
-            manager.stop(r.id)
+            actions.stop(store, r.id)
         st.toast(f"Stop requested for {', '.join(f'#{r.id}' for r in stoppable)}")
         st.rerun()
 resumable = [r for r in runs if r.status in RESUMABLE and can_resume(store, r.id)]
@@ -84,7 +85,7 @@ if b4.button("Resume", disabled=not resumable, use_container_width=True,
              help="Continue stopped, interrupted or failed runs from their last checkpoint."):
     with user_errors():
         for r in resumable:
-            manager.resume(r.id)
+            actions.resume(store, r.id)
         st.toast(f"Queued {', '.join(f'#{r.id}' for r in resumable)} to resume")
         st.rerun()
 with b5.popover("Delete", use_container_width=True,

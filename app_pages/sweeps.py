@@ -10,6 +10,7 @@ import streamlit as st
 
 from analysis.forecast import Forecast
 from gptcore.config import PRESETS, field_info
+from jobs import actions
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import VAL_KEY, run_forecast
 from jobs.sweeps import cut_problem, measured_flops_per_s, plan_sweep, submit_sweep
@@ -25,9 +26,9 @@ from ui.sweeps import (
     sweep_table,
     swept_params,
 )
-from ui.widgets import get_manager, get_store, tab_visible, user_errors
+from ui.widgets import get_store, tab_visible, training_now, user_errors
 
-store, manager = get_store(), get_manager()
+store = get_store()
 FIELDS = list(field_info())
 GRID_DEFAULTS = ["lr", "batch_size", "n_layers", "emb_dim", "weight_decay", "warmup_steps"]
 MAX_ROWS = len(GRID_DEFAULTS)
@@ -138,7 +139,7 @@ sweep = by_id[st.selectbox("Sweep", list(by_id), key="sweep_pick",
                            format_func=lambda i: f"#{i} {by_id[i].name}")]
 first_runs = store.list_runs(sweep_id=sweep.id)
 was_active = any(r.status in ACTIVE for r in first_runs)
-training_now = manager.current_run
+training = training_now(store)[0]
 params = swept_params(sweep.spec, [r.config for r in first_runs])
 
 
@@ -156,7 +157,7 @@ def results() -> None:
     active = [r for r in runs if r.status in ACTIVE]
     if was_active and not active:
         st.rerun()  # the sweep ended: redraw the whole page once, without the timer
-    if manager.current_run != training_now:
+    if training_now(store)[0] != training:
         st.rerun()  # the worker took up the next run: redraw once, so the sidebar says so
     val = store.metrics([r.id for r in runs], [VAL_KEY])
     evaluations = val["run_id"].value_counts()
@@ -180,7 +181,7 @@ def results() -> None:
                                                     "training (it saves a checkpoint)."):
         with user_errors():
             for r in active:
-                manager.stop(r.id)
+                actions.stop(store, r.id)
             st.toast("Stop requested")
     # What the chart plots first, then progress and the raw losses; the long name last.
     shown = table[["id", "status", *params, "val loss", "kind", "best", "step", "of",

@@ -2,8 +2,8 @@
 
 The queue is the runs table itself: the worker claims the oldest ``queued`` row
 atomically, so runs enqueued from any page, session, process or machine are
-picked up, and no run is trained twice. The dashboard's server runs one worker
-thread (``process_worker``); ``gptdash worker`` runs one more anywhere that
+picked up, and no run is trained twice. ``gptdash worker`` runs one (and
+``gptdash serve`` supervises one such process beside the pages), anywhere that
 reaches the database. Each worker records itself in the ``workers`` table and
 beats every few seconds; each beat also marks runs whose owner is gone as
 ``interrupted``. The worker never touches Streamlit.
@@ -16,14 +16,16 @@ import os
 import threading
 
 from gptcore.config import TrainConfig
-from jobs import runner
+from jobs import actions, runner
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
-from storage.status import RunStatus
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 2.0
+# An idle worker looks at the queue this often: a run queued by a page or another process
+# (which cannot wake this thread) starts training within about this long. One indexed
+# SELECT of at most one id; the claim writes only when a run is waiting.
+IDLE_POLL_S = 0.5
 BEAT_S = 5.0
 
 
@@ -68,25 +70,21 @@ class JobManager:
     def submit(self, cfg: TrainConfig, *, name: str | None = None, tags: list[str] | None = None,
                notes: str = "") -> int:
         """Validate, record a queued run, and wake the worker. Returns the run id."""
-        run_id = runner.create_run(self.store, cfg, name=name, tags=tags, notes=notes)
+        run_id = actions.submit(self.store, cfg, name=name, tags=tags, notes=notes)
         self._wake.set()
         return run_id
 
     def resume(self, run_id: int) -> None:
-        runner.queue_resume(self.store, run_id)
+        actions.resume(self.store, run_id)
         self._wake.set()
 
-    def stop(self, run_id: int) -> None:
+    def stop(self, run_id: int) -> actions.Stop:
         """Stop a running run (it saves a checkpoint) or cancel a queued one."""
-        # The flag first: a worker claiming the run from now on starts a trainer that stops
-        # at once, so a Stop racing a claim is never lost.
-        self.store.request_stop(run_id)
-        if self.store.get_run(run_id).status == RunStatus.QUEUED:
-            self.store.set_status(run_id, RunStatus.CANCELLED, error="cancelled before it started")
-            return
-        with self._lock:
+        done = actions.stop(self.store, run_id)
+        with self._lock:  # this worker's own run stops now, not at its next flag poll
             if self._current == run_id and self._stop_event is not None:
                 self._stop_event.set()
+        return done
 
     @property
     def current_run(self) -> int | None:
@@ -119,7 +117,7 @@ class JobManager:
 
     # ---- the worker -------------------------------------------------------------------------
     def _register(self) -> None:
-        from gptcore.trainer import device_label, resolve_device  # torch: in the thread
+        from gptcore.device import device_label, resolve_device  # torch: in the thread
 
         label = device_label(resolve_device(self.device or "auto"))
         self.store.register_worker(self.worker, host=this_host(), pid=os.getpid(),
@@ -162,10 +160,20 @@ class JobManager:
             except Exception:  # noqa: BLE001 - retried at the next beat
                 log.exception("worker heartbeat failed")
 
+    def _say(self, current: int | None) -> None:
+        """Tell the workers table at once what this worker does, so the pages (in another
+        process) show a run as soon as it is taken up, not at the next beat."""
+        try:
+            self.store.worker_beat(self.worker, status="training" if current else "idle",
+                                   current_run_id=current)
+        except Exception:  # noqa: BLE001 - the next beat says it again
+            log.exception("could not record worker %s's state", self.worker)
+
     def _train(self, run_id: int) -> None:
         stop_event = threading.Event()
         with self._lock:
             self._current, self._stop_event = run_id, stop_event
+        self._say(run_id)
         try:
             nproc = int(self.store.get_run(run_id).config.get("nproc", 1))
             if nproc > 1:
@@ -182,21 +190,5 @@ class JobManager:
             with self._lock:
                 self._current, self._stop_event = None, None
             self.completed.append(run_id)
+            self._say(None)
 
-
-_process_worker: JobManager | None = None
-_process_lock = threading.Lock()
-
-
-def process_worker() -> JobManager:
-    """This process's one background worker, started on first use.
-
-    ``gptdash serve`` calls it before Streamlit starts, so queued runs train and
-    orphaned runs are recovered with no page open; pages get the same worker.
-    A worker that was shut down (or died) is replaced by a fresh one.
-    """
-    global _process_worker
-    with _process_lock:
-        if _process_worker is None or not _process_worker.is_alive():
-            _process_worker = JobManager(RunStore())
-        return _process_worker

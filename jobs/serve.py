@@ -2,11 +2,13 @@
 training worker running from the first second.
 
 ``gptdash serve`` (what ``make run`` calls) checks the address and the port before
-anything starts, pins the Host names the server accepts (so a web page the user
-visits cannot reach the dashboard through DNS rebinding), then starts this
-process's training worker (which marks orphaned runs ``interrupted`` and starts
-draining the queue at once, with no page open) and runs Streamlit in the same
-process, so the pages share that worker.
+anything starts, then supervises two children (``jobs.supervisor``): a training worker
+(``gptdash worker``: it marks orphaned runs ``interrupted`` and drains the queue at once,
+with no page open) and the Streamlit server of the pages (``python -m streamlit run``,
+with the Host names it accepts pinned, so a web page the user visits cannot reach the
+dashboard through DNS rebinding). Training never shares the pages' interpreter: a page
+refresh costs the run nothing but a core's share. This process imports neither torch
+nor Streamlit.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptcore.errors import GptdashError
+from jobs.recovery import recover_interrupted
+from jobs.supervisor import Child, Supervisor
+
+if TYPE_CHECKING:
+    from storage.store import RunStore
 
 PASSWORD_ENV = "GPTDASH_PASSWORD"
-APP = Path(__file__).resolve().parent.parent / "app.py"
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+WORKER_STOP_S = 120.0  # a run's last checkpoint may take a while on a big model
 
 
 def is_loopback(address: str) -> bool:
@@ -73,12 +83,10 @@ def check_port_free(address: str, port: int) -> None:
 
 
 def streamlit_args(address: str, port: int) -> list[str]:
-    """``streamlit run`` arguments: our app, headless, no telemetry, pinned Host names, and
-    neither a file watcher nor a forced garbage collection after each script run (both cost
-    the training thread CPU); whatever folder it is started from."""
-    args = ["run", str(APP), "--server.address", address, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
+    """``streamlit run`` arguments: our app, the address, the port and the pinned Host
+    names. Every other setting is in ``.streamlit/config.toml``, which Streamlit reads
+    from its working folder, the checkout (``serve`` starts it there)."""
+    args = ["run", str(APP), "--server.address", address, "--server.port", str(port)]
     # Only these Host names may open the app's WebSocket: on 0.0.0.0, name the host
     # names you serve under in GPTDASH_ALLOWED_HOSTS.
     for host in allowed_hosts(address):
@@ -86,22 +94,38 @@ def streamlit_args(address: str, port: int) -> list[str]:
     return args
 
 
-def serve(address: str, port: int) -> int:
-    """Start the worker, then serve the dashboard until Ctrl-C / SIGTERM; returns an exit code.
+def _runs_left_behind(store: RunStore) -> str:
+    """After the worker died: its run, now ``interrupted``, and how to continue it."""
+    try:
+        found = recover_interrupted(store)
+    except Exception as exc:  # noqa: BLE001 - the next worker's own recovery marks it
+        return f" (could not mark its run interrupted: {exc})"
+    if not found:
+        return ""
+    ids = ", ".join(f"#{i}" for i in found)
+    return (f"; run(s) {ids} marked interrupted (resume from the Runs page or with "
+            "`gptdash resume RUN`)")
 
-    On the way out the worker stops its run with a checkpoint, so it can be resumed.
+
+def children(store: RunStore, address: str, port: int) -> list[Child]:
+    """The worker, then the server: started in this order and stopped in this order, so
+    the run saves its checkpoint while the pages can still show it."""
+    worker = Child("training worker", [sys.executable, "-m", "jobs", "worker"], cwd=str(ROOT),
+                   stop_timeout_s=WORKER_STOP_S, on_death=lambda: _runs_left_behind(store))
+    server = Child("dashboard server",
+                   [sys.executable, "-m", "streamlit", *streamlit_args(address, port)],
+                   cwd=str(ROOT))
+    return [worker, server]
+
+
+def serve(store: RunStore, address: str, port: int) -> int:
+    """Supervise the training worker and the pages' server until Ctrl-C, SIGTERM or SIGHUP;
+    returns an exit code (0).
+
+    On the way out the worker stops its run with a checkpoint, so it can be resumed; if
+    this process is killed outright, its children die with it.
     """
-    from streamlit.web import cli as streamlit_cli
-
-    from jobs.manager import process_worker
-
     check_bind(address, os.environ.get(PASSWORD_ENV))
     check_port_free(address, port)
-    worker = process_worker()
-    print(f"gptdash: serving on http://{address}:{port}", file=sys.stderr)
-    try:
-        streamlit_cli.main.main(args=streamlit_args(address, port), prog_name="streamlit",
-                                standalone_mode=False)
-    finally:
-        worker.shutdown()
-    return 0
+    print(f"gptdash: serving on http://{address}:{port}", file=sys.stderr, flush=True)
+    return Supervisor(children(store, address, port)).run()

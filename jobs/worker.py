@@ -1,7 +1,7 @@
 """`gptdash worker`: a long-running process that trains queued runs from the shared database.
 
 Start one per GPU on any machine that reaches the database and the artifacts
-folder. Ctrl-C or SIGTERM (systemd's stop, a batch scheduler's pre-emption) stops
+folder. Ctrl-C, SIGTERM (systemd's stop, a batch scheduler's pre-emption) or SIGHUP stops
 the current run with a checkpoint, so it can be resumed, and records the worker
 as stopped.
 """
@@ -51,7 +51,7 @@ def _gone_from_this_host(worker: WorkerRecord) -> bool:
 def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: float,
                exit_when_idle: bool) -> int:
     """Train queued runs until the queue is empty (``exit_when_idle``) or a signal."""
-    from gptcore.trainer import device_label, resolve_device
+    from gptcore.device import device_label, resolve_device
     from jobs.manager import JobManager
 
     config_device = pin_device(device)
@@ -72,7 +72,9 @@ def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: 
         received.append(signum)
         stopping.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: the terminal went away, or `gptdash serve` (its parent) died.
+    previous = {sig: signal.signal(sig, on_signal)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while manager.is_alive() and not stopping.wait(0.5):
             pass

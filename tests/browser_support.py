@@ -1,4 +1,5 @@
-"""Helpers for the browser tests: a real `streamlit run` server and headless chromium.
+"""Helpers for the browser tests: a real `gptdash serve` (the pages' server and a training
+worker) and headless chromium.
 
 A page has finished rendering when the app says its script is not running and no
 widget still shows its loading skeleton; text on the page alone can be stale.
@@ -59,21 +60,21 @@ def free_port() -> int:
 @contextmanager
 def streamlit_process(home: Path, log_path: Path, *, prefix: Sequence[str] = ()
                       ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Run ``streamlit run app.py`` on a free local port with ``home`` as GPTDASH_HOME.
+    """Run ``gptdash serve`` on a free local port with ``home`` as GPTDASH_HOME: the pages'
+    Streamlit server and a training worker beside it, as a user runs the dashboard.
 
-    ``prefix`` goes before the command (``taskset -c 0`` pins the server to a core;
-    taskset execs, so the process is still the server's). Yields the process and the
-    base URL once the server answers its health check; stops it after.
+    ``prefix`` goes before the command (``taskset -c 0`` pins it and its children to a
+    core; taskset execs, so the process is still the supervisor). Yields the supervisor's
+    process and the base URL once the server answers its health check; stops it after
+    (the worker stops its run with a checkpoint first).
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "GPTDASH_DB_URL"}
     # One torch thread: on a small machine shared with the browser, spinning
     # intra-op threads make every training step many times slower.
     env.update(GPTDASH_HOME=str(home), OMP_NUM_THREADS="1")
-    cmd = [*prefix, str(REPO / ".venv" / "bin" / "streamlit"), "run", "app.py",
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    cmd = [*prefix, str(REPO / ".venv" / "bin" / "python"), "-m", "jobs", "serve",
+           "--port", str(port), "--address", "127.0.0.1"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -84,7 +85,7 @@ def streamlit_process(home: Path, log_path: Path, *, prefix: Sequence[str] = ()
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -102,7 +103,7 @@ def _wait_for_health(url: str, proc: subprocess.Popen, log_path: Path,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n"
+            raise RuntimeError(f"gptdash serve exited with {proc.returncode}:\n"
                                f"{log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
@@ -111,7 +112,7 @@ def _wait_for_health(url: str, proc: subprocess.Popen, log_path: Path,
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"streamlit did not answer within {timeout_s:.0f} s:\n"
+    raise RuntimeError(f"gptdash serve did not answer within {timeout_s:.0f} s:\n"
                        f"{log_path.read_text()[-3000:]}")
 
 

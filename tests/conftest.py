@@ -104,7 +104,7 @@ def store(home: Path, request: pytest.FixtureRequest) -> Iterator[RunStore]:
 @pytest.fixture(autouse=True)
 def _keep_main_module() -> Iterator[None]:
     """AppTest installs app.py as __main__; restore it, or multiprocessing's spawn children
-    would re-run the app (and its job manager) when a later test starts them."""
+    would re-run the app when a later test starts them."""
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main

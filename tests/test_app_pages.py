@@ -1,8 +1,9 @@
 """Every dashboard page through Streamlit's AppTest: no browser, a real SQLite home.
 
-The store and job manager are ``st.cache_resource`` objects shared by every
-AppTest in this process, so each test shuts the worker down and clears the
-caches afterwards; the next test then gets a store on its own home folder.
+The store is an ``st.cache_resource`` object shared by every AppTest in this
+process, so each test closes it and clears the caches afterwards; the next test
+then gets a store on its own home folder. The pages hold no worker: a run they
+queue stays queued unless a test trains it itself.
 """
 
 from __future__ import annotations
@@ -37,19 +38,17 @@ MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_
 def _app_test() -> Iterator[AppTest]:
     """An AppTest of the whole app; afterwards the process is as it was before.
 
-    The cached worker thread is ended and the cached store forgotten, so the next
-    app starts fresh. AppTest leaves app.py installed as ``__main__``; left there,
-    any later ``multiprocessing`` spawn (in any test) would run the app again in its
-    child, whose job manager would then claim that test's queued runs.
+    The cached store is forgotten, so the next app starts fresh. AppTest leaves app.py
+    installed as ``__main__``; left there, any later ``multiprocessing`` spawn (in any
+    test) would run the app again in its child.
     """
-    from ui.widgets import get_manager, get_store
+    from ui.widgets import get_store
 
     main = sys.modules["__main__"]
     st.cache_resource.clear()
     try:
         yield AppTest.from_file(APP, default_timeout=60)
     finally:
-        get_manager().shutdown()
         get_store().close()
         st.cache_resource.clear()
         sys.modules["__main__"] = main

@@ -1,4 +1,6 @@
-"""`gptdash serve` as a user runs it: the worker runs from the start, with no page open."""
+"""`gptdash serve` as a user runs it: a supervisor of the pages' server and a training
+worker, which trains from the start with no page open, and whose children never outlive it.
+"""
 
 import os
 import signal
@@ -10,6 +12,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from jobs.recovery import pid_alive
 from storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,42 +68,120 @@ def _wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_killed_server_restarted_recovers_and_drains_the_queue_with_no_page_open(tmp_path):
+def _submit(home: Path, name: str, max_steps: int) -> int:
+    out = _gptdash(home, "submit", "--preset", "tiny", *MICRO, "--set", f"max_steps={max_steps}",
+                   "--name", name)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes whose parent is ``pid``, by pid, with their command lines."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we looked
+        if ppid == pid:
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def _worker_and_server(server: subprocess.Popen) -> tuple[int, int]:
+    kids = _wait_for(lambda: len(k := _children(server.pid)) == 2 and k,
+                     what="the worker and the server to start")
+    [worker] = [pid for pid, cmd in kids.items() if "jobs worker" in cmd]
+    [pages] = [pid for pid, cmd in kids.items() if "streamlit run" in cmd]
+    return worker, pages
+
+
+def _latest_checkpoint(home: Path, run_id: int) -> Path:
+    return home / "runs" / str(run_id) / "latest.pt"
+
+
+def test_serve_killed_with_9_takes_its_children_along_and_the_run_resumes(tmp_path):
     store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
     log = tmp_path / "serve.log"
     port = _free_port()
     server = _start_server(tmp_path, port, log)
     try:
-        long = _gptdash(tmp_path, "submit", "--preset", "tiny", *MICRO,
-                        "--set", "max_steps=100000", "--name", "long")
-        assert long.returncode == 0, long.stderr
-        long_id = int(long.stdout)
-        # No browser ever connects: the server's own worker must pick the run up.
+        long_id = _submit(tmp_path, "long", 100_000)
+        # No browser ever connects: the supervised worker picks the run up.
         _wait_for(lambda: store.get_run(long_id).last_step >= 20, what="training to start")
-        # Queued behind the long run; it waits until a worker is free.
-        short = _gptdash(tmp_path, "submit", "--preset", "tiny", *MICRO,
-                         "--set", "max_steps=20", "--name", "short")
-        short_id = int(short.stdout)
+        children = _worker_and_server(server)
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
-    assert store.get_run(long_id).status == "running"  # nobody alive to say otherwise yet
-    assert store.get_run(short_id).status == "queued"
+    # The parent-death signal: nobody is left to stop them, yet they go.
+    _wait_for(lambda: not any(pid_alive(pid) for pid in children), timeout=60,
+              what="the worker and the server to die with the supervisor")
+    run = store.get_run(long_id)
+    assert run.status in ("stopped", "interrupted"), run.status
+    assert _latest_checkpoint(tmp_path, long_id).is_file()
+    stopped_at = run.last_step
 
     server = _start_server(tmp_path, port, log)
     try:
+        out = _gptdash(tmp_path, "resume", str(long_id), "--queue")
+        assert out.returncode == 0, out.stderr
+        _wait_for(lambda: (r := store.get_run(long_id)).status == "running"
+                  and r.last_step > stopped_at, what="the run to resume and train on")
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+    assert store.get_run(long_id).status == "stopped"
+
+
+def test_a_worker_killed_with_9_is_restarted_its_run_interrupted_and_the_queue_trains(tmp_path):
+    store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
+    log = tmp_path / "serve.log"
+    server = _start_server(tmp_path, _free_port(), log)
+    try:
+        long_id = _submit(tmp_path, "long", 100_000)
+        _wait_for(lambda: store.get_run(long_id).last_step >= 20, what="training to start")
+        short_id = _submit(tmp_path, "short", 20)  # queued behind the long run
+        worker, pages = _worker_and_server(server)
+        os.kill(worker, signal.SIGKILL)
         run = _wait_for(lambda: (r := store.get_run(long_id)).status != "running" and r,
-                        what="the orphaned run to be marked")
+                        what="the killed worker's run to be marked")
         assert run.status == "interrupted"
         assert "resume" in run.error
         done = _wait_for(lambda: store.get_run(short_id).status == "completed",
-                         what="the queued run to complete")
-        assert done
-        assert store.get_run(short_id).last_step == 20
+                         what="the queued run to train on the restarted worker")
+        assert done and store.get_run(short_id).last_step == 20
+        new_worker, same_pages = _worker_and_server(server)
+        assert new_worker != worker and same_pages == pages
     finally:
         server.terminate()
-        server.wait(timeout=30)
-    assert f"run(s) #{long_id} were left running by a process that is gone" in log.read_text()
+        code = server.wait(timeout=60)
+    assert code == 0
+    said = log.read_text()
+    assert "the training worker was killed by SIGKILL" in said
+    assert f"run(s) #{long_id} marked interrupted" in said
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_mid_run_stops_it_with_a_checkpoint_and_exits_0(tmp_path, sig):
+    store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
+    log = tmp_path / "serve.log"
+    server = _start_server(tmp_path, _free_port(), log)
+    try:
+        run_id = _submit(tmp_path, "long", 100_000)
+        _wait_for(lambda: store.get_run(run_id).last_step >= 20, what="training to start")
+        children = _worker_and_server(server)
+    finally:
+        server.send_signal(sig)
+        code = server.wait(timeout=60)
+    assert code == 0, log.read_text()
+    run = store.get_run(run_id)
+    assert run.status == "stopped"
+    assert _latest_checkpoint(tmp_path, run_id).is_file()
+    assert not any(pid_alive(pid) for pid in children)
+    assert f"run {run_id} stopped with a checkpoint" in log.read_text()
 
 
 def test_serve_on_a_busy_port_says_so_and_exits_non_zero(tmp_path):

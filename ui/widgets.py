@@ -1,6 +1,8 @@
-"""The few Streamlit pieces every page shares: the store, the job manager, the sidebar,
-run pickers, error display and sampling from a checkpoint. The only module of ``ui`` that
-imports streamlit."""
+"""The few Streamlit pieces every page shares: the store, the sidebar, run pickers, error
+display and sampling from a checkpoint. The only module of ``ui`` that imports streamlit.
+
+No worker lives in the pages' process: pages act through the database (``jobs.actions``)
+and learn what the workers do from the workers table."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from jobs.errors import USER_ERRORS
-from jobs.manager import JobManager, process_worker
+from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from jobs.runner import run_checkpoint
 from storage import home
+from storage.schema import utcnow
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
+from ui.workers import worker_state
 
 if TYPE_CHECKING:
     from gptcore.generate import SamplingConfig  # torch: imported where a page samples
@@ -41,13 +45,24 @@ _VISIBLE = "_gptdash_tab_visible"
 
 @st.cache_resource(show_spinner=False)
 def get_store() -> RunStore:
+    """The pages' store. A database problem raises a one-line StorageError, which app.py
+    shows with ``st.error``; nothing is cached then, so the next rerun tries again."""
     return RunStore()
 
 
-@st.cache_resource(show_spinner=False)
-def get_manager() -> JobManager:
-    """The server process's worker (started by ``gptdash serve``); it outlives every tab."""
-    return process_worker()
+def training_now(store: RunStore) -> tuple[list[int], int]:
+    """The runs live workers train now (from the workers table), and how many workers
+    are alive (beating within the timeout, not stopped)."""
+    now, runs, alive = utcnow(), [], 0
+    for w in store.workers():
+        age = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else None
+        state = worker_state(w.status, age, DEFAULT_DEAD_AFTER_S)
+        if state in ("stopped", "lost"):
+            continue
+        alive += 1
+        if state == "training" and w.current_run_id is not None:
+            runs.append(w.current_run_id)
+    return sorted(runs), alive
 
 
 @contextlib.contextmanager
@@ -141,12 +156,12 @@ def _watch_visibility() -> bool:
     return st.session_state[_VISIBLE]
 
 
-def sidebar(store: RunStore, manager: JobManager) -> None:
-    """Where the data lives, what the worker does, and the queue."""
+def sidebar(store: RunStore) -> None:
+    """Where the data lives, what the workers do, and the queue."""
     with st.sidebar:
         visible = _watch_visibility()
         st.divider()
-        _worker_status(store, manager, visible)
+        _worker_status(store, visible)
         url = store.engine.url
         where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(
             hide_password=True)
@@ -157,22 +172,23 @@ def sidebar(store: RunStore, manager: JobManager) -> None:
             st.caption(f"Artifacts: {home.artifacts_dir()}")
 
 
-def _worker_status(store: RunStore, manager: JobManager, visible: bool) -> None:
-    """What the worker trains (its step kept current while it trains) and the queue."""
-    training = manager.current_run
+def _worker_status(store: RunStore, visible: bool) -> None:
+    """What the workers train (the step kept current while they train) and the queue."""
+    training, _ = training_now(store)
 
-    @st.fragment(run_every=sidebar_refresh_every(training, visible))
+    @st.fragment(run_every=sidebar_refresh_every(training[0] if training else None, visible))
     def worker_status() -> None:
-        current = manager.current_run
-        if training is not None and current is None:
-            st.rerun()  # the worker went idle: redraw the page once, without the timer
+        current, alive = training_now(store)
+        if training and not current:
+            st.rerun()  # the workers went idle: redraw the page once, without the timer
         queued = store.queued_ids()
-        if current is not None:
-            run = store.get_run(current)
+        if current:
             st.caption("Training now")
-            st.text(f"#{run.id} {run.name}\nstep {run.last_step:,}/{run.max_steps:,}")
-        elif not manager.is_alive():
-            st.error("The training worker has stopped; restart the server.")
+            for run in (store.get_run(run_id) for run_id in current):
+                st.text(f"#{run.id} {run.name}\nstep {run.last_step:,}/{run.max_steps:,}")
+        elif not alive:
+            st.warning("No training worker is running: queued runs wait. Restart "
+                       "`gptdash serve`, or start `gptdash worker`.")
         else:
             st.caption("Worker idle")
         if queued:
