@@ -65,12 +65,25 @@ def parse_value(text: str) -> Value:
 
 
 def parse_grid(spec: str) -> tuple[str, list[Value]]:
-    """'lr=1e-3,3e-3' -> ('lr', [0.001, 0.003])."""
+    """'lr=1e-3,3e-3' -> ('lr', [0.001, 0.003]); a value given twice ('1e-3,0.001') counts
+    once, so no two runs of a sweep are the same run."""
     key, sep, rest = spec.partition("=")
     values = [v for v in rest.split(",") if v.strip()]
     if not sep or not key.strip() or not values:
         raise ValueError(f"--grid needs KEY=V1,V2,...: got {spec!r}")
-    return key.strip(), [parse_value(v) for v in values]
+    unique: dict[tuple[bool, Value], Value] = {}
+    for value in map(parse_value, values):
+        # Keyed by bool-ness too: True == 1 in Python, but not as a setting.
+        unique.setdefault((isinstance(value, bool), value), value)
+    return key.strip(), list(unique.values())
+
+
+def sweep_size(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int = 0) -> int:
+    """How many runs ``expand`` makes from these specs, without making them."""
+    counts = [len(parse_grid(g)[1]) for g in grids]
+    for r in ranges:
+        parse_range(r)
+    return math.prod(counts) * (random if ranges else 1) if grids or ranges else 0
 
 
 def parse_range(spec: str) -> Range:

@@ -91,11 +91,28 @@ def _roughly(seconds: float) -> str:
 def cmd_sweep(args, store: RunStore) -> int:
     # Like submit: every run's config, corpus and memory (torch-free) are checked here.
     from analysis.sweep import cut_steps
-    from jobs.sweeps import NOMINAL_FLOPS_PER_S, measured_flops_per_s, plan_sweep, submit_sweep
+    from jobs.sweeps import (
+        CONFIRM_ABOVE,
+        NOMINAL_FLOPS_PER_S,
+        count_runs,
+        measured_flops_per_s,
+        plan_sweep,
+        submit_sweep,
+    )
+    grids, ranges = args.grid or [], args.range or []
+    n_runs = count_runs(grids, ranges, random=args.random)  # before making a huge sweep
+    swept = {spec.partition("=")[0].strip() for spec in [*grids, *ranges]}
+    clash = sorted(swept & set(parse_set_args(args.set or [])))
+    if clash:
+        raise GptdashError(f"--set {clash[0]} is swept too (--grid/--range {clash[0]}), so the "
+                           "sweep's values would replace it: drop one of the two")
+    if n_runs > CONFIRM_ABOVE and not args.yes:
+        raise GptdashError(f"this sweep makes {n_runs} runs, more than {CONFIRM_ABOVE}: pass "
+                           "--yes to queue them all, or sweep fewer values")
     base = _load_config(args)
     measured = measured_flops_per_s(store)
-    plan = plan_sweep(base, args.grid or [], args.range or [], random=args.random,
-                      seed=args.seed, flops_per_s=measured)
+    plan = plan_sweep(base, grids, ranges, random=args.random, seed=args.seed,
+                      flops_per_s=measured)
     sweep_id, run_ids = submit_sweep(store, plan, name=args.name, cut=args.cut)
     sweep = store.get_sweep(sweep_id)
     basis = ("the newest finished run's throughput" if measured else
@@ -177,6 +194,10 @@ def cmd_show(args, store: RunStore) -> int:
 
 
 def cmd_stop(args, store: RunStore) -> int:
+    if (args.run_id is None) == (args.sweep is None):
+        raise GptdashError("stop takes a run id or --sweep SWEEP_ID (one of the two)")
+    if args.sweep is not None:
+        return _stop_sweep(store, args.sweep)
     from jobs.actions import Stop, stop
 
     done = stop(store, args.run_id)
@@ -188,6 +209,19 @@ def cmd_stop(args, store: RunStore) -> int:
     else:
         print(f"run {args.run_id} ended on its own meanwhile: "
               f"{store.get_run(args.run_id).status}")
+    return EXIT_OK
+
+
+def _stop_sweep(store: RunStore, sweep_id: int) -> int:
+    from jobs.sweeps import stop_sweep
+
+    done = stop_sweep(store, sweep_id)
+    for ids, what in ((done.cancelled, "cancelled"),
+                      (done.stopping, "asked to stop; each saves a checkpoint and stops within "
+                                      "a step"),
+                      (done.ended, "ended on their own meanwhile")):
+        if ids:
+            print(f"sweep {sweep_id}: run(s) {', '.join(f'#{i}' for i in ids)} {what}")
     return EXIT_OK
 
 
@@ -283,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cut", action="store_true",
                     help="successive halving: stop a run at a quarter or half of max_steps "
                          "when its forecast final loss is confidently worse than the best's")
+    sw.add_argument("--yes", action="store_true",
+                    help="queue a sweep of more than 100 runs (asked for, so a typo in a "
+                         "grid does not queue days of training)")
     sw.set_defaults(func=cmd_sweep)
 
     fc = sub.add_parser("forecast", help="a run's forecast final val loss as one JSON line")
@@ -312,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show)
 
     st = sub.add_parser("stop", help="ask a running run to stop (or cancel a queued one)")
-    st.add_argument("run_id", type=int)
+    st.add_argument("run_id", type=int, nargs="?")
+    st.add_argument("--sweep", type=int, metavar="SWEEP_ID",
+                    help="instead of one run: cancel the sweep's queued runs and stop its "
+                         "running ones")
     st.set_defaults(func=cmd_stop)
 
     sm = sub.add_parser("sample", help="generate text from a run's checkpoint")

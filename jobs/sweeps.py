@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from analysis.forecast import MIN_POINTS
-from analysis.sweep import Value, cut_steps, expand
+from analysis.sweep import Value, cut_steps, expand, sweep_size
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, training_flops
 from jobs import runner
 from storage.names import check_name
-from storage.status import RunStatus
+from storage.status import ACTIVE, RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # of magnitude of a laptop CPU on the tiny preset. A GPU is 100-1000x faster, so the
 # estimate is only a rough guide until a run has finished here.
 NOMINAL_FLOPS_PER_S = 5e10
+# A sweep of more runs than this is queued only when confirmed (--yes; a checkbox on the
+# page): a typo in a grid can multiply a sweep into days of training.
+CONFIRM_ABOVE = 100
 
 
 @dataclass
@@ -63,6 +66,14 @@ def measured_flops_per_s(store: RunStore) -> float | None:
         if not tps.empty:
             return float(tps["value"].median()) * flops_per_token(cfg)
     return None
+
+
+def count_runs(grids: list[str], ranges: list[str], *, random: int = 0) -> int:
+    """How many runs these specs make, without expanding them; GptdashError for a bad spec."""
+    try:
+        return sweep_size(grids, ranges, random=random)
+    except ValueError as exc:
+        raise GptdashError(str(exc)) from None
 
 
 def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random: int = 0,
@@ -104,6 +115,9 @@ def cut_problem(plan: SweepPlan) -> str | None:
     first cut point is never compared, and the cut would silently do nothing (``tiny``
     evaluates every 50 of 400 steps: 2 evaluations by the cut at step 100).
     """
+    if len(plan.configs) < 2:
+        return ("early cut stops a run whose forecast is worse than another run's of its "
+                "sweep, and this sweep has one run: leave out the cut, or sweep more values")
     for i, cfg in enumerate(plan.configs):
         points = cut_steps(cfg.max_steps)
         if not points:
@@ -127,17 +141,49 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
     here) before anything is written; each run's worker checks its own device again."""
     if cut and (problem := cut_problem(plan)):
         raise GptdashError(problem)
-
+    sweep_name = check_name((name or "").strip() or default_sweep_name(plan), "sweep name")
+    run_names = [check_name(f"{sweep_name} {plan.label(i)}") for i in range(len(plan.configs))]
     for i, cfg in enumerate(plan.configs):
         try:
             runner.check_run(store, cfg, check_device=False)
         except GptdashError as exc:
             raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
                                f"{exc}") from None
-    sweep_name = check_name((name or "").strip() or default_sweep_name(plan), "sweep name")
-    run_names = [check_name(f"{sweep_name} {plan.label(i)}") for i in range(len(plan.configs))]
     sweep_id = store.create_sweep(sweep_name, plan.spec, cut=cut)
     run_ids = [runner.create_run(store, cfg, name=run_name, check_device=False,
                                  sweep_id=sweep_id)
                for cfg, run_name in zip(plan.configs, run_names, strict=True)]
     return sweep_id, run_ids
+
+
+@dataclass
+class SweepStop:
+    """What ``stop_sweep`` did, run ids by outcome."""
+
+    cancelled: list[int]  # were queued: they will never start
+    stopping: list[int]  # were training: each saves a checkpoint and stops
+    ended: list[int]  # ended on their own meanwhile: nothing to do
+
+
+def stop_sweep(store: RunStore, sweep_id: int) -> SweepStop:
+    """Cancel a sweep's queued runs, then ask its running ones to stop.
+
+    The queued ones first, so a worker that finishes a stopped run finds none of this
+    sweep left to claim. GptdashError when no run of it is queued or running.
+    """
+    from jobs.actions import Stop, stop
+
+    sweep = store.get_sweep(sweep_id)  # a clear error when there is no such sweep
+    runs = store.list_runs(sweep_id=sweep_id, status=tuple(ACTIVE))
+    if not runs:
+        raise GptdashError(f"sweep {sweep_id} {sweep.name!r} has no queued or running runs: "
+                           "nothing to stop")
+    done = SweepStop([], [], [])
+    outcome = {Stop.CANCELLED: done.cancelled, Stop.REQUESTED: done.stopping,
+               Stop.ENDED: done.ended}
+    for run in sorted(runs, key=lambda r: (r.status != RunStatus.QUEUED, r.id)):
+        try:
+            outcome[stop(store, run.id)].append(run.id)
+        except GptdashError:  # it ended between the listing and the stop
+            done.ended.append(run.id)
+    return done

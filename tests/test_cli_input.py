@@ -205,3 +205,57 @@ def test_a_stopped_stale_or_dead_workers_name_may_be_taken_over(store):
     store.take_worker_name("new", host="here", pid=99, dead_after_s=60)
     with pytest.raises(StorageError, match="worker name 'new' is in use"):
         store.take_worker_name("new", host="there", pid=5, dead_after_s=60)
+
+
+SEEDS_101 = "seed=" + ",".join(str(i) for i in range(101))
+
+
+def test_a_sweep_of_more_than_100_runs_needs_yes(home, gptdash):
+    out = gptdash("sweep", *MICRO, "--grid", SEEDS_101)
+    refused(out, "this sweep makes 101 runs, more than 100: pass --yes to queue them all")
+    nothing_written(home)
+    out = gptdash("sweep", *MICRO, "--grid", SEEDS_101, "--yes")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("sweep 1 'sweep seed': 101 runs queued")
+
+
+def test_a_value_given_twice_in_a_grid_is_one_run(home, gptdash):
+    out = gptdash("sweep", *MICRO, "--grid", "lr=1e-3,0.001,1e-3,3e-3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("sweep 1 'sweep lr': 2 runs queued")
+    assert [r.config["lr"] for r in db(home).list_runs()] == [3e-3, 1e-3]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--set", "lr=1e-3", "--grid", "lr=1e-3,3e-3"],
+     ["--set lr is swept too (--grid/--range lr)", "drop one of the two"]),
+    (["--set", "seed=3", "--range", "seed=1:9", "--random", "2"], ["--set seed is swept too"]),
+    (["--grid", "lr=1e-3", "--cut"], ["this sweep has one run: leave out the cut"]),
+    (["--range", "lr=1e-4:1e-2:log"], ["--range needs --random N"]),
+    (["--range", "lr=1e-4:1e-2:log", "--random", "0"], ["--range needs --random N"]),
+])
+def test_sweep_specs_that_cannot_mean_what_they_say_are_refused(home, gptdash, args,
+                                                                fragments):
+    refused(gptdash("sweep", *MICRO, *args), *fragments)
+    nothing_written(home)
+
+
+def test_stop_sweep_cancels_its_queued_runs_and_stops_its_running_one(home, gptdash):
+    from jobs.manager import claim_here
+
+    assert gptdash("sweep", *MICRO, "--grid", "lr=1e-3,2e-3,3e-3").returncode == 0
+    store = db(home)
+    other = store.create_run("not in the sweep", {}, max_steps=10)
+    claim_here(store, 2)
+    out = gptdash("stop", "--sweep", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "sweep 1: run(s) #1, #3 cancelled",
+        "sweep 1: run(s) #2 asked to stop; each saves a checkpoint and stops within a step"]
+    assert [store.get_run(i).status for i in (1, 2, 3)] == ["cancelled", "running", "cancelled"]
+    assert store.get_run(2).stop_requested
+    assert store.get_run(other).status == "queued"
+    store.set_status(2, "stopped")  # as its trainer does
+    refused(gptdash("stop", "--sweep", "1"), "sweep 1 'sweep lr' has no queued or running runs")
+    refused(gptdash("stop", "2", "--sweep", "1"), "stop takes a run id or --sweep SWEEP_ID")
+    store.close()
