@@ -6,6 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from gptcore.errors import GptdashError
+from jobs.errors import USER_ERRORS
 from jobs.serve import PASSWORD_ENV, check_bind, password_ok
 from ui.widgets import get_store, sidebar
 
@@ -47,5 +48,8 @@ if password and not st.session_state.get("authenticated"):
     st.stop()
 
 page = st.navigation(PAGES)
-sidebar(get_store())
-page.run()
+try:
+    sidebar(get_store())
+    page.run()
+except USER_ERRORS as exc:  # e.g. the database is unreachable: one line, not a traceback
+    st.error(str(exc))
