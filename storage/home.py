@@ -20,9 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def home_dir() -> Path:
     """The home folder: ``$GPTDASH_HOME`` if set, else ``<repo>/.gptdash``. Created if missing."""
     env = os.environ.get("GPTDASH_HOME")
-    home = Path(env).expanduser() if env else REPO_ROOT / ".gptdash"
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return _folder(Path(env).expanduser() if env else REPO_ROOT / ".gptdash", "GPTDASH_HOME")
 
 
 def artifacts_dir() -> Path:
@@ -30,9 +28,18 @@ def artifacts_dir() -> Path:
     env = os.environ.get("GPTDASH_ARTIFACTS")
     if not env:
         return home_dir()
-    root = Path(env).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return _folder(Path(env).expanduser(), "GPTDASH_ARTIFACTS")
+
+
+def _folder(path: Path, variable: str) -> Path:
+    """``path`` created if missing, or a StorageError saying to set ``variable`` elsewhere."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if path.is_file() else exc.strerror or str(exc)
+        raise StorageError(f"cannot use {path} as the gptdash folder ({why}): set {variable} "
+                           "to a folder you can write") from None
+    return path
 
 
 def _subdir(*parts: str, create: bool = True) -> Path:

@@ -208,3 +208,13 @@ def test_the_pages_show_one_error_box_for_a_bad_database(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     [box] = at.error
     _assert_one_line(box.value, names=f"database sqlite:///{path}: ")
+
+
+def test_a_home_folder_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    out = subprocess.run([sys.executable, "-m", "jobs", "list"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "GPTDASH_HOME": str(taken)})
+    assert out.returncode == 2
+    _assert_one_line(out.stderr, names=f"cannot use {taken} as the gptdash folder (it is a file)")
+    assert "set GPTDASH_HOME" in out.stderr
