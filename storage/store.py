@@ -44,9 +44,10 @@ class RunStore(RunsMixin, QueueMixin, MetricsMixin, SamplesMixin, EventsMixin, S
     def __init__(self, url: str | None = None) -> None:
         """Connect to ``url`` (default: the home folder's SQLite file) and bring its schema up.
 
-        An empty database is created; an older SQLite one is upgraded in place;
-        an older PostgreSQL one raises StorageError naming ``gptdash db upgrade``
-        (see ``storage.migrate``).
+        An empty or older SQLite file is created or upgraded in place; an empty or
+        older PostgreSQL schema raises StorageError naming ``gptdash db upgrade`` (see
+        ``storage.migrate``). Any database problem, here or in a later call, is a
+        one-line StorageError naming the URL (``storage.diagnose``).
         """
         self.url = url or db_url()
         self.engine = make_engine(self.url)
