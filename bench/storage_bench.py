@@ -34,6 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from storage.migrate import upgrade  # noqa: E402
+from storage.schema import make_engine  # noqa: E402
 from storage.store import RunStore  # noqa: E402
 from tests.postgres_support import start_server  # noqa: E402
 
@@ -130,7 +132,11 @@ def main() -> int:
     try:
         def pg_url(part: str) -> str:
             server.admin(f"CREATE DATABASE bench_{part}")
-            return server.url(f"bench_{part}")
+            url = server.url(f"bench_{part}")
+            engine = make_engine(url)
+            upgrade(engine)  # `gptdash db upgrade`: RunStore never creates a server's schema
+            engine.dispose()
+            return url
 
         results.append(bench("postgresql", pg_url, args))
     finally:
