@@ -3,7 +3,8 @@
 Part of ``storage.store.RunStore``. A claimed run records its owner (worker name,
 host, pid) and a heartbeat the owner renews; ``recover_orphans`` turns a run
 whose owner is gone into ``interrupted`` so it can be resumed from its last
-checkpoint.
+checkpoint (or restarted from step 0 when it saved none). Its ``finished_at`` is
+its owner's last sign of life, not the moment someone noticed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, literal, select, update
+from sqlalchemy import Engine, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import missing_run
@@ -21,6 +22,10 @@ from storage.status import RunStatus
 
 INTERRUPTED_ERROR = (
     "the server stopped while this run was training; resume it from its last checkpoint"
+)
+INTERRUPTED_NO_CHECKPOINT_ERROR = (
+    "the server stopped while this run was training, before its first checkpoint; resume it "
+    "to restart from step 0"
 )
 _NO_SYNC = {"synchronize_session": False}
 
@@ -102,7 +107,7 @@ class QueueMixin:
         """
         now = utcnow()
         columns = (Run.id, Run.worker, Run.owner_host, Run.owner_pid, Run.heartbeat_at,
-                   Run.started_at, Run.created_at)
+                   Run.started_at, Run.created_at, Run.checkpoint_path)
         with Session(self.engine) as session:
             rows = session.execute(
                 select(*columns).where(Run.status == RunStatus.RUNNING).order_by(Run.id)).all()
@@ -112,26 +117,28 @@ class QueueMixin:
             last_sign = row.heartbeat_at or row.started_at or row.created_at
             if row.owner_host == host and row.owner_pid is not None \
                     and not pid_alive(row.owner_pid):
-                error = (f"the process training this run ({owner}, pid {row.owner_pid} on "
-                         f"{host}) is gone; resume it to continue from its last checkpoint")
+                cause = (f"the process training this run ({owner}, pid {row.owner_pid} on "
+                         f"{host}) is gone")
             elif now - last_sign > timedelta(seconds=dead_after_s):
-                error = (f"no heartbeat from {owner} for {(now - last_sign).total_seconds():.0f} "
-                         "s; resume the run to continue from its last checkpoint")
+                cause = f"no heartbeat from {owner} for {(now - last_sign).total_seconds():.0f} s"
             else:
                 continue
-            if self._interrupt_if_unchanged(row.id, row.heartbeat_at, error):
+            then = (" resume it to continue from its last checkpoint" if row.checkpoint_path
+                    else " it saved no checkpoint yet: resume it to restart from step 0")
+            if self._interrupt_if_unchanged(row.id, row.heartbeat_at, f"{cause};{then}",
+                                            finished_at=min(last_sign, now)):
                 recovered.append(row.id)
         return recovered
 
     def _interrupt_if_unchanged(self, run_id: int, heartbeat_at: datetime | None,
-                                error: str) -> bool:
+                                error: str, *, finished_at: datetime) -> bool:
         """Interrupt the run if it is still running with this heartbeat (compare-and-set)."""
         same_beat = (Run.heartbeat_at.is_(None) if heartbeat_at is None
                      else Run.heartbeat_at == heartbeat_at)
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING, same_beat)
-                .values(status=RunStatus.INTERRUPTED, error=error, finished_at=utcnow()),
+                .values(status=RunStatus.INTERRUPTED, error=error, finished_at=finished_at),
                 execution_options=_NO_SYNC,
             )
             return result.rowcount == 1
@@ -146,14 +153,17 @@ class QueueMixin:
         if worker_prefix is not None:
             stmt = stmt.where(Run.worker.startswith(worker_prefix, autoescape=True))
         marked = []
+        # Worded by whether the run has a checkpoint; it ended at its last heartbeat.
+        error = case((Run.checkpoint_path.is_(None), INTERRUPTED_NO_CHECKPOINT_ERROR),
+                     else_=INTERRUPTED_ERROR)
+        ended = func.coalesce(Run.heartbeat_at, literal(utcnow(), Run.heartbeat_at.type))
         with Session(self.engine) as session, session.begin():
             for run_id in list(session.scalars(stmt)):
                 # Re-check the status per row: the run may have finished meanwhile.
                 result = session.execute(
                     update(Run)
                     .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-                    .values(status=RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR,
-                            finished_at=utcnow()),
+                    .values(status=RunStatus.INTERRUPTED, error=error, finished_at=ended),
                     execution_options=_NO_SYNC,
                 )
                 if result.rowcount == 1:

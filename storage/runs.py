@@ -69,10 +69,15 @@ class RunRecord:
     owner_host: str | None
     owner_pid: int | None
     sweep_id: int | None
+    trained_s: float | None = None
 
     @property
     def duration_s(self) -> float | None:
-        """Seconds from start to finish, or to now while the run has not finished."""
+        """Seconds spent training, summed over the run's attempts (the time a stopped run
+        waited to be resumed does not count); until its trainer first records that, the
+        time from its start to its finish, or to now."""
+        if self.trained_s is not None:
+            return self.trained_s
         if self.started_at is None:
             return None
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
@@ -283,7 +288,7 @@ class RunsMixin:
         columns = [Run.id, Run.name, Run.status, Run.tags, Run.created_at, Run.started_at,
                    Run.finished_at, Run.last_step, Run.max_steps, Run.tokens_seen,
                    Run.best_val_loss, Run.last_train_loss, Run.n_params, Run.device,
-                   Run.parent_id, Run.worker, Run.sweep_id]
+                   Run.parent_id, Run.worker, Run.sweep_id, Run.trained_s]
         rows = self._runs_matching(columns, lambda row: row.tags,
                                    status, tag, text, ids, sweep_id, limit)
         frame = pd.DataFrame({col.key: [row[i] for row in rows]
@@ -293,7 +298,9 @@ class RunsMixin:
             # One fixed unit: a column of only NaT would otherwise get a coarser one.
             frame[col] = pd.to_datetime(frame[col], utc=True).dt.as_unit("us")
         ended = frame["finished_at"].fillna(pd.Timestamp(utcnow()))
-        frame["duration_s"] = (ended - frame["started_at"]).dt.total_seconds()
+        # As RunRecord.duration_s: the recorded training time, else start to finish (or now).
+        frame["duration_s"] = frame["trained_s"].astype("float64").fillna(
+            (ended - frame["started_at"]).dt.total_seconds())
         frame = frame.astype({"id": "int64", "last_step": "int64", "max_steps": "int64",
                               "tokens_seen": "int64", "n_params": "Int64", "parent_id": "Int64",
                               "sweep_id": "Int64", "best_val_loss": "float64",
@@ -321,6 +328,21 @@ class RunsMixin:
                             .values(current_run_id=None), execution_options=no_sync)
             session.execute(delete(Run).where(Run.id == run_id), execution_options=no_sync)
         remove_run_folder(run_id)
+
+    def discard_after(self, run_id: int, step: int) -> None:
+        """Delete the run's metrics, samples and events past ``step``: what an attempt that
+        died recorded after the checkpoint its next attempt starts from (all of them for
+        ``step=-1``, a restart from step 0, whose summaries start over too)."""
+        metrics = Metric.__table__
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(metrics).where(metrics.c.run_id == run_id,
+                                                  metrics.c.step > step))
+            session.execute(delete(Sample).where(Sample.run_id == run_id, Sample.step > step))
+            session.execute(delete(Event).where(Event.run_id == run_id, Event.step > step))
+            if step < 0:
+                session.execute(update(Run).where(Run.id == run_id).values(
+                    last_step=0, tokens_seen=0, best_val_loss=None, last_train_loss=None),
+                    execution_options={"synchronize_session": False})
 
     def request_stop(self, run_id: int) -> None:
         """Ask the trainer of this run to stop at its next poll."""

@@ -137,6 +137,9 @@ class Run(Base):
     tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     best_val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Seconds spent training, summed over the run's attempts (a stop and a resume a day
+    # later do not count the day); its trainer rewrites it every second. NULL: not yet known.
+    trained_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Metric(Base):

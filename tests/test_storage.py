@@ -316,7 +316,8 @@ def test_mark_interrupted(store: RunStore) -> None:
     theirs = store.create_run("theirs", {})
     done = store.create_run("done", {}, status="completed")
     queued = store.create_run("queued", {})
-    store.update_run(mine, status="running", worker="host-a:123")
+    store.update_run(mine, status="running", worker="host-a:123",
+                     checkpoint_path="/c/latest.pt")
     store.update_run(theirs, status="running", worker="host-b:9")
 
     assert store.mark_interrupted(worker_prefix="host-a") == [mine]
