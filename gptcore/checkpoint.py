@@ -51,7 +51,26 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         tmp.unlink(missing_ok=True)
         raise GptdashError(f"could not write checkpoint {path.name}: {exc.strerror or exc}"
                            " (is the disk full?)") from exc
+    except BaseException:  # a second Ctrl-C mid-save: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """GptdashError unless ``path`` looks like a gptdash checkpoint, without torch: a
+    ``torch.save`` zip archive whose pickle names this format (``load_checkpoint`` still
+    checks it in full)."""
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as archive:
+            pickled = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            ours = pickled is not None and FORMAT.encode() in archive.read(pickled)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError):
+        ours = False
+    if not ours:
+        raise GptdashError(f"{p.name} is not a gptdash checkpoint: give a run id (7, 7:best, "
+                           "7:latest) or a .pt file that gptdash saved")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

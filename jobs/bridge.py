@@ -45,6 +45,9 @@ class StoreCallbacks(TrainerCallbacks):
         self._last_stop_poll = 0.0
         self._last_beat = 0.0
         self._tokens_per_step = 0
+        # The training time of earlier attempts, and this attempt's clock.
+        self._trained_before = store.get_run(run_id).trained_s or 0.0
+        self._attempt_start = time.monotonic()
         self._closed = threading.Event()
         self._cut_at = self._cut_points()  # steps still to compare with the sweep at
         self._cut_due: int | None = None  # an evaluation step to compare once it is written
@@ -55,6 +58,10 @@ class StoreCallbacks(TrainerCallbacks):
 
     # ---- trainer hooks ----------------------------------------------------------------
     def on_start(self, info: dict[str, Any]) -> None:
+        # What an earlier attempt recorded past the step this one starts from died with it:
+        # the curve goes on from the checkpoint (a restart from step 0 starts it afresh).
+        start = info.get("start_step", 0)
+        self.store.discard_after(self.run_id, start if start > 0 else -1)
         self.store.update_run(self.run_id, device=info["device"], n_params=info["n_params"],
                               max_steps=info["max_steps"])
         # A resumed run was compared at the cut points it had passed.
@@ -150,8 +157,8 @@ class StoreCallbacks(TrainerCallbacks):
                     with self._lock:  # keep them for the next try rather than lose them
                         self._rows = rows + self._rows
                     raise
-            if summary:
-                self.store.update_run(self.run_id, **summary)
+            trained = self._trained_before + time.monotonic() - self._attempt_start
+            self.store.update_run(self.run_id, **summary, trained_s=trained)
             now = time.monotonic()
             if now - self._last_beat >= HEARTBEAT_S:
                 # Proof of life for whoever checks from another process or machine.
@@ -173,40 +180,54 @@ class StoreCallbacks(TrainerCallbacks):
 
 
 class Chain(TrainerCallbacks):
-    """The store callbacks first, then another listener (e.g. the CLI's progress bar)."""
+    """The store callbacks first, then another listener (e.g. the CLI's progress bar).
+
+    The other listener only displays: when its terminal has gone (SIGHUP, and writes fail
+    with EIO) it is dropped, rather than the run failing on it.
+    """
 
     def __init__(self, primary: StoreCallbacks, other: TrainerCallbacks):
         self.primary, self.other = primary, other
 
+    def _tell_other(self, hook: str, *args) -> None:
+        if self.other is None:
+            return
+        try:
+            getattr(self.other, hook)(*args)
+        except OSError as exc:
+            log.info("run %s: its display is gone (%s); training goes on", self.primary.run_id,
+                     exc)
+            self.other = None
+
     def on_start(self, info):
         self.primary.on_start(info)
-        self.other.on_start(info)
+        self._tell_other("on_start", info)
 
     def on_metrics(self, step, metrics):
         self.primary.on_metrics(step, metrics)
-        self.other.on_metrics(step, metrics)
+        self._tell_other("on_metrics", step, metrics)
 
     def on_sample(self, step, prompt, text):
         self.primary.on_sample(step, prompt, text)
-        self.other.on_sample(step, prompt, text)
+        self._tell_other("on_sample", step, prompt, text)
 
     def on_checkpoint(self, step, path):
         self.primary.on_checkpoint(step, path)
-        self.other.on_checkpoint(step, path)
+        self._tell_other("on_checkpoint", step, path)
 
     def on_event(self, step, kind, message):
         self.primary.on_event(step, kind, message)
-        self.other.on_event(step, kind, message)
+        self._tell_other("on_event", step, kind, message)
 
     def on_status(self, status, message=None):
         self.primary.on_status(status, message)
-        self.other.on_status(status, message)
+        self._tell_other("on_status", status, message)
 
     def flush(self):
         self.primary.flush()
 
     def should_stop(self):
-        return self.primary.should_stop() or self.other.should_stop()
+        return self.primary.should_stop() or bool(self.other and self.other.should_stop())
 
     def close(self):
         self.primary.close()

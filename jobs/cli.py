@@ -142,10 +142,12 @@ def cmd_forecast(args, store: RunStore) -> int:
 
 def cmd_resume(args, store: RunStore) -> int:
     if args.queue:
-        from jobs import actions
+        from jobs import actions, runner
 
+        fresh = not runner.has_checkpoint(store.get_run(args.run_id))
         actions.resume(store, args.run_id)
-        print(f"run {args.run_id} queued to resume on the next free worker")
+        note = " (no checkpoint yet: restarting from step 0)" if fresh else ""
+        print(f"run {args.run_id} queued to resume on the next free worker{note}")
         return EXIT_OK
     from jobs.foreground import cmd_resume as resume
 

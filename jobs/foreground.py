@@ -59,44 +59,60 @@ def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
 
 
 def cmd_resume(args: Namespace, store: RunStore) -> int:
-    runner.queue_resume(store, args.run_id)
+    print(runner.queue_resume(store, args.run_id), file=sys.stderr)
     claim_here(store, args.run_id)
     return _train_foreground(store, args.run_id, args.quiet)
 
 
+# Each means "stop cleanly, keep what you have": Ctrl-C, a supervisor's or `kill`'s
+# SIGTERM, and SIGHUP when the terminal closes.
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
 def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
-    """Train a claimed run here; Ctrl-C stops it within a step, with a checkpoint.
+    """Train a claimed run here; Ctrl-C, SIGTERM or SIGHUP stops it within a step, with a
+    checkpoint, and a second one aborts at once. Exits 128 + the signal's number then
+    (130 for Ctrl-C), as a shell reports a process that a signal ended.
 
     A run with ``nproc > 1`` (outside torchrun) trains as torchrun children supervised here.
     """
     stop = threading.Event()
-    presses = 0
+    received: list[int] = []
 
-    def on_sigint(signum, frame):
-        nonlocal presses
-        presses += 1
-        if presses > 1:
-            raise KeyboardInterrupt
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            for sig in previous:  # one abort: a third signal must not cut its recording short
+                signal.signal(sig, signal.SIG_IGN)
+            raise KeyboardInterrupt(f"aborted by a second {STOP_SIGNALS[signum]}")
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # A signal ignored when we started (SIGHUP under nohup) stays ignored.
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     nproc = int(store.get_run(run_id).config.get("nproc", 1))
+    code = result = None
     try:
         if nproc > 1 and not ranks_from_env().enabled:
-            return _train_children(store, run_id, nproc, stop, presses=lambda: presses)
-        result = runner.execute_run(store, run_id, stop_event=stop,
-                                    extra_callbacks=None if quiet else Progress())
-    except KeyboardInterrupt:
-        print(f"run {run_id} aborted by a second Ctrl-C; resume it with "
-              f"`gptdash resume {run_id}`", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            code = _train_children(store, run_id, nproc, stop, signalled=lambda: bool(received))
+        else:
+            result = runner.execute_run(store, run_id, stop_event=stop,
+                                        extra_callbacks=None if quiet else Progress())
+    except KeyboardInterrupt as exc:
+        how = str(exc) or "aborted by a second Ctrl-C"
+        hint = runner.end_aborted(store, run_id, how)
+        print(f"run {run_id} {how}; {hint}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGINT, previous)
-    return _summarise(store, run_id, result, interrupted=stop.is_set() and presses > 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if result is not None:
+        code = _summarise(store, run_id, result, interrupted=stop.is_set() and bool(received))
+    return 128 + received[0] if code == EXIT_INTERRUPTED and received else code
 
 
 def _train_children(store: RunStore, run_id: int, nproc: int, stop: threading.Event,
-                    presses: Callable[[], int]) -> int:
+                    signalled: Callable[[], bool]) -> int:
     from jobs.torchrun import LOG_NAME, run_under_torchrun
 
     print(f"training as {nproc} processes under torchrun; their output goes to "
@@ -107,7 +123,7 @@ def _train_children(store: RunStore, run_id: int, nproc: int, stop: threading.Ev
                          best_val_loss=run.best_val_loss,
                          checkpoint=Path(run.checkpoint_path) if run.checkpoint_path else None,
                          metrics={"train/loss": run.last_train_loss or math.nan})
-    return _summarise(store, run_id, result, interrupted=presses() > 0)
+    return _summarise(store, run_id, result, interrupted=signalled())
 
 
 def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: bool) -> int:
@@ -129,7 +145,7 @@ def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: b
 
 def cmd_sample(args: Namespace, store: RunStore) -> int:
     from gptcore.checkpoint import model_from_checkpoint
-    from gptcore.generate import SamplingConfig, stream_text
+    from gptcore.generate import SamplingConfig, encode_prompt, stream_text
     from gptcore.tokenizer import get_tokenizer
 
     r = store.get_run(args.run_id)
@@ -139,8 +155,11 @@ def cmd_sample(args: Namespace, store: RunStore) -> int:
     model, cfg, _ = model_from_checkpoint(path)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
+    tokenizer = get_tokenizer(cfg.tokenizer)
+    # A prompt the model cannot take is refused before any of it is echoed.
+    encode_prompt(args.prompt, tokenizer, model.cfg.context_length)
     sys.stdout.write(args.prompt)
-    for piece in stream_text(model, get_tokenizer(cfg.tokenizer), args.prompt, sampling):
+    for piece in stream_text(model, tokenizer, args.prompt, sampling):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -209,8 +209,9 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         _unless_deleted(callbacks.flush)
         _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=reason))
         result = TrainResult(status=RunStatus.FAILED, reason=reason, step=run.last_step)
-    except KeyboardInterrupt:  # a second Ctrl-C: the user's abort, not a crash
-        _unless_deleted(lambda: end_aborted(store, run_id, "aborted by a second Ctrl-C"))
+    except KeyboardInterrupt as exc:  # a second Ctrl-C: the user's abort, not a crash
+        how = str(exc) or "aborted by a second Ctrl-C"
+        _unless_deleted(lambda: end_aborted(store, run_id, how))
         raise
     except BaseException as exc:  # anything else must leave a consistent row too
         log.exception("run %s crashed outside the training loop", run_id)
