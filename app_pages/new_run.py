@@ -9,9 +9,9 @@ import streamlit as st
 from gptcore.config import PRESETS, TrainConfig, field_info, preset
 from gptcore.data import BUILTIN, decode_corpus
 from gptcore.errors import GptdashError
-from gptcore.estimate import flops_per_token
 from jobs import actions
 from jobs.errors import USER_ERRORS
+from jobs.sweeps import measured_pace
 from storage import home
 from storage.status import RunStatus
 from ui.config_diff import config_from_upload, config_json_bytes
@@ -186,27 +186,18 @@ with summary_col:
         st.warning(f"{len(problems)} setting(s) need a change before this run can start; "
                    "see the messages under the fields.")
     if cfg is not None and "emb_dim" not in problems:
-        throughput = None
-        done = [r for r in runs
-                if r.status in (RunStatus.COMPLETED, RunStatus.STOPPED) and r.last_step > 0]
-        if done:
-            ref = done[0]
-            tps = store.metrics([ref.id], ["tokens_per_sec"])
-            if not tps.empty:
-                with user_errors():
-                    ref_cfg = TrainConfig.from_dict(ref.config)
-                    # Throughput scales roughly inversely with compute per token.
-                    throughput = (float(tps["value"].median()) * flops_per_token(ref_cfg)
-                                  / flops_per_token(cfg))
-        summary = launch_summary(cfg, throughput)
+        pace = None
+        with user_errors():
+            pace = measured_pace(store)  # the Sweeps page and `gptdash sweep` use it too
+        summary = launch_summary(cfg, pace)
         m1, m2 = st.columns(2)
         for i, (label, value) in enumerate(summary.items()):
             (m1 if i % 2 == 0 else m2).metric(label, value)
-        if throughput is None:
+        if pace is None:
             st.caption("Estimated duration appears once a run has finished on this machine.")
         else:
-            st.caption(f"Duration estimated from run #{done[0].id}'s throughput, scaled by "
-                       "FLOPs per token.")
+            st.caption("Duration estimated from the newest finished run's throughput (scaled "
+                       "by FLOPs), evaluations and start-up, with checkpoint saves.")
         if "max_steps" not in problems and "lr" not in problems:
             st.plotly_chart(lr_schedule_figure(cfg), key="lr_preview")
     name = st.text_input("Run name", placeholder="optional; a name is made from the config",

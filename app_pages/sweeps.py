@@ -10,10 +10,11 @@ import streamlit as st
 
 from analysis.forecast import Forecast
 from gptcore.config import PRESETS, field_info
+from gptcore.estimate import MachinePace
 from jobs import actions
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import VAL_KEY, run_forecast
-from jobs.sweeps import cut_problem, measured_flops_per_s, plan_sweep, submit_sweep
+from jobs.sweeps import cut_problem, measured_pace, plan_sweep, submit_sweep
 from storage.status import ACTIVE, RunStatus
 from ui.compute import last_values
 from ui.live import LastBuilt
@@ -77,10 +78,10 @@ with form_col:
             range_rows.append((key, span))
 
 
-def measured_rate() -> float | None:
-    """This machine's training FLOP/s, or None: the plan then assumes a nominal CPU's."""
+def measured_rate() -> MachinePace | None:
+    """This machine's pace, or None: the plan then assumes a nominal CPU's."""
     try:
-        return measured_flops_per_s(store)
+        return measured_pace(store)
     except USER_ERRORS:
         return None  # the last finished run's config is one this version cannot read
 
@@ -91,7 +92,7 @@ if grids or ranges:
     rate = measured_rate()
     try:
         plan = plan_sweep(base_config(preset_name, overrides), grids, ranges,
-                          random=int(n_random), seed=int(seed), flops_per_s=rate)
+                          random=int(n_random), seed=int(seed), pace=rate)
     except USER_ERRORS as exc:
         problem = str(exc)
 
@@ -113,7 +114,8 @@ with summary_col:
         st.metric("This sweep makes", runs_text)
         st.metric("Training time", time_text)
         st.caption("The runs train one after another. Time from this machine's last finished "
-                   "run's throughput, scaled by FLOPs, without evaluations." if rate else
+                   "run's throughput, scaled by FLOPs, with evaluations, checkpoints and "
+                   "start-up." if rate else
                    "The runs train one after another. Time is a rough CPU guess until a run "
                    "has finished here.")
         with st.expander(f"The {runs_text}"):

@@ -53,6 +53,70 @@ def training_flops(cfg: TrainConfig, steps: int) -> float:
     return flops_per_token(cfg) * steps * cfg.tokens_per_step
 
 
+# Where this machine has measured nothing yet: start-up (imports, data load with the token
+# cache warm, model build) and the speed a checkpoint is written at.
+DEFAULT_STARTUP_S = 3.0
+CHECKPOINT_MB_PER_S = 200.0
+
+
+@dataclass(frozen=True)
+class MachinePace:
+    """What this machine was measured doing (``jobs.sweeps.measured_pace``): training FLOP/s,
+    evaluation FLOP/s (forward passes, the text sample's included) and start-up seconds."""
+
+    train_flops_per_s: float
+    eval_flops_per_s: float | None = None  # None: as fast as training
+    startup_s: float = DEFAULT_STARTUP_S
+
+
+@dataclass(frozen=True)
+class DurationEstimate:
+    """A run's wall time, in its parts."""
+
+    train_s: float
+    eval_s: float
+    checkpoint_s: float
+    startup_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.eval_s + self.checkpoint_s + self.startup_s
+
+
+def eval_count(cfg: TrainConfig) -> int:
+    """Evaluations in a run: at step 0, every eval_interval steps, and at max_steps."""
+    return 1 + cfg.max_steps // cfg.eval_interval + (1 if cfg.max_steps % cfg.eval_interval else 0)
+
+
+def eval_flops(cfg: TrainConfig) -> float:
+    """Forward FLOPs of one evaluation: eval_iters batches of each split, then the text sample
+    (sample_tokens forward passes over up to context_length tokens: no KV cache)."""
+    forward = flops_per_token(cfg) / 3  # a training step is forward + twice that backward
+    tokens = 2 * cfg.eval_iters * cfg.batch_size * cfg.model.context_length
+    if cfg.sample_tokens and cfg.sample_prompt:
+        tokens += cfg.sample_tokens * cfg.model.context_length
+    return forward * tokens
+
+
+def checkpoint_count(cfg: TrainConfig) -> int:
+    """latest.pt saves: every checkpoint_interval steps before the end, and at the end."""
+    return (cfg.max_steps - 1) // cfg.checkpoint_interval + 1 if cfg.max_steps > 0 else 1
+
+
+def duration_estimate(cfg: TrainConfig, pace: MachinePace) -> DurationEstimate:
+    """How long ``cfg`` takes at ``pace``: its training steps, its evaluations with their
+    samples, its checkpoint saves (latest.pt with the optimizer; best.pt, weights only, at
+    each evaluation at most) and start-up."""
+    train = training_flops(cfg, cfg.max_steps) / pace.train_flops_per_s
+    evals = eval_count(cfg) * eval_flops(cfg) / (pace.eval_flops_per_s or pace.train_flops_per_s)
+    mem = memory_estimate(cfg)
+    written_mb = (checkpoint_count(cfg) * (mem.params_mb + mem.optimizer_mb)
+                  + eval_count(cfg) * mem.params_mb)
+    return DurationEstimate(train_s=train, eval_s=evals,
+                            checkpoint_s=written_mb / CHECKPOINT_MB_PER_S,
+                            startup_s=pace.startup_s)
+
+
 def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
     """A rough training-memory estimate in MB (fp32 weights, bf16-or-fp32 activations).
 

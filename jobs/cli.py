@@ -95,7 +95,7 @@ def cmd_sweep(args, store: RunStore) -> int:
         CONFIRM_ABOVE,
         NOMINAL_FLOPS_PER_S,
         count_runs,
-        measured_flops_per_s,
+        measured_pace,
         plan_sweep,
         submit_sweep,
     )
@@ -110,12 +110,11 @@ def cmd_sweep(args, store: RunStore) -> int:
         raise GptdashError(f"this sweep makes {n_runs} runs, more than {CONFIRM_ABOVE}: pass "
                            "--yes to queue them all, or sweep fewer values")
     base = _load_config(args)
-    measured = measured_flops_per_s(store)
-    plan = plan_sweep(base, grids, ranges, random=args.random, seed=args.seed,
-                      flops_per_s=measured)
+    measured = measured_pace(store)
+    plan = plan_sweep(base, grids, ranges, random=args.random, seed=args.seed, pace=measured)
     sweep_id, run_ids = submit_sweep(store, plan, name=args.name, cut=args.cut)
     sweep = store.get_sweep(sweep_id)
-    basis = ("the newest finished run's throughput" if measured else
+    basis = ("the newest finished run's throughput, evaluations and start-up" if measured else
              f"a nominal {NOMINAL_FLOPS_PER_S / 1e9:g} GFLOP/s, a laptop CPU's; a GPU is far "
              "faster")
     cut = ""

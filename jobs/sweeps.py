@@ -14,7 +14,13 @@ from analysis.forecast import MIN_POINTS
 from analysis.sweep import Value, cut_steps, expand, sweep_size
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
-from gptcore.estimate import flops_per_token, training_flops
+from gptcore.estimate import (
+    DEFAULT_STARTUP_S,
+    MachinePace,
+    duration_estimate,
+    eval_flops,
+    flops_per_token,
+)
 from jobs import runner
 from storage.names import check_name
 from storage.status import ACTIVE, RunStatus
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 # of magnitude of a laptop CPU on the tiny preset. A GPU is 100-1000x faster, so the
 # estimate is only a rough guide until a run has finished here.
 NOMINAL_FLOPS_PER_S = 5e10
+NOMINAL_PACE = MachinePace(train_flops_per_s=NOMINAL_FLOPS_PER_S)
 # A sweep of more runs than this is queued only when confirmed (--yes; a checkbox on the
 # page): a typo in a grid can multiply a sweep into days of training.
 CONFIRM_ABOVE = 100
@@ -38,7 +45,7 @@ class SweepPlan:
     configs: list[TrainConfig]
     params: list[str]  # the swept settings, in the order given
     spec: dict[str, Any]  # stored on the sweep row: how the runs were made
-    estimated_seconds: float | None  # all runs' training time, one after another (rough)
+    estimated_seconds: float | None  # all runs' wall time, one after another (rough)
     overrides: list[dict[str, Value]]  # each run's swept values, as in configs
 
     def label(self, index: int) -> str:
@@ -50,22 +57,39 @@ def _fmt(value: Value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def training_seconds(cfg: TrainConfig, flops_per_s: float) -> float:
-    """Time to train ``cfg`` at ``flops_per_s`` (evaluations and sampling left out)."""
-    return training_flops(cfg, cfg.max_steps) / flops_per_s
-
-
-def measured_flops_per_s(store: RunStore) -> float | None:
-    """Training FLOP/s of the newest finished run with throughput metrics, else None."""
+def measured_pace(store: RunStore) -> MachinePace | None:
+    """This machine's pace, from the newest finished run with throughput metrics, else None:
+    its training FLOP/s (median tokens/s times FLOPs per token), its evaluations' FLOP/s
+    (``eval_time_ms``, samples included) and its start-up (claimed to the first evaluation's
+    result, less that evaluation)."""
     for run in store.list_runs(status=RunStatus.COMPLETED, limit=5):
         try:
             cfg = TrainConfig.from_dict(run.config)
         except GptdashError:
             continue  # a config this version cannot read: look at the next run
         tps = store.metrics([run.id], ["tokens_per_sec"])
-        if not tps.empty:
-            return float(tps["value"].median()) * flops_per_token(cfg)
+        if tps.empty:
+            continue
+        evals = store.metrics([run.id], ["eval_time_ms"])
+        eval_rate = (eval_flops(cfg) / (float(evals["value"].median()) / 1000)
+                     if not evals.empty and evals["value"].median() > 0 else None)
+        return MachinePace(train_flops_per_s=float(tps["value"].median()) * flops_per_token(cfg),
+                           eval_flops_per_s=eval_rate, startup_s=_startup_s(store, run))
     return None
+
+
+def _startup_s(store: RunStore, run) -> float:
+    """Seconds from a run's claim to its first evaluation starting: data load, model build."""
+    first = store.metrics([run.id], ["val/loss", "eval_time_ms"], max_step=0)
+    if run.started_at is None or first.empty:
+        return DEFAULT_STARTUP_S
+    val = first[first["key"] == "val/loss"]["wall_time"]
+    took = first[first["key"] == "eval_time_ms"]["value"]
+    if val.empty:
+        return DEFAULT_STARTUP_S
+    seconds = float(val.min()) - run.started_at.timestamp() - (
+        float(took.iloc[0]) / 1000 if not took.empty else 0.0)
+    return seconds if 0 < seconds < 600 else DEFAULT_STARTUP_S
 
 
 def count_runs(grids: list[str], ranges: list[str], *, random: int = 0) -> int:
@@ -77,10 +101,10 @@ def count_runs(grids: list[str], ranges: list[str], *, random: int = 0) -> int:
 
 
 def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random: int = 0,
-               seed: int = 0, flops_per_s: float | None = None) -> SweepPlan:
+               seed: int = 0, pace: MachinePace | None = None) -> SweepPlan:
     """Expand the specs over ``base`` and validate every run's config; GptdashError names
-    the first bad run and value. ``flops_per_s`` (default ``NOMINAL_FLOPS_PER_S``) sizes
-    ``estimated_seconds``."""
+    the first bad run and value. ``pace`` (default ``NOMINAL_PACE``) sizes
+    ``estimated_seconds``: training, evaluations, checkpoints and start-up."""
     try:
         overrides = expand(grids, ranges, random=random, seed=seed)
     except ValueError as exc:
@@ -96,11 +120,12 @@ def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random
             configs.append(apply_overrides(base, values).validate())
         except GptdashError as exc:
             raise GptdashError(f"sweep run {i + 1} of {len(overrides)} ({label}): {exc}") from None
-    rate = flops_per_s or NOMINAL_FLOPS_PER_S
+    pace = pace or NOMINAL_PACE
     spec = {"base": base.to_dict(), "grids": list(grids), "ranges": list(ranges),
             "random": random, "seed": seed, "params": params, "runs": overrides}
     return SweepPlan(configs=configs, params=params, spec=spec,
-                     estimated_seconds=sum(training_seconds(c, rate) for c in configs),
+                     estimated_seconds=sum(duration_estimate(c, pace).total_s
+                                           for c in configs),
                      overrides=overrides)
 
 

@@ -7,17 +7,17 @@ from test_jobs import micro
 from analysis.forecast import annealing_areas
 from gptcore.config import apply_overrides, preset
 from gptcore.errors import GptdashError
+from gptcore.estimate import duration_estimate
 from jobs import halving, runner
 from jobs.forecasting import lr_schedule, run_forecast
 from jobs.halving import cut_reason
 from jobs.manager import claim_here
 from jobs.sweeps import (
-    NOMINAL_FLOPS_PER_S,
+    NOMINAL_PACE,
     cut_problem,
-    measured_flops_per_s,
+    measured_pace,
     plan_sweep,
     submit_sweep,
-    training_seconds,
 )
 
 
@@ -30,7 +30,7 @@ def test_plan_crosses_the_grids_into_validated_configs():
     assert plan.label(3) == "lr=0.003 n_layers=4"
     assert plan.spec["grids"] == ["lr=1e-3,3e-3,1e-2", "n_layers=2,4"]
     assert plan.estimated_seconds == pytest.approx(
-        sum(training_seconds(c, NOMINAL_FLOPS_PER_S) for c in plan.configs))
+        sum(duration_estimate(c, NOMINAL_PACE).total_s for c in plan.configs))
 
 
 def test_random_draws_join_every_grid_combination():
@@ -179,4 +179,4 @@ def test_the_throughput_estimate_skips_a_run_this_version_cannot_read(store):
     old = store.create_run("old", {"no_such_setting": 1}, status="running", max_steps=10)
     store.log_metrics(old, [("tokens_per_sec", 1, 1000.0, 0.0)])
     store.set_status(old, "completed")
-    assert measured_flops_per_s(store) is None  # no error: there is just nothing to measure
+    assert measured_pace(store) is None  # no error: there is just nothing to measure

@@ -1,7 +1,9 @@
 import pytest
 
 from gptcore.config import PRESETS, TrainConfig, field_info
+from gptcore.estimate import MachinePace, duration_estimate, training_flops
 from ui.form import form_groups, form_problems, launch_summary
+from ui.format import human_duration
 
 
 def test_form_groups_cover_every_field_in_order():
@@ -53,10 +55,13 @@ def test_launch_summary_strings():
     assert launch_summary(PRESETS["tiny"])["Memory estimate"] == "21 MB"
 
 
-def test_launch_summary_duration_from_throughput():
-    cfg = TrainConfig(max_steps=100)  # 32 * 128 = 4096 tokens per step
-    assert launch_summary(cfg, 4096 * 100 / 200)["Estimated duration"] == "3 min 20 s"
-    assert launch_summary(cfg, 0.0)["Estimated duration"] == "—"
+def test_launch_summary_duration_from_this_machines_pace():
+    cfg = TrainConfig(max_steps=100)
+    pace = MachinePace(train_flops_per_s=training_flops(cfg, 100) / 200, startup_s=5.0)
+    expected = duration_estimate(cfg, pace).total_s  # 200 s of steps, evaluations and more
+    assert expected > 205
+    assert launch_summary(cfg, pace)["Estimated duration"] == human_duration(expected)
+    assert launch_summary(cfg, None)["Estimated duration"] == "—"
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

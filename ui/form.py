@@ -6,7 +6,13 @@ import re
 
 from gptcore.config import TrainConfig, apply_overrides, field_info
 from gptcore.errors import GptdashError
-from gptcore.estimate import flops_per_token, memory_estimate, param_count
+from gptcore.estimate import (
+    MachinePace,
+    duration_estimate,
+    flops_per_token,
+    memory_estimate,
+    param_count,
+)
 from ui.format import DASH, human_bytes_mb, human_count, human_duration
 
 GROUP_ORDER = ("model", "data", "optimization", "schedule", "evaluation", "fine-tune", "system")
@@ -50,18 +56,15 @@ def form_problems(
     return None, {**problems, **errors}
 
 
-def launch_summary(
-    cfg: TrainConfig, throughput_tokens_per_sec: float | None = None
-) -> dict[str, str]:
+def launch_summary(cfg: TrainConfig, pace: MachinePace | None = None) -> dict[str, str]:
     """What a run will cost, as label -> human string, for the form's summary panel.
 
-    "Estimated duration" needs a measured throughput (tokens per second), else "—".
+    "Estimated duration" (training, evaluations, checkpoints and start-up) needs this
+    machine's measured ``pace`` (``jobs.sweeps.measured_pace``), else "—".
     """
     tokens_per_step = cfg.tokens_per_step
     flops = human_count(flops_per_token(cfg))
-    duration = DASH
-    if throughput_tokens_per_sec and throughput_tokens_per_sec > 0:
-        duration = human_duration(cfg.max_steps * tokens_per_step / throughput_tokens_per_sec)
+    duration = human_duration(duration_estimate(cfg, pace).total_s) if pace else DASH
     return {
         "Parameters": human_count(param_count(cfg)),
         # The label carries the unit, so the value fits a metric tile ("71.5 M").
