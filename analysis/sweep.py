@@ -79,11 +79,12 @@ def parse_grid(spec: str) -> tuple[str, list[Value]]:
 
 
 def sweep_size(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int = 0) -> int:
-    """How many runs ``expand`` makes from these specs, without making them."""
-    counts = [len(parse_grid(g)[1]) for g in grids]
-    for r in ranges:
-        parse_range(r)
-    return math.prod(counts) * (random if ranges else 1) if grids or ranges else 0
+    """How many runs ``expand`` makes from these specs, without making them; the same
+    ValueError for a bad spec."""
+    parsed_grids, parsed_ranges = _parse(grids, ranges, random)
+    if not parsed_grids and not parsed_ranges:
+        return 0
+    return math.prod(len(v) for _, v in parsed_grids) * (random if parsed_ranges else 1)
 
 
 def parse_range(spec: str) -> Range:
@@ -115,6 +116,19 @@ def expand(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int
     combination is paired with the same ``random`` draws (numpy's generator seeded with
     ``seed``, so the same command gives the same runs).
     """
+    parsed_grids, parsed_ranges = _parse(grids, ranges, random)
+    combos = [dict(zip([k for k, _ in parsed_grids], values, strict=True))
+              for values in itertools.product(*(v for _, v in parsed_grids))]
+    if not parsed_ranges:
+        return combos if parsed_grids else []
+    rng = np.random.default_rng(seed)
+    draws = [{r.key: r.draw(rng) for r in parsed_ranges} for _ in range(random)]
+    return [{**combo, **draw} for combo in combos for draw in draws]
+
+
+def _parse(grids: Sequence[str], ranges: Sequence[str],
+           random: int) -> tuple[list[tuple[str, list[Value]]], list[Range]]:
+    """The specs parsed and checked together (a key swept twice, --random without ranges)."""
     parsed_grids = [parse_grid(g) for g in grids]
     parsed_ranges = [parse_range(r) for r in ranges]
     keys = [k for k, _ in parsed_grids] + [r.key for r in parsed_ranges]
@@ -128,13 +142,7 @@ def expand(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int
         raise ValueError("--range needs --random N: how many values to draw")
     if random and not parsed_ranges:
         raise ValueError(f"--random {random} needs at least one --range to draw from")
-    combos = [dict(zip([k for k, _ in parsed_grids], values, strict=True))
-              for values in itertools.product(*(v for _, v in parsed_grids))]
-    if not parsed_ranges:
-        return combos if parsed_grids else []
-    rng = np.random.default_rng(seed)
-    draws = [{r.key: r.draw(rng) for r in parsed_ranges} for _ in range(random)]
-    return [{**combo, **draw} for combo in combos for draw in draws]
+    return parsed_grids, parsed_ranges
 
 
 def cut_steps(max_steps: int, fractions: Sequence[float] = CUT_FRACTIONS) -> list[int]:

@@ -14,6 +14,7 @@ from analysis.sweep import (
     parse_range,
     parse_value,
     should_cut,
+    sweep_size,
 )
 
 
@@ -23,6 +24,21 @@ def test_values_are_typed():
     assert parse_value("0.5") == 0.5
     assert parse_value("True") is True and parse_value("false") is False
     assert parse_value("cosine") == "cosine"
+
+
+def test_a_grid_value_given_twice_counts_once_in_its_first_place():
+    assert parse_grid("lr=3e-3,1e-3,0.001,3e-3") == ("lr", [3e-3, 1e-3])
+    key, values = parse_grid("qkv_bias=1,true,1.0")  # True == 1, but not as a setting
+    assert values == [1, True] and values[1] is True
+
+
+def test_sweep_size_counts_the_runs_expand_makes_without_making_them():
+    grids, ranges = ["lr=1e-3,2e-3,1e-3", "n_layers=2,4"], ["emb_dim=32:64"]
+    assert sweep_size(grids, ranges, random=3) == len(expand(grids, ranges, random=3)) == 12
+    assert sweep_size(grids) == len(expand(grids)) == 4
+    assert sweep_size([f"{k}=" + ",".join(map(str, range(1000))) for k in "abc"]) == 10**9
+    with pytest.raises(ValueError, match="given more than once"):
+        sweep_size(["lr=1,2", "lr=3"])
 
 
 def test_grid_parses_key_and_values():
