@@ -14,7 +14,14 @@ from gptcore.estimate import MachinePace
 from jobs import actions
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import VAL_KEY, run_forecast
-from jobs.sweeps import cut_problem, measured_pace, plan_sweep, submit_sweep
+from jobs.sweeps import (
+    CONFIRM_ABOVE,
+    count_runs,
+    cut_problem,
+    measured_pace,
+    plan_sweep,
+    submit_sweep,
+)
 from storage.status import ACTIVE, RunStatus
 from ui.compute import last_values
 from ui.live import LastBuilt
@@ -87,12 +94,10 @@ def measured_rate() -> MachinePace | None:
 
 
 grids, ranges = specs(grid_rows), specs(range_rows)
-plan, problem, rate = None, None, None
+plan, problem, rate, n_runs = None, None, None, 0
 if grids or ranges:
-    rate = measured_rate()
     try:
-        plan = plan_sweep(base_config(preset_name, overrides), grids, ranges,
-                          random=int(n_random), seed=int(seed), pace=rate)
+        n_runs = count_runs(grids, ranges, random=int(n_random))
     except USER_ERRORS as exc:
         problem = str(exc)
 
@@ -102,11 +107,27 @@ with summary_col:
     cut = st.checkbox("Early cut (successive halving)", key="sweep_cut",
                       help="At a quarter and at half of max_steps, stop a run whose forecast "
                            "final loss is confidently worse than the best run's.")
+    confirmed = n_runs <= CONFIRM_ABOVE
+    if not confirmed and not problem:
+        st.metric("This sweep makes", plan_summary(n_runs, None)[0])
+        # Asked before the runs are even planned: a typo in a grid can make thousands.
+        confirmed = st.checkbox(f"Yes, queue all {n_runs:,} runs", key="sweep_confirm",
+                                help=f"A sweep of more than {CONFIRM_ABOVE} runs is planned "
+                                     "and started only when confirmed.")
+    if (grids or ranges) and confirmed and not problem:
+        rate = measured_rate()
+        try:
+            plan = plan_sweep(base_config(preset_name, overrides), grids, ranges,
+                              random=int(n_random), seed=int(seed), pace=rate)
+        except USER_ERRORS as exc:
+            problem = str(exc)
     if plan is not None and cut and not problem:
         problem = cut_problem(plan)
         plan = None if problem else plan
     if problem:
         st.error(problem)
+    elif not confirmed:
+        st.warning(f"More than {CONFIRM_ABOVE} runs: tick the box to plan them and start.")
     elif plan is None:
         st.info("Type values for at least one parameter to see the runs this sweep makes.")
     else:
