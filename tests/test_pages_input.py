@@ -1,4 +1,5 @@
-"""The Sweeps page asks before it plans or starts a sweep of more than 100 runs (issue 15)."""
+"""Pages refuse or confirm input a user can get wrong (issue 15): a sweep of more than 100
+runs, a run name with a control character."""
 
 from test_app_pages import _open, _texts, empty_app  # noqa: F401 - empty_app is a fixture
 
@@ -23,3 +24,20 @@ def test_a_sweep_of_more_than_100_runs_needs_the_confirmation_box(empty_app):  #
     [start] = [b for b in at.button if b.label == "Start sweep"]
     assert not start.disabled
     assert {m.label: m.value for m in at.metric}["This sweep makes"] == "101 runs"
+
+
+def test_new_run_refuses_a_name_with_a_control_character_in_one_message(empty_app, home):  # noqa: F811
+    from storage.store import RunStore
+
+    at = empty_app
+    at.run()
+    at.number_input(key="f0_max_steps").set_value(30)
+    [name] = [t for t in at.text_input if t.label == "Run name"]
+    name.input("red \x1b[31m").run()
+    [start] = [b for b in at.button if b.label == "Start training"]
+    start.click().run()
+    assert not at.exception
+    assert "run name 'red \\x1b[31m' holds a control character" in _texts(at.error)
+    store = RunStore()
+    assert store.list_runs() == []
+    store.close()
