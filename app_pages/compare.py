@@ -8,7 +8,7 @@ import streamlit as st
 from analysis.forecast import Forecast
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
-from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig
+from gptcore.sampling import MAX_NEW_TOKENS, SamplingConfig
 from jobs.forecasting import VAL_KEY, run_forecast
 from storage.status import RunStatus
 from ui.config_diff import differing_params

@@ -4,7 +4,7 @@ import os
 
 import streamlit as st
 
-from gptcore.generate import MAX_NEW_TOKENS, SamplingConfig
+from gptcore.sampling import MAX_NEW_TOKENS, SamplingConfig
 from ui.widgets import empty_state, get_store, pick_run, sample_from_run
 
 store = get_store()

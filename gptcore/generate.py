@@ -1,38 +1,16 @@
-"""Sampling text from a model: temperature, top-k, top-p, streaming."""
+"""Sampling text from a model: temperature, top-k, top-p, streaming (the settings are
+``gptcore.sampling.SamplingConfig``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from gptcore.errors import GptdashError
 from gptcore.model import GPTModel
+from gptcore.sampling import SamplingConfig
 from gptcore.tokenizer import Tokenizer
-
-MAX_NEW_TOKENS = 4096
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    seed: int | None = None
-
-    def validate(self) -> SamplingConfig:
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise GptdashError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, "
-                               f"not {self.max_new_tokens}")
-        if not 0.0 <= self.temperature <= 10.0:
-            raise GptdashError(f"temperature must be between 0 and 10, not {self.temperature}")
-        if self.top_k < 0:
-            raise GptdashError(f"top-k must be 0 (off) or positive, not {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise GptdashError(f"top-p must be in (0, 1], not {self.top_p}")
-        return self
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ui.live import sidebar_refresh_every
 from ui.workers import worker_state
 
 if TYPE_CHECKING:
-    from gptcore.generate import SamplingConfig  # torch: imported where a page samples
+    from gptcore.sampling import SamplingConfig
 
 # Tells the server when the tab is hidden or shown again (the Page Visibility API), so
 # pages can stop their timed refreshes while nobody looks. Streamlit's run_every timer lives
