@@ -37,7 +37,11 @@ try:
 except GptdashError as exc:
     st.error(str(exc))
     st.stop()
-if password and not st.session_state.get("authenticated"):
+locked = bool(password) and not st.session_state.get("authenticated")
+# Navigation first, even behind the password: it resolves the page the URL asks for
+# (/live?run=3), which the rerun after the password then opens instead of the default.
+page = st.navigation(PAGES, position="hidden" if locked else "sidebar")
+if locked:
     st.title("gptdash")
     given = st.text_input("Password", type="password")
     if given and password_ok(given, password):
@@ -47,7 +51,6 @@ if password and not st.session_state.get("authenticated"):
         st.error("Wrong password.")
     st.stop()
 
-page = st.navigation(PAGES)
 try:
     sidebar(get_store())
     page.run()

@@ -12,6 +12,7 @@ from gptcore.sampling import MAX_NEW_TOKENS, SamplingConfig
 from jobs.forecasting import VAL_KEY, run_forecast
 from storage.status import RunStatus
 from ui.config_diff import differing_params
+from ui.defaults import first_differing, newest_finished
 from ui.events import CROWDING, event_traces, events_table, is_loss
 from ui.figures import X_TITLES, hparam_figure, metric_figure, run_colors, x_axis_frame
 from ui.forecast_view import forecast_table, forecast_traces, try_forecast
@@ -43,7 +44,7 @@ by_id = {r.id: r for r in runs}
 if "compare_ids" in st.session_state:  # arriving from the Runs page's selection
     st.session_state.compare_pick = [i for i in st.session_state.pop("compare_ids") if i in by_id]
 elif "compare_pick" not in st.session_state:
-    st.session_state.compare_pick = [r.id for r in runs[:2]]
+    st.session_state.compare_pick = newest_finished(runs, 2)
 else:
     st.session_state.compare_pick = [i for i in st.session_state.compare_pick if i in by_id]
 # No status in the chips: the browser keeps a chosen chip's label, which would go stale.
@@ -141,13 +142,20 @@ diff = differing_params(flat) if len(flat) > 1 else pd.DataFrame()
 if diff.empty:
     st.caption("Pick at least two runs with different settings to see what differs.")
 else:
-    st.dataframe(diff)
+    # The parameter names in full (grad_accum_steps, early_stopping_patience), never cut.
+    st.dataframe(diff, column_config={
+        "_index": st.column_config.TextColumn("parameter", width="medium")})
 
 st.subheader("Val loss against a hyperparameter")
 if diff.empty:
     st.caption("Appears when the chosen runs differ in some setting.")
 else:
-    param = st.selectbox("Hyperparameter", list(diff.index))
+    with_loss = [f"#{i} {by_id[i].name}" for i in configs if by_id[i].best_val_loss is not None]
+    params = list(diff.index)
+    # The first setting that tells the plotted runs apart, not one only a run without a
+    # loss differs in (the chart would then show one column of points).
+    param = st.selectbox("Hyperparameter", params,
+                         index=params.index(first_differing(diff, with_loss)))
     which = st.radio("Val loss", ["best", "final"], horizontal=True)
     rows = []
     for i, c in configs.items():

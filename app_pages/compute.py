@@ -47,7 +47,7 @@ with st.expander(f"The {len(frame)} run(s) plotted"):
         "final val loss": frame["val_loss"],
         "on frontier": [i in frontier for i in range(len(frame))],
     }).sort_values("final val loss")
-    st.dataframe(table, hide_index=True, column_config={
+    st.dataframe(table, hide_index=True, placeholder="—", column_config={
         "tokens": st.column_config.NumberColumn(format="compact"),
         "final val loss": st.column_config.NumberColumn(format="%.4f"),
     })

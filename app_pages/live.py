@@ -31,6 +31,7 @@ from jobs import actions
 from jobs.forecasting import run_forecast
 from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
+from ui.ended import ENDED_BY, why_it_ended
 from ui.events import event_traces, events_table
 from ui.figures import PALETTE
 from ui.forecast_view import (
@@ -55,6 +56,7 @@ from ui.live import (
     trained_by,
     view_range,
 )
+from ui.paths import shown_path
 from ui.widgets import empty_state, get_store, pick_run, tab_visible, user_errors
 
 store = get_store()
@@ -80,11 +82,17 @@ if not runs:
 
 running = [r.id for r in runs if r.status == RunStatus.RUNNING]
 arrived_for = st.session_state.pop("live_run", None)  # set by Start / Open on other pages
+# A link to /live?run=3 opens run 3, once: after that the picker (and the URL) follow the user.
+asked = st.query_params.get("run", "")
+if arrived_for is None and asked.isdigit() and st.session_state.get("live_asked") != asked:
+    arrived_for = int(asked)
+st.session_state.live_asked = asked
 if arrived_for in {r.id for r in runs}:
     st.session_state.live_pick = arrived_for
 default_id = running[0] if running else runs[0].id
 run = pick_run("Run", runs, key="live_pick", default_id=default_id)
 run_id = run.id
+st.query_params["run"] = st.session_state.live_asked = str(run_id)  # the URL links this run
 tick_every = refresh_every(run.status, tab_visible())
 
 
@@ -148,9 +156,10 @@ def status(r: RunRecord, series: LiveSeries) -> None:
             with user_errors():
                 actions.stop(store, run_id)
                 st.toast("Stop requested")
-    if r.status in (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.STOPPED) and r.error:
-        (st.error if r.status == RunStatus.FAILED else st.warning)("Why it ended:")
-        st.text(r.error)
+    if r.status in ENDED_BY and (r.error or r.status == RunStatus.CANCELLED):
+        box = st.error if r.status == RunStatus.FAILED else (
+            st.info if r.status == RunStatus.CANCELLED else st.warning)
+        box(why_it_ended(r.status, r.error))
 
 
 def loss_overlays(series: LiveSeries, events: pd.DataFrame,
@@ -307,7 +316,7 @@ with st.expander("Config"):
     st.json(run.config)
 if run.checkpoint_path:
     with st.expander("Checkpoint"):
-        st.text(run.checkpoint_path)
+        st.text(shown_path(run.checkpoint_path))
         path = run.checkpoint_path
 
         def read_checkpoint() -> bytes:  # only read when the user clicks

@@ -15,8 +15,10 @@ from jobs.sweeps import measured_pace
 from storage import home
 from storage.status import RunStatus
 from ui.config_diff import config_from_upload, config_json_bytes
+from ui.defaults import newest_finished
 from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
+from ui.paths import shown_path
 from ui.widgets import get_store, run_label, user_errors
 
 store = get_store()
@@ -54,7 +56,8 @@ def corpus_label(value: str) -> str:
     if value == BUILTIN:
         return "built-in: Python reference docs (~466 kB)"
     p = Path(value)
-    return f"{p.parent.name}/{p.name} ({p.stat().st_size / 1024:,.0f} kB)" if p.exists() else value
+    return (f"{p.parent.name}/{p.name} ({p.stat().st_size / 1024:,.0f} kB)" if p.exists()
+            else shown_path(value))
 
 
 # ---- where the form starts from --------------------------------------------------------------
@@ -70,7 +73,9 @@ with c1:
     st.button("Load preset", on_click=lambda: load_base(preset(st.session_state.preset_pick)))
 with c2:
     if runs:
-        clone = st.selectbox("Clone a run", [r.id for r in runs], key="clone_pick",
+        ids = [r.id for r in runs]
+        clone = st.selectbox("Clone a run", ids, key="clone_pick",
+                             index=ids.index(newest_finished(runs, 1)[0]),
                              format_func=lambda i: run_label(next(r for r in runs if r.id == i)))
         if st.button("Load its config"):
             with user_errors():

@@ -5,6 +5,7 @@ import os
 import streamlit as st
 
 from gptcore.sampling import MAX_NEW_TOKENS, SamplingConfig
+from ui.defaults import newest_finished, other_run
 from ui.widgets import empty_state, get_store, pick_run, sample_from_run
 
 store = get_store()
@@ -18,10 +19,11 @@ if not runs:
 
 c1, c2 = st.columns(2)
 with c1:
-    first = pick_run("Run", runs, key="play_a")
+    first = pick_run("Run", runs, key="play_a", default_id=newest_finished(runs, 1)[0])
 with c2:
     side_by_side = st.toggle("Compare with a second run")
-    second = pick_run("Second run", runs, key="play_b") if side_by_side else None
+    second = pick_run("Second run", runs, key="play_b",
+                      default_id=other_run(runs, first.id)) if side_by_side else None
 
 which = st.radio("Checkpoint", ["best", "latest"], horizontal=True, key="play_which",
                  help="best: the weights with the lowest val loss so far (the run's latest "

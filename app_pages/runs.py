@@ -27,6 +27,7 @@ if frame.empty:
     st.info("No run matches these filters.")
     st.stop()
 
+# Short headers and one "steps" column, so the whole table fits the page at 1400 px.
 table = pd.DataFrame({
     "id": frame["id"],
     "name": frame["name"],
@@ -35,24 +36,36 @@ table = pd.DataFrame({
     "tags": frame["tags"],
     "created": frame["created_at"],
     "duration": [human_duration(d) for d in frame["duration_s"]],
-    "steps": frame["last_step"],
-    "of": frame["max_steps"],
+    "steps": [f"{s:,} / {m:,}" for s, m in zip(frame["last_step"], frame["max_steps"],
+                                                strict=True)],
     "tokens": frame["tokens_seen"],
-    "best val loss": frame["best_val_loss"],
-    "last train loss": frame["last_train_loss"],
-    "parameters": [human_count(n) for n in frame["n_params"]],
+    "best val": frame["best_val_loss"],
+    "train loss": frame["last_train_loss"],
+    "params": [human_count(n) for n in frame["n_params"]],
     "device": frame["device"],
 })
+if table["worker"].isna().all():
+    table = table.drop(columns="worker")  # one machine, no named workers: a column of blanks
+# The selection holds row positions. Rows that moved (a run added, deleted or filtered
+# out) would make a kept selection point at runs the user never ticked, so the table then
+# gets a new key, which clears it; positions are only ever read against the rows shown.
+shown_ids = [int(i) for i in table["id"]]
+if st.session_state.get("runs_table_ids", shown_ids) != shown_ids:
+    st.session_state.runs_table_gen = st.session_state.get("runs_table_gen", 0) + 1
+st.session_state.runs_table_ids = shown_ids
 event = st.dataframe(
-    table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
+    table, hide_index=True, on_select="rerun", selection_mode="multi-row",
+    key=f"runs_table_{st.session_state.get('runs_table_gen', 0)}",
+    placeholder="—",
     column_config={
-        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        "id": st.column_config.NumberColumn(width=45),
+        "created": st.column_config.DatetimeColumn(format="MMM D, HH:mm"),
         "tokens": st.column_config.NumberColumn(format="compact"),
-        "best val loss": st.column_config.NumberColumn(format="%.4f"),
-        "last train loss": st.column_config.NumberColumn(format="%.4f"),
+        "best val": st.column_config.NumberColumn(format="%.4f"),
+        "train loss": st.column_config.NumberColumn(format="%.4f"),
     },
 )
-selected = [int(table["id"].iloc[i]) for i in event.selection.rows]
+selected = [shown_ids[i] for i in event.selection.rows if 0 <= i < len(shown_ids)]
 st.caption(f"{len(table)} run(s). Select rows (left edge) to act on them; click a column "
            "header to sort.")
 
@@ -67,35 +80,40 @@ if not selected:
 runs = [store.get_run(i) for i in selected]
 st.subheader(f"{len(runs)} selected")
 b1, b2, b3, b4, b5 = st.columns(5)
-if b1.button("Compare", disabled=len(runs) < 1, use_container_width=True):
+if b1.button("Compare", disabled=len(runs) < 1, width="stretch"):
     st.session_state.compare_ids = selected
     st.switch_page("app_pages/compare.py")
-if b2.button("Open live view", disabled=len(runs) != 1, use_container_width=True):
+if b2.button("Open live view", disabled=len(runs) != 1, width="stretch"):
     st.session_state.live_run = selected[0]
     st.switch_page("app_pages/live.py")
 stoppable = [r for r in runs if r.status in (RunStatus.RUNNING, RunStatus.QUEUED)]
-if b3.button("Stop / cancel", disabled=not stoppable, use_container_width=True):
+if b3.button("Stop / cancel", disabled=not stoppable, width="stretch"):
     with user_errors():
         for r in stoppable:
             actions.stop(store, r.id)
         st.toast(f"Stop requested for {', '.join(f'#{r.id}' for r in stoppable)}")
         st.rerun()
 resumable = [r for r in runs if r.status in RESUMABLE and can_resume(store, r.id)]
-if b4.button("Resume", disabled=not resumable, use_container_width=True,
+if b4.button("Resume", disabled=not resumable, width="stretch",
              help="Continue stopped, interrupted or failed runs from their last checkpoint."):
     with user_errors():
         for r in resumable:
             actions.resume(store, r.id)
         st.toast(f"Queued {', '.join(f'#{r.id}' for r in resumable)} to resume")
         st.rerun()
-with b5.popover("Delete", use_container_width=True,
+with b5.popover("Delete", width="stretch",
                 disabled=any(r.status == RunStatus.RUNNING for r in runs)):
-    st.write(f"Delete {len(runs)} run(s) with their metrics, samples and checkpoints? "
+    named = ", ".join(f"#{r.id} {r.name}" for r in runs)
+    st.write(f"Delete {named} with their metrics, samples and checkpoints? "
              "This cannot be undone.")
-    if st.button("Yes, delete", type="primary"):
-        for r in runs:
-            store.delete_run(r.id)
-        st.toast(f"Deleted {len(runs)} run(s)")
+    # Keyed by the runs it names: a click made on another selection finds no such button.
+    if st.button("Yes, delete", type="primary", key=f"delete_{'_'.join(map(str, selected))}"):
+        with user_errors():
+            for r in runs:
+                store.delete_run(r.id)
+            st.toast(f"Deleted {named}")
+        # A new table key: the old selection's positions would now point at other runs.
+        st.session_state.runs_table_gen = st.session_state.get("runs_table_gen", 0) + 1
         st.rerun()
 
 if len(runs) == 1:

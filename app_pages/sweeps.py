@@ -212,15 +212,18 @@ def results() -> None:
     if shown["forecast"].isna().all():
         shown = shown.drop(columns="forecast")  # nothing training: a column of blanks
     losses = ("last val loss", "best val loss", "forecast", "val loss")
-    st.dataframe(shown, hide_index=True, key="sweep_table", column_config={
+    st.dataframe(shown, hide_index=True, key="sweep_table", placeholder="—", column_config={
         "best": st.column_config.CheckboxColumn("best"),
         **{c: st.column_config.NumberColumn(format="%.4f") for c in losses},
         # Swept values in full (0.0001327, not 0.0001): they name the runs.
         **{p: st.column_config.NumberColumn(format="%g") for p in params
            if shown[p].dtype.kind == "f"}})
-    st.caption("Best first. *val loss* is a completed run's final evaluation, a training "
-               "run's forecast of its final loss, or the last evaluation of a run that "
-               "ended early (*kind* says which).")
+    st.caption("Best first: measured losses, then forecasts. *val loss* is a completed run's "
+               "final evaluation, a training run's forecast of its final loss, or the last "
+               "evaluation of a run that ended early (*kind* says which).")
+    if (table["kind"] == "").all():
+        st.info("No val loss yet: the charts appear with the first evaluation of a run.")
+        return
     cols = st.columns(min(len(params), 2) or 1)
     for i, param in enumerate(params):
         with cols[i % len(cols)]:

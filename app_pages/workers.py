@@ -22,7 +22,7 @@ def workers_panel() -> None:
         st.info("No worker has started yet: `gptdash serve` starts one, and "
                 "`gptdash worker` starts more on any machine.")
         return
-    st.dataframe(table, hide_index=True, use_container_width=True)
+    st.dataframe(table, hide_index=True, width="stretch", placeholder="—")
     queued = store.queued_ids()
     st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}" if queued else "Queue: empty")
 

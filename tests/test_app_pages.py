@@ -190,8 +190,9 @@ def test_live_page_explains_why_a_failed_run_ended(trained_app):
     _open(at, "app_pages/live.py")
     at.selectbox(key="live_pick").set_value(ids["broken"]).run()
     assert not at.exception
-    assert "Why it ended" in _texts(at.error)
-    assert "missing.txt" in _texts(at.text)
+    # The reason sits inside the box, not as loose text after it.
+    [box] = [e for e in at.error if "Why it ended" in e.value]
+    assert "missing.txt" in box.value
     assert "This run recorded no metrics." in _texts(at.info)
 
 

@@ -159,10 +159,13 @@ def test_a_run_with_one_point_gets_a_marker_and_sensible_axes_not_minus_one_to_o
                          "wall_time": 0.0}])
     fig = metric_figure(one, title="Tokens per second")
     assert fig.data[0].mode == "lines+markers"  # a lone point draws no line
-    # Steps from 0 over a few integers; the value with room around it, nowhere near -1..1.
-    assert list(fig.layout.xaxis.autorangeoptions.include) == [0, 10]
-    low, high = fig.layout.yaxis.autorangeoptions.include
-    assert 40_000 < low < 48134.5 < high < 56_000
+    # Steps from 0 over a few integers; the value with room around it, not value-1..value+1.
+    assert list(fig.layout.xaxis.range) == [0, 10]
+    low, high = fig.layout.yaxis.range
+    assert 30_000 < low < 48134.5 < high < 60_000
+    lr = metric_figure(one.assign(key="lr", value=5e-4), title="Learning rate")
+    low, high = lr.layout.yaxis.range
+    assert 0 < low < 5e-4 < high < 1e-3
 
 
 def test_ticks_read_as_few_digit_si_and_integer_steps_hover_as_integers():
@@ -174,4 +177,15 @@ def test_ticks_read_as_few_digit_si_and_integer_steps_hover_as_integers():
     # Small values (a loss, a learning rate) keep plotly's own ticks: no "800µ" for 8e-4.
     small = metric_figure(metrics(), title="loss")
     assert small.layout.yaxis.tickformat is None
-    assert small.layout.yaxis.autorangeoptions.include is None  # many values: autoscale
+    assert small.layout.yaxis.range is None  # many values: autoscale
+
+
+def test_hparam_points_and_their_labels_sit_inside_the_plot_not_on_its_edge():
+    points = pd.DataFrame({"name": ["slow", "fast"], "lr": [0.001, 0.003],
+                           "best val loss": [4.56, 3.59]})
+    fig = hparam_figure(points, "lr", "best val loss")
+    assert fig.data[0].cliponaxis is False
+    x_low, x_high = fig.layout.xaxis.range
+    assert x_low < 0.001 and x_high > 0.003
+    y_low, y_high = fig.layout.yaxis.range
+    assert y_low < 3.59 and y_high > 4.56 + 0.1  # room above the top point for its label

@@ -220,3 +220,16 @@ def test_trained_by_names_worker_device_and_a_host_the_worker_does_not():
     assert trained_by("w1", "cpu", "lab-2") == "Trained by worker w1 on cpu (host lab-2)"
     assert trained_by(None, "mps", None) == "Trained on mps"
     assert trained_by(None, None, None) is None
+
+
+def test_a_one_point_chart_is_rebuilt_when_more_points_come_so_it_autoscales_again():
+    live = LiveSeries()
+    live.append(chunk(0, 1))
+    charts = live_charts()
+    [loss, _, empty] = charts.show(live.version, live.frame, None)
+    assert loss.layout.yaxis.range is not None  # one point: a range around it
+    assert empty.layout.height == 300  # "No data yet" as tall as its neighbours
+    live.append(chunk(1, 50))
+    [loss, _, _] = charts.show(live.version, live.frame, None)
+    assert loss.layout.yaxis.range is None and loss.layout.xaxis.range is None
+    assert loss.data[0].mode == "lines"

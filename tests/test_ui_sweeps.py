@@ -83,20 +83,26 @@ def test_the_table_puts_the_best_final_loss_first_and_forecasts_where_training(s
     last = {ids["done-a"]: 2.4, ids["done-b"]: 2.1, ids["training"]: 2.6, ids["cut"]: 2.9}
     forecasts = {ids["training"]: _forecast(2.0, 1.9, 2.2)}
     table = sweep_table(store.list_runs(), ["lr"], last, forecasts)
-    assert list(table["name"]) == ["training", "done-b", "done-a", "cut", "waiting"]
-    assert list(table["kind"]) == ["forecast", "final", "final", "at stop", ""]
-    assert list(table["lr"]) == [1e-2, 3e-3, 1e-3, 3e-2, 1e-1]
+    # Measured losses first; the training run's forecast (2.0, lowest of all) after them.
+    assert list(table["name"]) == ["done-b", "done-a", "cut", "training", "waiting"]
+    assert list(table["kind"]) == ["final", "final", "at stop", "forecast", ""]
+    assert list(table["lr"]) == [3e-3, 1e-3, 3e-2, 1e-2, 1e-1]
     assert np.isnan(table["val loss"].iloc[-1])
     # The best is the lowest *final* loss: a forecast below it is not yet a result.
     assert list(table.loc[table["best"], "name"]) == ["done-b"]
-    assert table.loc[0, "forecast low"] == 1.9
+    assert table.loc[3, "forecast low"] == 1.9
 
 
-def test_a_forecast_is_best_until_some_run_has_completed(store):
+def test_a_forecast_is_best_only_while_no_run_has_a_measured_loss(store):
     ids = _sweep_runs(store)
     runs = [r for r in store.list_runs() if r.status != "completed"]
-    table = sweep_table(runs, ["lr"], {}, {ids["training"]: _forecast(2.0, 1.9, 2.2)})
+    forecasts = {ids["training"]: _forecast(2.0, 1.9, 2.2)}
+    table = sweep_table(runs, ["lr"], {}, forecasts)
     assert list(table.loc[table["best"], "name"]) == ["training"]
+    # A run cut at 2.9 is a result; the forecast of 2.0 is not, however low.
+    table = sweep_table(runs, ["lr"], {ids["cut"]: 2.9}, forecasts)
+    assert list(table.loc[table["best"], "name"]) == ["cut"]
+    assert list(table["name"][:2]) == ["cut", "training"]
 
 
 def test_the_figure_marks_each_kind_its_own_way_and_stars_the_best(store):
@@ -155,3 +161,13 @@ def test_sweeping_max_steps_keeps_one_column_per_name(store):
     assert table.columns.is_unique
     assert list(table["max_steps"]) == [40, 20]
     assert [t.name for t in sweep_figure(table, "max_steps").data] == ["final", "best"]
+
+
+def test_markers_at_the_extremes_sit_inside_the_plot(store):
+    ids = _sweep_runs(store)
+    last = {ids["done-a"]: 2.4, ids["done-b"]: 2.1, ids["cut"]: 2.9}
+    fig = sweep_figure(sweep_table(store.list_runs(), ["lr"], last, {}), "lr")
+    x_low, x_high = fig.layout.xaxis.range  # log10 units on the log axis
+    assert x_low < np.log10(1e-3) and x_high > np.log10(3e-2)
+    y_low, y_high = fig.layout.yaxis.range
+    assert y_low < 2.1 and y_high > 2.9

@@ -35,13 +35,15 @@ def run_colors(run_ids: list[int]) -> dict[int, str]:
     return {int(run_id): PALETTE[i % len(PALETTE)] for i, run_id in enumerate(run_ids)}
 
 
-def _empty_figure(title: str) -> go.Figure:
+def _empty_figure(title: str, height: int | None = None) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text="No data yet", x=0.5, y=0.5, xref="paper", yref="paper",
                        showarrow=False, font={"size": 16, "color": "gray"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title={"text": title, "x": 0, "xanchor": "left"}, margin=_MARGIN)
+    if height is not None:
+        fig.update_layout(height=height)  # as tall as its neighbours in a grid of charts
     return fig
 
 
@@ -82,7 +84,7 @@ def metric_figure(
     cost a live page most of its refresh time.
     """
     if df.empty:
-        return _empty_figure(title)
+        return _empty_figure(title, height)
     keys = sorted(df["key"].unique())
     if y_title is None and len(keys) == 1:
         y_title = keys[0]
@@ -93,8 +95,9 @@ def metric_figure(
         "legend": _LEGEND_ON_TOP,
         "uirevision": uirevision,
         "xaxis": {"title": {"text": x_title if x_title is not None else x},
-                  "type": "log" if log_x else "linear", "range": x_axis_range(x_range, log_x),
-                  **axis_formats(df[x], log=log_x, x=True)},
+                  "type": "log" if log_x else "linear",
+                  **axis_formats(df[x], log=log_x, x=True),
+                  **({"range": x_axis_range(x_range, log_x)} if x_range is not None else {})},
         "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear",
                   **axis_formats(df["value"], log=log_y, x=False)},
     }
@@ -105,10 +108,10 @@ def metric_figure(
 
 def axis_formats(values: pd.Series, *, log: bool, x: bool) -> dict:
     """Tick and hover formats for an axis of ``values``, and, when they are all one value
-    (a run with one point), a range to include around it instead of plotly's -1..1.
+    (a run with one point), a range around it instead of plotly's value-1..value+1.
 
-    The range is an ``autorangeoptions.include``, not a fixed range: a live chart updated
-    in place keeps its layout, and more points must still autoscale.
+    A live chart with such a fixed range is rebuilt, not updated in place, when more
+    points come (``ui.live.LiveCharts``), so they autoscale.
     """
     finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     finite = finite[np.isfinite(finite)]
@@ -126,11 +129,10 @@ def axis_formats(values: pd.Series, *, log: bool, x: bool) -> dict:
     lo, hi = float(finite.min()), float(finite.max())
     if lo == hi and not log:
         if x:
-            include = [min(0.0, lo), max(MIN_X_SPAN, 2 * hi)]
+            formats["range"] = [min(0.0, lo), max(MIN_X_SPAN, 2 * hi)]
         else:
-            pad = abs(lo) * 0.1 or 1.0
-            include = [lo - pad, lo + pad] if lo else [0.0, 1.0]
-        formats["autorangeoptions"] = {"include": include}
+            pad = abs(lo) * 0.2 or 1.0
+            formats["range"] = [lo - pad, lo + pad] if lo > 0 else [lo - pad, pad]
     return formats
 
 
@@ -240,14 +242,34 @@ def hparam_figure(points: pd.DataFrame, param: str, metric: str) -> go.Figure:
         textposition="top center", marker={"size": 10},
         hovertemplate=f"%{{text}}<br>{param} %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
     ))
-    fig.update_layout(title={"text": title, "x": 0, "xanchor": "left"}, margin=_MARGIN,
-                      showlegend=False)
+    # Labels above the points may reach past the plot: draw them there (cliponaxis off)
+    # with room made for them, rather than cut at the edge.
+    fig.update_traces(cliponaxis=False)
+    fig.update_layout(title={"text": title, "x": 0, "xanchor": "left"}, showlegend=False,
+                      margin={**_MARGIN, "l": 40, "r": 40})
     if categorical:
         fig.update_xaxes(type="category", categoryorder="category ascending")
     else:
         known = xs.dropna()
-        if len(known) and (known > 0).all() and known.max() / known.min() > 100:
-            fig.update_xaxes(type="log")
+        log = bool(len(known) and (known > 0).all() and known.max() / known.min() > 100)
+        if len(known):
+            fig.update_xaxes(type="log" if log else "linear",
+                             range=padded_range(known.min(), known.max(), log=log, pad=0.12))
+    ys = pd.to_numeric(points[metric], errors="coerce").dropna()
+    if len(ys):
+        low, high = padded_range(ys.min(), ys.max(), log=False, pad=0.1)
+        fig.update_yaxes(range=[low, high + 0.1 * (high - low)])  # headroom for the labels
     fig.update_xaxes(title_text=param)
     fig.update_yaxes(title_text=metric)
     return fig
+
+
+def padded_range(low: float, high: float, *, log: bool, pad: float) -> list[float]:
+    """A plotly axis range from ``low`` to ``high`` widened by ``pad`` of its span on each
+    side (a lone value gets room of its own), in log10 units for a log axis, so markers
+    at the extremes sit inside the plot, not on its edge."""
+    low, high = float(low), float(high)
+    if log:
+        low, high = math.log10(low), math.log10(high)
+    span = high - low or (abs(high) * 0.5 if not log and high else 0.5)
+    return [low - pad * span, high + pad * span] if high != low else [low - span, high + span]

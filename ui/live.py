@@ -198,8 +198,9 @@ class LiveCharts:
         traces = metric_traces(part, names=self.names) if not part.empty else []
         if traces:
             traces += extra  # overlays only go on a chart with curves
-        if traces and old is not None and [(t.type, t.name) for t in old.data] == [
-                (t["type"], t["name"]) for t in traces]:
+        # A one-point chart has a fixed y-range (ui.figures.axis_formats): rebuild it.
+        if traces and old is not None and old.layout.yaxis.range is None and [
+                (t.type, t.name) for t in old.data] == [(t["type"], t["name"]) for t in traces]:
             with old.batch_update():
                 for trace, new in zip(old.data, traces, strict=True):
                     trace.x, trace.y = new["x"], new["y"]

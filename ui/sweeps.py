@@ -17,6 +17,7 @@ from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
 from ui.compute import FIGURE_MARGIN, LEGEND_RIGHT
 from ui.config_diff import differing_params
+from ui.figures import padded_range
 from ui.format import human_duration
 from ui.live import LIVE_REFRESH_S
 
@@ -28,6 +29,8 @@ KINDS = {
     "forecast": {"symbol": "circle-open", "size": 11, "color": "#ff7f0e"},
     "at stop": {"symbol": "x", "size": 9, "color": "#7f7f7f"},
 }
+# Kinds of val loss in the order they rank: measured before forecast.
+RANKED = ("final", "at stop", "forecast")
 BEST_MARKER = {"symbol": "star", "size": 18, "color": "#d62728",
                "line": {"width": 1, "color": "black"}}
 
@@ -82,9 +85,11 @@ def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dic
     "val loss" is what the chart plots for the run and "kind" how it was obtained:
     a completed run's last evaluation ("final"), a training run's forecast of its
     final loss ("forecast"), or the last evaluation of a run that ended early ("at
-    stop": stopped, cut, failed). Runs with none of these (queued, or not evaluated
-    yet) sort last. "best" marks the lowest final loss, or while nothing has
-    completed, the lowest forecast.
+    stop": stopped, cut, failed). Measured losses rank first (final, then at stop),
+    forecasts after them, and runs with none of these (queued, cancelled, or not
+    evaluated yet) last: a forecast is a guess, never ranked above a finished run.
+    "best" marks the lowest final loss; with nothing completed, the lowest loss at
+    stop; only with neither, the lowest forecast.
     """
     rows = []
     for run in runs:
@@ -111,10 +116,12 @@ def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dic
     columns = ["id", "name", "status", *params, "step", "of", "last val loss",
                "best val loss", "forecast", "forecast low", "forecast high", "val loss", "kind"]
     table = pd.DataFrame(rows, columns=columns).astype({"val loss": "float64"})
-    table = table.sort_values(["val loss", "id"], na_position="last", kind="stable")
-    table = table.reset_index(drop=True)
+    rank = table["kind"].map({kind: i for i, kind in enumerate(RANKED)}).fillna(len(RANKED))
+    table = table.assign(_rank=rank).sort_values(["_rank", "val loss", "id"],
+                                                 na_position="last", kind="stable")
+    table = table.drop(columns="_rank").reset_index(drop=True)
     table["best"] = False
-    for kind in ("final", "forecast"):
+    for kind in RANKED:
         candidates = table.index[table["kind"] == kind]
         if len(candidates):
             table.loc[table.loc[candidates, "val loss"].idxmin(), "best"] = True
@@ -168,13 +175,21 @@ def sweep_figure(table: pd.DataFrame, param: str) -> go.Figure:
                        "hovertemplate": f"best: %{{text}}<br>{param} %{{x}}<br>val loss "
                                         "%{y:.4g}<extra></extra>"})
     xaxis: dict[str, Any] = {"title": {"text": param}}
+    yaxis: dict[str, Any] = {"title": {"text": "val loss"}}
     if categorical:
         xaxis.update(type="category", categoryorder="category ascending")
-    elif log_axis(param, table[param]):
-        xaxis["type"] = "log"
+    else:
+        log = log_axis(param, table[param])
+        xaxis["type"] = "log" if log else "linear"
+        xs = pd.to_numeric(points[param], errors="coerce").dropna()
+        if len(xs):  # markers (a star is 18 px) inside the plot, not cut at its edges
+            xaxis["range"] = padded_range(xs.min(), xs.max(), log=log, pad=0.08)
+    ys = pd.concat([points["val loss"], points["forecast low"], points["forecast high"]])
+    ys = pd.to_numeric(ys, errors="coerce").dropna()
+    if len(ys):
+        yaxis["range"] = padded_range(ys.min(), ys.max(), log=False, pad=0.08)
     layout = {"title": {"text": title, "x": 0, "xanchor": "left"}, "margin": FIGURE_MARGIN,
-              "legend": LEGEND_RIGHT,
-              "xaxis": xaxis, "yaxis": {"title": {"text": "val loss"}}, "height": 380}
+              "legend": LEGEND_RIGHT, "xaxis": xaxis, "yaxis": yaxis, "height": 380}
     if not traces:
         layout["annotations"] = [{"text": "No val loss yet", "x": 0.5, "y": 0.5,
                                   "xref": "paper", "yref": "paper", "showarrow": False,

@@ -20,6 +20,7 @@ from storage import home
 from storage.schema import utcnow
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
+from ui.paths import shown_path
 from ui.workers import worker_state
 
 if TYPE_CHECKING:
@@ -166,10 +167,10 @@ def sidebar(store: RunStore) -> None:
         where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(
             hide_password=True)
         st.caption(f"Database: `{url.get_backend_name()}`")
-        st.text(str(where))
-        st.caption(f"Home folder: {home.home_dir()}")
+        st.text(shown_path(str(where)))
+        st.caption(f"Home folder: {shown_path(home.home_dir())}")
         if home.artifacts_dir() != home.home_dir():
-            st.caption(f"Artifacts: {home.artifacts_dir()}")
+            st.caption(f"Artifacts: {shown_path(home.artifacts_dir())}")
 
 
 def _worker_status(store: RunStore, visible: bool) -> None:

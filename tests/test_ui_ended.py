@@ -1,0 +1,17 @@
+from storage.status import RunStatus
+from ui.ended import ENDED_BY, why_it_ended
+
+
+def test_the_reason_is_inside_the_message_verbatim_even_with_backticks():
+    text = why_it_ended(RunStatus.FAILED, "Traceback\n  ``` odd\nValueError: x")
+    headline, body = text.split("\n\n", 1)
+    assert headline.startswith("Why it ended")
+    fence = body.split("text\n", 1)[0]
+    assert len(fence) == 4 and body.endswith(fence)
+    assert "ValueError: x" in body
+
+
+def test_a_cancelled_run_says_cancelled_not_stopped():
+    assert RunStatus.CANCELLED in ENDED_BY
+    text = why_it_ended(RunStatus.CANCELLED, None)
+    assert "cancelled" in text and "stopped" not in text
