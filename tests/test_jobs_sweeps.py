@@ -124,8 +124,8 @@ def test_a_failing_cut_check_never_stops_training(store, monkeypatch):
         raise RuntimeError("database hiccup")
 
     monkeypatch.setattr(halving, "cut_reason", broken)
-    plan = plan_sweep(micro(**FAST), ["lr=1e-2"], [])
-    _, (run_id,) = submit_sweep(store, plan, name=None, cut=True)
+    plan = plan_sweep(micro(**FAST), ["lr=1e-2,3e-3"], [])  # a cut needs two runs
+    _, (run_id, _) = submit_sweep(store, plan, name=None, cut=True)
     assert train(store, run_id).status == "completed"
     assert calls == [6, 12]  # asked once at each cut point, not at every evaluation
 
