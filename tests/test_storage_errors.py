@@ -218,3 +218,24 @@ def test_a_home_folder_that_cannot_be_made_is_one_line_naming_the_variable(tmp_p
     assert out.returncode == 2
     _assert_one_line(out.stderr, names=f"cannot use {taken} as the gptdash folder (it is a file)")
     assert "set GPTDASH_HOME" in out.stderr
+
+
+def test_a_database_deleted_while_the_pages_are_open_is_one_error_box(home):
+    from ui.widgets import get_store
+
+    main = sys.modules["__main__"]
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        assert not at.exception and not at.error
+        for path in home.glob("gptdash.db*"):
+            path.unlink()
+        get_store().engine.dispose()  # as when the pool opens a new connection
+        at.switch_page("app_pages/runs.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        [box] = at.error
+        _assert_one_line(box.value, names=f"database sqlite:///{home / 'gptdash.db'}: ")
+    finally:
+        get_store().close()
+        st.cache_resource.clear()
+        sys.modules["__main__"] = main
