@@ -404,7 +404,7 @@ def test_storage_imports_no_torch_streamlit_gptcore_or_jobs() -> None:
 def test_nul_characters_are_stored_visibly_on_every_backend(store: RunStore) -> None:
     """A byte-level model can generate NUL; PostgreSQL refuses it in text, so it is kept as
     the symbol U+2400 rather than failing the run at its first sample."""
-    run_id = store.create_run("nul\x00name", {}, notes="a\x00b")
+    run_id = store.create_run("nul", {}, notes="a\x00b")  # a name refuses control characters
     store.log_sample(run_id, 0, "The ", "x\x00y")
     store.log_event(run_id, 0, "spike", "m\x00n")
     store.set_status(run_id, "failed", error="e\x00f")
