@@ -14,6 +14,7 @@ from jobs.errors import USER_ERRORS
 from jobs.sweeps import measured_pace
 from storage import home
 from storage.status import RunStatus
+from storage.tags import parse_tags
 from ui.config_diff import config_from_upload, config_json_bytes
 from ui.defaults import newest_finished
 from ui.figures import lr_schedule_figure
@@ -195,9 +196,11 @@ with summary_col:
         with user_errors():
             pace = measured_pace(store)  # the Sweeps page and `gptdash sweep` use it too
         summary = launch_summary(cfg, pace)
+        duration = summary.pop("Estimated duration")
         m1, m2 = st.columns(2)
         for i, (label, value) in enumerate(summary.items()):
             (m1 if i % 2 == 0 else m2).metric(label, value)
+        st.metric("Estimated duration", duration)  # full width: "1 h 05 min" is never cut
         if pace is None:
             st.caption("Estimated duration appears once a run has finished on this machine.")
         else:
@@ -216,7 +219,6 @@ with summary_col:
                            file_name="gptdash-config.json", mime="application/json")
     if start and cfg is not None:
         with user_errors():
-            tag_list = [t.strip() for t in tags.split(",") if t.strip()]
-            run_id = actions.submit(store, cfg, name=name, tags=tag_list, notes=notes)
+            run_id = actions.submit(store, cfg, name=name, tags=parse_tags(tags), notes=notes)
             st.session_state.live_run = run_id
             st.switch_page("app_pages/live.py")

@@ -6,7 +6,9 @@ so each test sets up exactly the runs it needs in a second or so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,17 @@ from browser_support import (
     ARTIFACTS,
     OffHostRequests,
     new_context,
+    on_chart,
     rerun,
     screenshot,
+    set_field,
     streamlit_server,
     wait_rendered,
 )
 from playwright.sync_api import Browser, Page
 
 from gptcore.config import preset
+from jobs.serve import PASSWORD_ENV
 from storage.status import RunStatus
 from storage.store import RunStore
 
@@ -100,3 +105,80 @@ def test_delete_removes_only_the_ticked_run_then_clears_the_selection(
     assert page.get_by_role("button", name="Yes, delete").count() == 0
     assert page.get_by_role("button", name="Delete").count() == 0
     screenshot(page, "runs_after_delete")
+
+
+@pytest.fixture(scope="module")
+def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server that asks for a password (GPTDASH_PASSWORD), on its own home."""
+    home = tmp_path_factory.mktemp("locked_home")
+    with ExitStack() as stack:
+        # The environment only while the server starts (it copies it), so a server another
+        # test starts later has no password.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("GPTDASH_HOME", str(home))
+            mp.delenv("GPTDASH_DB_URL", raising=False)
+            run_store = RunStore()
+            for name in ("first", "second", "third"):
+                run_store.create_run(name, preset("tiny").to_dict(),
+                                     status=RunStatus.COMPLETED, max_steps=10)
+            run_store.close()
+            mp.setenv(PASSWORD_ENV, "open sesame")
+            url = stack.enter_context(streamlit_server(home, ARTIFACTS / "streamlit-locked.log"))
+        yield url
+
+
+def test_a_deep_link_survives_the_password_prompt(browser: Browser, locked_server: str) -> None:
+    context = new_context(browser)
+    page = context.new_page()
+    try:
+        open_page(page, f"{locked_server}/live?run=2")
+        field = page.get_by_label("Password", exact=True)
+        field.fill("open sesame")
+        rerun(page, lambda: field.press("Enter"))
+        page.get_by_role("heading", name="Live run", level=1).wait_for()
+        assert "/live" in page.url and "run=2" in page.url
+        run_picker = page.get_by_role("combobox", name="Run", exact=True)
+        assert run_picker.input_value() == "#2 second"
+    finally:
+        context.close()
+
+
+def test_every_bad_field_says_so_at_once_and_the_grid_stays_in_line(
+        page: Page, server: str) -> None:
+    open_page(page, f"{server}/")
+    set_field(page, "lr", "abc")
+    set_field(page, "emb_dim", "90")  # tiny has 4 heads
+    errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+    assert any("lr must be a number" in e for e in errors), errors
+    assert any("not divisible by n_heads" in e for e in errors), errors  # not hidden by lr
+    # lr's message sits under lr (middle column); the next row must stay level.
+    tops = {name: page.get_by_label(name, exact=True).bounding_box()["y"]
+            for name in ("beta1", "beta2", "momentum")}
+    assert len(set(tops.values())) == 1, f"fields of one row out of line: {tops}"
+    screenshot(page, "new_run_two_problems")
+
+
+TICKS_JS = ("return [...el.querySelectorAll('.xtick text, .ytick text')]"
+            ".map((t) => t.textContent);")
+
+
+def test_a_run_with_one_point_has_sensible_axes_and_says_when_a_chart_is_empty(
+        page: Page, server: str, store: RunStore) -> None:
+    run_id = store.create_run("one-point", preset("tiny").to_dict(), status=RunStatus.STOPPED,
+                              max_steps=60)
+    store.log_metrics(run_id, [("train/loss", 0, 5.5123, 0.0),
+                               ("tokens_per_sec", 0, 48134.5, 0.0)])
+    store.set_status(run_id, RunStatus.STOPPED, error="stopped by the user")
+    open_page(page, f"{server}/live?run={run_id}")
+    for chart in ("Loss", "Tokens per second"):
+        x_low, x_high = on_chart(page, chart, "return el._fullLayout.xaxis.range;")
+        y_low, y_high = on_chart(page, chart, "return el._fullLayout.yaxis.range;")
+        assert x_low >= 0 and x_high >= 5, f"{chart}: x from {x_low} to {x_high}"
+        assert y_low > 0, f"{chart}: y from {y_low} to {y_high}"
+        for tick in on_chart(page, chart, TICKS_JS):
+            assert not re.search(r"\d,\d{3}\.\d|\.\d{3,}k", tick), f"{chart}: tick {tick!r}"
+    assert on_chart(page, "Gradient norm", "return el._fullLayout.annotations[0].text;") == (
+        "No data yet")
+    box = page.locator('[data-testid="stAlert"]').filter(has_text="Why it ended")
+    assert "stopped by the user" in box.inner_text()  # the reason inside the box
+    screenshot(page, "live_one_point")

@@ -189,3 +189,7 @@ def test_hparam_points_and_their_labels_sit_inside_the_plot_not_on_its_edge():
     assert x_low < 0.001 and x_high > 0.003
     y_low, y_high = fig.layout.yaxis.range
     assert y_low < 3.59 and y_high > 4.56 + 0.1  # room above the top point for its label
+
+
+def test_the_lr_preview_ticks_read_as_decimals_not_exponents():
+    assert lr_schedule_figure(PRESETS["tiny"]).layout.yaxis.tickformat == "~g"  # not 0e+0

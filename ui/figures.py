@@ -214,7 +214,8 @@ def lr_schedule_figure(cfg: TrainConfig) -> go.Figure:
         showlegend=False,
     )
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="lr", tickformat="~e", rangemode="tozero")
+    # Plain decimals (0.003, 0.0015, 0): "~e" read "3e-3 ... 0e+0".
+    fig.update_yaxes(title_text="lr", tickformat="~g", rangemode="tozero")
     return fig
 
 
