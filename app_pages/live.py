@@ -31,6 +31,7 @@ from jobs import actions
 from jobs.forecasting import run_forecast
 from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
+from storage.tags import format_tags
 from ui.ended import ENDED_BY, why_it_ended
 from ui.events import event_traces, events_table
 from ui.figures import PALETTE
@@ -150,6 +151,8 @@ def status(r: RunRecord, series: LiveSeries) -> None:
     who = trained_by(r.worker, r.device, r.owner_host)
     if who:
         st.caption(who)
+    if r.tags:
+        st.caption(f"Tags: {format_tags(r.tags)}")
     if r.status in ACTIVE:
         if st.button("Stop this run", type="secondary",
                      help="Saves a checkpoint and stops within a step; resume it later."):

@@ -6,6 +6,7 @@ import streamlit as st
 from jobs import actions
 from jobs.runner import can_resume
 from storage.status import RESUMABLE, STATUSES, RunStatus
+from storage.tags import format_tags, parse_tags
 from ui.format import human_count, human_duration
 from ui.widgets import empty_state, get_store, user_errors
 
@@ -121,12 +122,12 @@ if len(runs) == 1:
     with st.form(f"edit_{run.id}"):
         st.caption(f"Edit run #{run.id}")
         new_name = st.text_input("Name", value=run.name, max_chars=200)
-        new_tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags))
+        new_tags = st.text_input("Tags (comma-separated)", value=format_tags(run.tags))
         new_notes = st.text_area("Notes", value=run.notes)
         if st.form_submit_button("Save"):
             with user_errors():  # e.g. a name pasted with a control character in it
                 store.update_run(run.id, name=new_name.strip() or run.name, notes=new_notes,
-                                 tags=[t.strip() for t in new_tags.split(",") if t.strip()])
+                                 tags=parse_tags(new_tags))
                 st.toast("Saved")
                 st.rerun()
     if run.error:

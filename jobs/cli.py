@@ -30,6 +30,7 @@ from jobs.exit_codes import (
 )
 from storage.names import one_line
 from storage.status import RunStatus
+from storage.tags import format_tags, parse_tags
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -54,7 +55,7 @@ def cmd_train(args, store: RunStore) -> int:
     cfg = _load_config(args)  # every rank checks it, so a bad value stops them all
 
     def create() -> int:
-        return runner.create_run(store, cfg, name=args.name, tags=args.tag)
+        return runner.create_run(store, cfg, name=args.name, tags=parse_tags(args.tag))
 
     if ranks_from_env().enabled:  # started by hand under torchrun
         return train_as_rank(store, cfg.device, create, args.quiet)
@@ -74,7 +75,8 @@ def cmd_submit(args, store: RunStore) -> int:
     # none is refused); the worker that claims it checks its own device's free memory.
     from jobs import actions
 
-    run_id = actions.submit(store, _load_config(args), name=args.name, tags=args.tag)
+    run_id = actions.submit(store, _load_config(args), name=args.name,
+                            tags=parse_tags(args.tag))
     print(run_id)
     print(f"run {run_id} queued: `gptdash serve` or `gptdash worker` trains it; "
           f"watch it with `gptdash list`", file=sys.stderr)
@@ -173,14 +175,17 @@ def cmd_list(args, store: RunStore) -> int:
     print(f"{'id':>4}  {'status':<11} {'steps':>13}  {'best val':>8}  name")
     for r in runs:
         best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
+        tags = f"  [{one_line(format_tags(r.tags))}]" if r.tags else ""
+        # one_line: a row from before names were checked may hold a newline.
         print(f"{r.id:>4}  {r.status:<11} {f'{r.last_step}/{r.max_steps}':>13}  {best:>8}  "
-              f"{one_line(r.name)}")  # a row from before names were checked may hold a newline
+              f"{one_line(r.name)}{tags}")
     return EXIT_OK
 
 
 def cmd_show(args, store: RunStore) -> int:
     r = store.get_run(args.run_id)
-    info = {"id": r.id, "name": r.name, "status": r.status, "tags": r.tags, "notes": r.notes,
+    info = {"id": r.id, "name": r.name, "status": r.status, "tags": format_tags(r.tags),
+            "notes": r.notes,
             "device": r.device, "n_params": r.n_params, "created_at": str(r.created_at),
             "started_at": str(r.started_at), "finished_at": str(r.finished_at),
             "steps": f"{r.last_step}/{r.max_steps}", "tokens_seen": r.tokens_seen,
@@ -287,7 +292,8 @@ def _add_config_args(p: argparse.ArgumentParser, what: str = "run") -> None:
                    help="override one setting, e.g. --set lr=3e-4 (repeatable)")
     p.add_argument("--name", help=f"name of the {what}")
     if what == "run":
-        p.add_argument("--tag", action="append", help="tag the run (repeatable)")
+        p.add_argument("--tag", action="append",
+                       help="tag the run: --tag a,b or --tag a --tag b (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from storage.schema import (
     utcnow,
 )
 from storage.status import FINISHED, STATUSES, RunStatus
+from storage.tags import format_tags
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -293,7 +294,7 @@ class RunsMixin:
                                    status, tag, text, ids, sweep_id, limit)
         frame = pd.DataFrame({col.key: [row[i] for row in rows]
                               for i, col in enumerate(columns)})
-        frame["tags"] = frame["tags"].map(lambda tags: ", ".join(tags or []))
+        frame["tags"] = frame["tags"].map(format_tags)
         for col in ("created_at", "started_at", "finished_at"):
             # One fixed unit: a column of only NaT would otherwise get a coarser one.
             frame[col] = pd.to_datetime(frame[col], utc=True).dt.as_unit("us")
