@@ -24,6 +24,7 @@ from gptcore.data import builtin_text
 from jobs import runner
 from jobs.recovery import worker_id
 from storage.store import RunStore
+from ui.format import human_duration
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/new_run.py", "app_pages/runs.py", "app_pages/live.py", "app_pages/compare.py",
@@ -243,6 +244,35 @@ def test_live_samples_follow_new_evaluations_until_the_user_goes_back(empty_app,
 
     at.toggle(key=f"sample_follow_{run_id}").set_value(True).run()
     assert at.code[0].value == "The text at 30"
+    store.close()
+
+
+def test_live_eta_is_steps_to_go_at_the_recent_pace_plus_evaluations(empty_app, home):
+    store = RunStore()
+    run_id = _running_run(store, "eta")  # tiny: max_steps 100, eval_interval from the preset
+    every = store.get_run(run_id).config["eval_interval"]
+    # 0.5 s a step, then an hour-long interval (a pause, a stall) the ETA must not follow.
+    rows = [("step_time_ms", s, 500.0, 0.0) for s in range(2, 41, 2)]
+    rows += [("step_time_ms", 42, 3.6e6, 0.0), ("eval_time_ms", 0, 4000.0, 0.0)]
+    store.log_metrics(run_id, rows)
+    store.update_run(run_id, last_step=42)
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    evals = 100 // every - 42 // every + (1 if 100 % every else 0)
+    eta = next(m for m in at.metric if m.label == "ETA")
+    assert eta.value == human_duration(58 * 0.5 + evals * 4.0)
+    store.close()
+
+
+def test_live_page_shows_tags_as_everywhere_else(empty_app, home):
+    store = RunStore()
+    run_id = _running_run(store, "tagged")
+    store.update_run(run_id, tags=["baseline", "lr sweep"])
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    assert "Tags: baseline, lr sweep" in _texts(at.caption)
     store.close()
 
 
