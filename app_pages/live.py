@@ -183,6 +183,9 @@ def loss_overlays(series: LiveSeries, events: pd.DataFrame,
 
 
 def charts(series: LiveSeries, overlays: tuple[Hashable, list[dict]]) -> None:
+    if series.frame.empty and run.status not in ACTIVE:
+        st.info("This run recorded no metrics.")  # and never will: no controls to offer
+        return
     # Chart controls act on the server, so they survive every refresh.
     c1, c2, c3 = st.columns([1, 1, 2])
     follow = c1.toggle("Follow live", value=True, key="follow_live",
@@ -268,7 +271,8 @@ def samples() -> None:
         lambda: store.samples(run_id))
     st.subheader("Samples")
     if frame.empty:
-        st.caption("Samples appear at each evaluation.")
+        st.caption("Samples appear at each evaluation." if run.status in ACTIVE else
+                   "This run recorded no samples.")
         return
     steps = sorted(int(s) for s in frame["step"].unique())
     chosen = steps[-1]

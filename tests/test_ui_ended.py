@@ -15,3 +15,5 @@ def test_a_cancelled_run_says_cancelled_not_stopped():
     assert RunStatus.CANCELLED in ENDED_BY
     text = why_it_ended(RunStatus.CANCELLED, None)
     assert "cancelled" in text and "stopped" not in text
+    # The reason recorded for a cancelled run says nothing more: not said twice.
+    assert why_it_ended(RunStatus.CANCELLED, "cancelled before it started") == text

@@ -21,8 +21,8 @@ def why_it_ended(status: str, error: str | None) -> str:
     """Markdown for one alert box: the headline, then the recorded reason as a code block,
     so the reason (a traceback, a path) sits inside the box, verbatim."""
     headline = _HEADLINES.get(status, f"Why it ended: {status}.")
-    if not error or not error.strip():
-        return headline
+    if not error or not error.strip() or error.strip().lower() in headline.lower():
+        return headline  # nothing the headline does not already say
     # A fence longer than any run of backticks in the text, so nothing in it ends the block.
     longest = max((len(m) for m in re.findall(r"`+", error)), default=0)
     fence = "`" * max(3, longest + 1)
