@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -251,3 +251,28 @@ def wait_for_chart(page: Page, title: str, condition: str, timeout_ms: int = 30_
     page.wait_for_function(
         f"() => {{ const el = {_find_chart(title)}; return !!el && ({condition}); }}",
         timeout=timeout_ms)
+
+
+def user_home(root: Path) -> Path:
+    """``<root>/ada/.gptdash``, created: a gptdash home where a person's would be."""
+    home = root / "ada" / ".gptdash"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@contextmanager
+def readme_server(home: Path, log_path: Path) -> Iterator[str]:
+    """A ``streamlit_server`` on a ``user_home``, started with HOME set to the folder that
+    holds it, so pages (and the README's screenshots) show ``~/.gptdash/...``, not a
+    test's temporary path. HOME is put back once the server has started."""
+    with ExitStack() as stack:
+        saved = os.environ.get("HOME")
+        os.environ["HOME"] = str(home.parent)
+        try:
+            url = stack.enter_context(streamlit_server(home, log_path))
+        finally:
+            if saved is None:
+                os.environ.pop("HOME", None)
+            else:
+                os.environ["HOME"] = saved
+        yield url

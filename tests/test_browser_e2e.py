@@ -16,10 +16,11 @@ from browser_support import (
     goto_page,
     new_context,
     on_chart,
+    readme_server,
     rerun,
     screenshot,
     set_field,
-    streamlit_server,
+    user_home,
     wait_for_chart,
     wait_for_points,
     wait_rendered,
@@ -37,8 +38,8 @@ STATUS_JS = """(want) => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("browser_home")
-    with streamlit_server(home, ARTIFACTS / "streamlit-server.log") as url:
+    home = user_home(tmp_path_factory.mktemp("browser_home"))
+    with readme_server(home, ARTIFACTS / "streamlit-server.log") as url:
         yield url
 
 

@@ -19,10 +19,11 @@ from browser_support import (
     goto_page,
     new_context,
     on_chart,
+    readme_server,
     rerun,
     screenshot,
     set_field,
-    streamlit_server,
+    user_home,
     wait_for_chart,
     wait_rendered,
 )
@@ -46,7 +47,7 @@ LONG_STEPS = 2_000  # the run watched while it trains; stopped long before its e
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    root = tmp_path_factory.mktemp("extras_home")
+    root = user_home(tmp_path_factory.mktemp("extras_home"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
@@ -70,7 +71,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def server(home: dict) -> Iterator[str]:
-    with streamlit_server(Path(home["root"]), ARTIFACTS / "extras-server.log") as url:
+    with readme_server(Path(home["root"]), ARTIFACTS / "extras-server.log") as url:
         yield url
 
 

@@ -14,10 +14,11 @@ from browser_support import (
     launch_chromium,
     new_context,
     on_chart,
+    readme_server,
     rerun,
     screenshot,
     set_field,
-    streamlit_server,
+    user_home,
     wait_rendered,
 )
 from playwright.sync_api import Page, sync_playwright
@@ -36,7 +37,7 @@ def metric_values(page: Page) -> list[str]:
 
 
 def test_a_three_run_sweep_trains_and_shows_on_sweeps_and_compute(tmp_path: Path) -> None:
-    with (streamlit_server(tmp_path, ARTIFACTS / "streamlit-sweeps.log") as url,
+    with (readme_server(user_home(tmp_path), ARTIFACTS / "streamlit-sweeps.log") as url,
           sync_playwright() as playwright):
         browser = launch_chromium(playwright)
         context = new_context(browser)
