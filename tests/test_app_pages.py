@@ -334,6 +334,21 @@ def test_playground_generates_text_from_a_checkpoint(trained_app):
     assert len(output) > len("The ")
 
 
+def test_pages_start_from_the_newest_completed_runs_and_two_different_runs(trained_app):
+    at, ids = trained_app  # alpha, beta completed; broken (the newest) failed at step 0
+    at.run()
+    clone = at.selectbox(key="clone_pick")
+    assert clone.value == ids["beta"]
+    _open(at, "app_pages/compare.py")
+    assert at.multiselect(key="compare_pick").value == [ids["beta"], ids["alpha"]]
+    _open(at, "app_pages/playground.py")
+    [second_too] = [t for t in at.toggle if t.label == "Compare with a second run"]
+    second_too.set_value(True).run()
+    assert not at.exception
+    first, second = at.selectbox(key="play_a").value, at.selectbox(key="play_b").value
+    assert first == ids["beta"] and second == ids["alpha"]
+
+
 def test_new_run_page_offers_clone_finetune_and_estimates_duration(trained_app):
     at, ids = trained_app
     at.run()
