@@ -204,8 +204,8 @@ with summary_col:
         if pace is None:
             st.caption("Estimated duration appears once a run has finished on this machine.")
         else:
-            st.caption("Duration estimated from the newest finished run's throughput (scaled "
-                       "by FLOPs), evaluations and start-up, with checkpoint saves.")
+            st.caption(f"Duration estimated from run #{pace.run_id}'s throughput (scaled by "
+                       "FLOPs), evaluations and start-up, with checkpoint saves.")
         if "max_steps" not in problems and "lr" not in problems:
             st.plotly_chart(lr_schedule_figure(cfg), key="lr_preview")
     name = st.text_input("Run name", placeholder="optional; a name is made from the config",

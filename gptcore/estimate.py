@@ -67,6 +67,7 @@ class MachinePace:
     train_flops_per_s: float
     eval_flops_per_s: float | None = None  # None: as fast as training
     startup_s: float = DEFAULT_STARTUP_S
+    run_id: int | None = None  # the run it was measured on
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ def measured_pace(store: RunStore) -> MachinePace | None:
         eval_rate = (eval_flops(cfg) / (float(evals["value"].median()) / 1000)
                      if not evals.empty and evals["value"].median() > 0 else None)
         return MachinePace(train_flops_per_s=float(tps["value"].median()) * flops_per_token(cfg),
-                           eval_flops_per_s=eval_rate, startup_s=_startup_s(store, run))
+                           eval_flops_per_s=eval_rate, startup_s=_startup_s(store, run),
+                           run_id=run.id)
     return None
 
 

@@ -78,6 +78,7 @@ def test_the_pace_is_measured_from_the_newest_finished_run(store):
     assert pace.train_flops_per_s == pytest.approx(5000.0 * flops_per_token(TINY))
     assert pace.eval_flops_per_s == pytest.approx(eval_flops(TINY) / 1.0)
     assert pace.startup_s == pytest.approx(6.0, abs=0.01)
+    assert pace.run_id == run_id  # the New run page names it
 
 
 def test_a_run_without_timings_falls_back_to_the_default_start_up(store):
