@@ -83,7 +83,7 @@ if not runs:
 
 running = [r.id for r in runs if r.status == RunStatus.RUNNING]
 arrived_for = st.session_state.pop("live_run", None)  # set by Start / Open on other pages
-# A link to /live?run=3 opens run 3, once: after that the picker (and the URL) follow the user.
+# A link to /live?run=3 opens run 3, once: after that the picker follows the user.
 asked = st.query_params.get("run", "")
 if arrived_for is None and asked.isdigit() and st.session_state.get("live_asked") != asked:
     arrived_for = int(asked)
@@ -93,7 +93,6 @@ if arrived_for in {r.id for r in runs}:
 default_id = running[0] if running else runs[0].id
 run = pick_run("Run", runs, key="live_pick", default_id=default_id)
 run_id = run.id
-st.query_params["run"] = st.session_state.live_asked = str(run_id)  # the URL links this run
 tick_every = refresh_every(run.status, tab_visible())
 
 
