@@ -222,7 +222,9 @@ def results() -> None:
                "final evaluation, a training run's forecast of its final loss, or the last "
                "evaluation of a run that ended early (*kind* says which).")
     if (table["kind"] == "").all():
-        st.info("No val loss yet: the charts appear with the first evaluation of a run.")
+        st.info("No val loss yet: the charts appear with the first evaluation of a run."
+                if active else "No run of this sweep was evaluated, so there is nothing to "
+                               "chart.")
         return
     cols = st.columns(min(len(params), 2) or 1)
     for i, param in enumerate(params):

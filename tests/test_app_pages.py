@@ -485,3 +485,20 @@ def test_compare_shows_recorded_samples_at_one_step_or_each_runs_latest(home):
         codes = _texts(at.code)
         assert f"text of run {short} at step 100" in codes
         assert f"text of run {long} at step 600" in codes
+
+
+def test_a_sweep_without_results_says_so_instead_of_drawing_empty_axes(home):
+    store = RunStore()
+    sweep_id = store.create_sweep("nothing yet", {"params": ["lr"]})
+    for lr in (1e-3, 3e-3):
+        cfg = apply_overrides(preset("tiny"), {"lr": lr})
+        run_id = store.create_run(f"lr={lr}", cfg.to_dict(), status="queued",
+                                  max_steps=cfg.max_steps, sweep_id=sweep_id)
+        store.set_status(run_id, "cancelled", error="cancelled before it started")
+    store.close()
+    with _app_test() as at:
+        at.run()
+        _open(at, "app_pages/sweeps.py")
+        assert not at.get("plotly_chart")  # no empty axes
+        assert "nothing to chart" in _texts(at.info)
+        assert "2 cancelled" in _texts(at.markdown)
