@@ -1,8 +1,8 @@
 """`gptdash`: train, queue, sweep, list, show, forecast, resume, sample and stop runs from
 a terminal.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C, 141 the
-reader of its output went away (``| head``).
+Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C (143 SIGTERM,
+129 SIGHUP), 141 the reader of its output went away (``| head``).
 
 Only the commands that train or sample import torch (from ``jobs.foreground``),
 so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep`` and ``forecast`` answer at
@@ -188,6 +188,7 @@ def cmd_show(args, store: RunStore) -> int:
             "notes": r.notes,
             "device": r.device, "n_params": r.n_params, "created_at": str(r.created_at),
             "started_at": str(r.started_at), "finished_at": str(r.finished_at),
+            "duration_s": r.duration_s,  # time spent training, over all its attempts
             "steps": f"{r.last_step}/{r.max_steps}", "tokens_seen": r.tokens_seen,
             "best_val_loss": r.best_val_loss, "last_train_loss": r.last_train_loss,
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,

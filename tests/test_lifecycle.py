@@ -1,6 +1,7 @@
 """Runs that lose nothing: a restart before the first checkpoint, SIGTERM/SIGHUP and a second
 Ctrl-C on the CLI, init_from and prompts refused in one line, and the time spent training."""
 
+import json
 import os
 import shutil
 import signal
@@ -230,6 +231,14 @@ def test_duration_is_the_recorded_training_time_when_there_is_one(store):
     store.set_status(run_id, RunStatus.STOPPED)
     assert store.get_run(run_id).duration_s == 90.0
     assert store.runs_frame().set_index("id").loc[run_id, "duration_s"] == 90.0
+
+
+def test_show_gives_the_time_spent_training(store, home):
+    run_id = store.create_run("r", {}, status=RunStatus.RUNNING)
+    store.update_run(run_id, started_at=utcnow() - timedelta(days=2), trained_s=90.0)
+    store.set_status(run_id, RunStatus.STOPPED)
+    out = gptdash(home, "show", str(run_id))
+    assert out.returncode == 0 and json.loads(out.stdout)["duration_s"] == 90.0
 
 
 def test_a_database_from_before_0004_keeps_its_runs_durations(tmp_path):
