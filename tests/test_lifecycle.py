@@ -271,6 +271,18 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, sig):
     assert Path(run.checkpoint_path).is_file()
 
 
+def test_sigterm_stops_an_nproc_2_run_trained_as_torchrun_children(tmp_path):
+    proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=100000",
+                 "--set", "nproc=2", "--set", "log_interval=5", "--quiet")
+    store, run_id = _wait_for_training(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and f"run {run_id} stopped at step" in err
+    run = store.get_run(run_id)
+    assert run.status == RunStatus.STOPPED and Path(run.checkpoint_path).is_file()
+
+
 def test_a_second_signal_aborts_at_once_and_the_hint_works(tmp_path):
     proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=100000",
                  "--set", "checkpoint_interval=100000", "--quiet")
