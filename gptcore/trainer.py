@@ -41,7 +41,6 @@ from gptcore.checkpoint import (
 from gptcore.config import TrainConfig
 from gptcore.data import TokenData, load_data
 from gptcore.device import autocast_dtype, device_label, resolve_device
-from gptcore.device import available_memory_mb as available_memory_mb  # jobs imports it here
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, peak_flops
 from gptcore.generate import SamplingConfig, sample_text

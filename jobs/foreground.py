@@ -14,9 +14,9 @@ from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
 
+from gptcore.callbacks import TrainResult
 from gptcore.distributed import ranks_from_env
 from gptcore.errors import GptdashError
-from gptcore.trainer import TrainResult
 from jobs import runner
 from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from jobs.manager import claim_here
@@ -40,7 +40,7 @@ def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
     import torch.distributed as dist
 
     from gptcore import distributed
-    from gptcore.trainer import resolve_device
+    from gptcore.device import resolve_device
 
     ranks = distributed.ranks_from_env()
     run_id = None

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from gptcore.trainer import TrainerCallbacks
+from gptcore.callbacks import TrainerCallbacks
 from storage.status import RunStatus
 
 BAR_FORMAT = ("{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}, {rate_fmt}"

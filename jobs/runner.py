@@ -24,7 +24,7 @@ from storage.status import RESUMABLE, RunStatus
 from storage.store import RunRecord, RunStore, remove_run_folder
 
 if TYPE_CHECKING:
-    from gptcore.trainer import TrainerCallbacks, TrainResult
+    from gptcore.callbacks import TrainerCallbacks, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def resolve_init_from(store: RunStore, init_from: str) -> tuple[Path | None, int
 
 def check_fits_device(cfg: TrainConfig) -> None:
     """Refuse a config whose memory estimate exceeds this machine's device (imports torch)."""
-    from gptcore.trainer import available_memory_mb, resolve_device
+    from gptcore.device import available_memory_mb, resolve_device
 
     problem = fit_problem(cfg, available_memory_mb(resolve_device(cfg.device)))
     if problem:
@@ -186,8 +186,9 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
 
     Under torchrun every rank calls this; rank 0 records, the others only train.
     """
+    from gptcore.callbacks import TrainResult
     from gptcore.distributed import ranks_from_env
-    from gptcore.trainer import TrainResult, train
+    from gptcore.trainer import train
     from jobs.bridge import Chain, StoreCallbacks
 
     if not ranks_from_env().is_main:
