@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from gptcore.errors import GptdashError
 from jobs.serve import allowed_hosts, check_bind, is_loopback, password_ok, streamlit_args
+from jobs.serve import children as serve_children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,9 +41,17 @@ def test_streamlit_is_started_headless_with_pinned_hosts_and_no_telemetry():
     cmd = streamlit_args("127.0.0.1", 8501)
     joined = " ".join(cmd)
     assert "--server.address 127.0.0.1" in joined
-    assert "--browser.gatherUsageStats false" in joined
-    assert "--server.headless true" in joined
     assert "evil.example" not in allowed_hosts("0.0.0.0")
+    # Every other setting is written once, in the config file Streamlit reads from the
+    # checkout, where serve starts it.
+    options = {arg for arg in cmd if arg.startswith("--")}
+    assert options == {"--server.address", "--server.port", "--server.allowedHosts"}
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["headless"] is True
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["fileWatcherType"] == "none"
+    assert config["runner"]["postScriptGC"] is False
+    assert {Path(child.cwd) for child in serve_children(None, "127.0.0.1", 8501)} == {ROOT}
 
 
 def test_serve_refuses_to_start_on_all_interfaces_without_a_password(tmp_path):
