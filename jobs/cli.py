@@ -184,7 +184,7 @@ def cmd_list(args, store: RunStore) -> int:
 
 def cmd_show(args, store: RunStore) -> int:
     r = store.get_run(args.run_id)
-    info = {"id": r.id, "name": r.name, "status": r.status, "tags": format_tags(r.tags),
+    info = {"id": r.id, "name": r.name, "status": r.status, "tags": list(r.tags),
             "notes": r.notes,
             "device": r.device, "n_params": r.n_params, "created_at": str(r.created_at),
             "started_at": str(r.started_at), "finished_at": str(r.finished_at),
@@ -260,7 +260,7 @@ def cmd_db_upgrade(args) -> int:
 def cmd_serve(args, store: RunStore) -> int:
     from jobs.serve import serve
 
-    return serve(args.address, args.port)
+    return serve(store, args.address, args.port)
 
 
 def _status(value: str) -> str:

@@ -35,5 +35,5 @@ def test_cli_tags_split_on_commas_and_show_alike_everywhere(store, capsys):
     listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == [str(run_id)]]
     assert len(listed) == 2 and all(ln.endswith("[a, b, c]") for ln in listed)
     assert cli.main(["show", str(run_id)]) == 0
-    assert json.loads(capsys.readouterr().out)["tags"] == "a, b, c"
+    assert json.loads(capsys.readouterr().out)["tags"] == ["a", "b", "c"]  # JSON keeps a list
     assert store.runs_frame()["tags"].tolist() == ["a, b, c"]
