@@ -193,7 +193,7 @@ def test_cli_refuses_init_from_a_text_file_in_one_line(tmp_path):
 
 # ---- 5. a prompt longer than the context -----------------------------------------------------
 def test_sample_with_a_prompt_longer_than_the_context_prints_the_error_only(store, home):
-    run_id = runner.create_run(store, micro())  # context_length 16, byte-level tokenizer
+    run_id = runner.create_run(store, micro(max_steps=2))  # context 16, byte-level tokenizer
     claim(store, run_id)
     runner.execute_run(store, run_id)
     out = gptdash(home, "sample", str(run_id), "--prompt", "x" * 40)
@@ -255,7 +255,7 @@ def test_a_database_from_before_0004_keeps_its_runs_durations(tmp_path):
 
 
 # ---- 2. and 3. through the CLI: real signals to a real process -------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, sig):
     proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=100000",
                  "--quiet")
