@@ -194,3 +194,25 @@ def test_serve_on_a_busy_port_says_so_and_exits_non_zero(tmp_path):
     assert f"port {port} on 127.0.0.1 is busy" in out.stderr
     assert "serving on" not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.browser
+def test_the_pages_server_never_loads_torch_while_pages_render(tmp_path, browser):
+    """Training is the worker's: the server process a browser talks to holds no libtorch."""
+    from browser_support import goto_page, new_context, streamlit_process, wait_rendered
+
+    with streamlit_process(tmp_path, tmp_path / "serve.log") as (server, url):
+        worker, pages = _worker_and_server(server)
+        context = new_context(browser)
+        page = context.new_page()
+        page.goto(url)
+        wait_rendered(page)
+        for title, part in [("Runs", "/runs"), ("Live run", "/live"), ("Compare", "/compare"),
+                            ("Sweeps", "/sweeps"), ("Compute", "/compute"),
+                            ("Workers", "/workers")]:
+            goto_page(page, title, part)
+        context.close()
+        assert "libtorch" not in Path(f"/proc/{pages}/maps").read_text()
+        # The check can see torch: the worker has it mapped from its start.
+        _wait_for(lambda: "libtorch" in Path(f"/proc/{worker}/maps").read_text(),
+                  what="the worker to load torch")
