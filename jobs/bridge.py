@@ -62,8 +62,13 @@ class StoreCallbacks(TrainerCallbacks):
         # the curve goes on from the checkpoint (a restart from step 0 starts it afresh).
         start = info.get("start_step", 0)
         self.store.discard_after(self.run_id, start if start > 0 else -1)
+        if start > 0:  # the best so far counts the evaluations before the checkpoint too
+            vals = self.store.metrics([self.run_id], ["val/loss"], max_step=start)["value"]
+            if vals.notna().any():
+                self._summary["best_val_loss"] = float(vals.min())
         self.store.update_run(self.run_id, device=info["device"], n_params=info["n_params"],
-                              max_steps=info["max_steps"])
+                              max_steps=info["max_steps"], last_step=start,
+                              best_val_loss=self._summary.get("best_val_loss"))
         # A resumed run was compared at the cut points it had passed.
         self._cut_at = [s for s in self._cut_at
                         if info.get("start_step", 0) < s < info["max_steps"]]

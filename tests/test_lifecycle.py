@@ -67,21 +67,23 @@ def test_a_run_that_died_before_its_first_checkpoint_restarts_from_step_0_cleanl
     assert all(e.wall_time >= restarted_at for e in store.event_rows([run_id]))
 
 
-def test_resume_of_a_run_with_a_checkpoint_drops_what_the_dead_attempt_logged_after_it(store):
+def test_resume_drops_what_the_dead_attempt_logged_after_the_checkpoint_keeps_the_best(store):
     run_id = runner.create_run(store, micro(max_steps=40))
     claim(store, run_id)
     store.request_stop(run_id)
     runner.execute_run(store, run_id)
-    stopped = store.get_run(run_id).last_step
+    assert store.get_run(run_id).last_step < 40
     # What a killed attempt had logged past the checkpoint, at a step the resume never reaches.
     store.log_metrics(run_id, [("train/loss", 39, 9.0, 0.0), ("val/loss", 45, 9.0, 0.0)])
     store.log_event(run_id, 45, "spike", "from the dead attempt")
+    # A best evaluation before the checkpoint that the resumed attempt never beats.
+    store.log_metrics(run_id, [("val/loss", 0, 0.5, 0.0)])
     assert runner.queue_resume(store, run_id) == f"run {run_id} resumes from its last checkpoint"
     claim(store, run_id)
     assert runner.execute_run(store, run_id).status == RunStatus.COMPLETED
     assert 9.0 not in set(store.metrics([run_id])["value"])
     assert all(e.step <= 40 for e in store.event_rows([run_id]))
-    assert stopped < 40
+    assert store.get_run(run_id).best_val_loss == 0.5  # the run's best, not this attempt's
 
 
 @pytest.mark.backends("sqlite", "postgresql")
