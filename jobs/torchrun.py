@@ -47,8 +47,12 @@ def run_under_torchrun(store: RunStore, run_id: int, nproc: int, *,
     """Train a claimed run as ``nproc`` processes; returns the run's final status."""
     log_path = home.checkpoints_dir(run_id) / LOG_NAME
     with open(log_path, "ab") as log:
+        # A process group of its own: a terminal's Ctrl-C or hang-up reaches only this
+        # supervisor, which stops the ranks through the run's flag (with a checkpoint),
+        # instead of torchrun killing them mid-step.
         proc = subprocess.Popen(torchrun_command(run_id, nproc, device), stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                process_group=0)
     stop_sent = False
     while proc.poll() is None:
         if stop_event.wait(POLL_S) and not stop_sent:

@@ -5,12 +5,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_cli import MICRO, _wait_for_training, gptdash, spawn
+from test_cli import MICRO, ROOT, _wait_for_training, gptdash, spawn
 from test_jobs import claim, micro
 
 from gptcore.callbacks import TrainerCallbacks
@@ -281,6 +283,24 @@ def test_sigterm_stops_an_nproc_2_run_trained_as_torchrun_children(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err and f"run {run_id} stopped at step" in err
+    run = store.get_run(run_id)
+    assert run.status == RunStatus.STOPPED and Path(run.checkpoint_path).is_file()
+
+
+def test_a_hang_up_of_the_whole_terminal_stops_an_nproc_2_run_with_a_checkpoint(tmp_path):
+    """The terminal signals its whole process group: torchrun must not get it and kill the
+    ranks mid-step; the supervisor stops them through the run's flag."""
+    env = {**os.environ, "GPTDASH_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env.pop("GPTDASH_DB_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "train", "--preset", "tiny", *MICRO, "--set",
+         "max_steps=100000", "--set", "nproc=2", "--set", "log_interval=5", "--quiet"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own group, as a terminal's, that the test can signal
+    store, run_id = _wait_for_training(tmp_path, proc)
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGHUP, err
     run = store.get_run(run_id)
     assert run.status == RunStatus.STOPPED and Path(run.checkpoint_path).is_file()
 
