@@ -5,15 +5,19 @@ import ast
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 from test_jobs import micro
 
 from gptcore.errors import GptdashError
 from jobs import actions, runner
 from jobs.actions import Stop
 from jobs.manager import claim_here
+from storage.schema import Worker, utcnow
 from storage.status import RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +159,21 @@ def test_the_pages_never_import_torch_until_one_samples(store, home):
     assert out.stdout.split()[-4:] == ["pages", "False", "sampled", "True"]
     [queued] = store.list_runs(status=RunStatus.QUEUED)  # Start queued it; no worker took it
     assert queued.id != trained
+
+
+def test_the_sidebar_learns_what_workers_train_from_the_workers_table(store):
+    from ui.widgets import training_now  # streamlit: only this test needs it
+
+    running = store.create_run("running", micro().to_dict(), status=RunStatus.QUEUED)
+    claim_here(store, running)
+    orphan = store.create_run("orphan", micro().to_dict(), status=RunStatus.INTERRUPTED)
+    for name in ("busy", "killed", "idle", "gone", "done"):
+        store.register_worker(name, host="h", pid=1, device="cpu")
+    store.worker_beat("busy", status="training", current_run_id=running)
+    # Killed mid-run: it still says training, but its run is interrupted.
+    store.worker_beat("killed", status="training", current_run_id=orphan)
+    store.worker_stopped("done")
+    with Session(store.engine) as session, session.begin():  # silent for an hour: lost
+        session.execute(update(Worker).where(Worker.name == "gone")
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    assert training_now(store) == ([running], 3)  # busy, killed, idle are alive

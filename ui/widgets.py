@@ -18,6 +18,7 @@ from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from jobs.runner import run_checkpoint
 from storage import home
 from storage.schema import utcnow
+from storage.status import RunStatus
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
 from ui.paths import shown_path
@@ -63,7 +64,9 @@ def training_now(store: RunStore) -> tuple[list[int], int]:
         alive += 1
         if state == "training" and w.current_run_id is not None:
             runs.append(w.current_run_id)
-    return sorted(runs), alive
+    # A worker killed mid-run says "training" until its silence counts as lost; its run,
+    # marked interrupted meanwhile, is trained by nobody.
+    return sorted(r for r in runs if store.get_run(r).status == RunStatus.RUNNING), alive
 
 
 @contextlib.contextmanager
