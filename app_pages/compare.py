@@ -8,8 +8,9 @@ import streamlit as st
 from analysis.forecast import Forecast
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
+from gptcore.metric_keys import VAL_LOSS
 from gptcore.sampling import MAX_NEW_TOKENS, SamplingConfig
-from jobs.forecasting import VAL_KEY, run_forecast
+from jobs.forecasting import run_forecast
 from storage.status import RunStatus
 from ui.config_diff import differing_params
 from ui.defaults import first_differing, newest_finished
@@ -29,7 +30,7 @@ def forecast_of(run_id: int, evaluations: int, status: str
                 ) -> tuple[Forecast | None, str | None, float | None]:
     """The run's forecast, why there is none, and its last val loss; refitted only when the
     run has a new evaluation or status (not each time its step moves)."""
-    val = store.metrics([run_id], [VAL_KEY])
+    val = store.metrics([run_id], [VAL_LOSS])
     last_val = float(val["value"].iloc[-1]) if not val.empty else None
     forecast, failure = try_forecast(lambda: run_forecast(store, run_id))
     return forecast, failure, last_val
@@ -59,7 +60,7 @@ if not keys:
     st.info("The chosen runs have no metrics yet.")
     st.stop()
 c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 1, 2])
-default_key = "val/loss" if "val/loss" in keys else keys[0]
+default_key = VAL_LOSS if VAL_LOSS in keys else keys[0]
 metric = c1.selectbox("Metric", keys, index=keys.index(default_key))
 x_mode = c2.radio("X axis", list(X_TITLES), format_func=lambda m: X_TITLES[m], horizontal=True)
 log_x = c3.toggle("log x")
@@ -89,7 +90,7 @@ def evaluations_so_far(r) -> int:
 
 
 forecasts = {i: forecast_of(i, evaluations_so_far(by_id[i]), by_id[i].status) for i in chosen}
-if metric == VAL_KEY and x_mode != "time":
+if metric == VAL_LOSS and x_mode != "time":
     colors = run_colors(chosen)
     for i in chosen:
         forecast = forecasts[i][0]
@@ -106,7 +107,7 @@ fig.update_layout(height=460)
 st.plotly_chart(fig, key="compare_chart", config={"displaylogo": False})
 st.caption(f"Up to {POINTS_PER_CURVE:,} points per curve; long series keep each bucket's "
            "minimum and maximum, so spikes survive."
-           + (" Dotted: the forecast of each running run, with its band." if metric == VAL_KEY
+           + (" Dotted: the forecast of each running run, with its band." if metric == VAL_LOSS
               else ""))
 if not events.empty:
     listed = events_table(events, names)
@@ -162,7 +163,7 @@ else:
         if which == "best":
             value = by_id[i].best_val_loss
         else:
-            last = store.metrics([i], ["val/loss"], after_step=max(by_id[i].last_step - 1, 0) - 1)
+            last = store.metrics([i], [VAL_LOSS], after_step=max(by_id[i].last_step - 1, 0) - 1)
             value = float(last["value"].iloc[-1]) if not last.empty else None
         rows.append({"name": by_id[i].name, param: c.flat()[param],
                      f"{which} val loss": value})

@@ -5,7 +5,7 @@ frontier the best of them trace."""
 import pandas as pd
 import streamlit as st
 
-from jobs.forecasting import VAL_KEY
+from gptcore.metric_keys import VAL_LOSS
 from storage.status import RunStatus
 from ui.compute import (
     compute_figure,
@@ -26,7 +26,7 @@ st.caption("Each point is a finished run (completed, or stopped with a val loss)
            "loss = a·C^−b + c fitted to them.")
 
 finished = store.list_runs(status=[RunStatus.COMPLETED, RunStatus.STOPPED])
-frame = compute_frame(finished, last_values(store.metrics([r.id for r in finished], [VAL_KEY])))
+frame = compute_frame(finished, last_values(store.metrics([r.id for r in finished], [VAL_LOSS])))
 if frame.empty:
     empty_state("No finished runs yet: a run shows here once it completes, or is stopped "
                 "after its first evaluation.")

@@ -27,6 +27,15 @@ import pandas as pd
 import streamlit as st
 
 from analysis.forecast import Forecast, eta_to_loss
+from gptcore.metric_keys import (
+    EVAL_TIME_MS,
+    GRAD_NORM,
+    LR,
+    STEP_TIME_MS,
+    TOKENS_PER_SEC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
 from jobs import actions
 from jobs.forecasting import run_forecast
 from storage.status import ACTIVE, RunStatus
@@ -62,10 +71,10 @@ from ui.widgets import empty_state, get_store, pick_run, tab_visible, user_error
 
 store = get_store()
 CHARTS = {  # title -> metric keys
-    "Loss": ["train/loss", "val/loss"],
-    "Learning rate": ["lr"],
-    "Gradient norm": ["grad_norm"],
-    "Tokens per second": ["tokens_per_sec"],
+    "Loss": [TRAIN_LOSS, VAL_LOSS],
+    "Learning rate": [LR],
+    "Gradient norm": [GRAD_NORM],
+    "Tokens per second": [TOKENS_PER_SEC],
 }
 KEYS = [k for keys in CHARTS.values() for k in keys]
 WINDOWS = {"whole run": None, "last 200 steps": 200, "last 1,000 steps": 1000,
@@ -118,9 +127,6 @@ def _refresh(series: LiveSeries) -> None:
         series.append(store.metrics([run_id], KEYS, after_step=series.cursor - 50))
 
 
-STEP_TIME_MS, EVAL_TIME_MS = "step_time_ms", "eval_time_ms"  # the trainer's timings
-
-
 def recent_times_ms(r: RunRecord, key: str) -> list[float]:
     """The run's newest values of a timing metric (step_time_ms, eval_time_ms), enough for
     its recent pace."""
@@ -143,7 +149,7 @@ def status(r: RunRecord, series: LiveSeries) -> None:
     elapsed = r.duration_s
     c2.metric("Elapsed", human_duration(elapsed))
     c3.metric("ETA", human_duration(eta(r)) if r.status == RunStatus.RUNNING else "—")
-    tps = series.latest("tokens_per_sec")
+    tps = series.latest(TOKENS_PER_SEC)
     c4.metric("Tokens/s", f"{tps:,.0f}" if tps is not None else "—")
     st.progress(progress_fraction(r.last_step, r.max_steps),
                 text=f"Step {r.last_step:,} of {r.max_steps:,}")
@@ -215,7 +221,7 @@ def charts(series: LiveSeries, overlays: tuple[Hashable, list[dict]]) -> None:
     for i, fig in enumerate(figures):
         with cols[i % 2]:
             st.plotly_chart(fig, key=f"live_chart_{i}", config={"displaylogo": False})
-    points = int((frame["key"] == "train/loss").sum())
+    points = int((frame["key"] == TRAIN_LOSS).sum())
     st.caption(f"{points:,} train-loss points shown · refreshed {time.strftime('%H:%M:%S')}",
                help="Only rows newer than the last read are fetched each refresh, and the "
                     "charts change only when those brought something new.")
@@ -257,7 +263,7 @@ def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
         check = _kept("forecast_check", LastBuilt).get(
             r.status, lambda: try_forecast(lambda: run_forecast(
                 store, run_id, upto=int(CHECK_AT * r.max_steps)))[0])
-        last = series.latest("val/loss")
+        last = series.latest(VAL_LOSS)
         if check is not None and last is not None:
             st.caption(f"Made at step {check.upto_step:,} ({CHECK_AT:.0%} of the run), the "
                        f"forecast was {check.predicted_final:.3g} ({check.low:.3g}–"
@@ -304,7 +310,7 @@ def live() -> None:
                              lambda: store.events([run_id]))
     # The forecast changes only with a new evaluation.
     fit = _kept("forecast", LastBuilt)
-    forecast, failure = fit.get(series.latest_step("val/loss"),
+    forecast, failure = fit.get(series.latest_step(VAL_LOSS),
                                 lambda: try_forecast(lambda: run_forecast(store, run_id)))
     overlay_key = (series.version, read_events.builds, fit.builds)
     overlays = _kept("overlays", LastBuilt).get(

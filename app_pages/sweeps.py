@@ -11,9 +11,10 @@ import streamlit as st
 from analysis.forecast import Forecast
 from gptcore.config import PRESETS, field_info
 from gptcore.estimate import MachinePace
+from gptcore.metric_keys import VAL_LOSS
 from jobs import actions
 from jobs.errors import USER_ERRORS
-from jobs.forecasting import VAL_KEY, run_forecast
+from jobs.forecasting import run_forecast
 from jobs.sweeps import (
     CONFIRM_ABOVE,
     count_runs,
@@ -182,7 +183,7 @@ def results() -> None:
         st.rerun()  # the sweep ended: redraw the whole page once, without the timer
     if training_now(store)[0] != training:
         st.rerun()  # the worker took up the next run: redraw once, so the sidebar says so
-    val = store.metrics([r.id for r in runs], [VAL_KEY])
+    val = store.metrics([r.id for r in runs], [VAL_LOSS])
     evaluations = val["run_id"].value_counts()
     # A forecast changes only with a new evaluation: refit then, not on every tick (a fit
     # takes 40-300 ms of the CPU the run trains on).

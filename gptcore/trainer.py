@@ -45,6 +45,19 @@ from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, peak_flops
 from gptcore.generate import SamplingConfig, sample_text
 from gptcore.guard import Anomaly, Guard, check_finite
+from gptcore.metric_keys import (
+    EVAL_TIME_MS,
+    GRAD_NORM,
+    LR,
+    MFU,
+    STEP_TIME_MS,
+    TOKENS_PER_SEC,
+    TOKENS_SEEN,
+    TRAIN_EVAL_LOSS,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_PPL,
+)
 from gptcore.model import GPTModel
 from gptcore.optim import build_optimizer
 from gptcore.schedule import lr_at
@@ -281,9 +294,9 @@ class Trainer:
         self._sample()
         val = losses["val"]
         # What an evaluation with its sample costs: the pages' ETA and estimates add it.
-        metrics = {"val/loss": val, "train/eval_loss": losses["train"],
-                   "val/ppl": math.exp(min(val, 50.0)),
-                   "eval_time_ms": 1000 * (time.perf_counter() - start)}
+        metrics = {VAL_LOSS: val, TRAIN_EVAL_LOSS: losses["train"],
+                   VAL_PPL: math.exp(min(val, 50.0)),
+                   EVAL_TIME_MS: 1000 * (time.perf_counter() - start)}
         self.cb.on_metrics(self.step, metrics)
         self.last_metrics.update(metrics)
         self.cb.flush()
@@ -428,18 +441,18 @@ class Trainer:
                        else check_finite(step, loss=loss))
             if anomaly is not None:
                 return anomaly, stop
-            self.cb.on_metrics(step, {"train/loss": loss, "lr": lr, "grad_norm": gn})
+            self.cb.on_metrics(step, {TRAIN_LOSS: loss, LR: lr, GRAD_NORM: gn})
         done = self.step  # optimizer steps done: the last pending index + 1
         summary = {
-            "tokens_per_sec": tokens_per_sec,
-            "step_time_ms": 1000 * elapsed / max(self._interval_steps, 1),
-            "tokens_seen": float(done * self.tokens_per_step),
+            TOKENS_PER_SEC: tokens_per_sec,
+            STEP_TIME_MS: 1000 * elapsed / max(self._interval_steps, 1),
+            TOKENS_SEEN: float(done * self.tokens_per_step),
         }
         if self.peak:  # the peak is one GPU's
-            summary["mfu"] = (self.flops_per_token * tokens_per_sec
-                              / (self.peak * self.ranks.world_size))
+            summary[MFU] = (self.flops_per_token * tokens_per_sec
+                            / (self.peak * self.ranks.world_size))
         self.cb.on_metrics(done, summary)
-        self.last_metrics.update(summary, **{"train/loss": values[-1][0]})
+        self.last_metrics.update(summary, **{TRAIN_LOSS: values[-1][0]})
         self._start_interval()
         if self.guard and self.step - max(self.ring.steps, default=0) >= self.cfg.guard_interval:
             self._snapshot()

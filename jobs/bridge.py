@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcore.callbacks import TrainerCallbacks
+from gptcore.metric_keys import TOKENS_SEEN, TRAIN_LOSS, VAL_LOSS
 from jobs import halving
 from storage.status import RunStatus
 from storage.store import RunStore
@@ -63,7 +64,7 @@ class StoreCallbacks(TrainerCallbacks):
         start = info.get("start_step", 0)
         self.store.discard_after(self.run_id, start if start > 0 else -1)
         if start > 0:  # the best so far counts the evaluations before the checkpoint too
-            vals = self.store.metrics([self.run_id], ["val/loss"], max_step=start)["value"]
+            vals = self.store.metrics([self.run_id], [VAL_LOSS], max_step=start)["value"]
             if vals.notna().any():
                 self._summary["best_val_loss"] = float(vals.min())
         self.store.update_run(self.run_id, device=info["device"], n_params=info["n_params"],
@@ -79,11 +80,11 @@ class StoreCallbacks(TrainerCallbacks):
             self._rows.extend((key, step, float(value), now) for key, value in metrics.items())
             s = self._summary
             s["last_step"] = max(s.get("last_step", 0), step)
-            if "train/loss" in metrics and math.isfinite(metrics["train/loss"]):
-                s["last_train_loss"] = float(metrics["train/loss"])
-            if "tokens_seen" in metrics:
-                s["tokens_seen"] = int(metrics["tokens_seen"])
-            val = metrics.get("val/loss")
+            if TRAIN_LOSS in metrics and math.isfinite(metrics[TRAIN_LOSS]):
+                s["last_train_loss"] = float(metrics[TRAIN_LOSS])
+            if TOKENS_SEEN in metrics:
+                s["tokens_seen"] = int(metrics[TOKENS_SEEN])
+            val = metrics.get(VAL_LOSS)
             if val is not None and math.isfinite(val):
                 best = s.get("best_val_loss")
                 s["best_val_loss"] = val if best is None else min(best, val)

@@ -16,13 +16,13 @@ import numpy as np
 from analysis.forecast import MIN_POINTS, Forecast, annealing_areas, forecast_final
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
+from gptcore.metric_keys import VAL_LOSS
 from gptcore.schedule import lr_array
 from storage.status import RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunRecord, RunStore
 
-VAL_KEY = "val/loss"
 
 
 def lr_schedule(cfg: TrainConfig) -> np.ndarray:
@@ -47,7 +47,7 @@ def _schedule(config_json: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarra
 
 
 def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int], list[float]]:
-    frame = store.metrics([run_id], [VAL_KEY], max_step=upto)
+    frame = store.metrics([run_id], [VAL_LOSS], max_step=upto)
     return [int(s) for s in frame["step"]], [float(v) for v in frame["value"]]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from gptcore.callbacks import TrainResult
 from gptcore.distributed import ranks_from_env
 from gptcore.errors import GptdashError
+from gptcore.metric_keys import TRAIN_LOSS
 from jobs import runner
 from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from jobs.manager import claim_here
@@ -122,7 +123,7 @@ def _train_children(store: RunStore, run_id: int, nproc: int, stop: threading.Ev
     result = TrainResult(status=run.status, reason=run.error, step=run.last_step,
                          best_val_loss=run.best_val_loss,
                          checkpoint=Path(run.checkpoint_path) if run.checkpoint_path else None,
-                         metrics={"train/loss": run.last_train_loss or math.nan})
+                         metrics={TRAIN_LOSS: run.last_train_loss or math.nan})
     return _summarise(store, run_id, result, interrupted=signalled())
 
 

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from gptcore.callbacks import TrainerCallbacks
+from gptcore.metric_keys import TOKENS_PER_SEC, TRAIN_LOSS, VAL_LOSS
 from storage.status import RunStatus
 
 BAR_FORMAT = ("{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}, {rate_fmt}"
@@ -40,10 +41,10 @@ class Progress(TrainerCallbacks):
                             mininterval=0.2)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.loss = metrics.get("train/loss", self.loss)
-        self.tps = metrics.get("tokens_per_sec", self.tps)
-        if "val/loss" in metrics:
-            self.val = metrics["val/loss"]
+        self.loss = metrics.get(TRAIN_LOSS, self.loss)
+        self.tps = metrics.get(TOKENS_PER_SEC, self.tps)
+        if VAL_LOSS in metrics:
+            self.val = metrics[VAL_LOSS]
             if self.bar is None:
                 print(f"step {step}: val loss {self.val:.4f}", file=self.stream, flush=True)
         # The highest step reported is the count of steps done (TrainerCallbacks.on_metrics).

@@ -21,6 +21,7 @@ from gptcore.estimate import (
     eval_flops,
     flops_per_token,
 )
+from gptcore.metric_keys import EVAL_TIME_MS, TOKENS_PER_SEC, VAL_LOSS
 from jobs import runner
 from storage.names import check_name
 from storage.status import ACTIVE, RunStatus
@@ -67,10 +68,10 @@ def measured_pace(store: RunStore) -> MachinePace | None:
             cfg = TrainConfig.from_dict(run.config)
         except GptdashError:
             continue  # a config this version cannot read: look at the next run
-        tps = store.metrics([run.id], ["tokens_per_sec"])
+        tps = store.metrics([run.id], [TOKENS_PER_SEC])
         if tps.empty:
             continue
-        evals = store.metrics([run.id], ["eval_time_ms"])
+        evals = store.metrics([run.id], [EVAL_TIME_MS])
         eval_rate = (eval_flops(cfg) / (float(evals["value"].median()) / 1000)
                      if not evals.empty and evals["value"].median() > 0 else None)
         return MachinePace(train_flops_per_s=float(tps["value"].median()) * flops_per_token(cfg),
@@ -81,11 +82,11 @@ def measured_pace(store: RunStore) -> MachinePace | None:
 
 def _startup_s(store: RunStore, run) -> float:
     """Seconds from a run's claim to its first evaluation starting: data load, model build."""
-    first = store.metrics([run.id], ["val/loss", "eval_time_ms"], max_step=0)
+    first = store.metrics([run.id], [VAL_LOSS, EVAL_TIME_MS], max_step=0)
     if run.started_at is None or first.empty:
         return DEFAULT_STARTUP_S
-    val = first[first["key"] == "val/loss"]["wall_time"]
-    took = first[first["key"] == "eval_time_ms"]["value"]
+    val = first[first["key"] == VAL_LOSS]["wall_time"]
+    took = first[first["key"] == EVAL_TIME_MS]["value"]
     if val.empty:
         return DEFAULT_STARTUP_S
     seconds = float(val.min()) - run.started_at.timestamp() - (

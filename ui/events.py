@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from gptcore.metric_keys import TRAIN_LOSS, VAL_LOSS
+
 
 @dataclass(frozen=True)
 class EventStyle:
@@ -40,8 +42,8 @@ EVENT_STYLES: dict[str, EventStyle] = {
 }
 _OTHER = EventStyle("event", "circle", "#7F7F7F", ":gray[●]")
 # Which curve a marker sits on, by preference: a best checkpoint is a val-loss moment.
-_CURVE_FOR = {"best_checkpoint": ("val/loss", "train/loss")}
-_DEFAULT_CURVES = ("train/loss", "val/loss")
+_CURVE_FOR = {"best_checkpoint": (VAL_LOSS, TRAIN_LOSS)}
+_DEFAULT_CURVES = (TRAIN_LOSS, VAL_LOSS)
 # Kinds that crowd a chart of several runs: there they are listed, not drawn.
 CROWDING = frozenset({"best_checkpoint"})
 TABLE_COLUMNS = ["mark", "run", "step", "kind", "message"]
