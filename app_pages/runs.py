@@ -96,7 +96,8 @@ if b3.button("Stop / cancel", disabled=not stoppable, width="stretch"):
         st.rerun()
 resumable = [r for r in runs if r.status in RESUMABLE and can_resume(store, r.id)]
 if b4.button("Resume", disabled=not resumable, width="stretch",
-             help="Continue stopped, interrupted or failed runs from their last checkpoint."):
+             help="Continue stopped, interrupted, failed or cancelled runs from their last "
+                  "checkpoint; a run that never saved one restarts from step 0."):
     with user_errors():
         for r in resumable:
             actions.resume(store, r.id)

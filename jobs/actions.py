@@ -62,5 +62,6 @@ def stop(store: RunStore, run_id: int) -> Stop:
 
 
 def resume(store: RunStore, run_id: int) -> None:
-    """Queue a stopped, interrupted or failed run to continue from its checkpoint."""
+    """Queue a stopped, interrupted, failed or cancelled run to continue from its checkpoint
+    (or from step 0 with the same config when it never saved one)."""
     runner.queue_resume(store, run_id)
