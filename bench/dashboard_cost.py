@@ -140,8 +140,30 @@ def core_busy_ticks(core: int) -> int:
     raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
+BUSY = -1  # a control phase: no tab, a plain busy loop on the pages' core instead
+
+
+@contextmanager
+def busy_loop(core: int) -> Iterator[None]:
+    """A Python busy loop pinned to ``core``: any work at all on the pages' core, to tell
+    what the dashboard costs from what merely using the machine's other core costs."""
+    proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c",
+                             "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def measure(browser, url: str, pid: int, worker: int, tabs: int, seconds: float) -> Phase:
-    """Open ``tabs`` Live pages, each its own session, and measure one window."""
+    """Open ``tabs`` Live pages, each its own session, and measure one window (``BUSY``: no
+    tab, a busy loop on the pages' core)."""
+    if tabs == BUSY:
+        with busy_loop(PAGES_CORE):
+            phase = measure(browser, url, pid, worker, 0, seconds)
+        phase.tabs = BUSY
+        return phase
     contexts = [new_context(browser) for _ in range(tabs)]
     try:
         pages = [context.new_page() for context in contexts]
@@ -184,7 +206,7 @@ def summarise(phases: list[Phase]) -> list[dict[str, float | int]]:
                "script_runs_per_s": round(runs_per_s, 2),
                "others_on_worker_core": round(
                    statistics.median(p.worker_core_busy for p in group), 3)}
-        if tabs:
+        if tabs > 0:
             # Server CPU the tabs added: per tab and Live refresh period, and shared out over
             # the script runs they caused (fewer than due when the server falls behind).
             row["server_ms_per_tab_refresh"] = round(1000 * (cpu - base_cpu) / tabs
@@ -198,17 +220,19 @@ def summarise(phases: list[Phase]) -> list[dict[str, float | int]]:
 def markdown(rows: list[dict[str, float | int]]) -> str:
     lines = ["| Live tabs | tokens/s (median) | spread (min-max) | lost vs no tab "
              f"| pages' server CPU | per tab and {LIVE_REFRESH_S:g} s refresh "
-             "| per script run |",
-             "|---|---|---|---|---|---|---|"]
+             "| per script run | others on the worker's core |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per_tab = r.get("server_ms_per_tab_refresh")
         per_run = r.get("server_ms_per_script_run")
+        label = "busy loop, no tab" if r["tabs"] == BUSY else r["tabs"]
         lines.append(
-            f"| {r['tabs']} | {r['tokens_per_sec_median']:,.0f} "
+            f"| {label} | {r['tokens_per_sec_median']:,.0f} "
             f"| {r['tokens_per_sec_min']:,.0f}-{r['tokens_per_sec_max']:,.0f} "
             f"| {100 * r['lost_vs_no_tab']:.1f}% | {r['other_cpu_ms_per_s']:.0f} ms/s "
             f"| {'' if per_tab is None else f'{per_tab:.0f} ms'} "
-            f"| {'' if per_run is None else f'{per_run:.0f} ms'} |")
+            f"| {'' if per_run is None else f'{per_run:.0f} ms'} "
+            f"| {100 * r['others_on_worker_core']:.1f}% |")
     return "\n".join(lines)
 
 
@@ -272,13 +296,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--tabs", default="0,1,3", help="comma-separated Live tab counts")
+    p.add_argument("--control", action="store_true",
+                   help="also a phase with no tab and a busy loop on the pages' core (pinned)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--phase-seconds", type=float, default=20)
     p.add_argument("--unpinned", action="store_true",
                    help="gptdash serve as is, the kernel placing every process")
     p.add_argument("--markdown", action="store_true", help="also print a table for RESULTS.md")
     args = p.parse_args()
-    tabs = [int(t) for t in args.tabs.split(",")]
+    tabs = [int(t) for t in args.tabs.split(",")] + ([BUSY] if args.control else [])
     if not args.unpinned and len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs two cores: one for the worker, one for the pages and browser")
 
