@@ -9,7 +9,7 @@ time aiming at the run being trained right now. Every run's callbacks are wrappe
 with a recorder of what the trainer reported, so at the end each surviving run's
 metric rows are compared with what its trainer said. Prints one JSON line:
 
-    runs, completed, stopped, deleted, failed, rows_reported, rows_found,
+    runs, completed, stopped, cancelled, deleted, failed, rows_reported, rows_found,
     mismatched_runs, stuck_runs, seconds, worker_alive
 
 plus deleted_while_running / stopped_while_running (how many hit the run in
@@ -44,7 +44,7 @@ from jobs import runner  # noqa: E402
 from jobs.errors import USER_ERRORS  # noqa: E402
 from jobs.manager import JobManager  # noqa: E402
 from storage.home import checkpoints_dir  # noqa: E402
-from storage.status import FINISHED  # noqa: E402
+from storage.status import FINISHED, RunStatus  # noqa: E402
 from storage.store import RunStore  # noqa: E402
 
 
@@ -208,13 +208,15 @@ def check(store: RunStore, manager: JobManager, executor: RecordingExecute,
         r for r in survivors
         if reported[r].keys() != found[r].keys()
         or not all(close(reported[r][k], found[r][k]) for k in reported[r]))
-    stuck = sorted(r for r in survivors
-                   if statuses.get(r) not in ("completed", "stopped", "failed"))
+    # Interrupted would mean the worker lost a run it was training: stuck too.
+    settled = FINISHED - {RunStatus.INTERRUPTED}
+    stuck = sorted(r for r in survivors if statuses.get(r) not in settled)
     leftovers = store.metrics(list(result.deleted))
     return {
         "runs": len(result.run_ids),
         "completed": sum(s == "completed" for s in statuses.values()),
         "stopped": sum(s == "stopped" for s in statuses.values()),
+        "cancelled": sum(s == "cancelled" for s in statuses.values()),
         "deleted": len(result.deleted),
         "deleted_while_running": sum(s == "running" for s in result.deleted.values()),
         "stopped_while_running": sum(s == "running" for s in result.stopped.values()),
