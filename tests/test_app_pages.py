@@ -8,12 +8,14 @@ queue stays queued unless a test trains it itself.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import streamlit as st
 import torch
@@ -135,6 +137,13 @@ def _open(at: AppTest, page: str) -> AppTest:
 
 def _texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def _values(data) -> list:
+    """A trace's values as a list: plotly sends a numpy array as base64 bytes."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)
 
 
 def _plotly_specs(at: AppTest) -> list[dict]:
@@ -413,6 +422,26 @@ def test_valid_form_enables_start_and_summarises_the_cost(empty_app):
     assert lr_chart["layout"]["title"]["text"].startswith("Learning rate")
 
 
+def test_form_offers_wsd_with_its_decay_fraction_and_previews_it(empty_app, home):
+    at = empty_app
+    at.run()
+    at.selectbox(key="f0_schedule").set_value("wsd")
+    at.text_input(key="f0_decay_fraction").input("0")
+    at.run()
+    assert "decay_fraction must be greater than 0" in _texts(at.error)
+    at.text_input(key="f0_decay_fraction").input("0.25").run()
+    assert not at.error
+    [lr_chart] = _plotly_specs(at)
+    assert lr_chart["layout"]["title"]["text"] == "Learning rate (wsd)"
+    lrs = dict(zip(lr_chart["data"][0]["x"], lr_chart["data"][0]["y"], strict=True))
+    assert lrs[100] == lrs[299] == 3e-3 > lrs[350] > lrs[399]  # tiny: 400 steps, lr 3e-3
+    _start_button(at).click().run()
+    store = RunStore()
+    [run] = store.list_runs()
+    store.close()
+    assert (run.config["schedule"], run.config["decay_fraction"]) == ("wsd", 0.25)
+
+
 def test_start_training_queues_the_form_config_and_opens_live_run(empty_app, home):
     at = empty_app
     at.run()
@@ -485,6 +514,33 @@ def test_compare_shows_recorded_samples_at_one_step_or_each_runs_latest(home):
         codes = _texts(at.code)
         assert f"text of run {short} at step 100" in codes
         assert f"text of run {long} at step 600" in codes
+
+
+def test_compare_draws_three_seeds_as_one_mean_line_in_a_band(home):
+    store = RunStore()
+    seeds = [store.create_run(f"tiny seed={seed}", apply_overrides(preset("tiny"), {
+        "seed": seed}).to_dict(), status="completed", max_steps=100) for seed in (1, 2, 3)]
+    other = store.create_run("wider", apply_overrides(preset("tiny"), {"emb_dim": 128})
+                             .to_dict(), status="completed", max_steps=100)
+    for offset, run_id in enumerate([*seeds, other]):
+        store.log_metrics(run_id, [("val/loss", s, 3.0 - s / 100 + offset / 10, 0.0)
+                                   for s in (0, 50, 100)])
+    store.close()
+    with _app_test() as at:
+        at.run()
+        at.session_state["compare_ids"] = [*seeds, other]
+        _open(at, "app_pages/compare.py")
+        assert len(_plotly_specs(at)[0]["data"]) == 4  # one line per run until grouped
+        assert "1 group(s) of runs that differ only in seed" in _texts(at.caption)
+        at.checkbox(key="cmp_group_seeds").check().run()
+        assert not at.exception
+        traces = _plotly_specs(at)[0]["data"]
+    named = [t["name"] for t in traces if t.get("showlegend", True)]
+    assert named == ["wider", "tiny (mean of 3 seeds ± std)"]
+    [band] = [t for t in traces if t.get("fill") == "tonexty"]
+    [mean] = [t for t in traces if t.get("name") == named[1]]
+    assert _values(mean["y"]) == pytest.approx([3.1, 2.6, 2.1])  # offsets 0, 0.1, 0.2
+    assert _values(band["y"]) == pytest.approx([3.0, 2.5, 2.0])  # minus one sample std, 0.1
 
 
 def test_a_sweep_without_results_says_so_instead_of_drawing_empty_axes(home):
