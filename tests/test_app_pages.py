@@ -490,6 +490,38 @@ def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app,
     assert "of 2 runs completed" in _texts(at.markdown)
 
 
+def test_sweep_form_repeats_each_point_with_seeds_and_charts_their_means(empty_app, home):
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/sweeps.py")
+    at.text_area(key="sweep_overrides").input("max_steps=20\nbatch_size=4\nseed=7").run()
+    at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3").run()
+    at.number_input(key="sweep_seeds").set_value(3).run()
+    assert not at.exception and not at.error
+    assert {m.label: m.value for m in at.metric}["This sweep makes"] == "6 runs"
+    [start] = [b for b in at.button if b.label == "Start sweep"]
+    start.click().run()
+    assert not at.exception and not at.error
+    store = RunStore()
+    [sweep] = store.list_sweeps()
+    runs = store.list_runs(sweep_id=sweep.id)
+    assert sweep.name == "sweep lr x 3 seeds" and sweep.spec["seeds"] == 3
+    assert sorted((r.config["lr"], r.config["seed"]) for r in runs) == [
+        (lr, seed) for lr in (1e-3, 3e-3) for seed in (7, 8, 9)]
+    for r in runs:  # as if trained: a final val loss each, spread by seed
+        store.set_status(r.id, "completed")
+        store.log_metrics(r.id, [("val/loss", 20, r.config["lr"] * 100 + r.config["seed"] / 10,
+                                  0.0)])
+    store.close()
+    at.run()
+    assert not at.exception
+    [chart] = _plotly_specs(at)
+    [mean] = [t for t in chart["data"] if t["name"] == "mean of seeds ± std"]
+    assert sorted(_values(mean["y"])) == pytest.approx([0.9, 1.1])
+    assert _values(mean["error_y"]["array"]) == pytest.approx([0.1, 0.1])
+    assert "seed" in at.dataframe[0].value.columns
+
+
 def test_compare_shows_recorded_samples_at_one_step_or_each_runs_latest(home):
     store = RunStore()
     config = preset("tiny").to_dict()
