@@ -193,6 +193,16 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
     return sweep_id, run_ids
 
 
+def submit_repeats(store: RunStore, cfg: TrainConfig, seeds: int, *, name: str | None = None,
+                   tags: list[str] | None = None, notes: str = "") -> tuple[int, list[int]]:
+    """Queue ``seeds`` runs of ``cfg`` that differ only in seed (``cfg.seed``, +1, ...) as
+    one sweep named ``name`` (else the run's default name), its runs '<name> seed=N'; the
+    New run page's "repeat with N seeds". (sweep id, run ids)."""
+    plan = plan_sweep(cfg, [], [], seeds=seeds)
+    return submit_sweep(store, plan, name=(name or "").strip() or runner.default_name(cfg),
+                        tags=tags, notes=notes)
+
+
 @dataclass
 class SweepStop:
     """What ``stop_sweep`` did, run ids by outcome."""

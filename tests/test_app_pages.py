@@ -461,6 +461,29 @@ def test_start_training_queues_the_form_config_and_opens_live_run(empty_app, hom
     assert run.status in ("queued", "running", "completed")
 
 
+def test_start_with_three_seeds_queues_three_runs_that_differ_only_in_seed(empty_app, home):
+    at = empty_app
+    at.run()
+    at.number_input(key="f0_max_steps").set_value(30)
+    at.number_input(key="f0_seed").set_value(5)
+    [name] = [t for t in at.text_input if t.label == "Run name"]
+    name.input("repeat me")
+    at.number_input(key="repeat_seeds").set_value(3)
+    at.run()
+    _start_button(at).click().run()
+    assert not at.exception
+    assert at.title[0].value == "Live run"
+    store = RunStore()
+    [sweep] = store.list_sweeps()
+    runs = store.list_runs(sweep_id=sweep.id)
+    store.close()
+    assert sweep.name == "repeat me"
+    assert sorted((r.name, r.config["seed"]) for r in runs) == [
+        ("repeat me seed=5", 5), ("repeat me seed=6", 6), ("repeat me seed=7", 7)]
+    assert len({str({**r.config, "seed": 0}) for r in runs}) == 1
+    assert all(r.config["max_steps"] == 30 for r in runs)
+
+
 def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app, home):
     at = empty_app
     at.run()

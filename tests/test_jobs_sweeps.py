@@ -17,6 +17,7 @@ from jobs.sweeps import (
     cut_problem,
     measured_pace,
     plan_sweep,
+    submit_repeats,
     submit_sweep,
 )
 
@@ -74,6 +75,13 @@ def test_seeds_alone_queue_runs_that_differ_only_in_seed(store):
     assert sorted(r.config["seed"] for r in runs) == [1337, 1338, 1339]
     assert all(r.tags == ["seeds"] and r.notes == "spread" for r in runs)
     assert len({str({k: v for k, v in r.config.items() if k != "seed"}) for r in runs}) == 1
+
+
+def test_repeats_of_one_config_are_a_sweep_named_after_the_run(store):
+    sweep_id, run_ids = submit_repeats(store, micro(seed=3), 2)
+    names = sorted(r.name for r in store.list_runs(sweep_id=sweep_id))
+    assert len(run_ids) == 2 and names == [f"{runner.default_name(micro())} seed={s}"
+                                           for s in (3, 4)]
 
 
 def test_submit_queues_one_run_per_config_in_the_sweep(store):
