@@ -60,16 +60,16 @@ keys = store.metric_keys(chosen)
 if not keys:
     st.info("The chosen runs have no metrics yet.")
     st.stop()
-c1, c2, c3, c4, c6, c5 = st.columns([2, 2, 1, 1, 1, 2])
+c1, c2, c3, c4, c5, c6 = st.columns([2, 2, 1, 1, 1, 2])
 default_key = VAL_LOSS if VAL_LOSS in keys else keys[0]
 metric = c1.selectbox("Metric", keys, index=keys.index(default_key))
 x_mode = c2.radio("X axis", list(X_TITLES), format_func=lambda m: X_TITLES[m], horizontal=True)
 log_x = c3.toggle("log x")
 log_y = c4.toggle("log y")
-group_seeds = c6.checkbox("group seeds", key="cmp_group_seeds",
+group_seeds = c5.checkbox("group seeds", key="cmp_group_seeds",
                           help="Runs that differ only in seed as one line: their mean, in a "
                                "band of ±1 standard deviation, on the steps they all have.")
-smoothing = c5.slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01,
+smoothing = c6.slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01,
                       help="0 shows the raw curve; higher smooths more. The raw curve stays as "
                            "a faint shadow.")
 
