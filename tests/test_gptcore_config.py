@@ -37,6 +37,9 @@ def test_default_and_presets_are_valid():
         ({"freeze_blocks": 2}, "init_from", "only makes sense when fine-tuning"),
         ({"warmup_steps": 1000, "max_steps": 10}, "warmup_steps", "longer than max_steps"),
         ({"min_lr": 1.0, "lr": 0.1}, "min_lr", "above lr"),
+        ({"schedule": "wsd", "min_lr": 1.0, "lr": 0.1}, "min_lr", "above lr"),
+        ({"decay_fraction": 0}, "decay_fraction", "decay_fraction must be greater than 0"),
+        ({"decay_fraction": 1.5}, "decay_fraction", "decay_fraction must be at most 1"),
     ],
 )
 def test_validation_names_the_field_and_what_to_change(overrides, field, text):
