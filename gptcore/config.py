@@ -99,6 +99,9 @@ class TrainConfig:
     eval_interval: int = _f(50, "evaluation", "Evaluate train/val loss every N steps.",
                             1, 10_000_000)
     eval_iters: int = _f(10, "evaluation", "Batches per evaluation.", 1, 100_000)
+    fixed_eval: bool = _f(True, "evaluation", "Evaluate on the same batches every time (the "
+                          "same for every seed), so the val curve moves only when the model "
+                          "does; off draws new batches at each evaluation.")
     log_interval: int = _f(10, "evaluation", "Fetch and log training metrics every N steps.",
                            1, 100_000)
     early_stopping_patience: int = _f(0, "evaluation",
