@@ -3,10 +3,12 @@
     --grid lr=1e-3,3e-3,1e-2       every value, crossed with every other grid
     --range lr=1e-4:1e-2:log       drawn at random (log or lin; int ends stay ints)
     --random 8 --seed 0            how many draws, reproducibly
+    --seeds 3                      every point trained with config seeds s, s+1, s+2
 
 ``expand`` gives one override dict per run: the cartesian product of the grids, times
 ``random`` draws from the ranges (the same draws for every grid combination, so each
-combination is compared on equal footing).
+combination is compared on equal footing), times ``seeds`` values of the config's
+``seed`` (so a point's spread from seed to seed shows beside its mean).
 
 Successive halving needs no new training code: at ``cut_steps(max_steps)`` the sweep
 forecasts every run's final loss and ``should_cut`` stops a run whose forecast is
@@ -28,6 +30,7 @@ Value = int | float | bool | str
 SCALES = ("log", "lin")
 CUT_FRACTIONS = (0.25, 0.5)  # check at a quarter and at half of max_steps
 SIGNIFICANT_DIGITS = 4  # drawn floats are rounded so run names and tables stay readable
+SEED_KEY = "seed"  # the config field ``--seeds`` repeats each point with
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,15 @@ def parse_grid(spec: str) -> tuple[str, list[Value]]:
     return key.strip(), list(unique.values())
 
 
-def sweep_size(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int = 0) -> int:
+def sweep_size(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int = 0,
+               seeds: int = 0) -> int:
     """How many runs ``expand`` makes from these specs, without making them; the same
     ValueError for a bad spec."""
-    parsed_grids, parsed_ranges = _parse(grids, ranges, random)
-    if not parsed_grids and not parsed_ranges:
+    parsed_grids, parsed_ranges = _parse(grids, ranges, random, seeds)
+    if not parsed_grids and not parsed_ranges and not seeds:
         return 0
-    return math.prod(len(v) for _, v in parsed_grids) * (random if parsed_ranges else 1)
+    points = math.prod(len(v) for _, v in parsed_grids) * (random if parsed_ranges else 1)
+    return points * max(seeds, 1)
 
 
 def parse_range(spec: str) -> Range:
@@ -109,26 +114,31 @@ def parse_range(spec: str) -> Range:
 
 
 def expand(grids: Sequence[str] = (), ranges: Sequence[str] = (), *, random: int = 0,
-           seed: int = 0) -> list[dict[str, Value]]:
+           seed: int = 0, seeds: int = 0, first_seed: int = 0) -> list[dict[str, Value]]:
     """Every run of a sweep as a dict of overrides, in a stable order.
 
     With no ``ranges`` it is the grid's cartesian product; with ranges, each grid
     combination is paired with the same ``random`` draws (numpy's generator seeded with
-    ``seed``, so the same command gives the same runs).
+    ``seed``, so the same command gives the same runs). With ``seeds`` N, each of those
+    points is repeated N times, one after another, with ``seed`` = ``first_seed``,
+    ``first_seed + 1``, ...; seeds alone (no grid or range) make N runs of the base.
     """
-    parsed_grids, parsed_ranges = _parse(grids, ranges, random)
+    parsed_grids, parsed_ranges = _parse(grids, ranges, random, seeds)
     combos = [dict(zip([k for k, _ in parsed_grids], values, strict=True))
               for values in itertools.product(*(v for _, v in parsed_grids))]
-    if not parsed_ranges:
-        return combos if parsed_grids else []
-    rng = np.random.default_rng(seed)
-    draws = [{r.key: r.draw(rng) for r in parsed_ranges} for _ in range(random)]
-    return [{**combo, **draw} for combo in combos for draw in draws]
+    if parsed_ranges:
+        rng = np.random.default_rng(seed)
+        draws = [{r.key: r.draw(rng) for r in parsed_ranges} for _ in range(random)]
+        combos = [{**combo, **draw} for combo in combos for draw in draws]
+    if not seeds:
+        return combos if parsed_grids or parsed_ranges else []
+    return [{**combo, SEED_KEY: first_seed + k} for combo in combos for k in range(seeds)]
 
 
-def _parse(grids: Sequence[str], ranges: Sequence[str],
-           random: int) -> tuple[list[tuple[str, list[Value]]], list[Range]]:
-    """The specs parsed and checked together (a key swept twice, --random without ranges)."""
+def _parse(grids: Sequence[str], ranges: Sequence[str], random: int,
+           seeds: int = 0) -> tuple[list[tuple[str, list[Value]]], list[Range]]:
+    """The specs parsed and checked together (a key swept twice, --random without ranges,
+    a swept seed with --seeds)."""
     parsed_grids = [parse_grid(g) for g in grids]
     parsed_ranges = [parse_range(r) for r in ranges]
     keys = [k for k, _ in parsed_grids] + [r.key for r in parsed_ranges]
@@ -136,6 +146,11 @@ def _parse(grids: Sequence[str], ranges: Sequence[str],
     if twice:
         raise ValueError(f"{', '.join(twice)} given more than once: one --grid or --range "
                          "per setting")
+    if seeds < 0:
+        raise ValueError(f"--seeds must be 0 or more, not {seeds}")
+    if seeds and SEED_KEY in keys:
+        raise ValueError(f"--seeds {seeds} sets {SEED_KEY} itself (the base seed, then one "
+                         f"more per run): drop --grid/--range {SEED_KEY}, or --seeds")
     if random < 0:
         raise ValueError(f"--random must be 0 or more, not {random}")
     if parsed_ranges and not random:

@@ -17,6 +17,7 @@ from ui.defaults import first_differing, newest_finished
 from ui.events import CROWDING, event_traces, events_table, is_loss
 from ui.figures import X_TITLES, hparam_figure, metric_figure, run_colors, x_axis_frame
 from ui.forecast_view import forecast_table, forecast_traces, try_forecast
+from ui.groups import grouped_figure, seed_groups
 from ui.samples import sample_steps, samples_at
 from ui.widgets import empty_state, get_store, sample_from_run
 
@@ -59,13 +60,16 @@ keys = store.metric_keys(chosen)
 if not keys:
     st.info("The chosen runs have no metrics yet.")
     st.stop()
-c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 1, 2])
+c1, c2, c3, c4, c5, c6 = st.columns([2, 2, 1, 1, 1, 2])
 default_key = VAL_LOSS if VAL_LOSS in keys else keys[0]
 metric = c1.selectbox("Metric", keys, index=keys.index(default_key))
 x_mode = c2.radio("X axis", list(X_TITLES), format_func=lambda m: X_TITLES[m], horizontal=True)
 log_x = c3.toggle("log x")
 log_y = c4.toggle("log y")
-smoothing = c5.slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01,
+group_seeds = c5.checkbox("group seeds", key="cmp_group_seeds",
+                          help="Runs that differ only in seed as one line: their mean, in a "
+                               "band of ±1 standard deviation, on the steps they all have.")
+smoothing = c6.slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01,
                       help="0 shows the raw curve; higher smooths more. The raw curve stays as "
                            "a faint shadow.")
 
@@ -82,6 +86,14 @@ names = {i: by_id[i].name for i in chosen}
 fig = metric_figure(frame, title=metric, names=names, x="x", log_x=log_x, log_y=log_y,
                     smoothing=smoothing, x_title=X_TITLES[x_mode],
                     uirevision=f"{metric}-{x_mode}")
+groups = [g for g in seed_groups({i: by_id[i].config for i in chosen}) if len(g) > 1]
+if group_seeds and groups:
+    # Full resolution: downsampling keeps different steps of each run, and a mean needs
+    # the steps every member has.
+    members = [i for g in groups for i in g]
+    full = x_axis_frame(store.metrics(members, [metric]), x_mode, tokens_per_step)
+    fig = grouped_figure(fig, frame, full, groups, names=names, x="x", smoothing=smoothing,
+                         max_points=POINTS_PER_CURVE)
 
 
 def evaluations_so_far(r) -> int:
@@ -107,6 +119,8 @@ fig.update_layout(height=460)
 st.plotly_chart(fig, key="compare_chart", config={"displaylogo": False})
 st.caption(f"Up to {POINTS_PER_CURVE:,} points per curve; long series keep each bucket's "
            "minimum and maximum, so spikes survive."
+           + (f" {len(groups)} group(s) of runs that differ only in seed: tick *group seeds* "
+              "to draw each as its mean and ±1 std band." if groups and not group_seeds else "")
            + (" Dotted: the forecast of each running run, with its band." if metric == VAL_LOSS
               else ""))
 if not events.empty:

@@ -11,7 +11,7 @@ from gptcore.data import BUILTIN, decode_corpus
 from gptcore.errors import GptdashError
 from jobs import actions
 from jobs.errors import USER_ERRORS
-from jobs.sweeps import measured_pace
+from jobs.sweeps import measured_pace, submit_repeats
 from storage import home
 from storage.status import RunStatus
 from storage.tags import parse_tags
@@ -212,6 +212,10 @@ with summary_col:
                          max_chars=200)
     tags = st.text_input("Tags", placeholder="comma-separated, e.g. baseline, lr-sweep")
     notes = st.text_area("Notes", height=80)
+    repeats = st.number_input("Repeat with N seeds", 1, 100, 1, key="repeat_seeds",
+                              help="Queue N runs that differ only in seed (this seed, +1, ...) as "
+                                   "one small sweep: Compare draws them as one mean line in a "
+                                   "band, Sweeps as a mean with error bars.")
     start = st.button("Start training", type="primary", disabled=bool(problems) or cfg is None,
                       width="stretch")
     if cfg is not None and not problems:
@@ -219,6 +223,12 @@ with summary_col:
                            file_name="gptdash-config.json", mime="application/json")
     if start and cfg is not None:
         with user_errors():
-            run_id = actions.submit(store, cfg, name=name, tags=parse_tags(tags), notes=notes)
+            if repeats > 1:
+                _, run_ids = submit_repeats(store, cfg, int(repeats), name=name,
+                                            tags=parse_tags(tags), notes=notes)
+                run_id = run_ids[0]  # the first to train; its seeds follow it in the queue
+            else:
+                run_id = actions.submit(store, cfg, name=name, tags=parse_tags(tags),
+                                        notes=notes)
             st.session_state.live_run = run_id
             st.switch_page("app_pages/live.py")

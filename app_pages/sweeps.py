@@ -29,6 +29,7 @@ from ui.live import LastBuilt
 from ui.sweeps import (
     base_config,
     plan_summary,
+    seed_means,
     specs,
     sweep_figure,
     sweep_refresh_every,
@@ -69,11 +70,15 @@ with form_col:
         grid_rows.append((key, values))
     st.markdown("**Random search**: values drawn from ranges, the same draws for every grid "
                 "combination")
-    r1, r2 = st.columns(2)
+    r1, r2, r3 = st.columns(3)
     n_random = r1.number_input("Random draws", 0, 1000, 0, key="sweep_random",
                                help="How many values to draw from the ranges; 0 for a grid only.")
     seed = r2.number_input("Seed", 0, 2**31 - 1, 0, key="sweep_seed",
                            help="Seeds the random draws, so the same sweep draws the same values.")
+    n_seeds = r3.number_input("Repeat with N seeds", 1, 100, 1, key="sweep_seeds",
+                              help="Train every point N times, with the config's seed, seed+1, "
+                                   "...: the chart shows each point's mean and spread. 1 trains "
+                                   "each once.")
     range_rows = []
     if n_random:
         n_ranges = st.number_input("Range parameters", 1, MAX_ROWS, 1, key="sweep_n_ranges")
@@ -95,10 +100,11 @@ def measured_rate() -> MachinePace | None:
 
 
 grids, ranges = specs(grid_rows), specs(range_rows)
+seeds = int(n_seeds) if n_seeds > 1 else 0
 plan, problem, rate, n_runs = None, None, None, 0
-if grids or ranges:
+if grids or ranges or seeds:
     try:
-        n_runs = count_runs(grids, ranges, random=int(n_random))
+        n_runs = count_runs(grids, ranges, random=int(n_random), seeds=seeds)
     except USER_ERRORS as exc:
         problem = str(exc)
 
@@ -115,11 +121,11 @@ with summary_col:
         confirmed = st.checkbox(f"Yes, queue all {n_runs:,} runs", key="sweep_confirm",
                                 help=f"A sweep of more than {CONFIRM_ABOVE} runs is planned "
                                      "and started only when confirmed.")
-    if (grids or ranges) and confirmed and not problem:
+    if (grids or ranges or seeds) and confirmed and not problem:
         rate = measured_rate()
         try:
             plan = plan_sweep(base_config(preset_name, overrides), grids, ranges,
-                              random=int(n_random), seed=int(seed), pace=rate)
+                              random=int(n_random), seed=int(seed), seeds=seeds, pace=rate)
         except USER_ERRORS as exc:
             problem = str(exc)
     if plan is not None and cut and not problem:
@@ -130,7 +136,8 @@ with summary_col:
     elif not confirmed:
         st.warning(f"More than {CONFIRM_ABOVE} runs: tick the box to plan them and start.")
     elif plan is None:
-        st.info("Type values for at least one parameter to see the runs this sweep makes.")
+        st.info("Type values for at least one parameter, or repeat with 2 or more seeds, "
+                "to see the runs this sweep makes.")
     else:
         runs_text, time_text = plan_summary(len(plan.configs), plan.estimated_seconds)
         st.metric("This sweep makes", runs_text)
@@ -165,6 +172,7 @@ first_runs = store.list_runs(sweep_id=sweep.id)
 was_active = any(r.status in ACTIVE for r in first_runs)
 training = training_now(store)[0]
 params = swept_params(sweep.spec, [r.config for r in first_runs])
+seeded = bool(sweep.spec.get("seeds"))  # each point repeated with consecutive seeds
 
 
 def _forecast(run_id: int) -> Forecast | None:
@@ -195,7 +203,8 @@ def results() -> None:
                 int(evaluations.get(r.id, 0)), lambda run_id=r.id: _forecast(run_id))
             if forecast is not None:
                 forecasts[r.id] = forecast
-    table = sweep_table(runs, params, last_values(val), forecasts)
+    table = sweep_table(runs, [*params, *(["seed"] if seeded else [])], last_values(val),
+                        forecasts)
     done = sum(r.status == RunStatus.COMPLETED for r in runs)
     counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}"
                        for s in dict.fromkeys(r.status for r in runs))
@@ -208,7 +217,8 @@ def results() -> None:
                 actions.stop(store, r.id)
             st.toast("Stop requested")
     # What the chart plots first, then progress and the raw losses; the long name last.
-    shown = table[["id", "status", *params, "val loss", "kind", "best", "step", "of",
+    shown = table[["id", "status", *params, *(["seed"] if seeded else []), "val loss",
+                   "kind", "best", "step", "of",
                    "last val loss", "best val loss", "forecast", "name"]]
     if shown["forecast"].isna().all():
         shown = shown.drop(columns="forecast")  # nothing training: a column of blanks
@@ -227,11 +237,19 @@ def results() -> None:
                 if active else "No run of this sweep was evaluated, so there is nothing to "
                                "chart.")
         return
+    means = seed_means(table, params) if seeded else None
+    if seeded and not params and not means.empty:  # seeds alone: one point, no axis to chart
+        [point] = means.itertuples()
+        st.metric(f"Mean final val loss of {point.n} seeds", f"{point.mean:.4f} ± "
+                  f"{point.std:.4f}", help="± one sample standard deviation")
     cols = st.columns(min(len(params), 2) or 1)
     for i, param in enumerate(params):
         with cols[i % len(cols)]:
-            st.plotly_chart(sweep_figure(table, param), key=f"sweep_chart_{param}",
+            st.plotly_chart(sweep_figure(table, param, means), key=f"sweep_chart_{param}",
                             config={"displaylogo": False})
+    if seeded and params:
+        st.caption("Diamonds: each point's mean final val loss over its completed seeds, "
+                   "with ±1 std bars; its runs are the faint markers behind it.")
 
 
 results()

@@ -17,7 +17,9 @@ from gptcore.errors import GptdashError
 
 ACTIVATIONS = ("gelu", "relu", "leaky_relu", "silu", "tanh")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
-SCHEDULES = ("constant", "step", "cosine", "linear")
+SCHEDULES = ("constant", "step", "cosine", "linear", "wsd")
+# Schedules that decay to min_lr by max_steps (min_lr must not be above lr).
+DECAYING_SCHEDULES = ("cosine", "linear", "wsd")
 TOKENIZERS = ("byte", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -86,7 +88,10 @@ class TrainConfig:
     # schedule
     schedule: str = _f("cosine", "schedule", "Learning-rate schedule.", choices=SCHEDULES)
     warmup_steps: int = _f(50, "schedule", "Linear warmup steps from 0 to lr.", 0, 10_000_000)
-    min_lr: float = _f(1e-4, "schedule", "Floor of cosine and linear decay.", 0.0, 10.0)
+    min_lr: float = _f(1e-4, "schedule", "Floor of cosine, linear and wsd decay.", 0.0, 10.0)
+    decay_fraction: float = _f(0.2, "schedule", "wsd (warmup-stable-decay): the last share of "
+                               "the run, in which lr decays linearly to min_lr.", 0.0, 1.0,
+                               lo_open=True)
     step_size: int = _f(200, "schedule", "Step decay: multiply by gamma every step_size steps.",
                         1, 10_000_000)
     gamma: float = _f(0.5, "schedule", "Step decay factor.", 0.0, 1.0, lo_open=True)
@@ -94,6 +99,9 @@ class TrainConfig:
     eval_interval: int = _f(50, "evaluation", "Evaluate train/val loss every N steps.",
                             1, 10_000_000)
     eval_iters: int = _f(10, "evaluation", "Batches per evaluation.", 1, 100_000)
+    fixed_eval: bool = _f(True, "evaluation", "Evaluate on the same batches every time (the "
+                          "same for every seed), so the val curve moves only when the model "
+                          "does; off draws new batches at each evaluation.")
     log_interval: int = _f(10, "evaluation", "Fetch and log training metrics every N steps.",
                            1, 100_000)
     early_stopping_patience: int = _f(0, "evaluation",
@@ -199,7 +207,7 @@ class TrainConfig:
         if (self.freeze_blocks or self.freeze_embeddings) and not self.init_from:
             errs.setdefault("init_from", "freezing only makes sense when fine-tuning: set "
                                          "init_from to a run id or checkpoint, or unfreeze")
-        if self.schedule in ("cosine", "linear") and self.min_lr > self.lr and "lr" not in errs:
+        if self.schedule in DECAYING_SCHEDULES and self.min_lr > self.lr and "lr" not in errs:
             errs.setdefault("min_lr", f"min_lr {self.min_lr} is above lr {self.lr}: lower min_lr")
         if self.warmup_steps > self.max_steps and "max_steps" not in errs:
             errs.setdefault("warmup_steps", f"warmup_steps {self.warmup_steps} is longer than "

@@ -14,7 +14,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
     Linear warmup from lr/warmup to lr over ``warmup_steps``, then the chosen shape:
     constant; step decay (times ``gamma`` every ``step_size`` steps after warmup);
-    cosine or linear decay from ``lr`` to ``min_lr`` at ``max_steps``.
+    cosine or linear decay from ``lr`` to ``min_lr`` at ``max_steps``; wsd
+    (warmup-stable-decay) holds ``lr`` until the last ``decay_fraction`` of the run,
+    then decays linearly to ``min_lr`` at ``max_steps``.
     """
     lr, warmup = cfg.lr, cfg.warmup_steps
     if step < warmup:
@@ -23,6 +25,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return lr
     if cfg.schedule == "step":
         return lr * cfg.gamma ** ((step - warmup) // cfg.step_size)
+    if cfg.schedule == "wsd":
+        start = wsd_decay_start(cfg)
+        progress = min(1.0, max(0.0, (step - start) / max(1, cfg.max_steps - start)))
+        return cfg.min_lr + (1.0 - progress) * (lr - cfg.min_lr)
     decay_steps = max(1, cfg.max_steps - warmup)
     progress = min(1.0, (step - warmup) / decay_steps)
     if cfg.schedule == "cosine":
@@ -32,6 +38,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
     return cfg.min_lr + coeff * (lr - cfg.min_lr)
+
+
+def wsd_decay_start(cfg: TrainConfig) -> int:
+    """The step at which a wsd schedule leaves its stable lr: ``decay_fraction`` of
+    ``max_steps`` before the end (at least one step), never inside the warmup."""
+    decay_steps = max(1, round(cfg.decay_fraction * cfg.max_steps))
+    return max(cfg.warmup_steps, cfg.max_steps - decay_steps)
 
 
 def lr_array(cfg: TrainConfig) -> np.ndarray:
@@ -47,6 +60,10 @@ def lr_array(cfg: TrainConfig) -> np.ndarray:
         out = np.full_like(step, lr)
     elif cfg.schedule == "step":
         out = lr * cfg.gamma ** np.floor_divide(step - warmup, cfg.step_size)
+    elif cfg.schedule == "wsd":
+        start = wsd_decay_start(cfg)
+        progress = np.clip((step - start) / max(1, cfg.max_steps - start), 0.0, 1.0)
+        out = cfg.min_lr + (1.0 - progress) * (lr - cfg.min_lr)
     elif cfg.schedule in ("cosine", "linear"):
         decay_steps = max(1, cfg.max_steps - warmup)
         progress = np.minimum(1.0, (step - warmup) / decay_steps)

@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 
 # Early stopping's patience restarts only when val loss beats the best by more than this.
 MIN_IMPROVEMENT = 1e-4
+# The seed of the fixed evaluation batches (fixed_eval): not the run's seed, so runs that
+# differ only in seed are measured on one set.
+FIXED_EVAL_SEED = 271828
 
 
 def _global_rng_state() -> dict[str, Any]:
@@ -226,17 +229,23 @@ class Trainer:
         x, y = self.data.batch(split, self.cfg.batch_size, self.cfg.model.context_length, gen)
         return self._to_device(x), self._to_device(y)
 
+    def _eval_seed(self) -> int:
+        """The seed of this evaluation's batches: with ``fixed_eval`` the same at every
+        evaluation, so the val curve moves only when the model does; else a draw per step."""
+        base = (FIXED_EVAL_SEED if self.cfg.fixed_eval
+                else self.cfg.seed + 7919 * (self.step + 1))
+        return distributed.data_seed(base, self.ranks.rank)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean loss on ``eval_iters`` batches of each split (per rank, averaged over ranks),
-        from a fixed per-step stream, so evaluations never disturb the training batches
-        (resume stays exact)."""
+        drawn by a generator of their own, so evaluations never disturb the training
+        batches (resume stays exact)."""
         self.eval_model.eval()
         splits = ("train", "val")
         totals = torch.zeros(len(splits), device=self.device)
         for i, split in enumerate(splits):
-            gen = torch.Generator().manual_seed(
-                distributed.data_seed(self.cfg.seed + 7919 * (self.step + 1), self.ranks.rank))
+            gen = torch.Generator().manual_seed(self._eval_seed())
             for _ in range(self.cfg.eval_iters):
                 x, y = self._batch(split, gen)
                 with self._autocast():

@@ -102,7 +102,7 @@ def cmd_sweep(args, store: RunStore) -> int:
         submit_sweep,
     )
     grids, ranges = args.grid or [], args.range or []
-    n_runs = count_runs(grids, ranges, random=args.random)  # before making a huge sweep
+    n_runs = count_runs(grids, ranges, random=args.random, seeds=args.seeds)  # before a huge one
     swept = {spec.partition("=")[0].strip() for spec in [*grids, *ranges]}
     clash = sorted(swept & set(parse_set_args(args.set or [])))
     if clash:
@@ -113,7 +113,8 @@ def cmd_sweep(args, store: RunStore) -> int:
                            "--yes to queue them all, or sweep fewer values")
     base = _load_config(args)
     measured = measured_pace(store)
-    plan = plan_sweep(base, grids, ranges, random=args.random, seed=args.seed, pace=measured)
+    plan = plan_sweep(base, grids, ranges, random=args.random, seed=args.seed, seeds=args.seeds,
+                      pace=measured)
     sweep_id, run_ids = submit_sweep(store, plan, name=args.name, cut=args.cut)
     sweep = store.get_sweep(sweep_id)
     basis = ("the newest finished run's throughput, evaluations and start-up" if measured else
@@ -322,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--random", type=int, default=0, metavar="N",
                     help="draws from the --range settings, for every --grid combination")
     sw.add_argument("--seed", type=int, default=0, help="seed of the --random draws")
+    sw.add_argument("--seeds", type=int, default=0, metavar="N",
+                    help="train every point N times, with the config's seed, seed+1, ... "
+                         "(set the first with --set seed=S); Compare and Sweeps show their "
+                         "mean and spread")
     sw.add_argument("--cut", action="store_true",
                     help="successive halving: stop a run at a quarter or half of max_steps "
                          "when its forecast final loss is confidently worse than the best's")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from analysis.forecast import MIN_POINTS
-from analysis.sweep import Value, cut_steps, expand, sweep_size
+from analysis.sweep import SEED_KEY, Value, cut_steps, expand, sweep_size
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import (
@@ -44,10 +44,11 @@ class SweepPlan:
     """A sweep before anything is written: one validated config per run."""
 
     configs: list[TrainConfig]
-    params: list[str]  # the swept settings, in the order given
+    params: list[str]  # the swept settings, in the order given (not the seed of --seeds)
     spec: dict[str, Any]  # stored on the sweep row: how the runs were made
     estimated_seconds: float | None  # all runs' wall time, one after another (rough)
-    overrides: list[dict[str, Value]]  # each run's swept values, as in configs
+    overrides: list[dict[str, Value]]  # each run's swept values (and seed), as in configs
+    seeds: int = 0  # runs per point, seed after seed; 0: the base config's one seed
 
     def label(self, index: int) -> str:
         """'lr=0.003 n_layers=4': run ``index``'s swept values."""
@@ -94,27 +95,29 @@ def _startup_s(store: RunStore, run) -> float:
     return seconds if 0 < seconds < 600 else DEFAULT_STARTUP_S
 
 
-def count_runs(grids: list[str], ranges: list[str], *, random: int = 0) -> int:
+def count_runs(grids: list[str], ranges: list[str], *, random: int = 0, seeds: int = 0) -> int:
     """How many runs these specs make, without expanding them; GptdashError for a bad spec."""
     try:
-        return sweep_size(grids, ranges, random=random)
+        return sweep_size(grids, ranges, random=random, seeds=seeds)
     except ValueError as exc:
         raise GptdashError(str(exc)) from None
 
 
 def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random: int = 0,
-               seed: int = 0, pace: MachinePace | None = None) -> SweepPlan:
+               seed: int = 0, seeds: int = 0, pace: MachinePace | None = None) -> SweepPlan:
     """Expand the specs over ``base`` and validate every run's config; GptdashError names
-    the first bad run and value. ``pace`` (default ``NOMINAL_PACE``) sizes
+    the first bad run and value. ``seeds`` N repeats every point with the config seeds
+    ``base.seed``, ``base.seed + 1``, ... ``pace`` (default ``NOMINAL_PACE``) sizes
     ``estimated_seconds``: training, evaluations, checkpoints and start-up."""
     try:
-        overrides = expand(grids, ranges, random=random, seed=seed)
+        overrides = expand(grids, ranges, random=random, seed=seed, seeds=seeds,
+                           first_seed=base.seed)
     except ValueError as exc:
         raise GptdashError(str(exc)) from None
     if not overrides:
-        raise GptdashError("a sweep needs at least one --grid KEY=V1,V2 or --range with "
-                           "--random N")
-    params = list(overrides[0])
+        raise GptdashError("a sweep needs at least one --grid KEY=V1,V2, a --range with "
+                           "--random N, or --seeds N")
+    params = [k for k in overrides[0] if not (seeds and k == SEED_KEY)]
     configs = []
     for i, values in enumerate(overrides):
         label = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
@@ -124,15 +127,20 @@ def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random
             raise GptdashError(f"sweep run {i + 1} of {len(overrides)} ({label}): {exc}") from None
     pace = pace or NOMINAL_PACE
     spec = {"base": base.to_dict(), "grids": list(grids), "ranges": list(ranges),
-            "random": random, "seed": seed, "params": params, "runs": overrides}
+            "random": random, "seed": seed, "seeds": seeds, "params": params,
+            "runs": overrides}
     return SweepPlan(configs=configs, params=params, spec=spec,
                      estimated_seconds=sum(duration_estimate(c, pace).total_s
                                            for c in configs),
-                     overrides=overrides)
+                     overrides=overrides, seeds=seeds)
 
 
 def default_sweep_name(plan: SweepPlan) -> str:
-    return f"sweep {','.join(plan.params)}"
+    """'sweep lr,n_layers', 'sweep lr x 3 seeds', or 'sweep 3 seeds' for seeds alone."""
+    swept = ",".join(plan.params)
+    if not plan.seeds:
+        return f"sweep {swept}"
+    return f"sweep {swept} x {plan.seeds} seeds" if swept else f"sweep {plan.seeds} seeds"
 
 
 def cut_problem(plan: SweepPlan) -> str | None:
@@ -161,11 +169,13 @@ def cut_problem(plan: SweepPlan) -> str | None:
 
 
 def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
-                 cut: bool = False) -> tuple[int, list[int]]:
-    """Record the sweep and queue its runs (named '<sweep name> lr=0.003 n_layers=4');
-    returns (sweep id, run ids). Every run is checked (corpus, init_from, and with ``cut``
-    enough evaluations for a forecast by the first cut, memory against the largest device
-    here) before anything is written; each run's worker checks its own device again."""
+                 cut: bool = False, tags: list[str] | None = None,
+                 notes: str = "") -> tuple[int, list[int]]:
+    """Record the sweep and queue its runs (named '<sweep name> lr=0.003 n_layers=4', each
+    with ``tags`` and ``notes``); returns (sweep id, run ids). Every run is checked (corpus,
+    init_from, and with ``cut`` enough evaluations for a forecast by the first cut, memory
+    against the largest device here) before anything is written; each run's worker checks
+    its own device again."""
     if cut and (problem := cut_problem(plan)):
         raise GptdashError(problem)
     sweep_name = check_name((name or "").strip() or default_sweep_name(plan), "sweep name")
@@ -177,10 +187,20 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
             raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
                                f"{exc}") from None
     sweep_id = store.create_sweep(sweep_name, plan.spec, cut=cut)
-    run_ids = [runner.create_run(store, cfg, name=run_name, check_device=False,
-                                 sweep_id=sweep_id)
+    run_ids = [runner.create_run(store, cfg, name=run_name, tags=tags, notes=notes,
+                                 check_device=False, sweep_id=sweep_id)
                for cfg, run_name in zip(plan.configs, run_names, strict=True)]
     return sweep_id, run_ids
+
+
+def submit_repeats(store: RunStore, cfg: TrainConfig, seeds: int, *, name: str | None = None,
+                   tags: list[str] | None = None, notes: str = "") -> tuple[int, list[int]]:
+    """Queue ``seeds`` runs of ``cfg`` that differ only in seed (``cfg.seed``, +1, ...) as
+    one sweep named ``name`` (else the run's default name), its runs '<name> seed=N'; the
+    New run page's "repeat with N seeds". (sweep id, run ids)."""
+    plan = plan_sweep(cfg, [], [], seeds=seeds)
+    return submit_sweep(store, plan, name=(name or "").strip() or runner.default_name(cfg),
+                        tags=tags, notes=notes)
 
 
 @dataclass

@@ -25,6 +25,8 @@ def schedule(kind: str, warmup: int = 20, peak: float = 3e-3, floor: float = 3e-
         "cosine": floor + 0.5 * (1 + np.cos(np.pi * progress)) * (peak - floor),
         "linear": floor + (1 - progress) * (peak - floor),
         "step": peak * 0.5 ** ((s - warmup).clip(0) // 150),
+        # warmup-stable-decay: peak until the last 20% (60 steps), then linear to the floor
+        "wsd": floor + (1 - np.clip((s - 240) / 60, 0, 1)) * (peak - floor),
     }[kind]
     return np.where(s < warmup, peak * (s + 1) / warmup, after)
 
@@ -139,6 +141,34 @@ def test_step_schedule_before_its_first_drop_is_flagged():
     steps, loss, _ = curve(lrs, 0.5, noise=0.01, seed=5)
     f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=160)
     assert f.params["C"] == 0.0 and f.note is not None
+
+
+def test_wsd_run_in_its_stable_phase_is_forecast_with_the_decay_to_come():
+    c = 0.5
+    lrs = schedule("wsd")
+    steps, loss, truth = curve(lrs, c, noise=0.01, seed=6)
+    # Before the decay: a plain power law, and the note says the drop to come is left out.
+    alone = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=200)
+    assert alone.params["C"] == 0.0 and "do not show the lr decay" in alone.note
+    assert alone.predicted_final > truth
+    # With C from a finished relative (linear decay), the coming drop is forecast.
+    ref_lrs = schedule("linear")
+    ref_steps, ref_loss, _ = curve(ref_lrs, c, noise=0.01, seed=7)
+    reference = forecast_final(ref_steps, ref_loss, ref_lrs, MAX_STEPS)
+    aware = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=200,
+                           annealing_c=reference.params["C"])
+    assert aware.predicted_final == pytest.approx(truth, abs=0.04)
+    assert aware.low <= truth <= aware.high
+    assert abs(aware.predicted_final - truth) < abs(alone.predicted_final - truth) / 2
+
+
+def test_wsd_run_fits_its_own_annealing_once_the_decay_shows():
+    lrs = schedule("wsd")
+    steps, loss, truth = curve(lrs, 0.5, noise=0.01, seed=8)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=290)
+    assert f.note is None and f.params["C"] > 0
+    assert f.predicted_final == pytest.approx(truth, abs=0.03)
+    assert f.low <= truth <= f.high
 
 
 def test_a_step_evaluated_twice_counts_once_with_its_later_value():

@@ -152,3 +152,29 @@ def test_should_not_cut_when_bands_overlap_or_forecasts_are_missing():
     assert should_cut(_forecast(0.5, 0.4, 2), best) is None  # worse, but too noisy to tell
     assert should_cut(best, best) is None
     assert should_cut(None, best) is None and should_cut(best, None) is None
+
+
+def test_seeds_repeat_every_point_with_consecutive_seeds():
+    runs = expand(["lr=1e-3,3e-3"], seeds=3, first_seed=7)
+    assert runs == [{"lr": 1e-3, "seed": 7}, {"lr": 1e-3, "seed": 8}, {"lr": 1e-3, "seed": 9},
+                    {"lr": 3e-3, "seed": 7}, {"lr": 3e-3, "seed": 8}, {"lr": 3e-3, "seed": 9}]
+    assert sweep_size(["lr=1e-3,3e-3"], seeds=3) == 6
+    drawn = expand(["n_layers=2,4"], ["lr=1e-4:1e-2:log"], random=2, seed=0, seeds=2)
+    assert len(drawn) == sweep_size(["n_layers=2,4"], ["lr=1e-4:1e-2:log"], random=2,
+                                    seeds=2) == 8
+    assert drawn[0]["lr"] == drawn[1]["lr"] and [r["seed"] for r in drawn[:2]] == [0, 1]
+
+
+def test_seeds_alone_repeat_the_base_config():
+    assert expand(seeds=2, first_seed=1337) == [{"seed": 1337}, {"seed": 1338}]
+    assert sweep_size(seeds=2) == 2
+
+
+def test_seeds_refuse_a_swept_seed_or_a_negative_count():
+    with pytest.raises(ValueError, match="--seeds 3 sets seed itself"):
+        expand(["seed=1,2"], seeds=3)
+    with pytest.raises(ValueError, match="--seeds 2 sets seed itself"):
+        sweep_size(ranges=["seed=0:100"], random=2, seeds=2)
+    with pytest.raises(ValueError, match="--seeds must be 0 or more"):
+        expand(["lr=1e-3"], seeds=-1)
+    assert expand(["seed=1,2"]) == [{"seed": 1}, {"seed": 2}]  # a seed grid alone is fine

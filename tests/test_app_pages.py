@@ -8,12 +8,14 @@ queue stays queued unless a test trains it itself.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import streamlit as st
 import torch
@@ -135,6 +137,13 @@ def _open(at: AppTest, page: str) -> AppTest:
 
 def _texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def _values(data) -> list:
+    """A trace's values as a list: plotly sends a numpy array as base64 bytes."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)
 
 
 def _plotly_specs(at: AppTest) -> list[dict]:
@@ -413,6 +422,26 @@ def test_valid_form_enables_start_and_summarises_the_cost(empty_app):
     assert lr_chart["layout"]["title"]["text"].startswith("Learning rate")
 
 
+def test_form_offers_wsd_with_its_decay_fraction_and_previews_it(empty_app, home):
+    at = empty_app
+    at.run()
+    at.selectbox(key="f0_schedule").set_value("wsd")
+    at.text_input(key="f0_decay_fraction").input("0")
+    at.run()
+    assert "decay_fraction must be greater than 0" in _texts(at.error)
+    at.text_input(key="f0_decay_fraction").input("0.25").run()
+    assert not at.error
+    [lr_chart] = _plotly_specs(at)
+    assert lr_chart["layout"]["title"]["text"] == "Learning rate (wsd)"
+    lrs = dict(zip(lr_chart["data"][0]["x"], lr_chart["data"][0]["y"], strict=True))
+    assert lrs[100] == lrs[299] == 3e-3 > lrs[350] > lrs[399]  # tiny: 400 steps, lr 3e-3
+    _start_button(at).click().run()
+    store = RunStore()
+    [run] = store.list_runs()
+    store.close()
+    assert (run.config["schedule"], run.config["decay_fraction"]) == ("wsd", 0.25)
+
+
 def test_start_training_queues_the_form_config_and_opens_live_run(empty_app, home):
     at = empty_app
     at.run()
@@ -430,6 +459,29 @@ def test_start_training_queues_the_form_config_and_opens_live_run(empty_app, hom
     assert run.name == "from the form"
     assert run.config["max_steps"] == 30 and run.config["lr"] == 0.002
     assert run.status in ("queued", "running", "completed")
+
+
+def test_start_with_three_seeds_queues_three_runs_that_differ_only_in_seed(empty_app, home):
+    at = empty_app
+    at.run()
+    at.number_input(key="f0_max_steps").set_value(30)
+    at.number_input(key="f0_seed").set_value(5)
+    [name] = [t for t in at.text_input if t.label == "Run name"]
+    name.input("repeat me")
+    at.number_input(key="repeat_seeds").set_value(3)
+    at.run()
+    _start_button(at).click().run()
+    assert not at.exception
+    assert at.title[0].value == "Live run"
+    store = RunStore()
+    [sweep] = store.list_sweeps()
+    runs = store.list_runs(sweep_id=sweep.id)
+    store.close()
+    assert sweep.name == "repeat me"
+    assert sorted((r.name, r.config["seed"]) for r in runs) == [
+        ("repeat me seed=5", 5), ("repeat me seed=6", 6), ("repeat me seed=7", 7)]
+    assert len({str({**r.config, "seed": 0}) for r in runs}) == 1
+    assert all(r.config["max_steps"] == 30 for r in runs)
 
 
 def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app, home):
@@ -461,6 +513,38 @@ def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app,
     assert "of 2 runs completed" in _texts(at.markdown)
 
 
+def test_sweep_form_repeats_each_point_with_seeds_and_charts_their_means(empty_app, home):
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/sweeps.py")
+    at.text_area(key="sweep_overrides").input("max_steps=20\nbatch_size=4\nseed=7").run()
+    at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3").run()
+    at.number_input(key="sweep_seeds").set_value(3).run()
+    assert not at.exception and not at.error
+    assert {m.label: m.value for m in at.metric}["This sweep makes"] == "6 runs"
+    [start] = [b for b in at.button if b.label == "Start sweep"]
+    start.click().run()
+    assert not at.exception and not at.error
+    store = RunStore()
+    [sweep] = store.list_sweeps()
+    runs = store.list_runs(sweep_id=sweep.id)
+    assert sweep.name == "sweep lr x 3 seeds" and sweep.spec["seeds"] == 3
+    assert sorted((r.config["lr"], r.config["seed"]) for r in runs) == [
+        (lr, seed) for lr in (1e-3, 3e-3) for seed in (7, 8, 9)]
+    for r in runs:  # as if trained: a final val loss each, spread by seed
+        store.set_status(r.id, "completed")
+        store.log_metrics(r.id, [("val/loss", 20, r.config["lr"] * 100 + r.config["seed"] / 10,
+                                  0.0)])
+    store.close()
+    at.run()
+    assert not at.exception
+    [chart] = _plotly_specs(at)
+    [mean] = [t for t in chart["data"] if t["name"] == "mean of seeds ± std"]
+    assert sorted(_values(mean["y"])) == pytest.approx([0.9, 1.1])
+    assert _values(mean["error_y"]["array"]) == pytest.approx([0.1, 0.1])
+    assert "seed" in at.dataframe[0].value.columns
+
+
 def test_compare_shows_recorded_samples_at_one_step_or_each_runs_latest(home):
     store = RunStore()
     config = preset("tiny").to_dict()
@@ -485,6 +569,33 @@ def test_compare_shows_recorded_samples_at_one_step_or_each_runs_latest(home):
         codes = _texts(at.code)
         assert f"text of run {short} at step 100" in codes
         assert f"text of run {long} at step 600" in codes
+
+
+def test_compare_draws_three_seeds_as_one_mean_line_in_a_band(home):
+    store = RunStore()
+    seeds = [store.create_run(f"tiny seed={seed}", apply_overrides(preset("tiny"), {
+        "seed": seed}).to_dict(), status="completed", max_steps=100) for seed in (1, 2, 3)]
+    other = store.create_run("wider", apply_overrides(preset("tiny"), {"emb_dim": 128})
+                             .to_dict(), status="completed", max_steps=100)
+    for offset, run_id in enumerate([*seeds, other]):
+        store.log_metrics(run_id, [("val/loss", s, 3.0 - s / 100 + offset / 10, 0.0)
+                                   for s in (0, 50, 100)])
+    store.close()
+    with _app_test() as at:
+        at.run()
+        at.session_state["compare_ids"] = [*seeds, other]
+        _open(at, "app_pages/compare.py")
+        assert len(_plotly_specs(at)[0]["data"]) == 4  # one line per run until grouped
+        assert "1 group(s) of runs that differ only in seed" in _texts(at.caption)
+        at.checkbox(key="cmp_group_seeds").check().run()
+        assert not at.exception
+        traces = _plotly_specs(at)[0]["data"]
+    named = [t["name"] for t in traces if t.get("showlegend", True)]
+    assert named == ["wider", "tiny (mean of 3 seeds ± std)"]
+    [band] = [t for t in traces if t.get("fill") == "tonexty"]
+    [mean] = [t for t in traces if t.get("name") == named[1]]
+    assert _values(mean["y"]) == pytest.approx([3.1, 2.6, 2.1])  # offsets 0, 0.1, 0.2
+    assert _values(band["y"]) == pytest.approx([3.0, 2.5, 2.0])  # minus one sample std, 0.1
 
 
 def test_a_sweep_without_results_says_so_instead_of_drawing_empty_axes(home):

@@ -1,5 +1,6 @@
 """The `gptdash` CLI as a user runs it: exit codes, one-line messages, Ctrl-C, kill -9."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gptcore.metric_keys import LR
 from storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +47,9 @@ def spawn(home, *args):
      (["--set", "n_heads=5"], "emb_dim 96 is not divisible by n_heads 5"),
      (["--set", "lrr=1"], "unknown setting 'lrr' (did you mean lr?)"),
      (["--set", "batch_size=0"], "batch_size must be at least 1, not 0"),
-     (["--set", "lr"], "--set takes key=value")],
+     (["--set", "lr"], "--set takes key=value"),
+     (["--set", "schedule=wsd", "--set", "decay_fraction=0"],
+      "decay_fraction must be greater than 0.0, not 0.0")],
 )
 def test_bad_set_values_exit_2_with_one_line_and_no_run(tmp_path, args, message):
     out = gptdash(tmp_path, "train", "--preset", "tiny", *args)
@@ -126,6 +130,20 @@ def test_list_with_an_unknown_status_names_the_valid_ones(tmp_path):
     assert "'bogus' is not a run status" in out.stderr
     assert all(status in out.stderr for status in ("queued", "running", "interrupted"))
     assert "no runs yet" not in out.stdout
+
+
+def test_a_wsd_run_trains_on_its_schedule_and_is_forecast(tmp_path):
+    out = gptdash(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=60",
+                  "--set", "log_interval=1", "--set", "schedule=wsd",
+                  "--set", "decay_fraction=0.5")
+    assert out.returncode == 0, out.stderr
+    store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
+    lr = dict(zip(*(store.metrics([1], [LR])[c] for c in ("step", "value")), strict=True))
+    store.close()
+    assert lr[10] == lr[29] == pytest.approx(3e-3)  # stable until the last half (30 steps)
+    assert lr[30] > lr[45] > lr[59] > 3e-4
+    forecast = json.loads(gptdash(tmp_path, "forecast", "1").stdout)
+    assert forecast["max_steps"] == 60 and forecast["low"] <= forecast["predicted_final"]
 
 
 def test_submit_queues_a_run_and_prints_its_id_without_training(tmp_path):

@@ -49,6 +49,18 @@ def test_sweep_queues_its_runs_and_says_what_it_did(home, gptdash):
     assert listing[0] == "sweep 1 'lr' (successive halving)" and len(listing) == 2 + 6
 
 
+def test_sweep_seeds_repeats_each_value_with_consecutive_seeds(home, gptdash):
+    out = gptdash("sweep", "--preset", "tiny", "--grid", "lr=1e-3,3e-3", "--seeds", "2",
+                  "--set", "seed=10")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "sweep 1 'sweep lr x 2 seeds': 4 runs queued"
+    store = db(home)
+    runs = store.list_runs(sweep_id=1)
+    store.close()
+    assert sorted((r.config["lr"], r.config["seed"]) for r in runs) == [
+        (1e-3, 10), (1e-3, 11), (3e-3, 10), (3e-3, 11)]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--grid", "lr=1e-3,abc"], "sweep run 2 of 2 (lr=abc): lr must be a number, not 'abc'"),
     (["--grid", "lr"], "--grid needs KEY=V1,V2,...: got 'lr'"),
@@ -56,6 +68,7 @@ def test_sweep_queues_its_runs_and_says_what_it_did(home, gptdash):
     (["--grid", "lr=1e-3,1e-2", "--set", "lrr=1"], "unknown setting 'lrr'"),
     (["--random", "2"], "--random 2 needs at least one --range"),
     ([], "a sweep needs at least one --grid"),
+    (["--grid", "seed=1,2", "--seeds", "3"], "--seeds 3 sets seed itself"),
     (["--grid", "lr=1e-3,1e-2", "--cut"], "set eval_interval to 20 or less"),
 ])
 def test_a_bad_sweep_is_one_line_exit_2_and_writes_nothing(home, gptdash, args, message):

@@ -37,6 +37,9 @@ def test_default_and_presets_are_valid():
         ({"freeze_blocks": 2}, "init_from", "only makes sense when fine-tuning"),
         ({"warmup_steps": 1000, "max_steps": 10}, "warmup_steps", "longer than max_steps"),
         ({"min_lr": 1.0, "lr": 0.1}, "min_lr", "above lr"),
+        ({"schedule": "wsd", "min_lr": 1.0, "lr": 0.1}, "min_lr", "above lr"),
+        ({"decay_fraction": 0}, "decay_fraction", "decay_fraction must be greater than 0"),
+        ({"decay_fraction": 1.5}, "decay_fraction", "decay_fraction must be at most 1"),
     ],
 )
 def test_validation_names_the_field_and_what_to_change(overrides, field, text):
@@ -136,3 +139,12 @@ def test_every_bounded_field_refuses_values_below_its_minimum(name, info):
 def test_every_bounded_field_refuses_absurdly_large_values(name, info):
     errs = apply_overrides(TrainConfig(), {name: info["max"] * 10 + 1}).problems()
     assert name in errs and "at most" in errs[name]
+
+
+def test_wsd_and_its_decay_fraction_come_from_set_and_old_configs_still_load():
+    cfg = apply_overrides(TrainConfig(), parse_set_args(["schedule=wsd", "decay_fraction=0.3"]))
+    assert (cfg.schedule, cfg.decay_fraction) == ("wsd", 0.3) and cfg.problems() == {}
+    old = TrainConfig().to_dict()
+    del old["decay_fraction"], old["fixed_eval"]  # a config saved before these fields
+    loaded = TrainConfig.from_dict(old)
+    assert (loaded.decay_fraction, loaded.fixed_eval) == (0.2, True)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from gptcore.config import TrainConfig
-from gptcore.schedule import lr_array, lr_at, lr_curve
+from gptcore.schedule import lr_array, lr_at, lr_curve, wsd_decay_start
 
 
 def cfg(**kw):
@@ -49,6 +49,22 @@ def test_linear_decays_in_a_straight_line():
     assert lr_at(85, c) == pytest.approx(0.325)
 
 
+def test_wsd_holds_lr_then_decays_linearly_over_the_last_fraction():
+    c = cfg(schedule="wsd", max_steps=110, decay_fraction=0.2)  # decays over steps 88..110
+    assert wsd_decay_start(c) == 88
+    assert [lr_at(s, c) for s in (10, 50, 87, 88)] == pytest.approx([1.0] * 4)
+    assert lr_at(99, c) == pytest.approx(0.55)  # halfway through the decay
+    assert lr_at(110, c) == pytest.approx(0.1)
+    assert lr_at(109, c) == pytest.approx(0.1 + 0.9 / 22)
+
+
+def test_wsd_decay_never_starts_inside_the_warmup():
+    c = cfg(schedule="wsd", max_steps=110, warmup_steps=10, decay_fraction=1.0)
+    assert wsd_decay_start(c) == 10
+    assert lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(60, c) == pytest.approx(0.55)  # then the same line as "linear"
+
+
 def test_no_warmup_starts_at_lr():
     assert lr_at(0, cfg(schedule="cosine", warmup_steps=0)) == pytest.approx(1.0)
 
@@ -60,11 +76,13 @@ def test_lr_curve_covers_the_whole_run():
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "linear"])
+@pytest.mark.parametrize("schedule, decay_fraction", [
+    ("constant", 0.2), ("step", 0.2), ("cosine", 0.2), ("linear", 0.2),
+    ("wsd", 0.2), ("wsd", 1.0), ("wsd", 0.001)])
 @pytest.mark.parametrize("warmup", [0, 1, 7, 300])
-def test_lr_array_is_lr_at_at_every_step(schedule, warmup):
+def test_lr_array_is_lr_at_at_every_step(schedule, decay_fraction, warmup):
     cfg = TrainConfig(max_steps=250, warmup_steps=warmup, schedule=schedule, lr=3e-3,
-                      min_lr=3e-4, step_size=40, gamma=0.5)
+                      min_lr=3e-4, step_size=40, gamma=0.5, decay_fraction=decay_fraction)
     expected = [lr_at(s, cfg) for s in range(cfg.max_steps)]
     got = lr_array(cfg)
     assert got.shape == (cfg.max_steps,)

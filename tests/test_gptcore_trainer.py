@@ -128,7 +128,46 @@ def test_resume_continues_the_same_curve(tmp_path):
     assert sorted(joined) == sorted(full_curve)
     for step, value in full_curve.items():
         assert joined[step] == pytest.approx(value, abs=1e-5), step
-    assert second.metrics["val/loss"][30] == pytest.approx(full.metrics["val/loss"][30], abs=1e-5)
+    joined_val = {**first.metrics["val/loss"], **second.metrics["val/loss"]}
+    assert sorted(joined_val) == sorted(full.metrics["val/loss"]) == [0, 10, 20, 30]
+    for step, value in full.metrics["val/loss"].items():
+        assert joined_val[step] == pytest.approx(value, abs=1e-5), step
+
+
+def _ready_trainer(cfg, tmp_path) -> Trainer:
+    trainer = Trainer(cfg, checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache")
+    trainer.setup()
+    return trainer
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_with_fixed_eval_the_same_weights_give_the_same_val_loss_at_every_step(tmp_path,
+                                                                               fixed):
+    trainer = _ready_trainer(micro(fixed_eval=fixed), tmp_path)
+    losses = []
+    for step in (0, 10, 20):
+        trainer.step = step
+        losses.append(trainer.evaluate())
+    if fixed:
+        assert losses[0] == losses[1] == losses[2]
+    else:  # the random draw: new batches at each evaluation
+        assert len({loss["val"] for loss in losses}) == 3
+
+
+def test_the_fixed_eval_set_is_the_same_for_every_seed(tmp_path):
+    a = _ready_trainer(micro(seed=1), tmp_path)
+    b = _ready_trainer(micro(seed=2), tmp_path)
+    b.model.load_state_dict(a.model.state_dict())
+    assert a.evaluate() == b.evaluate()
+    b.cfg = micro(seed=2, fixed_eval=False)
+    assert a.evaluate()["val"] != b.evaluate()["val"]
+
+
+def test_fixed_eval_leaves_the_training_batches_as_they_were(tmp_path):
+    _, fixed = run(micro(), tmp_path / "a")
+    _, drawn = run(micro(fixed_eval=False), tmp_path / "b")
+    assert fixed.metrics["train/loss"] == drawn.metrics["train/loss"]
+    assert fixed.metrics["val/loss"] != drawn.metrics["val/loss"]
 
 
 def test_stop_request_ends_within_one_step_with_a_checkpoint(tmp_path):

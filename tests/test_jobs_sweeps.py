@@ -17,6 +17,7 @@ from jobs.sweeps import (
     cut_problem,
     measured_pace,
     plan_sweep,
+    submit_repeats,
     submit_sweep,
 )
 
@@ -53,6 +54,34 @@ def test_random_draws_join_every_grid_combination():
 def test_a_bad_spec_or_value_is_refused(grids, ranges, random, message):
     with pytest.raises(GptdashError, match=message):
         plan_sweep(preset("tiny"), grids, ranges, random=random)
+
+
+def test_seeds_repeat_each_point_from_the_base_seed_and_are_not_a_swept_param():
+    plan = plan_sweep(apply_overrides(preset("tiny"), {"seed": 5}), ["lr=1e-3,3e-3"], [],
+                      seeds=3)
+    assert [(c.lr, c.seed) for c in plan.configs] == [
+        (1e-3, 5), (1e-3, 6), (1e-3, 7), (3e-3, 5), (3e-3, 6), (3e-3, 7)]
+    assert plan.params == ["lr"] and plan.spec["seeds"] == 3
+    assert plan.label(1) == "lr=0.001 seed=6"
+    with pytest.raises(GptdashError, match="--seeds 2 sets seed itself"):
+        plan_sweep(preset("tiny"), ["seed=1,2"], [], seeds=2)
+
+
+def test_seeds_alone_queue_runs_that_differ_only_in_seed(store):
+    plan = plan_sweep(micro(), [], [], seeds=3)
+    sweep_id, run_ids = submit_sweep(store, plan, tags=["seeds"], notes="spread")
+    runs = store.list_runs(sweep_id=sweep_id)
+    assert store.get_sweep(sweep_id).name == "sweep 3 seeds" and len(run_ids) == 3
+    assert sorted(r.config["seed"] for r in runs) == [1337, 1338, 1339]
+    assert all(r.tags == ["seeds"] and r.notes == "spread" for r in runs)
+    assert len({str({k: v for k, v in r.config.items() if k != "seed"}) for r in runs}) == 1
+
+
+def test_repeats_of_one_config_are_a_sweep_named_after_the_run(store):
+    sweep_id, run_ids = submit_repeats(store, micro(seed=3), 2)
+    names = sorted(r.name for r in store.list_runs(sweep_id=sweep_id))
+    assert len(run_ids) == 2 and names == [f"{runner.default_name(micro())} seed={s}"
+                                           for s in (3, 4)]
 
 
 def test_submit_queues_one_run_per_config_in_the_sweep(store):

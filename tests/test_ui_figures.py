@@ -125,6 +125,17 @@ def test_lr_schedule_figure():
     assert lr_schedule_figure(TrainConfig(schedule="constant")).data[0].y[-1] == 1e-3
 
 
+def test_lr_schedule_figure_draws_wsd_flat_then_down():
+    cfg = TrainConfig(schedule="wsd", max_steps=1000, warmup_steps=50, lr=1e-3, min_lr=1e-4,
+                      decay_fraction=0.2)
+    fig = lr_schedule_figure(cfg)
+    lrs = dict(zip(fig.data[0].x, fig.data[0].y, strict=True))
+    assert "wsd" in fig.layout.title.text
+    assert lrs[100] == lrs[798] == pytest.approx(1e-3)  # stable until the last 20%
+    assert lrs[900] == pytest.approx(5.5e-4)
+    assert lrs[999] < 1.1e-4
+
+
 def test_hparam_figure_numeric_log_and_categorical():
     pts = pd.DataFrame({"name": ["a", "b", "c"], "lr": [1e-4, 1e-3, 3e-2],
                         "best_val_loss": [2.0, 1.5, 1.8]})

@@ -13,6 +13,7 @@ from ui.sweeps import (
     base_config,
     log_axis,
     plan_summary,
+    seed_means,
     specs,
     sweep_figure,
     sweep_refresh_every,
@@ -70,6 +71,12 @@ def test_swept_params_come_from_the_spec_or_what_the_runs_differ_in():
     b = apply_overrides(preset("tiny"), {"lr": 1e-2}).to_dict()
     assert swept_params({}, [a, b]) == ["lr"]
     assert swept_params({}, [a]) == []
+
+
+def test_the_seed_of_a_sweep_with_seeds_is_not_a_swept_param():
+    configs = [preset("tiny").to_dict(), apply_overrides(preset("tiny"), {"seed": 2}).to_dict()]
+    assert swept_params({"params": [], "seeds": 2}, configs) == []
+    assert swept_params({}, configs) == ["seed"]  # an old sweep that swept the seed itself
 
 
 def test_the_sweep_refreshes_only_while_a_run_waits_or_trains():
@@ -171,3 +178,41 @@ def test_markers_at_the_extremes_sit_inside_the_plot(store):
     assert x_low < np.log10(1e-3) and x_high > np.log10(3e-2)
     y_low, y_high = fig.layout.yaxis.range
     assert y_low < 2.1 and y_high > 2.9
+
+
+def _seeded_sweep(store: RunStore) -> tuple[pd.DataFrame, dict[int, float]]:
+    """Two lrs, three seeds each; one seed of the second lr still training."""
+    sweep_id = store.create_sweep("lr x 3 seeds", {"params": ["lr"], "seeds": 3})
+    last = {}
+    for lr, losses in ((1e-3, (2.4, 2.5, 2.6)), (3e-3, (2.0, 2.2, 2.9))):
+        for seed, loss in zip((1, 2, 3), losses, strict=True):
+            cfg = apply_overrides(preset("tiny"), {"lr": lr, "seed": seed})
+            status = "running" if (lr, seed) == (3e-3, 3) else "completed"
+            run_id = store.create_run(f"lr={lr} seed={seed}", cfg.to_dict(), status=status,
+                                      max_steps=cfg.max_steps, sweep_id=sweep_id)
+            last[run_id] = loss
+    return sweep_table(store.list_runs(), ["lr", "seed"], last, {}), last
+
+
+def test_seed_means_average_each_points_completed_runs(store):
+    table, _ = _seeded_sweep(store)
+    means = seed_means(table, ["lr"]).sort_values("lr").reset_index(drop=True)
+    assert list(means["lr"]) == [1e-3, 3e-3]
+    assert list(means["mean"]) == pytest.approx([2.5, 2.1])  # not the training run's 2.9
+    assert list(means["std"]) == pytest.approx([0.1, 2**0.5 / 10])
+    assert list(means["n"]) == [3, 2]
+    alone = seed_means(table, [])
+    assert list(alone["n"]) == [5] and list(alone["mean"]) == pytest.approx([11.7 / 5])
+
+
+def test_a_sweep_with_seeds_draws_each_points_mean_with_an_error_bar(store):
+    table, _ = _seeded_sweep(store)
+    means = seed_means(table, ["lr"])
+    fig = sweep_figure(table, "lr", means)
+    by_name = {t.name: t for t in fig.data}
+    mean = by_name["mean of seeds ± std"]
+    assert sorted(zip(mean.x, mean.y, strict=True)) == [(1e-3, pytest.approx(2.5)),
+                                           (3e-3, pytest.approx(2.1))]
+    assert sorted(mean.error_y.array) == pytest.approx(sorted(means["std"]))
+    assert by_name["final"].opacity < 1  # the runs faint behind their means
+    assert "mean of seeds ± std" not in {t.name for t in sweep_figure(table, "lr").data}

@@ -33,6 +33,10 @@ KINDS = {
 RANKED = ("final", "at stop", "forecast")
 BEST_MARKER = {"symbol": "star", "size": 18, "color": "#d62728",
                "line": {"width": 1, "color": "black"}}
+MEAN_MARKER = {"symbol": "diamond", "size": 12, "color": "#2ca02c",
+               "line": {"width": 1, "color": "black"}}
+# A sweep with seeds draws its runs faintly behind their points' means.
+SEED_RUN_OPACITY = 0.45
 
 
 def specs(rows: Iterable[tuple[str, str]]) -> list[str]:
@@ -56,8 +60,9 @@ def plan_summary(n_runs: int, estimated_seconds: float | None) -> tuple[str, str
 
 
 def swept_params(spec: dict[str, Any], configs: Sequence[dict[str, Any]]) -> list[str]:
-    """The settings a sweep varies: as its spec names them, else those its runs differ in."""
-    if spec.get("params"):
+    """The settings a sweep varies: as its spec names them, else those its runs differ in.
+    The seed of a sweep with seeds is not one: its runs are repeats of each point."""
+    if spec.get("params") or spec.get("seeds"):
         return [str(p) for p in spec["params"]]
     flats = {str(i): TrainConfig.from_dict(c).flat() for i, c in enumerate(configs)}
     return list(differing_params(flats).index) if len(flats) > 1 else []
@@ -129,6 +134,25 @@ def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dic
     return table
 
 
+def seed_means(table: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
+    """Per point of a sweep with seeds (one combination of the swept values), the mean and
+    sample std of its completed runs' final val losses: columns ``*params``, mean, std
+    (0 for a point with one run done), n, names. Runs not completed are left out: a
+    forecast or a loss at stop is not a final loss to average."""
+    columns = [*params, "mean", "std", "n", "names"]
+    done = table[table["kind"] == "final"]
+    if done.empty:
+        return pd.DataFrame(columns=columns)
+    if not params:  # seeds alone: every run is one point
+        done = done.assign(_point=0)
+    by = list(params) or ["_point"]
+    means = done.groupby(by, dropna=False, sort=False).agg(
+        mean=("val loss", "mean"), std=("val loss", "std"), n=("val loss", "size"),
+        names=("name", lambda names: ", ".join(names)))
+    means["std"] = means["std"].fillna(0.0)
+    return means.reset_index()[columns]
+
+
 def _categorical(values: pd.Series) -> bool:
     return any(isinstance(v, (str, bool, np.bool_)) for v in values.dropna())
 
@@ -144,13 +168,17 @@ def log_axis(param: str, values: pd.Series) -> bool:
     return param in LOG_PARAMS or known.max() / known.min() > 100
 
 
-def sweep_figure(table: pd.DataFrame, param: str) -> go.Figure:
+def sweep_figure(table: pd.DataFrame, param: str,
+                 means: pd.DataFrame | None = None) -> go.Figure:
     """Val loss against ``param``, one point per run of a :func:`sweep_table`: final
     losses filled, forecasts open (with their band as an error bar), early stops as
-    crosses, the best run starred."""
+    crosses, the best run starred. With ``means`` (:func:`seed_means` of a sweep with
+    seeds) each point's mean final loss is a diamond with a ±1 std error bar, its runs
+    faint behind it."""
     title = f"val loss vs {param}"
     points = table[table["kind"] != ""]
     categorical = _categorical(table[param])
+    seeded = means is not None and not means.empty
     traces: list[dict] = []
     for kind, marker in KINDS.items():
         part = points[points["kind"] == kind]
@@ -159,6 +187,7 @@ def sweep_figure(table: pd.DataFrame, param: str) -> go.Figure:
         xs = part[param].astype(str) if categorical else part[param]
         trace = {"type": "scatter", "x": xs, "y": part["val loss"], "mode": "markers",
                  "name": kind, "marker": marker, "text": part["name"],
+                 "opacity": SEED_RUN_OPACITY if seeded else 1.0,
                  "hovertemplate": f"%{{text}}<br>{param} %{{x}}<br>{kind} val loss "
                                   "%{y:.4g}<extra></extra>"}
         if kind == "forecast":
@@ -174,6 +203,16 @@ def sweep_figure(table: pd.DataFrame, param: str) -> go.Figure:
                        "y": best["val loss"], "marker": BEST_MARKER, "text": best["name"],
                        "hovertemplate": f"best: %{{text}}<br>{param} %{{x}}<br>val loss "
                                         "%{y:.4g}<extra></extra>"})
+    if seeded:
+        traces.append({"type": "scatter", "mode": "markers", "name": "mean of seeds ± std",
+                       "x": means[param].astype(str) if categorical else means[param],
+                       "y": means["mean"], "marker": MEAN_MARKER,
+                       "error_y": {"type": "data", "array": means["std"], "thickness": 1.5,
+                                   "color": MEAN_MARKER["color"]},
+                       "customdata": np.stack([means["std"], means["n"]], axis=-1),
+                       "hovertemplate": f"{param} %{{x}}<br>mean final val loss %{{y:.4g}} ± "
+                                        "%{customdata[0]:.2g}<br>%{customdata[1]} seeds"
+                                        "<extra></extra>"})
     xaxis: dict[str, Any] = {"title": {"text": param}}
     yaxis: dict[str, Any] = {"title": {"text": "val loss"}}
     if categorical:
@@ -184,7 +223,9 @@ def sweep_figure(table: pd.DataFrame, param: str) -> go.Figure:
         xs = pd.to_numeric(points[param], errors="coerce").dropna()
         if len(xs):  # markers (a star is 18 px) inside the plot, not cut at its edges
             xaxis["range"] = padded_range(xs.min(), xs.max(), log=log, pad=0.08)
-    ys = pd.concat([points["val loss"], points["forecast low"], points["forecast high"]])
+    ys = pd.concat([points["val loss"], points["forecast low"], points["forecast high"],
+                    *([means["mean"] - means["std"], means["mean"] + means["std"]]
+                      if seeded else [])])
     ys = pd.to_numeric(ys, errors="coerce").dropna()
     if len(ys):
         yaxis["range"] = padded_range(ys.min(), ys.max(), log=False, pad=0.08)
