@@ -15,6 +15,8 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt pyproject.toml
 	# The GPT-2 BPE ranks ship inside openai-whisper's package; we need only that file, not its deps.
 	$(PY) -m pip install -q --no-deps $(WHISPER)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The optional Ray extra (`--on ray`); the tests start a real local Ray head.
+	$(PY) -m pip install -q "ray[default,train]==2.60.0"
 	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 	# The storage tests start a throwaway PostgreSQL 15 server (Debian's package).
 	test -x /usr/lib/postgresql/15/bin/initdb || (apt-get update -q && apt-get install -y -q postgresql)

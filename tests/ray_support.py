@@ -1,0 +1,140 @@
+"""A throwaway Ray cluster for tests: a real head (``ray start --head``) on 127.0.0.1.
+
+``start_head`` starts a head with 2 CPUs, its own ``--temp-dir`` and free ports for every
+service it opens, and waits until its job server answers; ``RayCluster.add_node`` joins
+one more node (its own ports and temp dir) for the multi-node tests; ``stop`` stops every
+node and removes the folder. Token auth is switched off explicitly on both sides
+(``RAY_AUTH_MODE=disabled`` in the environment of the cluster and of the test process):
+Ray 2.60 turns it on by itself once ``~/.ray/auth_token`` exists, and job submission then
+fails with 401.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = Path(sys.executable).with_name("ray")
+AUTH_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+START_TIMEOUT_S = 90
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (held open together, so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _node_ports() -> list[str]:
+    """Flags giving a node free ports for all the services it opens."""
+    obj, node, agent_listen, agent_grpc, metrics, runtime_env, lo = _free_ports(7)
+    # Workers take a range of their own; 200 ports above a free one, clipped to the valid range.
+    lo = min(lo, 65535 - 200)
+    return ["--object-manager-port", str(obj), "--node-manager-port", str(node),
+            "--dashboard-agent-listen-port", str(agent_listen),
+            "--dashboard-agent-grpc-port", str(agent_grpc),
+            "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
+            "--min-worker-port", str(lo), "--max-worker-port", str(lo + 200)]
+
+
+def ray_env() -> dict[str, str]:
+    """The environment for ``ray`` commands and for processes that talk to the cluster."""
+    return {**os.environ, **AUTH_ENV}
+
+
+@dataclass
+class RayCluster:
+    """A running local Ray cluster.
+
+    ``address`` is the dashboard's HTTP address (what ``GPTDASH_RAY_ADDRESS`` and
+    ``JobSubmissionClient`` take); ``gcs_address`` is what ``ray start --address`` and
+    ``ray.init(address=...)`` take.
+    """
+
+    folder: Path
+    gcs_port: int
+    dashboard_port: int
+    nodes: list[Path] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def add_node(self, num_cpus: int = 2) -> None:
+        """Join one more node to the cluster (its own ports and temp dir)."""
+        temp = self.folder / f"node{len(self.nodes)}"
+        temp.mkdir()
+        _run([str(RAY), "start", "--address", self.gcs_address, "--node-ip-address",
+              "127.0.0.1", "--num-cpus", str(num_cpus), "--temp-dir", str(temp),
+              "--disable-usage-stats", *_node_ports()])
+        self.nodes.append(temp)
+
+    def stop(self) -> None:
+        """Stop every node of this cluster and remove its folder (best effort)."""
+        # `ray stop` stops every Ray process of this user on the machine, this cluster's
+        # included; the tests run one cluster at a time.
+        subprocess.run([str(RAY), "stop", "--force"], env=ray_env(), capture_output=True,
+                       timeout=120, check=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True,
+                          timeout=START_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({done.returncode}):\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def start_head(num_cpus: int = 2) -> RayCluster:
+    """Start a Ray head on 127.0.0.1 and wait until its job server answers."""
+    if not RAY.exists():
+        raise RuntimeError(f"{RAY} is missing: install the extra, pip install -e '.[ray]' "
+                           "(make setup does)")
+    # A short path: Ray's socket paths must stay under the 107-byte limit of AF_UNIX.
+    folder = Path(tempfile.mkdtemp(prefix="gdray-", dir="/tmp"))
+    gcs, dashboard, client = _free_ports(3)
+    cluster = RayCluster(folder=folder, gcs_port=gcs, dashboard_port=dashboard)
+    try:
+        temp = folder / "head"
+        temp.mkdir()
+        _run([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1",
+              "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+              "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client),
+              "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp),
+              "--include-dashboard", "true", "--disable-usage-stats", *_node_ports()])
+        cluster.nodes.append(temp)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{cluster.address}/api/version", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Ray dashboard at {cluster.address} did not "
+                                       f"answer within {START_TIMEOUT_S} s") from None
+                time.sleep(0.5)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
