@@ -11,8 +11,11 @@ fails with 401.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,9 +46,10 @@ def _free_ports(n: int) -> list[int]:
 
 def _node_ports() -> list[str]:
     """Flags giving a node free ports for all the services it opens."""
-    obj, node, agent_listen, agent_grpc, metrics, runtime_env, lo = _free_ports(7)
-    # Workers take a range of their own; 200 ports above a free one, clipped to the valid range.
-    lo = min(lo, 65535 - 200)
+    obj, node, agent_listen, agent_grpc, metrics, runtime_env = _free_ports(6)
+    # Workers take a range of their own, below the kernel's ephemeral range (32768 and up,
+    # where the free ports above come from) so that it cannot hold any of them.
+    lo = random.randrange(10000, 32000, 200)
     return ["--object-manager-port", str(obj), "--node-manager-port", str(node),
             "--dashboard-agent-listen-port", str(agent_listen),
             "--dashboard-agent-grpc-port", str(agent_grpc),
@@ -90,12 +94,64 @@ class RayCluster:
         self.nodes.append(temp)
 
     def stop(self) -> None:
-        """Stop every node of this cluster and remove its folder (best effort)."""
-        # `ray stop` stops every Ray process of this user on the machine, this cluster's
-        # included; the tests run one cluster at a time.
-        subprocess.run([str(RAY), "stop", "--force"], env=ray_env(), capture_output=True,
-                       timeout=120, check=False)
+        """Stop every process of this cluster and remove its folder (best effort).
+
+        Not `ray stop`, which stops every Ray cluster of this user on the machine: the
+        processes of this one are those that name its folder on their command line (the
+        GCS, raylets, dashboards, log monitors) or its GCS port (the client server), and
+        everything they started (agents, workers, jobs), found before any is signalled.
+        """
+        mine = _with_descendants(_pids_naming(str(self.folder), f":{self.gcs_port}"))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in mine:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(_alive(p) for p in mine):
+                time.sleep(0.2)
+            mine = [p for p in mine if _alive(p)]
+            if not mine:
+                break
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _pids_naming(*texts: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if any(text in cmdline for text in texts):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _with_descendants(roots: list[int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found and pid != os.getpid():
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def _run(cmd: list[str]) -> None:
