@@ -21,13 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import optimize, signal, stats
 
+if TYPE_CHECKING:
+    from analysis.family import FamilyFit
+
 ANNEALING_MOMENTUM = 0.999  # the paper's lambda
 MIN_POINTS = 5  # evaluations (after step 0) a forecast needs: one more than the constants
-BAND_LEVEL = 0.95
+# With a family's shape constants only the level and scale are fitted: a line's worth.
+MIN_POINTS_CALIBRATED = 3
+BAND_LEVEL = 0.9
 # C is fitted only once the annealing area seen is half the run's total: extrapolated
 # further, a C fitted on real CPU runs took the curve's own bends for annealing and
 # forecast drops of 20-40% that never came (bench/forecast_accuracy.py).
@@ -73,6 +79,14 @@ class Forecast:
     _s1: np.ndarray = field(repr=False)
     _s2: np.ndarray = field(repr=False)
     _t_quantile: float = field(repr=False)
+    # Whether the law's shape (alpha, C, lambda) came from finished relatives of the run
+    # (its family) rather than from its own curve alone, and how many there were.
+    calibrated: bool = False
+    family_size: int = 0
+    # Where the band's width comes from: "fit" (the fit's own uncertainty) or
+    # "relatives" (how far forecasts from the same share of steps missed on them).
+    band_source: str = "fit"
+    _band_scale: float = field(default=1.0, repr=False)  # the band at max_steps, over the fit's
 
     @property
     def half_width(self) -> float:
@@ -83,7 +97,18 @@ class Forecast:
         idx = np.clip(np.asarray(steps, dtype=int), 1, self.max_steps)
         mean, low, high = _band(self._theta, self._cov, self._s1[idx], self._s2[idx],
                                 self.residual_std**2, self._t_quantile)
-        return ForecastCurve(steps=idx, mean=mean, low=low, high=high)
+        half = (high - low) / 2 * self._band_scale
+        return ForecastCurve(steps=idx, mean=mean, low=mean - half, high=mean + half)
+
+    def with_band(self, relative_half_width: float, relatives: int) -> Forecast:
+        """This forecast with its band at max_steps set from its relatives' record:
+        ``predicted_final * (1 ± relative_half_width)``, never narrower than the fit's own
+        band. The band along the curve keeps the fit's shape, scaled to meet that width."""
+        fit_half = self.half_width
+        half = max(relative_half_width * abs(self.predicted_final), fit_half)
+        return replace(self, low=self.predicted_final - half, high=self.predicted_final + half,
+                       band_source="relatives", family_size=relatives,
+                       _band_scale=half / fit_half if fit_half > 0 else 1.0)
 
 
 def annealing_areas(lr_per_step: Sequence[float] | np.ndarray,
@@ -172,7 +197,8 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
                    upto_step: int | None = None, annealing_c: float | None = None,
                    level: float = BAND_LEVEL,
                    momentum: float = ANNEALING_MOMENTUM,
-                   areas: tuple[np.ndarray, np.ndarray] | None = None) -> Forecast | None:
+                   areas: tuple[np.ndarray, np.ndarray] | None = None,
+                   family: FamilyFit | None = None) -> Forecast | None:
     """Fit the evaluations at or before ``upto_step`` and forecast val loss at ``max_steps``.
 
     ``steps``/``val_loss`` are the evaluations (val loss after ``steps[k]`` optimizer
@@ -193,6 +219,13 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     not in the band. ``areas`` is ``annealing_areas(lr_per_step, momentum)`` computed
     once by a caller that forecasts the same schedule again and again (a live page on a
     10-million-step run would otherwise spend most of a second on it at each refit).
+
+    ``family`` (``analysis.family.fit_family`` on the run's finished relatives) supplies
+    the law's shape: alpha, C and the annealing momentum (which then replaces
+    ``momentum``; ``areas`` must be computed with it). Only the run's own level and scale
+    (L0 and A) are fitted, a linear fit that needs ``MIN_POINTS_CALIBRATED`` evaluations,
+    and the forecast is ``calibrated``. The band is still the fit's; ``Forecast.with_band``
+    widens it to the family's record.
 
     The band is a prediction interval from the fit's parameter covariance (the Jacobian at
     the optimum, scaled by the residual variance) carried to ``max_steps`` by the delta
@@ -220,16 +253,20 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
         upto_step = int(x.max()) if x.size else 0
     keep = np.isfinite(y) & (x >= 1) & (x <= min(upto_step, max_steps))
     x, y = x[keep].astype(int), y[keep]
-    if x.size < MIN_POINTS:
+    if x.size < (MIN_POINTS if family is None else MIN_POINTS_CALIBRATED):
         return None
 
+    if family is not None:
+        momentum = family.momentum
     if areas is None:
         areas = annealing_areas(np.asarray(lr_per_step, dtype=float)[:max_steps], momentum)
     s1_all, s2_all = areas
     s1, s2 = s1_all[x], s2_all[x]
     if np.any(s1 <= 0):
         return None  # an lr of zero up to an evaluation: nothing to fit a power of
-    if annealing_c is not None:
+    if family is not None:
+        fit = _fit_level_scale(s1, s2, y, family)
+    elif annealing_c is not None:
         # A known C: fit the rest to the curve with its annealing drop added back.
         fit = _fit(s1, s2, y + annealing_c * s2, with_c=False)
         if fit is None:
@@ -245,7 +282,7 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
         if fit is None:
             return None
     note = None
-    if fit.theta[3] == 0 and s2_all[max_steps] > 1e-9:
+    if family is None and fit.theta[3] == 0 and s2_all[max_steps] > 1e-9:
         note = ("the evaluations so far do not show the lr decay's effect: the forecast "
                 "leaves out any extra drop the rest of the schedule brings")
     dof = x.size - fit.n_free
@@ -258,7 +295,26 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
         upto_step=int(x.max()), max_steps=max_steps, n_points=int(x.size),
         params=dict(zip(PARAM_NAMES, map(float, fit.theta), strict=True)),
         residual_std=float(np.sqrt(resid_var)), level=level, note=note,
+        calibrated=family is not None, family_size=family.n_runs if family else 0,
         _theta=fit.theta, _cov=fit.cov, _s1=s1_all, _s2=s2_all, _t_quantile=t_quantile)
+
+
+def _fit_level_scale(s1: np.ndarray, s2: np.ndarray, y: np.ndarray,
+                     family: FamilyFit) -> _Fit:
+    """L0 and A by linear least squares (both at least 0), alpha and C the family's."""
+    basis = np.column_stack([np.ones_like(s1), s1 ** (-family.alpha)])
+    target = y + family.c * s2
+    coef = np.linalg.lstsq(basis, target, rcond=None)[0]
+    if np.any(coef < 0):
+        with np.errstate(all="ignore"):
+            coef = optimize.lsq_linear(basis, target, bounds=(0.0, np.inf), method="bvls").x
+    resid = basis @ coef - target
+    rss = float(resid @ resid)
+    cov = np.zeros((4, 4))
+    dof = max(y.size - 2, 1)
+    cov[:2, :2] = np.linalg.pinv(basis.T @ basis) * rss / dof
+    theta = np.array([coef[0], coef[1], family.alpha, family.c])
+    return _Fit(theta=theta, cov=cov, rss=rss, n_free=2)
 
 
 def _band(theta: np.ndarray, cov: np.ndarray, s1: np.ndarray, s2: np.ndarray,

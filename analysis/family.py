@@ -1,0 +1,209 @@
+"""Forecast families: the law's shape fitted on finished relatives, bands from their misses.
+
+Runs of one model shape, tokenizer, corpus, context, batch and optimizer share the shape
+of the annealing law (``analysis.forecast``): the exponent ``alpha``, the annealing
+constant ``C`` and the annealing momentum ``lambda``. Fitted jointly on the family's
+finished curves (each run keeps its own level ``L0`` and scale ``A``), they let a new
+member's forecast refit only its level and scale, a linear fit that a few evaluations
+pin down, and see a coming lr decay before it shows, as Tissue et al. (2024) forecast
+whole schedules from one fitted law.
+
+How far such forecasts missed on the family's own finished runs, each forecast from the
+same share of its steps with constants fitted on the others (leave one out), gives the
+band its width (:func:`band_half_width`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize, stats
+
+from analysis.forecast import ALPHA_BOUNDS, annealing_areas
+
+# The momenta tried for lambda: the paper's 0.999 suits runs of tens of thousands of
+# steps; a run of a few hundred steps anneals on a shorter time scale.
+MOMENTA = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+ALPHA_GRID = np.geomspace(0.02, 3.0, 24)
+# Evaluations before this share of a relative's steps are left out of the joint fit: the
+# first few, at the steep start of training, follow the law least and would dominate it.
+FIT_FROM = 0.05
+
+
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """One run's val curve and its lr schedule (``lr_per_step[i]``: the lr of step i)."""
+
+    steps: np.ndarray
+    val_loss: np.ndarray
+    lr_per_step: np.ndarray
+    max_steps: int
+    # The annealing areas by momentum, computed once (``areas_of``).
+    areas: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict,
+                                                               repr=False)
+
+    @staticmethod
+    def of(steps: Sequence[int], val_loss: Sequence[float], lr_per_step: Sequence[float],
+           max_steps: int) -> Curve:
+        x = np.asarray(steps, dtype=int)
+        y = np.asarray(val_loss, dtype=float)
+        # A step evaluated twice (a roll-back) counts once, with its later value.
+        last = x.size - 1 - np.unique(x[::-1], return_index=True)[1]
+        x, y = x[last], y[last]
+        keep = np.isfinite(y) & (x >= 1) & (x <= max_steps)
+        return Curve(steps=x[keep], val_loss=y[keep],
+                     lr_per_step=np.asarray(lr_per_step, dtype=float)[:max_steps],
+                     max_steps=int(max_steps))
+
+    @property
+    def final(self) -> float | None:
+        """The val loss at max_steps, when the run was evaluated there."""
+        at = np.flatnonzero(self.steps == self.max_steps)
+        return float(self.val_loss[at[0]]) if at.size else None
+
+    def upto(self, fraction: float) -> int:
+        return max(1, int(fraction * self.max_steps))
+
+
+@dataclass(frozen=True)
+class FamilyFit:
+    """The shape constants fitted jointly on a family's finished runs."""
+
+    alpha: float
+    c: float
+    momentum: float
+    n_runs: int
+    residual_std: float
+
+
+def areas_of(curve: Curve, momentum: float) -> tuple[np.ndarray, np.ndarray]:
+    """``annealing_areas`` of a curve's schedule, kept on the curve (a family is fitted
+    again and again, with one run left out each time)."""
+    if momentum not in curve.areas:
+        curve.areas[momentum] = annealing_areas(curve.lr_per_step, momentum)
+    return curve.areas[momentum]
+
+
+def _solve(columns: np.ndarray, y: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares with the coefficients at or above ``lower``; (coefficients, rss)."""
+    coef = np.linalg.lstsq(columns, y, rcond=None)[0]
+    if np.any(coef < lower):
+        # A small problem with a few active bounds: the exact active-set method is the
+        # fastest of lsq_linear's.
+        with np.errstate(all="ignore"):
+            coef = optimize.lsq_linear(columns, y, bounds=(lower, np.inf), method="bvls").x
+    resid = columns @ coef - y
+    return coef, float(resid @ resid)
+
+
+def _joint_design(curves: Sequence[Curve], alpha: float, momentum: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows: every fitted evaluation; columns: L0 per run, A per run, then C."""
+    k = len(curves)
+    blocks, ys = [], []
+    for i, curve in enumerate(curves):
+        s1_all, s2_all = areas_of(curve, momentum)
+        keep = curve.steps >= FIT_FROM * curve.max_steps
+        x = curve.steps[keep]
+        block = np.zeros((x.size, 2 * k + 1))
+        block[:, i] = 1.0
+        block[:, k + i] = s1_all[x] ** (-alpha)
+        block[:, 2 * k] = -s2_all[x]
+        blocks.append(block)
+        ys.append(curve.val_loss[keep])
+    return np.vstack(blocks), np.concatenate(ys)
+
+
+def fit_family(curves: Sequence[Curve]) -> FamilyFit | None:
+    """alpha, C and lambda fitted jointly on finished curves, each with its own L0 and A.
+
+    For a given alpha and lambda the law is linear in every L0, A and C, so those are
+    solved exactly (variable projection) and only alpha (a grid, then a bounded 1-D
+    refinement) and lambda (``MOMENTA``) are searched. None without a usable curve.
+    """
+    curves = [c for c in curves if c.steps.size >= 3]
+    if not curves:
+        return None
+    lower = np.zeros(2 * len(curves) + 1)
+
+    def rss(alpha: float, momentum: float) -> float:
+        cols, y = _joint_design(curves, alpha, momentum)
+        return _solve(cols, y, lower)[1]
+
+    best: tuple[float, float, float] | None = None
+    for momentum in MOMENTA:
+        if any(areas_of(c, momentum)[0][c.steps].min() <= 0 for c in curves):
+            return None  # an lr of zero up to an evaluation: nothing to fit a power of
+        grid = [rss(a, momentum) for a in ALPHA_GRID]
+        i = int(np.argmin(grid))
+        lo, hi = ALPHA_GRID[max(i - 1, 0)], ALPHA_GRID[min(i + 1, ALPHA_GRID.size - 1)]
+        res = optimize.minimize_scalar(lambda a, m=momentum: rss(a, m), bounds=(lo, hi),
+                                       method="bounded", options={"xatol": 1e-4})
+        alpha, value = (float(res.x), float(res.fun)) if res.fun < grid[i] else (
+            float(ALPHA_GRID[i]), grid[i])
+        if best is None or value < best[0]:
+            best = (value, alpha, momentum)
+    value, alpha, momentum = best
+    cols, y = _joint_design(curves, alpha, momentum)
+    coef, value = _solve(cols, y, lower)
+    dof = max(y.size - cols.shape[1] - 2, 1)
+    alpha = float(np.clip(alpha, *ALPHA_BOUNDS))
+    return FamilyFit(alpha=alpha, c=float(coef[-1]), momentum=momentum, n_runs=len(curves),
+                     residual_std=math.sqrt(value / dof))
+
+
+def forecast_with(family: FamilyFit, curve: Curve, upto_step: int) -> float | None:
+    """The final val loss of ``curve`` forecast from its evaluations up to ``upto_step``,
+    with the family's shape constants (only L0 and A fitted); None with under 2 points."""
+    s1_all, s2_all = areas_of(curve, family.momentum)
+    keep = curve.steps <= upto_step
+    x, y = curve.steps[keep], curve.val_loss[keep]
+    if x.size < 2 or np.any(s1_all[x] <= 0):
+        return None
+    cols = np.column_stack([np.ones(x.size), s1_all[x] ** (-family.alpha)])
+    coef, _ = _solve(cols, y + family.c * s2_all[x], np.zeros(2))
+    end = curve.max_steps
+    return float(coef[0] + coef[1] * s1_all[end] ** (-family.alpha) - family.c * s2_all[end])
+
+
+def band_share(fraction: float) -> float:
+    """The share of steps a band is calibrated at: ``fraction`` to a twentieth (a live
+    run's band moves in visible steps, and each new share costs a refit per relative)."""
+    return min(max(round(fraction * 20) / 20, 0.05), 1.0)
+
+
+def leave_one_out_errors(curves: Sequence[Curve], fraction: float) -> list[float]:
+    """Relative errors (forecast / actual - 1) of each finished curve's final val loss,
+    forecast from ``fraction`` of its steps with the constants fitted on the others."""
+    finished = [c for c in curves if c.final is not None]
+    errors = []
+    for i, curve in enumerate(finished):
+        family = fit_family(finished[:i] + finished[i + 1:])
+        if family is None:
+            continue
+        predicted = forecast_with(family, curve, curve.upto(fraction))
+        if predicted is not None and math.isfinite(predicted):
+            errors.append(predicted / curve.final - 1)
+    return errors
+
+
+def band_half_width(errors: Sequence[float], level: float) -> float | None:
+    """The relative half-width of a ``level`` band from past relative errors; None without
+    any.
+
+    Split conformal where there are enough errors for the level (the ceil((n+1) level)-th
+    smallest absolute error covers a new run with probability at least ``level`` when the
+    runs are exchangeable); with fewer, a Student-t interval on their root mean square
+    (n degrees of freedom: the errors are taken to centre on zero), wide when n is small.
+    """
+    e = np.abs(np.asarray(errors, dtype=float))
+    n = e.size
+    if n == 0:
+        return None
+    rank = math.ceil((n + 1) * level)
+    if rank <= n:
+        return float(np.sort(e)[rank - 1])
+    return float(stats.t.ppf(0.5 + level / 2, n) * math.sqrt(np.mean(e**2)))
