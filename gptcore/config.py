@@ -358,6 +358,26 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# Config fields that tell repeats of one experiment apart. A run's name, tags and notes
+# are on its row, not in its config, so only the seed is left out.
+REPEAT_FIELDS = ("seed",)
+
+
+def repeat_key(config: dict[str, Any]) -> str:
+    """A run's config without its seed, as a string: equal for runs that differ only in
+    seed (repeats of one experiment, drawn and judged as one group).
+
+    A config this version reads is compared with its defaults filled in, so a config
+    saved before a field existed still groups with one that names the field's default.
+    """
+    try:
+        flat = TrainConfig.from_dict(dict(config)).flat()
+    except GptdashError:
+        flat = dict(config)  # an older config: compare what it says
+    kept = {k: v for k, v in flat.items() if k not in REPEAT_FIELDS}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise GptdashError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")

@@ -138,7 +138,26 @@ def cmd_forecast(args, store: RunStore) -> int:
     store.get_run(args.run_id)  # a missing run is refused before scipy and pandas load
     from jobs.forecasting import forecast_report
 
-    print(json.dumps(forecast_report(store, args.run_id, upto=args.upto)))
+    report = forecast_report(store, args.run_id, upto=args.upto)
+    print(json.dumps(report))
+    how = (f"calibrated on {report['family_size']} finished relative(s)"
+           if report["calibrated"] else
+           "uncalibrated: no finished relative (same model, data, batch and optimizer); "
+           "`gptdash calibrate` queues one")
+    print(f"run {args.run_id}: forecast {report['predicted_final']:.4g} "
+          f"({report['low']:.4g}-{report['high']:.4g}, {report['level']:.0%} band) at step "
+          f"{report['max_steps']:,}; {how}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_calibrate(args, store: RunStore) -> int:
+    from jobs.calibration import submit_calibration
+
+    run_id = submit_calibration(store, args.run_id, steps=args.steps)
+    print(run_id)
+    print(f"run {run_id} queued: a short relative of run {args.run_id} (its lr held, then a "
+          f"quick cool-down); once it completes, run {args.run_id}'s forecast is calibrated "
+          f"on it", file=sys.stderr)
     return EXIT_OK
 
 
@@ -341,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use only the evaluations up to this step (to check the forecast "
                          "against a finished run)")
     fc.set_defaults(func=cmd_forecast)
+
+    cb = sub.add_parser("calibrate", help="queue a short relative of a run that calibrates "
+                                          "its forecast family")
+    cb.add_argument("run_id", type=int)
+    cb.add_argument("--steps", type=int, metavar="N",
+                    help="steps of the calibration run (default: half the run's)")
+    cb.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_id", type=int)

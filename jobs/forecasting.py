@@ -1,5 +1,12 @@
 """A recorded run's final-loss forecast: its val-loss curve and lr schedule, fitted by
-``analysis.forecast``.
+``analysis.forecast``, calibrated on its family by ``analysis.family``.
+
+A run's family is the completed runs of the same model shape, tokenizer, corpus, batch,
+optimizer and evaluation set (``family_key``); they may differ in learning rate,
+schedule, steps and seed. With at least one, the law's shape constants come from them
+and the forecast is calibrated; with two or more, the band's width comes from how far
+forecasts from the same share of steps missed on them, each left out in turn. Without
+any, the run is forecast from its own curve alone, "uncalibrated".
 
 No torch: ``gptdash forecast`` and the pages read forecasts at once.
 """
@@ -13,7 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.forecast import MIN_POINTS, Forecast, annealing_areas, forecast_final
+from analysis.family import (
+    Curve,
+    FamilyFit,
+    band_half_width,
+    band_share,
+    fit_family,
+    leave_one_out_errors,
+)
+from analysis.forecast import (
+    BAND_LEVEL,
+    MIN_POINTS,
+    MIN_POINTS_CALIBRATED,
+    Forecast,
+    annealing_areas,
+    forecast_final,
+)
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.metric_keys import VAL_LOSS
@@ -25,25 +47,110 @@ if TYPE_CHECKING:
 
 
 
+# What a family shares besides the model's shape (everything under ``model``): the
+# data, the tokens per step, the optimizer and the evaluation set. Learning rate,
+# schedule, warmup, steps and seed may differ.
+FAMILY_FIELDS = ("corpus", "tokenizer", "val_fraction", "batch_size", "grad_accum_steps",
+                 "nproc", "optimizer", "weight_decay", "beta1", "beta2", "momentum",
+                 "grad_clip", "label_smoothing", "eval_iters", "fixed_eval")
+# The newest completed relatives a family fit uses: more add little and cost a refit each
+# for the leave-one-out band.
+MAX_RELATIVES = 12
+
+
+def family_key(cfg: TrainConfig) -> str:
+    """What runs of one forecast family have in common, as a string to compare."""
+    data = cfg.to_dict()
+    return json.dumps({"model": data["model"], **{k: data.get(k) for k in FAMILY_FIELDS}},
+                      sort_keys=True)
+
+
 def lr_schedule(cfg: TrainConfig) -> np.ndarray:
     """The lr of every optimizer step 0..max_steps-1, as the trainer sets it (read-only)."""
-    return _schedule(json.dumps(cfg.to_dict(), sort_keys=True))[0]
+    return _schedule(json.dumps(cfg.to_dict(), sort_keys=True))
 
 
-def _areas(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    return _schedule(json.dumps(cfg.to_dict(), sort_keys=True))[1]
+def _areas(cfg: TrainConfig, momentum: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    return _annealing(json.dumps(cfg.to_dict(), sort_keys=True), momentum)
 
 
 # Kept for the last few configs: a live page refits a run's forecast at each new
 # evaluation, and the schedule and its annealing areas never change (on a 10-million-step
 # run they take about a second to compute, the fit itself milliseconds).
 @functools.lru_cache(maxsize=8)
-def _schedule(config_json: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _schedule(config_json: str) -> np.ndarray:
     lrs = lr_array(TrainConfig.from_dict(json.loads(config_json)))
-    areas = annealing_areas(lrs)
-    for array in (lrs, *areas):
-        array.setflags(write=False)  # shared between callers
-    return lrs, areas
+    lrs.setflags(write=False)  # shared between callers
+    return lrs
+
+
+@functools.lru_cache(maxsize=16)
+def _annealing(config_json: str, momentum: float | None) -> tuple[np.ndarray, np.ndarray]:
+    lrs = _schedule(config_json)
+    areas = annealing_areas(lrs) if momentum is None else annealing_areas(lrs, momentum)
+    for array in areas:
+        array.setflags(write=False)
+    return areas
+
+
+def relatives(store: RunStore, run: RunRecord) -> list[RunRecord]:
+    """The completed runs of ``run``'s family (itself left out), newest first, at most
+    ``MAX_RELATIVES``."""
+    key = family_key(TrainConfig.from_dict(run.config))
+    found = []
+    for other in store.list_runs(status=RunStatus.COMPLETED):
+        if other.id != run.id and _family_key_of(other) == key:
+            found.append(other)
+            if len(found) == MAX_RELATIVES:
+                break
+    return found
+
+
+def _family_key_of(run: RunRecord) -> str | None:
+    try:
+        return family_key(TrainConfig.from_dict(run.config))
+    except (ValueError, TypeError, GptdashError):
+        return None  # a config an older release wrote that this one cannot read
+
+
+class _Family:
+    """A family's fit and, per share of steps, its leave-one-out errors (computed once)."""
+
+    def __init__(self, curves: list[Curve]) -> None:
+        self.curves = curves
+        self.fit: FamilyFit | None = fit_family(curves)
+        self._errors: dict[float, list[float]] = {}
+
+    def errors(self, fraction: float) -> list[float]:
+        share = band_share(fraction)
+        if share not in self._errors:
+            self._errors[share] = (leave_one_out_errors(self.curves, share)
+                                   if len(self.curves) >= 2 else [])
+        return self._errors[share]
+
+
+# Completed runs never change, so a family is fitted once per set of relatives.
+_FAMILIES: dict[tuple[str, tuple[int, ...]], _Family] = {}
+
+
+def _family_of(store: RunStore, run: RunRecord) -> _Family | None:
+    kin = relatives(store, run)
+    if not kin:
+        return None
+    key = (str(store.engine.url), tuple(sorted(r.id for r in kin)))
+    if key not in _FAMILIES:
+        frame = store.metrics([r.id for r in kin], [VAL_LOSS])
+        curves = []
+        for other in kin:
+            rows = frame[frame["run_id"] == other.id]
+            cfg = TrainConfig.from_dict(other.config)
+            curves.append(Curve.of(rows["step"].astype(int).tolist(),
+                                   rows["value"].astype(float).tolist(), lr_schedule(cfg),
+                                   cfg.max_steps))
+        if len(_FAMILIES) > 32:
+            _FAMILIES.clear()
+        _FAMILIES[key] = _Family(curves)
+    return _FAMILIES[key]
 
 
 def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int], list[float]]:
@@ -52,13 +159,21 @@ def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int
 
 
 def _forecast(run: RunRecord, steps: list[int], losses: list[float],
-              upto: int | None) -> Forecast | None:
+              upto: int | None, family: _Family | None = None) -> Forecast | None:
     cfg = TrainConfig.from_dict(run.config)
+    fit = family.fit if family is not None else None
     try:
-        return forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps, upto_step=upto,
-                              areas=_areas(cfg))
+        if fit is None:
+            return forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
+                                  upto_step=upto, areas=_areas(cfg))
+        forecast = forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
+                                  upto_step=upto, areas=_areas(cfg, fit.momentum), family=fit)
     except ValueError as exc:
         raise GptdashError(f"cannot forecast run {run.id}: {exc}") from None
+    if forecast is None:
+        return None
+    half = band_half_width(family.errors(forecast.upto_step / cfg.max_steps), BAND_LEVEL)
+    return forecast if half is None else forecast.with_band(half, len(family.curves))
 
 
 def run_forecast(store: RunStore, run_id: int, *, upto: int | None = None) -> Forecast | None:
@@ -68,7 +183,7 @@ def run_forecast(store: RunStore, run_id: int, *, upto: int | None = None) -> Fo
         raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
     run = store.get_run(run_id)
     steps, losses = _val_curve(store, run_id, upto)
-    return _forecast(run, steps, losses, upto)
+    return _forecast(run, steps, losses, upto, _family_of(store, run))
 
 
 def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) -> dict[str, Any]:
@@ -82,15 +197,17 @@ def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) ->
     if upto is not None and upto < 1:
         raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
     steps, losses = _val_curve(store, run_id, upto)
-    forecast = _forecast(run, steps, losses, upto)
+    family = _family_of(store, run)
+    forecast = _forecast(run, steps, losses, upto, family)
     if forecast is None:
         usable = sum(1 for s, v in zip(steps, losses, strict=True) if s >= 1 and math.isfinite(v))
         where = f" up to step {upto}" if upto is not None else ""
         advice = ("wait for more, or evaluate more often (a smaller eval_interval)"
                   if run.status in (RunStatus.QUEUED, RunStatus.RUNNING) and upto is None
                   else "evaluate more often (a smaller eval_interval)")
+        needed = MIN_POINTS if family is None or family.fit is None else MIN_POINTS_CALIBRATED
         raise GptdashError(f"run {run_id} ({run.status}) has {usable} evaluation(s) after "
-                           f"step 0{where}; a forecast needs at least {MIN_POINTS}: {advice}")
+                           f"step 0{where}; a forecast needs at least {needed}: {advice}")
     actual = None
     if run.status == RunStatus.COMPLETED:
         _, all_losses = _val_curve(store, run_id, None)
@@ -98,4 +215,7 @@ def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) ->
     return {"run_id": run.id, "status": run.status,
             "predicted_final": forecast.predicted_final, "low": forecast.low,
             "high": forecast.high, "upto_step": forecast.upto_step,
-            "max_steps": forecast.max_steps, "actual_final": actual, "note": forecast.note}
+            "max_steps": forecast.max_steps, "actual_final": actual, "note": forecast.note,
+            "level": forecast.level, "calibrated": forecast.calibrated,
+            "family_size": len(family.curves) if family is not None else 0,
+            "band_from": forecast.band_source}

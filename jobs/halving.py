@@ -1,6 +1,11 @@
 """Successive halving: a run of a sweep created with the early cut is compared with the
 rest of its sweep at its cut points, and stopped when its forecast is confidently worse.
 
+Repeats of one config with other seeds (``gptcore.config.repeat_key``) are judged as a
+group: the group's standing is the mean of its members' forecasts, so one lucky or
+unlucky seed neither cuts its config nor saves it, and a run is compared with the other
+groups, never with its own repeats.
+
 Asked by ``jobs.bridge`` from the process that trains the run; kept apart from
 ``jobs.sweeps`` (which queues runs through ``jobs.runner``) so that the trainer's bridge
 never imports the code that starts runs. No torch.
@@ -8,11 +13,13 @@ never imports the code that starts runs. No torch.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from statistics import fmean
 from typing import TYPE_CHECKING
 
 from analysis.forecast import Forecast
 from analysis.sweep import cut_steps, should_cut
-from gptcore.config import TrainConfig
+from gptcore.config import TrainConfig, repeat_key
 from gptcore.errors import GptdashError
 from jobs.forecasting import run_forecast
 from storage.status import RunStatus
@@ -62,15 +69,37 @@ def _standing(store: RunStore, run: RunRecord, fraction: float) -> Forecast | No
     return forecast
 
 
+def group_forecast(forecasts: list[Forecast | None]) -> Forecast | None:
+    """One standing for a group of repeats: the mean of its members' forecasts and of their
+    band edges (the members share data and model, so their misses are not independent and
+    the band is not narrowed by averaging); None when no member can be forecast."""
+    known = [f for f in forecasts if f is not None]
+    if len(known) <= 1:
+        return known[0] if known else None
+    return replace(known[0], predicted_final=fmean(f.predicted_final for f in known),
+                   low=fmean(f.low for f in known), high=fmean(f.high for f in known))
+
+
+def _groups(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(repeat_key(run.config), []).append(run)
+    return groups
+
+
 def best_forecast(store: RunStore, sweep_id: int, *, exclude: int,
                   fraction: float = 1.0) -> Forecast | None:
-    """The lowest forecast final loss among the sweep's other runs that can be forecast,
-    each from its evaluations up to ``fraction`` of its steps."""
-    forecasts = [_standing(store, r, fraction)
-                 for r in store.list_runs(sweep_id=sweep_id, status=COMPARED_STATUSES)
-                 if r.id != exclude]
-    forecasts = [f for f in forecasts if f is not None]
-    return min(forecasts, key=lambda f: f.predicted_final, default=None)
+    """The lowest forecast final loss among the sweep's other seed groups (runs that differ
+    only in seed, ``exclude``'s own group left out), each the mean of its members'
+    forecasts from their evaluations up to ``fraction`` of their steps."""
+    runs = store.list_runs(sweep_id=sweep_id, status=COMPARED_STATUSES)
+    own = next((repeat_key(r.config) for r in runs if r.id == exclude), None)
+    if own is None:
+        own = repeat_key(store.get_run(exclude).config)
+    standings = [group_forecast([_standing(store, r, fraction) for r in members])
+                 for key, members in _groups(runs).items() if key != own]
+    standings = [f for f in standings if f is not None]
+    return min(standings, key=lambda f: f.predicted_final, default=None)
 
 
 def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
@@ -83,5 +112,11 @@ def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
     if forecast is None:
         return None
     fraction = upto / run.max_steps if run.max_steps else 1.0
-    return should_cut(forecast, best_forecast(store, run.sweep_id, exclude=run_id,
+    key = repeat_key(run.config)
+    repeats = [r for r in store.list_runs(sweep_id=run.sweep_id, status=COMPARED_STATUSES)
+               if r.id != run_id and repeat_key(r.config) == key]
+    standing = group_forecast([forecast, *(_standing(store, r, fraction) for r in repeats)])
+    if standing is not forecast:
+        standing = replace(standing, upto_step=forecast.upto_step)
+    return should_cut(standing, best_forecast(store, run.sweep_id, exclude=run_id,
                                               fraction=fraction))

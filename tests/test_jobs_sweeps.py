@@ -195,13 +195,44 @@ def test_a_run_as_good_as_a_finished_one_is_not_cut_before_its_lr_decays(store):
     twin = store.create_run("twin", cfg.to_dict(), max_steps=cfg.max_steps, status="running",
                             sweep_id=sweep_id)
     store.log_metrics(twin, [("val/loss", s, v, 0.0) for s, v in _law_curve(cfg, 100)])
-    # The twin's early forecast leaves out the decay still to come ...
+    # With the finished run as its relative, the twin's forecast from a quarter of its
+    # steps sees the decay still to come ...
     early = run_forecast(store, twin, upto=100)
     final = _law_curve(cfg, 400)[-1][1]
-    assert early.low > final
-    # ... so it is held against the finished run's forecast from the same quarter of its
-    # steps, not against its final loss, and two identical curves are never cut.
+    assert early.calibrated and early.predicted_final == pytest.approx(final, rel=1e-3)
+    # ... and a run is never cut against its own repeat.
     assert cut_reason(store, twin, upto=100) is None
+
+
+def _recorded(store, cfg, sweep_id, level, upto, status="completed"):
+    run_id = store.create_run(f"seed={cfg.seed}", cfg.to_dict(),
+                              max_steps=cfg.max_steps, status="running", sweep_id=sweep_id)
+    store.log_metrics(run_id, [("val/loss", s, v + level, 0.0)
+                               for s, v in _law_curve(cfg, upto)])
+    if status != "running":
+        store.set_status(run_id, status)
+    return run_id
+
+
+def test_the_cut_judges_seed_groups_by_their_mean_forecast(store):
+    base = apply_overrides(preset("tiny"), COSINE)
+    sweep_id = store.create_sweep("seeds", {}, cut=True)
+    group_a = [apply_overrides(base, {"seed": seed}) for seed in (1, 2)]
+    # Group B differs in a setting that leaves the curve alone: the levels below decide.
+    group_b = [apply_overrides(base, {"log_interval": 5, "seed": seed}) for seed in (1, 2)]
+    # Group A: one lucky seed (0.0) and one unlucky (+0.3): mean +0.15. Group B: +0.2 both.
+    _recorded(store, group_a[0], sweep_id, 0.0, 400)
+    unlucky = _recorded(store, group_a[1], sweep_id, 0.3, 100, status="running")
+    _recorded(store, group_b[0], sweep_id, 0.2, 400)
+    b_second = _recorded(store, group_b[1], sweep_id, 0.2, 100, status="running")
+    # Alone, the unlucky seed is confidently worse than group B's runs; as a member of
+    # group A (mean +0.15) it is not, and its own lucky repeat is no rival.
+    assert run_forecast(store, unlucky, upto=100).low > run_forecast(store, b_second,
+                                                                     upto=100).high
+    assert cut_reason(store, unlucky, upto=100) is None
+    # Group B (mean +0.2) is confidently worse than group A's mean, so its runs are cut.
+    reason = cut_reason(store, b_second, upto=100)
+    assert reason is not None and reason.startswith("stopped at step 100: forecast ")
 
 
 def test_the_throughput_estimate_skips_a_run_this_version_cannot_read(store):

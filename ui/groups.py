@@ -8,7 +8,6 @@ steps every member has (``group_band``) and draws it as plotly traces in
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -19,31 +18,18 @@ import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
 
-from gptcore.config import TrainConfig
-from gptcore.errors import GptdashError
+from gptcore.config import repeat_key
 from ui.figures import PALETTE, metric_traces, run_colors
 from ui.smoothing import ema
 
-# Config fields that tell repeats of one experiment apart. A run's name, tags and notes
-# are on its row, not in its config, so only the seed is left out here.
-REPEAT_FIELDS = ("seed",)
 BAND_OPACITY = 0.2
 BAND_COLUMNS = ["key", "step", "x", "mean", "std", "low", "high", "n"]
 _SEED_SUFFIX = re.compile(r"\s*seed=\d+\s*$")
 
 
 def group_key(config: Mapping[str, Any]) -> str:
-    """The config without its seed, as a string: equal for runs that differ only in seed.
-
-    A config this version reads is compared with its defaults filled in, so a config
-    saved before a field existed still groups with one that names the field's default.
-    """
-    try:
-        flat = TrainConfig.from_dict(dict(config)).flat()
-    except GptdashError:
-        flat = dict(config)  # an older config: compare what it says
-    kept = {k: v for k, v in flat.items() if k not in REPEAT_FIELDS}
-    return json.dumps(kept, sort_keys=True, default=str)
+    """The config without its seed, as a string (``gptcore.config.repeat_key``)."""
+    return repeat_key(dict(config))
 
 
 def seed_groups(configs: Mapping[int, Mapping[str, Any]]) -> list[list[int]]:
