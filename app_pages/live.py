@@ -37,6 +37,7 @@ from gptcore.metric_keys import (
     VAL_LOSS,
 )
 from jobs import actions
+from jobs.calibration import submit_calibration
 from jobs.forecasting import run_forecast
 from storage.status import ACTIVE, RunStatus
 from storage.store import RunRecord
@@ -84,6 +85,7 @@ SAMPLES_EVERY_S = 4.0  # samples come with evaluations, far apart: no need to lo
 LOSS_KEYS = CHARTS["Loss"]
 EVENTS_SHOWN, EVENTS_HEIGHT = 6, 260  # a longer list scrolls
 CHECK_AT = 0.4  # an ended run's forecast made from this fraction of it, beside what happened
+FAMILY_CHECK_S = 30  # how often a shown forecast looks again for finished relatives
 
 st.title("Live run")
 runs = store.list_runs()
@@ -242,10 +244,20 @@ def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
         st.caption(failure or "The val-loss forecast appears after a few evaluations.")
         return
     st.caption(f":material/trending_down: {forecast_summary(forecast)}",
-               help="A fit of the val-loss curve aware of the lr schedule (analysis.forecast); "
-                    f"the band holds one evaluation with {forecast.level:.0%} probability.")
+               help="A fit of the val-loss curve aware of the lr schedule (analysis.forecast). "
+                    "Calibrated: the law's shape comes from the finished runs of this run's "
+                    "family, and the band from how far forecasts missed on them "
+                    f"({forecast.level:.0%} of them fell inside a band this wide).")
     if forecast.note:
         st.caption(f"Note: {forecast.note}.")
+    if not forecast.calibrated and st.button(
+            "Queue a calibration run", key=f"calibrate_{run_id}", icon=":material/tune:",
+            help="A short relative of this run (its lr held, then a quick cool-down, half "
+                 "its steps). Once it completes, this run's forecast learns the law's shape "
+                 "from it and foresees the lr decay before it shows."):
+        with user_errors():
+            cal_id = submit_calibration(store, run_id)
+            st.toast(f"Calibration run #{cal_id} queued")
     c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
     target = c1.number_input("ETA to val loss", min_value=0.0, value=None, step=0.05,
                              format="%.3f", key=f"eta_target_{run_id}",
@@ -308,10 +320,12 @@ def live() -> None:
     read_events = _kept("events", LastBuilt)
     events = read_events.get((store.event_count([run_id]), st.session_state["live_page_runs"]),
                              lambda: store.events([run_id]))
-    # The forecast changes only with a new evaluation.
+    # The forecast changes with a new evaluation, or when a relative finishes (looked for
+    # every FAMILY_CHECK_S: the family is read from the database).
     fit = _kept("forecast", LastBuilt)
-    forecast, failure = fit.get(series.latest_step(VAL_LOSS),
-                                lambda: try_forecast(lambda: run_forecast(store, run_id)))
+    forecast, failure = fit.get(
+        (series.latest_step(VAL_LOSS), int(time.monotonic() // FAMILY_CHECK_S)),
+        lambda: try_forecast(lambda: run_forecast(store, run_id)))
     overlay_key = (series.version, read_events.builds, fit.builds)
     overlays = _kept("overlays", LastBuilt).get(
         overlay_key, lambda: loss_overlays(series, events, forecast))

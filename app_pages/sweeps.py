@@ -219,9 +219,9 @@ def results() -> None:
     # What the chart plots first, then progress and the raw losses; the long name last.
     shown = table[["id", "status", *params, *(["seed"] if seeded else []), "val loss",
                    "kind", "best", "step", "of",
-                   "last val loss", "best val loss", "forecast", "name"]]
+                   "last val loss", "best val loss", "forecast", "forecast is", "name"]]
     if shown["forecast"].isna().all():
-        shown = shown.drop(columns="forecast")  # nothing training: a column of blanks
+        shown = shown.drop(columns=["forecast", "forecast is"])  # nothing training
     losses = ("last val loss", "best val loss", "forecast", "val loss")
     st.dataframe(shown, hide_index=True, key="sweep_table", placeholder="—", column_config={
         "best": st.column_config.CheckboxColumn("best"),

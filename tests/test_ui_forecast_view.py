@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,7 @@ from ui.forecast_view import (
     BAND_NAME,
     FORECAST_NAME,
     band_text,
+    calibration_label,
     eta_text,
     forecast_summary,
     forecast_table,
@@ -30,8 +33,21 @@ def forecast():
 def test_summary_names_the_final_value_band_and_what_it_saw(forecast):
     text = forecast_summary(forecast)
     assert text.startswith(f"Forecast final val loss {forecast.predicted_final:.3g} "
-                           f"({forecast.low:.3g}–{forecast.high:.3g}) at step 1,000")
+                           f"({forecast.low:.3g}–{forecast.high:.3g}, 90% band) at step 1,000")
     assert "from 20 evaluations up to step 400" in text
+    assert "uncalibrated: no finished relative yet" in text  # fitted on this run alone
+
+
+def test_summary_and_table_say_a_forecast_is_calibrated_and_on_how_many(forecast):
+    calibrated = replace(forecast, calibrated=True, family_size=3, band_source="relatives")
+    assert "calibrated on 3 finished relatives; the band is from their forecasts' misses" in (
+        forecast_summary(calibrated))
+    assert "uncalibrated" not in forecast_summary(calibrated)
+    one = replace(forecast, calibrated=True, family_size=1)
+    assert "calibrated on 1 finished relative; the band is the fit's own" in (
+        forecast_summary(one))
+    assert calibration_label(calibrated) == "calibrated (3)"
+    assert calibration_label(forecast) == "uncalibrated" and calibration_label(None) == "—"
 
 
 def test_traces_a_band_between_low_and_high_and_a_dotted_curve_to_max_steps(forecast):
@@ -78,10 +94,12 @@ def test_forecast_table(forecast):
         {"run": "#1 a", "status": "running", "last_val": 2.5, "forecast": forecast},
         {"run": "#2 b", "status": "queued", "last_val": None, "forecast": None},
     ])
-    assert list(table.columns) == ["run", "status", "last val loss", "forecast final", "band"]
+    assert list(table.columns) == ["run", "status", "last val loss", "forecast final", "band",
+                                   "calibration"]
     assert table.values.tolist() == [
-        ["#1 a", "running", "2.5000", f"{forecast.predicted_final:.4f}", band_text(forecast)],
-        ["#2 b", "queued", "—", "—", "—"]]
+        ["#1 a", "running", "2.5000", f"{forecast.predicted_final:.4f}", band_text(forecast),
+         "uncalibrated"],
+        ["#2 b", "queued", "—", "—", "—", "—"]]
 
 
 def test_forecast_traces_end_where_asked_but_never_past_max_steps_or_before_the_start(

@@ -19,18 +19,42 @@ log = logging.getLogger(__name__)
 CURVE_POINTS = 120  # the forecast is smooth: a hundred-odd points draw it
 FORECAST_NAME = "forecast"
 BAND_NAME = "forecast band"
-TABLE_COLUMNS = ["run", "status", "last val loss", "forecast final", "band"]
+TABLE_COLUMNS = ["run", "status", "last val loss", "forecast final", "band", "calibration"]
+UNCALIBRATED = "uncalibrated"
 
 
 def band_text(forecast: Forecast) -> str:
     return f"{forecast.low:.3g}–{forecast.high:.3g}"
 
 
+def calibration_text(forecast: Forecast) -> str:
+    """Whether the forecast learned from finished relatives, and where its band comes from."""
+    if not forecast.calibrated:
+        return (f"{UNCALIBRATED}: no finished relative yet (a completed run of the same "
+                "model, data, batch and optimizer), so the law's shape is fitted on this "
+                "run alone and the band is the fit's own")
+    n = forecast.family_size
+    relatives = f"{n} finished relative{'s' if n != 1 else ''}"
+    if forecast.band_source == "relatives":
+        return f"calibrated on {relatives}; the band is from their forecasts' misses"
+    return (f"calibrated on {relatives}; the band is the fit's own (two relatives are "
+            "needed to measure misses)")
+
+
+def calibration_label(forecast: Forecast | None) -> str:
+    """One word or two for a table: "calibrated (3)", "uncalibrated" or "—"."""
+    if forecast is None:
+        return "—"
+    return f"calibrated ({forecast.family_size})" if forecast.calibrated else UNCALIBRATED
+
+
 def forecast_summary(forecast: Forecast) -> str:
-    """"Forecast final val loss 2.41 (2.36–2.46) at step 5,000", with how much it saw."""
-    return (f"Forecast final val loss {forecast.predicted_final:.3g} ({band_text(forecast)}) "
-            f"at step {forecast.max_steps:,}, from {forecast.n_points} evaluations up to "
-            f"step {forecast.upto_step:,}")
+    """"Forecast final val loss 2.41 (2.36–2.46, 90% band) at step 5,000", with how much it
+    saw and whether it is calibrated."""
+    return (f"Forecast final val loss {forecast.predicted_final:.3g} ({band_text(forecast)}, "
+            f"{forecast.level:.0%} band) at step {forecast.max_steps:,}, from "
+            f"{forecast.n_points} evaluations up to step {forecast.upto_step:,} · "
+            f"{calibration_text(forecast)}")
 
 
 def forecast_traces(forecast: Forecast, color: str, *, name: str = FORECAST_NAME,
@@ -116,5 +140,6 @@ def forecast_table(rows: list[dict]) -> pd.DataFrame:
             "last val loss": f"{last:.4f}" if last is not None else "—",
             "forecast final": f"{forecast.predicted_final:.4f}" if forecast else "—",
             "band": band_text(forecast) if forecast else "—",
+            "calibration": calibration_label(forecast),
         })
     return pd.DataFrame(out, columns=TABLE_COLUMNS)

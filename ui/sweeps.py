@@ -18,6 +18,7 @@ from storage.store import RunRecord
 from ui.compute import FIGURE_MARGIN, LEGEND_RIGHT
 from ui.config_diff import differing_params
 from ui.figures import padded_range
+from ui.forecast_view import calibration_label
 from ui.format import human_duration
 from ui.live import LIVE_REFRESH_S
 
@@ -85,7 +86,8 @@ def _config_values(run: RunRecord, params: Sequence[str]) -> dict[str, Any]:
 def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dict[int, float],
                 forecasts: dict[int, Forecast]) -> pd.DataFrame:
     """One row per run of a sweep, best first: id, name, status, the swept settings, step,
-    of (max_steps), last and best val loss, forecast (and its low/high), val loss, kind, best.
+    of (max_steps), last and best val loss, forecast (its low/high, and whether it is
+    calibrated: "forecast is"), val loss, kind, best.
 
     "val loss" is what the chart plots for the run and "kind" how it was obtained:
     a completed run's last evaluation ("final"), a training run's forecast of its
@@ -117,9 +119,11 @@ def sweep_table(runs: Sequence[RunRecord], params: Sequence[str], last_loss: dic
                      "forecast": forecast.predicted_final if forecast else np.nan,
                      "forecast low": forecast.low if forecast else np.nan,
                      "forecast high": forecast.high if forecast else np.nan,
+                     "forecast is": calibration_label(forecast) if forecast else "",
                      "val loss": value, "kind": kind})
     columns = ["id", "name", "status", *params, "step", "of", "last val loss",
-               "best val loss", "forecast", "forecast low", "forecast high", "val loss", "kind"]
+               "best val loss", "forecast", "forecast low", "forecast high", "forecast is",
+               "val loss", "kind"]
     table = pd.DataFrame(rows, columns=columns).astype({"val loss": "float64"})
     rank = table["kind"].map({kind: i for i, kind in enumerate(RANKED)}).fillna(len(RANKED))
     table = table.assign(_rank=rank).sort_values(["_rank", "val loss", "id"],
