@@ -77,6 +77,8 @@ class FamilyFit:
     momentum: float
     n_runs: int
     residual_std: float
+    # Evaluations before this share of a run's steps are not fitted (``FIT_FROM``).
+    fit_from: float = 0.0
 
 
 def areas_of(curve: Curve, momentum: float) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +154,7 @@ def fit_family(curves: Sequence[Curve]) -> FamilyFit | None:
     dof = max(y.size - cols.shape[1] - 2, 1)
     alpha = float(np.clip(alpha, *ALPHA_BOUNDS))
     return FamilyFit(alpha=alpha, c=float(coef[-1]), momentum=momentum, n_runs=len(curves),
-                     residual_std=math.sqrt(value / dof))
+                     residual_std=math.sqrt(value / dof), fit_from=FIT_FROM)
 
 
 def forecast_with(family: FamilyFit, curve: Curve, upto_step: int) -> float | None:
@@ -160,6 +162,9 @@ def forecast_with(family: FamilyFit, curve: Curve, upto_step: int) -> float | No
     with the family's shape constants (only L0 and A fitted); None with under 2 points."""
     s1_all, s2_all = areas_of(curve, family.momentum)
     keep = curve.steps <= upto_step
+    later = keep & (curve.steps >= family.fit_from * curve.max_steps)
+    if later.sum() >= 3:  # as forecast_final does: the steep start left out while it can be
+        keep = later
     x, y = curve.steps[keep], curve.val_loss[keep]
     if x.size < 2 or np.any(s1_all[x] <= 0):
         return None

@@ -265,7 +265,12 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     if np.any(s1 <= 0):
         return None  # an lr of zero up to an evaluation: nothing to fit a power of
     if family is not None:
-        fit = _fit_level_scale(s1, s2, y, family)
+        # The steep first evaluations, left out of the family's fit, are left out here too
+        # while enough remain.
+        later = x >= family.fit_from * max_steps
+        if later.sum() < MIN_POINTS_CALIBRATED:
+            later[:] = True
+        fit = _fit_level_scale(s1[later], s2[later], y[later], family)
     elif annealing_c is not None:
         # A known C: fit the rest to the curve with its annealing drop added back.
         fit = _fit(s1, s2, y + annealing_c * s2, with_c=False)
