@@ -3,6 +3,7 @@ Live pages through Streamlit's AppTest against the session's real Ray head."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,14 +18,15 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from gptcore.config import preset
-from storage.status import RunStatus
+from storage.status import Executor, RunStatus
 from storage.store import RunStore
-from ui.ray_cluster import JOB_COLUMNS, NODE_COLUMNS, jobs_table, nodes_table
+from ui.ray_cluster import JOB_COLUMNS, NODE_COLUMNS, job_summary, jobs_table, nodes_table
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-# Far above the ids other tests' stores give, so these jobs never take a real run's id.
-FIRST_RUN_ID = 910_000
+# Far above the ids other tests' stores give, so these jobs never take a real run's id; each
+# test's home starts its ids higher, as the job ids on the session's cluster must differ.
+RUN_ID_FLOORS = itertools.count(910_000, 1000)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Job:
     started_at: datetime | None = NOW - timedelta(minutes=2)
     ended_at: datetime | None = None
     message: str = ""
+    submission_id: str = ""
 
 
 def test_nodes_table_names_each_nodes_role_state_resources_and_its_running_runs():
@@ -80,6 +83,18 @@ def test_jobs_table_links_each_job_to_its_run_and_says_where_and_how_long():
     assert table["started"].iloc[2] == "—"
 
 
+def test_a_jobs_summary_and_ray_says_keep_to_the_first_line_of_rays_message():
+    failed = Job(5, "FAILED", None, submission_id="gptdash-run-5-1",
+                 message="Job entrypoint command failed with exit code 1, last available "
+                         "logs:\nTraceback (most recent call last):\n  ...")
+    assert job_summary(failed) == ("Ray job `gptdash-run-5-1` (attempt 1): failed · Job "
+                                   "entrypoint command failed with exit code 1, last "
+                                   "available logs:")
+    assert jobs_table([failed], [], NOW)["Ray says"].iloc[0].endswith("last available logs:")
+    running = Job(6, "RUNNING", None, attempt=2, submission_id="gptdash-run-6-2")
+    assert job_summary(running) == "Ray job `gptdash-run-6-2` (attempt 2): running"
+
+
 # ---- the pages, on the session's Ray head ------------------------------------------------------
 
 @contextmanager
@@ -98,13 +113,20 @@ def _page(page: str) -> Iterator[AppTest]:
         sys.modules["__main__"] = main
 
 
-def _run_on_ray(store: RunStore, name: str, status: RunStatus) -> int:
-    """A run whose id is above FIRST_RUN_ID (SQLite hands out ids after sqlite_sequence)."""
+def _fresh_run_ids(store: RunStore) -> None:
+    """Make the store's next run ids ones no other test gave a job (SQLite hands ids out
+    after sqlite_sequence)."""
     with store.engine.begin() as conn:
         if not conn.execute(text("SELECT 1 FROM sqlite_sequence WHERE name = 'runs'")).first():
             conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', :s)"),
-                         {"s": FIRST_RUN_ID})
-    return store.create_run(name, preset("tiny").to_dict(), status=status, max_steps=100)
+                         {"s": next(RUN_ID_FLOORS)})
+
+
+def _run_on_ray(store: RunStore, name: str, status: RunStatus,
+                executor: Executor = Executor.RAY) -> int:
+    _fresh_run_ids(store)
+    return store.create_run(name, preset("tiny").to_dict(), status=status, max_steps=100,
+                            executor=executor)
 
 
 def _texts(elements) -> str:
@@ -156,3 +178,44 @@ def test_workers_page_without_a_ray_address_has_no_ray_section(home, monkeypatch
         at.run()
         assert not at.exception
         assert "Ray cluster" not in _texts(at.subheader) and not at.warning
+
+
+def test_live_page_shows_a_ray_runs_latest_job_and_its_log_tail(on_cluster):
+    cluster, store = on_cluster
+    run_id = _run_on_ray(store, "on ray", RunStatus.COMPLETED)
+    for attempt, last in ((1, 5), (2, 60)):
+        submit_python(cluster.address, f"gptdash-run-{run_id}-{attempt}",
+                      f"for i in range(1, {last + 1}): print('attempt {attempt} line', i)")
+    with _page("app_pages/live.py") as at:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error and not at.warning, _texts(at.error) + _texts(at.warning)
+        [expander] = [e for e in at.expander if e.label == "Ray job"]
+        assert f"`gptdash-run-{run_id}-2` (attempt 2): succeeded" in _texts(expander.caption)
+        [tail] = expander.code
+        assert tail.value.endswith("attempt 2 line 60") and "line 20\n" not in tail.value
+
+
+def test_live_page_has_no_ray_job_for_a_run_trained_by_a_plain_worker(on_cluster):
+    _, store = on_cluster
+    _run_on_ray(store, "local", RunStatus.COMPLETED, executor=Executor.LOCAL)
+    with _page("app_pages/live.py") as at:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "Ray job" not in [e.label for e in at.expander]
+
+
+def test_live_page_of_a_ray_run_with_the_cluster_gone_says_so_in_one_line(home, monkeypatch):
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", "http://127.0.0.1:1")
+    store = RunStore()
+    store.create_run("on ray", preset("tiny").to_dict(), status=RunStatus.INTERRUPTED,
+                     executor=Executor.RAY)
+    store.close()
+    with _page("app_pages/live.py") as at:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        [expander] = [e for e in at.expander if e.label == "Ray job"]
+        [warning] = expander.warning
+        assert warning.value.startswith("No Ray cluster answers at http://127.0.0.1:1")
+
+

@@ -30,6 +30,18 @@ def _count(x: float) -> str:
     return f"{x:g}"
 
 
+def ray_says(message: str) -> str:
+    """Ray's word on a job, its first line: a failed job's message goes on with its logs."""
+    return (message or "").strip().split("\n", 1)[0] or DASH
+
+
+def job_summary(job: Any) -> str:
+    """One line on a run's Ray job for the Live page: which, how it is doing, and why."""
+    line = f"Ray job `{job.submission_id}` (attempt {job.attempt}): {job.status.lower()}"
+    says = ray_says(job.message)
+    return line if says == DASH else f"{line} · {says}"
+
+
 def nodes_table(nodes: Sequence[Any], jobs: Sequence[Any]) -> pd.DataFrame:
     """One row per node (records with node_id, name, alive, is_head, cpus, gpus), with the
     runs whose job is pending or running there."""
@@ -58,6 +70,6 @@ def jobs_table(jobs: Sequence[Any], nodes: Sequence[Any], now: datetime) -> pd.D
             if job.started_at else DASH,
             "ran for": human_duration((end - job.started_at).total_seconds())
             if end and job.started_at else DASH,
-            "Ray says": job.message or DASH,
+            "Ray says": ray_says(job.message),
         })
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
