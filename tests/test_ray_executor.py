@@ -1,0 +1,216 @@
+"""Runs on Ray (`--on ray`): a Ray job per attempt of a run, on a real local Ray head.
+
+The cluster tests share the session's ``ray_cluster`` (2 CPUs); each has its own SQLite
+file, so run ids repeat across tests while the cluster keeps every job: a job's attempt
+number goes past the cluster's earlier jobs of that run id, and the tests count only the
+jobs made while they ran. The executor column's migration and the claim rule need no
+cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from gptcore.metric_keys import TRAIN_LOSS
+from jobs.cli import main
+from jobs.ray_cluster import jobs
+from storage.migrate import upgrade
+from storage.schema import make_engine
+from storage.status import FINISHED, Executor, RunStatus
+from storage.store import RunStore
+
+MICRO = ["--preset", "tiny", "--set", "context_length=16", "--set", "emb_dim=32",
+         "--set", "n_layers=2", "--set", "batch_size=8", "--set", "eval_iters=2",
+         "--set", "sample_tokens=8", "--set", "warmup_steps=2", "--set", "device=cpu"]
+TIMEOUT_S = 180.0
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT_S) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def gptdash(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """One CLI command in this process, as a user types it: (exit code, stdout, stderr)."""
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def on_ray(home: Path, ray_cluster, monkeypatch: pytest.MonkeyPatch) -> RunStore:
+    """A fresh SQLite home whose commands reach the session's Ray cluster."""
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", ray_cluster.address)
+    store = RunStore()
+    yield store
+    store.close()
+
+
+def new_jobs(address: str, before: set[str], run_id: int) -> list:
+    """The run id's jobs on the cluster that were not there ``before``, oldest first."""
+    return sorted((j for j in jobs(address, run_id) if j.submission_id not in before),
+                  key=lambda j: j.attempt)
+
+
+def job_ids(address: str) -> set[str]:
+    return {j.submission_id for j in jobs(address)}
+
+
+def status_is(store: RunStore, run_id: int, *statuses: str) -> Callable[[], bool]:
+    return lambda: store.get_run(run_id).status in statuses
+
+
+def train_steps(store: RunStore, run_id: int) -> list[int]:
+    return [int(s) for s in store.metrics([run_id], [TRAIN_LOSS])["step"]]
+
+
+def test_two_runs_on_ray_complete_each_trained_once_by_its_own_job(on_ray, ray_cluster,
+                                                                   capsys):
+    before = job_ids(ray_cluster.address)
+    run_ids = []
+    for name in ("first", "second"):
+        code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=30",
+                                 "--set", "eval_interval=10", "--name", name, "--on", "ray")
+        assert code == 0, err
+        run_ids.append(int(out))
+        assert f"queued: Ray job gptdash-run-{out.strip()}-" in err
+    for run_id in run_ids:
+        wait_for(status_is(on_ray, run_id, *FINISHED),
+                 f"run {run_id} to end")
+    address = ray_cluster.address
+    for run_id in run_ids:
+        run = on_ray.get_run(run_id)
+        assert (run.status, run.error, run.executor) == ("completed", None, Executor.RAY)
+        (job,) = new_jobs(address, before, run_id)  # one job per run, no retry
+        assert job.submission_id == run.worker
+        wait_for(lambda r=run_id: jobs(address, r)[0].status == "SUCCEEDED", "the job's end")
+        assert train_steps(on_ray, run_id) == list(range(30))  # every step once, no gap
+
+
+def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cluster,
+                                                                  capsys):
+    before = job_ids(ray_cluster.address)
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=150",
+                             "--set", "eval_interval=50", "--set", "checkpoint_interval=10",
+                             "--on", "ray")
+    assert code == 0, err
+    run_id = int(out)
+    wait_for(lambda: on_ray.get_run(run_id).last_step >= 10, "training to start")
+    code, out, err = gptdash(capsys, "stop", str(run_id))
+    assert code == 0 and "stop requested" in out, err
+    wait_for(status_is(on_ray, run_id, RunStatus.STOPPED, RunStatus.COMPLETED), "the stop")
+    stopped = on_ray.get_run(run_id)
+    assert stopped.status == RunStatus.STOPPED
+    assert Path(stopped.checkpoint_path).is_file()
+    assert stopped.last_step < 150
+
+    code, out, err = gptdash(capsys, "resume", str(run_id), "--on", "ray")
+    assert code == 0, err
+    first, second = new_jobs(ray_cluster.address, before, run_id)
+    assert second.attempt == first.attempt + 1
+    assert f"as Ray job {second.submission_id}" in out
+    wait_for(status_is(on_ray, run_id, RunStatus.COMPLETED, RunStatus.FAILED,
+                       RunStatus.INTERRUPTED), "the resumed run to end")
+    run = on_ray.get_run(run_id)
+    assert (run.status, run.worker, run.last_step) == ("completed", second.submission_id, 150)
+    assert train_steps(on_ray, run_id) == list(range(150))  # from the checkpoint on, no gap
+
+
+def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
+        on_ray, ray_cluster, capsys):
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=150",
+                             "--set", "eval_interval=50", "--set", "checkpoint_interval=10",
+                             "--on", "ray")
+    assert code == 0, err
+    run_id = int(out)
+    wait_for(lambda: on_ray.get_run(run_id).checkpoint_path is not None, "a checkpoint")
+    run = on_ray.get_run(run_id)
+    assert run.status == RunStatus.RUNNING and run.owner_pid is not None
+    os.kill(run.owner_pid, signal.SIGKILL)
+    wait_for(lambda: jobs(ray_cluster.address, run_id)[0].status == "FAILED",
+             "Ray to see its job fail")
+    assert on_ray.get_run(run_id).status == RunStatus.RUNNING  # nothing but Ray knows yet
+
+    code, out, err = gptdash(capsys, "list")  # any command's recovery pass reconciles
+    assert code == 0
+    assert f"run {run_id}: Ray job {run.worker} ended (FAILED); marked interrupted" in err
+    dead = on_ray.get_run(run_id)
+    assert dead.status == RunStatus.INTERRUPTED
+    assert f"its Ray job {run.worker} ended (FAILED) while the run was training" in dead.error
+    assert "Job entrypoint command failed with exit code" in dead.error  # Ray's own words
+
+    code, out, err = gptdash(capsys, "resume", str(run_id), "--on", "ray")
+    assert code == 0, err
+    wait_for(status_is(on_ray, run_id, RunStatus.COMPLETED, RunStatus.FAILED,
+                       RunStatus.INTERRUPTED), "the resumed run to end")
+    assert on_ray.get_run(run_id).status == RunStatus.COMPLETED
+    assert train_steps(on_ray, run_id) == list(range(150))
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_and_queues_nothing(home, monkeypatch,
+                                                                       capsys):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", f"http://127.0.0.1:{port}")
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--on", "ray")
+    assert (code, out) == (2, "")
+    assert err.startswith(f"gptdash: No Ray cluster answers at http://127.0.0.1:{port}")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert RunStore().list_runs() == []
+
+
+def test_on_ray_without_an_address_says_to_set_it(home, monkeypatch, capsys):
+    monkeypatch.delenv("GPTDASH_RAY_ADDRESS", raising=False)
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--on", "ray")
+    assert (code, out) == (2, "")
+    assert err == ("gptdash: --on ray needs GPTDASH_RAY_ADDRESS: set it to the Ray cluster's "
+                   "dashboard address, e.g. http://head:8265\n")
+    assert RunStore().list_runs() == []
+
+
+def test_migration_0005_gives_older_runs_the_local_executor(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    try:
+        upgrade(engine, to="0004")
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO runs (name, status, config, tags, notes, created_at, stop_requested,"
+                " last_step, max_steps, tokens_seen) VALUES ('old', 'queued', '{}', '[]', '',"
+                " '2024-01-01 00:00:00', 0, 0, 10, 0)"))
+    finally:
+        engine.dispose()
+    store = RunStore(url)  # SQLite is upgraded in place as it opens
+    try:
+        assert store.get_run(1).executor == Executor.LOCAL
+        assert store.claim_next_queued("w") == 1  # an older queued run is a plain worker's
+    finally:
+        store.close()
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_plain_worker_never_claims_a_ray_run(store: RunStore) -> None:
+    on_ray = store.create_run("on ray", {}, executor=Executor.RAY)
+    store.update_run(on_ray, worker="gptdash-run-1-1")
+    local = store.create_run("local", {})
+    assert store.claim_next_queued("w", host="h", pid=1) == local
+    assert store.claim_next_queued("w", host="h", pid=1) is None
+    assert store.get_run(on_ray).status == RunStatus.QUEUED
+    # Only the job the row names takes it, once.
+    assert not store.claim_ray_run(on_ray, "gptdash-run-1-2", host="h", pid=2)
+    assert store.claim_ray_run(on_ray, "gptdash-run-1-1", host="h", pid=2)
+    assert not store.claim_ray_run(on_ray, "gptdash-run-1-1", host="h", pid=3)
+    run = store.get_run(on_ray)
+    assert (run.status, run.worker, run.owner_pid) == ("running", "gptdash-run-1-1", 2)
