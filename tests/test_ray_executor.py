@@ -20,8 +20,10 @@ import pytest
 from sqlalchemy import text
 
 from gptcore.metric_keys import TRAIN_LOSS
+from jobs import ray_executor
 from jobs.cli import main
 from jobs.ray_cluster import jobs
+from jobs.ray_executor import reconcile
 from storage.migrate import upgrade
 from storage.schema import make_engine
 from storage.status import FINISHED, Executor, RunStatus
@@ -101,43 +103,47 @@ def test_two_runs_on_ray_complete_each_trained_once_by_its_own_job(on_ray, ray_c
 def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cluster,
                                                                   capsys):
     before = job_ids(ray_cluster.address)
-    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=150",
-                             "--set", "eval_interval=50", "--set", "checkpoint_interval=10",
-                             "--on", "ray")
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=60",
+                             "--set", "eval_interval=20", "--on", "ray")
     assert code == 0, err
     run_id = int(out)
-    wait_for(lambda: on_ray.get_run(run_id).last_step >= 10, "training to start")
+    # Stopped once its job has it, so it stops early on any machine, however fast.
+    wait_for(status_is(on_ray, run_id, RunStatus.RUNNING), "its job to take it")
     code, out, err = gptdash(capsys, "stop", str(run_id))
     assert code == 0 and "stop requested" in out, err
-    wait_for(status_is(on_ray, run_id, RunStatus.STOPPED, RunStatus.COMPLETED), "the stop")
+    wait_for(status_is(on_ray, run_id, *FINISHED), "the stop")
     stopped = on_ray.get_run(run_id)
     assert stopped.status == RunStatus.STOPPED
     assert Path(stopped.checkpoint_path).is_file()
-    assert stopped.last_step < 150
+    assert 1 <= stopped.last_step < 60
 
+    resumed_at = time.time()
     code, out, err = gptdash(capsys, "resume", str(run_id), "--on", "ray")
     assert code == 0, err
     first, second = new_jobs(ray_cluster.address, before, run_id)
     assert second.attempt == first.attempt + 1
-    assert f"as Ray job {second.submission_id}" in out
-    wait_for(status_is(on_ray, run_id, RunStatus.COMPLETED, RunStatus.FAILED,
-                       RunStatus.INTERRUPTED), "the resumed run to end")
+    assert f"resumes from its last checkpoint, as Ray job {second.submission_id}" in out
+    wait_for(status_is(on_ray, run_id, *FINISHED), "the resumed run to end")
     run = on_ray.get_run(run_id)
-    assert (run.status, run.worker, run.last_step) == ("completed", second.submission_id, 150)
-    assert train_steps(on_ray, run_id) == list(range(150))  # from the checkpoint on, no gap
+    assert (run.status, run.worker, run.last_step) == ("completed", second.submission_id, 60)
+    curve = on_ray.metrics([run_id], [TRAIN_LOSS])
+    assert list(curve["step"]) == list(range(60))  # every step once, no gap
+    # The steps before the stop are the first job's, the rest the second's: continued from
+    # the checkpoint, not trained again from step 0.
+    first_job = curve["step"] < stopped.last_step
+    assert (curve["wall_time"][first_job] < resumed_at).all()
+    assert (curve["wall_time"][~first_job] > resumed_at).all()
 
 
 def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
         on_ray, ray_cluster, capsys):
-    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=150",
-                             "--set", "eval_interval=50", "--set", "checkpoint_interval=10",
-                             "--on", "ray")
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=60",
+                             "--set", "eval_interval=20", "--on", "ray")
     assert code == 0, err
     run_id = int(out)
-    wait_for(lambda: on_ray.get_run(run_id).checkpoint_path is not None, "a checkpoint")
+    wait_for(status_is(on_ray, run_id, RunStatus.RUNNING), "its job to take it")
     run = on_ray.get_run(run_id)
-    assert run.status == RunStatus.RUNNING and run.owner_pid is not None
-    os.kill(run.owner_pid, signal.SIGKILL)
+    os.kill(run.owner_pid, signal.SIGKILL)  # the job's own process, which trains the run
     wait_for(lambda: jobs(ray_cluster.address, run_id)[0].status == "FAILED",
              "Ray to see its job fail")
     assert on_ray.get_run(run_id).status == RunStatus.RUNNING  # nothing but Ray knows yet
@@ -152,23 +158,72 @@ def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
 
     code, out, err = gptdash(capsys, "resume", str(run_id), "--on", "ray")
     assert code == 0, err
-    wait_for(status_is(on_ray, run_id, RunStatus.COMPLETED, RunStatus.FAILED,
-                       RunStatus.INTERRUPTED), "the resumed run to end")
+    wait_for(status_is(on_ray, run_id, *FINISHED), "the resumed run to end")
     assert on_ray.get_run(run_id).status == RunStatus.COMPLETED
-    assert train_steps(on_ray, run_id) == list(range(150))
+    assert train_steps(on_ray, run_id) == list(range(60))
 
 
+def a_job_named_by(store: RunStore, run_id: int, entrypoint: str) -> str:
+    """Submit a stand-in Ray job under the name the run's row gives its next attempt."""
+    cluster = ray_executor.connect()
+    job = cluster.next_job(run_id)
+    store.update_run(run_id, worker=job)
+    cluster.client.submit_job(entrypoint=entrypoint, submission_id=job)
+    return job
+
+
+def job_status(address: str, job: str) -> Callable[[], str]:
+    return lambda: next(j.status for j in jobs(address) if j.submission_id == job)
+
+
+def test_a_job_that_fails_before_training_fails_its_run_with_rays_reason(on_ray, ray_cluster):
+    run_id = on_ray.create_run("never starts", {}, executor=Executor.RAY)
+    # What a node without gptdash installed would do with the entrypoint.
+    job = a_job_named_by(on_ray, run_id, "echo \"No module named 'jobs'\" >&2; exit 1")
+    status = job_status(ray_cluster.address, job)
+    wait_for(lambda: status() == "FAILED", "the job to fail")
+    assert on_ray.get_run(run_id).status == RunStatus.QUEUED
+
+    assert reconcile(on_ray) == [f"run {run_id}: Ray job {job} ended (FAILED); marked failed"]
+    run = on_ray.get_run(run_id)
+    assert run.status == RunStatus.FAILED
+    assert f"its Ray job {job} ended (FAILED) before it started training" in run.error
+    assert "No module named 'jobs'" in run.error
+    assert reconcile(on_ray) == []  # settled once
+
+
+def test_a_run_that_ignores_its_stop_has_its_job_stopped_after_the_grace(on_ray, ray_cluster):
+    run_id = on_ray.create_run("hung", {}, executor=Executor.RAY)
+    job = a_job_named_by(on_ray, run_id, "sleep 120")  # a trainer that never polls its flag
+    assert on_ray.claim_ray_run(run_id, job, host="elsewhere", pid=1)
+    status = job_status(ray_cluster.address, job)
+    wait_for(lambda: status() == "RUNNING", "the job to start")
+    on_ray.request_stop(run_id)
+    stops = ray_executor.StopWatch(grace_s=1.0)
+    assert reconcile(on_ray, stops=stops) == []  # the flag may yet be heeded
+    assert reconcile(on_ray) == []  # a one-off pass keeps no clock: it never stops a job
+    time.sleep(1.2)
+    assert reconcile(on_ray, stops=stops) == [
+        f"run {run_id} did not stop within 1 s of its Stop: stopped its Ray job {job}"]
+    wait_for(lambda: status() == "STOPPED", "Ray to stop the job")
+    assert reconcile(on_ray) == [
+        f"run {run_id}: Ray job {job} ended (STOPPED); marked interrupted"]
+    assert on_ray.get_run(run_id).status == RunStatus.INTERRUPTED
+
+
+@pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "lr=1e-3,3e-3"]])
 def test_a_cluster_that_does_not_answer_is_one_line_and_queues_nothing(home, monkeypatch,
-                                                                       capsys):
+                                                                       capsys, command):
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("GPTDASH_RAY_ADDRESS", f"http://127.0.0.1:{port}")
-    code, out, err = gptdash(capsys, "submit", *MICRO, "--on", "ray")
+    code, out, err = gptdash(capsys, *command, *MICRO, "--on", "ray")
     assert (code, out) == (2, "")
     assert err.startswith(f"gptdash: No Ray cluster answers at http://127.0.0.1:{port}")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert RunStore().list_runs() == []
+    store = RunStore()
+    assert (store.list_runs(), store.list_sweeps()) == ([], [])
 
 
 def test_on_ray_without_an_address_says_to_set_it(home, monkeypatch, capsys):
