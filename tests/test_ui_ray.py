@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +19,17 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from gptcore.config import preset
+from jobs import actions, ray_cluster
 from storage.status import Executor, RunStatus
 from storage.store import RunStore
-from ui.ray_cluster import JOB_COLUMNS, NODE_COLUMNS, job_summary, jobs_table, nodes_table
+from ui.ray_cluster import (
+    ACTIVE_JOB,
+    JOB_COLUMNS,
+    NODE_COLUMNS,
+    job_summary,
+    jobs_table,
+    nodes_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -94,6 +103,17 @@ def test_a_jobs_summary_and_ray_says_keep_to_the_first_line_of_rays_message():
     running = Job(6, "RUNNING", None, attempt=2, submission_id="gptdash-run-6-2")
     assert job_summary(running) == "Ray job `gptdash-run-6-2` (attempt 2): running"
 
+
+
+def test_the_sidebar_counts_a_run_a_ray_job_trains_though_no_worker_row_names_it(home):
+    from ui.widgets import training_now
+
+    store = RunStore()
+    on_ray = store.create_run("on ray", preset("tiny").to_dict(), status=RunStatus.RUNNING,
+                              executor=Executor.RAY)
+    store.create_run("waits", preset("tiny").to_dict(), executor=Executor.RAY)  # queued
+    assert training_now(store) == ([on_ray], 0)
+    store.close()
 
 # ---- the pages, on the session's Ray head ------------------------------------------------------
 
@@ -219,3 +239,61 @@ def test_live_page_of_a_ray_run_with_the_cluster_gone_says_so_in_one_line(home, 
         assert warning.value.startswith("No Ray cluster answers at http://127.0.0.1:1")
 
 
+
+# ---- "Run on" on New run and Sweeps --------------------------------------------------------------
+
+def _start(at: AppTest, label: str) -> None:
+    [button] = [b for b in at.button if b.label == label]
+    button.click().run()
+
+
+def test_new_run_offers_run_on_only_when_a_ray_address_is_set(home, monkeypatch):
+    monkeypatch.delenv("GPTDASH_RAY_ADDRESS", raising=False)
+    with _page("app.py") as at:
+        at.run()
+        assert not at.exception and not [r for r in at.radio if r.label == "Run on"]
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", "http://127.0.0.1:1")
+    with _page("app.py") as at:
+        at.run()
+        assert at.radio(key="new_run_on").value == Executor.LOCAL  # plain workers by default
+
+
+def test_new_run_started_on_ray_is_a_ray_job_on_the_cluster(on_cluster):
+    cluster, store = on_cluster
+    _fresh_run_ids(store)
+    with _page("app.py") as at:
+        at.run()
+        at.number_input(key="f0_max_steps").set_value(30)
+        at.radio(key="new_run_on").set_value(Executor.RAY).run()
+        _start(at, "Start training")
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, _texts(at.error)
+        assert at.title[0].value == "Live run"
+    [run] = store.list_runs()
+    assert run.executor == Executor.RAY and run.worker == f"gptdash-run-{run.id}-1"
+    job = ray_cluster.latest_job(cluster.address, run.id)
+    assert job.submission_id == run.worker
+    actions.stop(store, run.id)  # cancel it (or stop it, if its job has claimed it)
+    deadline = time.monotonic() + 120
+    while ray_cluster.latest_job(cluster.address, run.id).status in ACTIVE_JOB:
+        assert time.monotonic() < deadline, "the cancelled run's Ray job did not end"
+        time.sleep(0.5)
+
+
+def test_a_sweep_started_on_ray_with_the_cluster_gone_queues_nothing_and_says_so(
+        home, monkeypatch):
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", "http://127.0.0.1:1")
+    with _page("app.py") as at:
+        at.run()
+        at.switch_page("app_pages/sweeps.py")
+        at.run()
+        at.text_area(key="sweep_overrides").input("max_steps=20\nbatch_size=4").run()
+        at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3").run()
+        at.radio(key="sweep_on").set_value(Executor.RAY).run()
+        _start(at, "Start sweep")
+        assert not at.exception, [e.value for e in at.exception]
+        [error] = at.error
+        assert "No Ray cluster answers at http://127.0.0.1:1" in error.value
+    store = RunStore()
+    assert store.list_runs() == [] and store.list_sweeps() == []
+    store.close()
