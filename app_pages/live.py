@@ -342,7 +342,7 @@ def ray_job(address: str) -> None:
         st.caption("No Ray job for this run on the cluster yet.")
         return
     st.caption(job_summary(job))
-    st.code(tail or "(no output yet)", language=None)
+    st.code(tail or "(no output yet)", language=None, wrap_lines=True)
 
 
 ray_address = ray_cluster.cluster_address()

@@ -57,7 +57,7 @@ def ray_panel(address: str) -> None:
 ray_address = ray_cluster.cluster_address()
 if ray_address:
     st.subheader("Ray cluster")
-    st.caption(f"Runs started with Run on: Ray (`--on ray`) are Ray jobs on the cluster at "
+    st.caption(f"Runs started with Run on: Ray cluster (`--on ray`) are Ray jobs on the cluster at "
                f"{ray_address}; each job trains one run and records it in the database like any "
                "worker. A run's link opens it on Live run.")
     ray_panel(ray_address)
