@@ -12,6 +12,7 @@ from ui.widgets import get_store
 from ui.workers import workers_table
 
 store = get_store()
+JOBS_SHOWN = 50  # a long-lived cluster keeps every job it ever ran
 
 st.title("Workers")
 st.caption("The dashboard's own worker thread and every `gptdash worker` that reaches this "
@@ -49,7 +50,10 @@ def ray_panel(address: str) -> None:
     if not jobs:
         st.caption("No gptdash job on this cluster yet.")
         return
-    st.dataframe(jobs_table(jobs, nodes, utcnow()), hide_index=True, width="stretch",
+    if len(jobs) > JOBS_SHOWN:
+        st.caption(f"The {JOBS_SHOWN} newest of {len(jobs)} gptdash jobs:")
+    st.dataframe(jobs_table(jobs[:JOBS_SHOWN], nodes, utcnow()), hide_index=True,
+                 width="stretch",
                  column_config={"run": st.column_config.LinkColumn(
                      "run", display_text=r"run=(\d+)", help="Opens the run on Live run")})
 
