@@ -71,7 +71,7 @@ class RunRecord:
     owner_pid: int | None
     sweep_id: int | None
     trained_s: float | None = None
-    executor: str = "local"  # storage.status.Executor: who trains it
+    executor: str = Executor.LOCAL  # who trains it
 
     @property
     def duration_s(self) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +20,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from gptcore.config import apply_overrides, preset
 from gptcore.metric_keys import TRAIN_LOSS
-from jobs import ray_executor
+from jobs import ray_executor, runner
 from jobs.cli import main
 from jobs.ray_cluster import jobs
 from jobs.ray_executor import reconcile
+from jobs.serve import checks
+from jobs.supervisor import Periodic, Supervisor
 from storage.migrate import upgrade
 from storage.schema import make_engine
 from storage.status import FINISHED, Executor, RunStatus
@@ -211,6 +215,25 @@ def test_a_run_that_ignores_its_stop_has_its_job_stopped_after_the_grace(on_ray,
     assert on_ray.get_run(run_id).status == RunStatus.INTERRUPTED
 
 
+def test_a_queued_run_whose_job_never_came_gets_it_and_a_cancel_stops_that_job(
+        on_ray, ray_cluster, capsys):
+    # What a submitter that died between naming the job and submitting it leaves behind.
+    cfg = apply_overrides(preset("tiny"), {"context_length": 16, "emb_dim": 32, "n_layers": 2,
+                                           "batch_size": 8, "device": "cpu"})
+    run_id = runner.create_run(on_ray, cfg, check_device=False, executor=Executor.RAY)
+    job = ray_executor.connect().next_job(run_id)
+    on_ray.update_run(run_id, worker=job)
+    assert reconcile(on_ray) == [f"run {run_id}'s Ray job {job} was missing: submitted it"]
+    assert reconcile(on_ray) == []  # submitted once
+
+    code, out, err = gptdash(capsys, "stop", str(run_id))
+    assert (code, out) == (0, f"run {run_id} cancelled\n"), err
+    status = job_status(ray_cluster.address, job)
+    wait_for(lambda: status() in ("STOPPED", "SUCCEEDED"), "its job to end")
+    run = on_ray.get_run(run_id)
+    assert (run.status, run.last_step, run.started_at) == ("cancelled", 0, None)
+
+
 @pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "lr=1e-3,3e-3"]])
 def test_a_cluster_that_does_not_answer_is_one_line_and_queues_nothing(home, monkeypatch,
                                                                        capsys, command):
@@ -269,3 +292,35 @@ def test_a_plain_worker_never_claims_a_ray_run(store: RunStore) -> None:
     assert not store.claim_ray_run(on_ray, "gptdash-run-1-1", host="h", pid=3)
     run = store.get_run(on_ray)
     assert (run.status, run.worker, run.owner_pid) == ("running", "gptdash-run-1-1", 2)
+
+
+def test_the_supervisor_runs_its_checks_beside_its_children_and_says_a_failure_once():
+    calls = []
+
+    def check() -> list[str]:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            return ["run 1: settled"]
+        raise RuntimeError("the cluster hiccuped")
+
+    said: list[str] = []
+    supervisor = Supervisor([], say=said.append, periodic=[Periodic("check", 0.0, check)])
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert supervisor.run() == 0
+    assert len(calls) >= 3
+    assert said == ["run 1: settled", "the check failed: the cluster hiccuped"]
+
+
+def test_serve_reconciles_only_with_an_address_and_an_unreachable_cluster_is_silent(
+        store, monkeypatch):
+    monkeypatch.delenv("GPTDASH_RAY_ADDRESS", raising=False)
+    assert checks(store) == []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", f"http://127.0.0.1:{port}")
+    run_id = store.create_run("on ray", {}, executor=Executor.RAY)
+    store.update_run(run_id, worker="gptdash-run-1-1")
+    (reconciler,) = checks(store)
+    assert reconciler.call() == []
+    assert store.get_run(run_id).status == RunStatus.QUEUED
