@@ -215,7 +215,7 @@ def cmd_show(args, store: RunStore) -> int:
             "steps": f"{r.last_step}/{r.max_steps}", "tokens_seen": r.tokens_seen,
             "best_val_loss": r.best_val_loss, "last_train_loss": r.last_train_loss,
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,
-            "worker": r.worker, "sweep_id": r.sweep_id,
+            "worker": r.worker, "executor": r.executor, "sweep_id": r.sweep_id,
             "events": [{"step": int(e.step), "kind": e.kind, "message": e.message}
                        for e in store.event_rows([r.id])],
             "config": r.config}

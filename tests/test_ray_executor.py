@@ -9,6 +9,7 @@ cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -102,6 +103,8 @@ def test_two_runs_on_ray_complete_each_trained_once_by_its_own_job(on_ray, ray_c
         assert job.submission_id == run.worker
         wait_for(lambda r=run_id: jobs(address, r)[0].status == "SUCCEEDED", "the job's end")
         assert train_steps(on_ray, run_id) == list(range(30))  # every step once, no gap
+        shown = json.loads(gptdash(capsys, "show", str(run_id))[1])
+        assert (shown["executor"], shown["worker"]) == ("ray", job.submission_id)
 
 
 def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cluster,
