@@ -11,8 +11,8 @@ The caller (the Ray job's ``ray-run`` entrypoint) has claimed the run. Here, as 
 ``jobs.torchrun``, the driver forwards a stop as the run row's flag (rank 0 polls it and
 tells the other ranks) and turns a worker group that ended without ending the run into an
 ``interrupted`` row (a worker or its machine died: resume continues from the checkpoint)
-or a ``failed`` one (an error in a worker), with Ray's reason. Ray Train retries nothing:
-a resume is the run's own retry.
+or a ``failed`` one (an error in a worker), with Ray's reason. Ray Train retries nothing
+(a resume is the run's own retry), and a run the cluster can never hold fails at once.
 
 Ray is imported only when a run trains here, so the rest of ``jobs`` never needs it.
 """
@@ -60,6 +60,19 @@ def worker_device(cfg: TrainConfig, cluster_gpus: float) -> str:
     return cfg.device
 
 
+def capacity_problem(cfg: TrainConfig, device: str, capacity: dict[str, float]) -> str | None:
+    """Why a cluster with at most ``capacity`` (resource -> amount) can never hold the run's
+    workers, one CPU (and one GPU on cuda) each; None when it can."""
+    workers = num_workers(cfg)
+    for resource in ("CPU", "GPU") if device == "cuda" else ("CPU",):
+        has = int(capacity.get(resource, 0))
+        if has < workers:
+            return (f"nodes {cfg.nodes} x nproc {cfg.nproc} is {workers} Ray Train workers, one "
+                    f"{resource} each, but the Ray cluster has {has} {resource}s: lower nodes "
+                    "or nproc, or add machines to the cluster")
+    return None
+
+
 def run_with_ray_train(store: RunStore, run_id: int, *,
                        stop_event: threading.Event | None = None) -> str:
     """Train a claimed run as ``nodes x nproc`` Ray Train workers; returns its final status.
@@ -74,7 +87,7 @@ def run_with_ray_train(store: RunStore, run_id: int, *,
         cfg = TrainConfig.from_dict(store.get_run(run_id).config).validate()
         if not ray.is_initialized():
             ray.init()
-        trainer = _trainer(store, run_id, cfg, ray.cluster_resources().get("GPU", 0))
+        trainer = _trainer(store, run_id, cfg)
     except GptdashError as exc:
         store.set_status(run_id, RunStatus.FAILED, error=str(exc))
         return RunStatus.FAILED
@@ -89,11 +102,23 @@ def run_with_ray_train(store: RunStore, run_id: int, *,
     return store.get_run(run_id).status
 
 
-def _trainer(store: RunStore, run_id: int, cfg: TrainConfig, cluster_gpus: float):
+def _capacity() -> dict[str, float]:
+    """The most of each resource the cluster can have: what its autoscaler may start (Ray
+    Train's own check reads the same), else what its nodes have now."""
+    import ray
+    from ray._private.state import state
+
+    return state.get_max_resources_from_cluster_config() or ray.cluster_resources()
+
+
+def _trainer(store: RunStore, run_id: int, cfg: TrainConfig):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    device = worker_device(cfg, cluster_gpus)
+    capacity = _capacity()
+    device = worker_device(cfg, capacity.get("GPU", 0))
+    if problem := capacity_problem(cfg, device, capacity):
+        raise GptdashError(problem)  # else it would wait for the resources for ever
     use_gpu = device == "cuda"
     env = {"GPTDASH_DB_URL": store.url, "GPTDASH_ARTIFACTS": str(home.artifacts_dir().resolve()),
            RAY_TRAIN_ENV: "1",
@@ -109,8 +134,9 @@ def _trainer(store: RunStore, run_id: int, cfg: TrainConfig, cluster_gpus: float
             placement_strategy="SPREAD" if cfg.nodes > 1 else "PACK"),
         run_config=RunConfig(
             name=RAY_TRAIN_NAME, storage_path=str(home.checkpoints_dir(run_id).resolve()),
-            failure_config=FailureConfig(max_failures=0, max_preemption_failures=0,
-                                         controller_failure_limit=0),
+            # No retry of a worker group that failed or lost a machine (a resume is the
+            # run's retry); one waiting for resources busy elsewhere waits (Ray's default).
+            failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
             worker_runtime_env={"env_vars": env}))
 
 

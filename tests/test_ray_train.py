@@ -33,7 +33,7 @@ from gptcore.metric_keys import TOKENS_SEEN, TRAIN_LOSS
 from jobs import runner
 from jobs.actions import Stop, stop
 from jobs.manager import claim_here
-from jobs.ray_train import needs_ray_train, num_workers, run_with_ray_train
+from jobs.ray_train import capacity_problem, needs_ray_train, num_workers, run_with_ray_train
 from storage.status import RunStatus
 
 WAIT_S = 300  # generous: the box's two cores are shared with the other suites
@@ -144,6 +144,17 @@ def test_workers_that_die_leave_the_run_interrupted_with_rays_reason(ray_driver,
     assert " died at step " in run.error and f"gptdash resume {run_id}" in run.error
 
 
+def test_a_run_the_cluster_can_never_hold_fails_at_once_saying_what_to_change(ray_driver, store):
+    cpus = int(ray.cluster_resources()["CPU"])  # 2 on the session's head
+    run_id = _claimed_run(store, two_rank_config(nproc=cpus + 1))
+
+    assert run_with_ray_train(store, run_id) == RunStatus.FAILED
+
+    assert store.get_run(run_id).error == (
+        f"nodes 1 x nproc {cpus + 1} is {cpus + 1} Ray Train workers, one CPU each, but the Ray "
+        f"cluster has {cpus} CPUs: lower nodes or nproc, or add machines to the cluster")
+
+
 # ---- nodes, and ranks under Ray Train (no cluster needed) -----------------------------------
 def test_nodes_is_one_by_default_and_must_be_at_least_one():
     assert TrainConfig().nodes == 1
@@ -159,6 +170,15 @@ def test_nodes_multiply_the_tokens_per_step_and_the_ray_workers():
     assert num_workers(three) == 6
     assert needs_ray_train(two_rank_config(nproc=1, nodes=2))
     assert not needs_ray_train(two_rank_config(nproc=1))
+
+
+def test_workers_need_a_cpu_each_and_a_gpu_each_on_cuda():
+    cfg = two_rank_config(nodes=2)  # 4 workers
+    assert capacity_problem(cfg, "cpu", {"CPU": 4.0}) is None
+    assert capacity_problem(cfg, "cuda", {"CPU": 8.0, "GPU": 4.0}) is None
+    assert "one GPU each, but the Ray cluster has 3 GPUs" in capacity_problem(
+        cfg, "cuda", {"CPU": 8.0, "GPU": 3.0})
+    assert "has 0 GPUs" in capacity_problem(cfg, "cuda", {"CPU": 8.0})
 
 
 def test_a_plain_worker_refuses_nodes_above_one(store):
