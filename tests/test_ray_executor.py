@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ def test_two_runs_on_ray_complete_each_trained_once_by_its_own_job(on_ray, ray_c
     before = job_ids(ray_cluster.address)
     run_ids = []
     for name in ("first", "second"):
-        code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=30",
+        code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=20",
                                  "--set", "eval_interval=10", "--name", name, "--on", "ray")
         assert code == 0, err
         run_ids.append(int(out))
@@ -102,7 +103,7 @@ def test_two_runs_on_ray_complete_each_trained_once_by_its_own_job(on_ray, ray_c
         (job,) = new_jobs(address, before, run_id)  # one job per run, no retry
         assert job.submission_id == run.worker
         wait_for(lambda r=run_id: jobs(address, r)[0].status == "SUCCEEDED", "the job's end")
-        assert train_steps(on_ray, run_id) == list(range(30))  # every step once, no gap
+        assert train_steps(on_ray, run_id) == list(range(20))  # every step once, no gap
         shown = json.loads(gptdash(capsys, "show", str(run_id))[1])
         assert (shown["executor"], shown["worker"]) == ("ray", job.submission_id)
 
@@ -110,7 +111,7 @@ def test_two_runs_on_ray_complete_each_trained_once_by_its_own_job(on_ray, ray_c
 def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cluster,
                                                                   capsys):
     before = job_ids(ray_cluster.address)
-    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=60",
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=40",
                              "--set", "eval_interval=20", "--on", "ray")
     assert code == 0, err
     run_id = int(out)
@@ -122,7 +123,7 @@ def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cl
     stopped = on_ray.get_run(run_id)
     assert stopped.status == RunStatus.STOPPED
     assert Path(stopped.checkpoint_path).is_file()
-    assert 1 <= stopped.last_step < 60
+    assert 1 <= stopped.last_step < 40
 
     resumed_at = time.time()
     code, out, err = gptdash(capsys, "resume", str(run_id), "--on", "ray")
@@ -132,9 +133,9 @@ def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cl
     assert f"resumes from its last checkpoint, as Ray job {second.submission_id}" in out
     wait_for(status_is(on_ray, run_id, *FINISHED), "the resumed run to end")
     run = on_ray.get_run(run_id)
-    assert (run.status, run.worker, run.last_step) == ("completed", second.submission_id, 60)
+    assert (run.status, run.worker, run.last_step) == ("completed", second.submission_id, 40)
     curve = on_ray.metrics([run_id], [TRAIN_LOSS])
-    assert list(curve["step"]) == list(range(60))  # every step once, no gap
+    assert list(curve["step"]) == list(range(40))  # every step once, no gap
     # The steps before the stop are the first job's, the rest the second's: continued from
     # the checkpoint, not trained again from step 0.
     first_job = curve["step"] < stopped.last_step
@@ -144,7 +145,7 @@ def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cl
 
 def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
         on_ray, ray_cluster, capsys):
-    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=60",
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=40",
                              "--set", "eval_interval=20", "--on", "ray")
     assert code == 0, err
     run_id = int(out)
@@ -167,7 +168,7 @@ def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
     assert code == 0, err
     wait_for(status_is(on_ray, run_id, *FINISHED), "the resumed run to end")
     assert on_ray.get_run(run_id).status == RunStatus.COMPLETED
-    assert train_steps(on_ray, run_id) == list(range(60))
+    assert train_steps(on_ray, run_id) == list(range(40))
 
 
 def a_job_named_by(store: RunStore, run_id: int, entrypoint: str) -> str:
@@ -258,6 +259,16 @@ def test_on_ray_without_an_address_says_to_set_it(home, monkeypatch, capsys):
     assert (code, out) == (2, "")
     assert err == ("gptdash: --on ray needs GPTDASH_RAY_ADDRESS: set it to the Ray cluster's "
                    "dashboard address, e.g. http://head:8265\n")
+    assert RunStore().list_runs() == []
+
+
+def test_on_ray_without_ray_installed_says_how_to_install_it(home, monkeypatch, capsys):
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setitem(sys.modules, "ray.job_submission", None)  # as if the extra were missing
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--on", "ray")
+    assert (code, out) == (2, "")
+    assert err == ("gptdash: --on ray needs Ray, which is not installed here: pip install "
+                   "'gptdash[ray]' (make setup does)\n")
     assert RunStore().list_runs() == []
 
 
