@@ -143,11 +143,12 @@ class QueueMixin:
         longer alive, or, on any machine, when the run's last heartbeat (its
         start if it never beat) is more than ``dead_after_s`` seconds old. Each
         row changes only if it is still running with the heartbeat read here, so
-        a run whose owner beats meanwhile is left alone.
+        a run whose owner beats meanwhile is left alone. A dead Ray job's run is left to
+        the Ray reconciler, which says why Ray's job ended, until its heartbeat is old too.
         """
         now = utcnow()
         columns = (Run.id, Run.worker, Run.owner_host, Run.owner_pid, Run.heartbeat_at,
-                   Run.started_at, Run.created_at, Run.checkpoint_path)
+                   Run.started_at, Run.created_at, Run.checkpoint_path, Run.executor)
         with Session(self.engine) as session:
             rows = session.execute(
                 select(*columns).where(Run.status == RunStatus.RUNNING).order_by(Run.id)).all()
@@ -155,8 +156,8 @@ class QueueMixin:
         for row in rows:
             owner = row.worker or "an unknown worker"
             last_sign = row.heartbeat_at or row.started_at or row.created_at
-            if row.owner_host == host and row.owner_pid is not None \
-                    and not pid_alive(row.owner_pid):
+            if row.executor == Executor.LOCAL and row.owner_host == host \
+                    and row.owner_pid is not None and not pid_alive(row.owner_pid):
                 cause = (f"the process training this run ({owner}, pid {row.owner_pid} on "
                          f"{host}) is gone")
             elif now - last_sign > timedelta(seconds=dead_after_s):

@@ -338,3 +338,18 @@ def test_serve_reconciles_only_with_an_address_and_an_unreachable_cluster_is_sil
     (reconciler,) = checks(store)
     assert reconciler.call() == []
     assert store.get_run(run_id).status == RunStatus.QUEUED
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_dead_ray_jobs_run_waits_for_the_reconciler_until_its_heartbeat_is_old(
+        store: RunStore) -> None:
+    on_ray = store.create_run("on ray", {}, executor=Executor.RAY)
+    store.update_run(on_ray, worker="gptdash-run-1-1")
+    assert store.claim_ray_run(on_ray, "gptdash-run-1-1", host="here", pid=123)
+    local = store.create_run("local", {})
+    store.claim_run(local, "here:124", host="here", pid=124)
+    gone = lambda pid: False  # noqa: E731 - both owners' processes have died
+    # Ray says why its job ended (jobs.ray_executor.reconcile); a plain worker's is gone.
+    assert store.recover_orphans(host="here", pid_alive=gone, dead_after_s=60) == [local]
+    assert store.get_run(on_ray).status == RunStatus.RUNNING
+    assert store.recover_orphans(host="here", pid_alive=gone, dead_after_s=0) == [on_ray]
