@@ -36,10 +36,11 @@ from gptcore.metric_keys import (
     TRAIN_LOSS,
     VAL_LOSS,
 )
-from jobs import actions
+from jobs import actions, ray_cluster
 from jobs.calibration import submit_calibration
+from jobs.errors import USER_ERRORS
 from jobs.forecasting import run_forecast
-from storage.status import ACTIVE, RunStatus
+from storage.status import ACTIVE, Executor, RunStatus
 from storage.store import RunRecord
 from storage.tags import format_tags
 from ui.ended import ENDED_BY, why_it_ended
@@ -68,6 +69,7 @@ from ui.live import (
     view_range,
 )
 from ui.paths import shown_path
+from ui.ray_cluster import job_summary
 from ui.widgets import empty_state, get_store, pick_run, tab_visible, user_errors
 
 store = get_store()
@@ -86,6 +88,7 @@ LOSS_KEYS = CHARTS["Loss"]
 EVENTS_SHOWN, EVENTS_HEIGHT = 6, 260  # a longer list scrolls
 CHECK_AT = 0.4  # an ended run's forecast made from this fraction of it, beside what happened
 FAMILY_CHECK_S = 30  # how often a shown forecast looks again for finished relatives
+RAY_JOB_EVERY_S = 10.0  # a Ray job's log changes little between two looks
 
 st.title("Live run")
 runs = store.list_runs()
@@ -337,6 +340,29 @@ def live() -> None:
 
 
 live()
+
+
+# Looks again while the run is watched live; an ended run's job is read once.
+@st.fragment(run_every=RAY_JOB_EVERY_S if tick_every else None)
+def ray_job(address: str) -> None:
+    """The run's latest Ray job: how it is doing, Ray's word on it, its log's last lines."""
+    try:
+        job = ray_cluster.latest_job(address, run_id)
+        tail = ray_cluster.log_tail(address, job.submission_id) if job else ""
+    except USER_ERRORS as exc:  # the cluster is down or the address wrong: one line
+        st.warning(str(exc))
+        return
+    if job is None:
+        st.caption("No Ray job for this run on the cluster yet.")
+        return
+    st.caption(job_summary(job))
+    st.code(tail or "(no output yet)", language=None, wrap_lines=True)
+
+
+ray_address = ray_cluster.cluster_address()
+if ray_address and run.executor == Executor.RAY:
+    with st.expander("Ray job"):
+        ray_job(ray_address)
 
 with st.expander("Config"):
     st.json(run.config)

@@ -20,7 +20,7 @@ from ui.defaults import newest_finished
 from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
 from ui.paths import shown_path
-from ui.widgets import get_store, run_label, user_errors
+from ui.widgets import get_store, run_label, run_on_choice, user_errors
 
 store = get_store()
 INFO = field_info()
@@ -216,6 +216,7 @@ with summary_col:
                               help="Queue N runs that differ only in seed (this seed, +1, ...) as "
                                    "one small sweep: Compare draws them as one mean line in a "
                                    "band, Sweeps as a mean with error bars.")
+    on = run_on_choice("new_run_on")
     start = st.button("Start training", type="primary", disabled=bool(problems) or cfg is None,
                       width="stretch")
     if cfg is not None and not problems:
@@ -225,10 +226,10 @@ with summary_col:
         with user_errors():
             if repeats > 1:
                 _, run_ids = submit_repeats(store, cfg, int(repeats), name=name,
-                                            tags=parse_tags(tags), notes=notes)
+                                            tags=parse_tags(tags), notes=notes, on=on)
                 run_id = run_ids[0]  # the first to train; its seeds follow it in the queue
             else:
                 run_id = actions.submit(store, cfg, name=name, tags=parse_tags(tags),
-                                        notes=notes)
+                                        notes=notes, on=on)
             st.session_state.live_run = run_id
             st.switch_page("app_pages/live.py")

@@ -23,7 +23,7 @@ from jobs.sweeps import (
     plan_sweep,
     submit_sweep,
 )
-from storage.status import ACTIVE, RunStatus
+from storage.status import ACTIVE, Executor, RunStatus
 from ui.compute import last_values
 from ui.live import LastBuilt
 from ui.sweeps import (
@@ -36,7 +36,7 @@ from ui.sweeps import (
     sweep_table,
     swept_params,
 )
-from ui.widgets import get_store, tab_visible, training_now, user_errors
+from ui.widgets import get_store, run_on_choice, tab_visible, training_now, user_errors
 
 store = get_store()
 FIELDS = list(field_info())
@@ -149,12 +149,15 @@ with summary_col:
                    "has finished here.")
         with st.expander(f"The {runs_text}"):
             st.text("\n".join(plan.label(i) for i in range(len(plan.configs))))
+    on = run_on_choice("sweep_on")
     if st.button("Start sweep", type="primary", disabled=plan is None,
                  width="stretch") and plan is not None:
         with user_errors():
-            sweep_id, run_ids = submit_sweep(store, plan, name=name, cut=cut)
+            sweep_id, run_ids = submit_sweep(store, plan, name=name, cut=cut, on=on)
             st.session_state.sweep_pick = sweep_id
-            st.toast(f"Queued {len(run_ids)} runs; the worker trains them one by one.")
+            st.toast(f"Queued {len(run_ids)} runs; " + (
+                "each is a Ray job, trained as the cluster has room." if on == Executor.RAY
+                else "the worker trains them one by one."))
 
 # ---- a sweep's runs ----------------------------------------------------------------------------
 st.divider()

@@ -1,13 +1,18 @@
-"""Workers: every process that trains queued runs, with its device, run and heartbeat."""
+"""Workers: every process that trains queued runs, with its device, run and heartbeat; and,
+when GPTDASH_RAY_ADDRESS names a Ray cluster, its nodes and the gptdash jobs on them."""
 
 import streamlit as st
 
+from jobs import ray_cluster
+from jobs.errors import USER_ERRORS
 from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from storage.schema import utcnow
+from ui.ray_cluster import jobs_table, nodes_table
 from ui.widgets import get_store
 from ui.workers import workers_table
 
 store = get_store()
+JOBS_SHOWN = 50  # a long-lived cluster keeps every job it ever ran
 
 st.title("Workers")
 st.caption("The dashboard's own worker thread and every `gptdash worker` that reaches this "
@@ -28,3 +33,35 @@ def workers_panel() -> None:
 
 
 workers_panel()
+
+
+@st.fragment(run_every=5.0)
+def ray_panel(address: str) -> None:
+    try:
+        nodes = ray_cluster.nodes(address)
+        jobs = ray_cluster.jobs(address)
+    except USER_ERRORS as exc:  # the cluster is down or the address wrong: say so, in a line
+        st.warning(str(exc))
+        return
+    alive = [n for n in nodes if n.alive]
+    st.caption(f"{len(alive)} of {len(nodes)} node(s) alive · "
+               f"{sum(n.cpus for n in alive):g} CPUs · {sum(n.gpus for n in alive):g} GPUs")
+    st.dataframe(nodes_table(nodes, jobs), hide_index=True, width="stretch")
+    if not jobs:
+        st.caption("No gptdash job on this cluster yet.")
+        return
+    if len(jobs) > JOBS_SHOWN:
+        st.caption(f"The {JOBS_SHOWN} newest of {len(jobs)} gptdash jobs:")
+    st.dataframe(jobs_table(jobs[:JOBS_SHOWN], nodes, utcnow()), hide_index=True,
+                 width="stretch",
+                 column_config={"run": st.column_config.LinkColumn(
+                     "run", display_text=r"run=(\d+)", help="Opens the run on Live run")})
+
+
+ray_address = ray_cluster.cluster_address()
+if ray_address:
+    st.subheader("Ray cluster")
+    st.caption(f"Runs started with Run on: Ray cluster (`--on ray`) are Ray jobs on the cluster at "
+               f"{ray_address}; each job trains one run and records it in the database like any "
+               "worker. A run's link opens it on Live run.")
+    ray_panel(ray_address)

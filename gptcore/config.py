@@ -138,8 +138,10 @@ class TrainConfig:
     precision: str = _f("auto", "system", "auto uses bfloat16 autocast on CUDA.",
                         choices=PRECISIONS)
     compile: bool = _f(False, "system", "torch.compile the model (GPU; slow to start).")
-    nproc: int = _f(1, "system", "Processes (GPUs) on this machine, under torchrun; each trains "
-                    "on its own batch_size sequences.", 1, 64)
+    nproc: int = _f(1, "system", "Processes (GPUs) on each machine, under torchrun (or Ray "
+                    "Train); each trains on its own batch_size sequences.", 1, 64)
+    nodes: int = _f(1, "system", "Machines of a Ray cluster to spread the run over (--on ray), "
+                    "nproc processes on each; 1 is one machine.", 1, 1024)
 
     # ---- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -181,8 +183,9 @@ class TrainConfig:
     @property
     def tokens_per_step(self) -> int:
         """Tokens in one optimizer step over every process: the global batch is
-        batch_size x grad_accum_steps x nproc sequences of context_length tokens."""
-        return self.batch_size * self.grad_accum_steps * self.nproc * self.model.context_length
+        batch_size x grad_accum_steps x nproc x nodes sequences of context_length tokens."""
+        return (self.batch_size * self.grad_accum_steps * self.nproc * self.nodes
+                * self.model.context_length)
 
     # ---- validation ----------------------------------------------------------------
     def problems(self) -> dict[str, str]:

@@ -7,6 +7,11 @@ trains its own replica on its own batches, and DistributedDataParallel averages 
 gradients, so every rank takes the same optimizer step. The global batch is
 ``batch_size x grad_accum_steps x world_size`` sequences.
 
+Ray Train (``jobs.ray_train``, a run ``--on ray`` with ``nodes`` or ``nproc`` above one)
+starts the processes instead, sets the same variables and makes the process group itself;
+it marks its workers with ``GPTDASH_RAY_TRAIN=1``, so here the group is joined as it is,
+never made or destroyed a second time, and the ranks may span several machines.
+
 Without those variables (or with a world of one) everything here is a no-op and the
 trainer runs as a single process, unchanged.
 """
@@ -26,6 +31,8 @@ from gptcore.errors import GptdashError
 # Rank r draws its batches from seed + r * RANK_SEED_STRIDE: rank 0 keeps the single-process
 # stream, and a large prime keeps rank 1 of seed s from replaying rank 0 of seed s + 1.
 RANK_SEED_STRIDE = 1_000_003
+# Set (to 1) in the environment of Ray Train's workers, which Ray started and joined already.
+RAY_TRAIN_ENV = "GPTDASH_RAY_TRAIN"
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class Ranks:
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
+    ray_train: bool = False  # Ray Train started the processes and owns their process group
 
     @property
     def enabled(self) -> bool:
@@ -49,17 +57,30 @@ class Ranks:
 
 
 def ranks_from_env(environ: Mapping[str, str] | None = None) -> Ranks:
-    """The place torchrun gave this process, or a single process when it was not used."""
+    """The place torchrun (or Ray Train) gave this process, or a single process when
+    neither was used."""
     env = os.environ if environ is None else environ
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return Ranks()
     world = int(env["WORLD_SIZE"])
     return Ranks(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)),
-                 world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)))
+                 world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
+                 ray_train=env.get(RAY_TRAIN_ENV) == "1")
 
 
-def check_nproc(ranks: Ranks, nproc: int) -> None:
-    """Refuse a launch whose process count differs from the config's ``nproc``."""
+def check_nproc(ranks: Ranks, nproc: int, nodes: int = 1) -> None:
+    """Refuse a launch whose process count differs from the config's ``nproc`` (per machine
+    under torchrun; ``nodes x nproc`` in all under Ray Train, which places them)."""
+    if nodes > 1 and not ranks.ray_train:
+        raise GptdashError(f"nodes {nodes} spreads the run over {nodes} machines of a Ray "
+                           "cluster: it needs --on ray (with GPTDASH_RAY_ADDRESS set), or set "
+                           "nodes to 1")
+    if ranks.ray_train:
+        if ranks.world_size != nodes * nproc:
+            raise GptdashError(f"Ray Train started {ranks.world_size} workers, but nodes "
+                               f"{nodes} x nproc {nproc} asks for {nodes * nproc}: start it "
+                               "with jobs.ray_train, which starts that many")
+        return
     if nproc > 1 and not ranks.enabled:
         raise GptdashError(f"nproc {nproc} needs one process per rank: start it with "
                            f"`torchrun --nproc_per_node {nproc} ...` (gptdash's worker does "
@@ -91,7 +112,14 @@ def data_seed(seed: int, rank: int) -> int:
 
 
 def init(ranks: Ranks, device: torch.device) -> torch.device:
-    """Join the process group; returns this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    """Join the process group; returns this rank's device (cuda:LOCAL_RANK on GPUs).
+
+    Under Ray Train the group exists already and the device is the GPU Ray gave this worker
+    (the current one, which ``jobs.ray_train`` sets)."""
+    if ranks.ray_train:
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        return device
     check_devices(ranks.local_world_size, device)
     backend = "gloo"
     if device.type == "cuda":
@@ -104,8 +132,8 @@ def init(ranks: Ranks, device: torch.device) -> torch.device:
 
 
 def shutdown(ranks: Ranks) -> None:
-    """Leave the process group, if this process joined one."""
-    if ranks.enabled and dist.is_initialized():
+    """Leave the process group, if this process made it (Ray Train destroys its own)."""
+    if ranks.enabled and not ranks.ray_train and dist.is_initialized():
         dist.destroy_process_group()
 
 

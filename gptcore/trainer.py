@@ -133,7 +133,7 @@ class Trainer:
     # ---- setup -----------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
-        distributed.check_nproc(self.ranks, cfg.nproc)
+        distributed.check_nproc(self.ranks, cfg.nproc, cfg.nodes)
         self.device = resolve_device(cfg.device)
         if self.ranks.enabled:
             self.device = distributed.init(self.ranks, self.device)
@@ -166,8 +166,9 @@ class Trainer:
             self.train_model = DistributedDataParallel(
                 self.eval_model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        # The config counts one machine's nproc processes; torchrun may span several.
-        self.tokens_per_step = cfg.tokens_per_step // cfg.nproc * self.ranks.world_size
+        # The config counts nodes x nproc processes; torchrun by hand may span more machines.
+        self.tokens_per_step = (cfg.tokens_per_step // (cfg.nproc * cfg.nodes)
+                                * self.ranks.world_size)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         self.flops_per_token = flops_per_token(cfg)

@@ -13,8 +13,8 @@ import enum
 from typing import TYPE_CHECKING
 
 from gptcore.errors import GptdashError
-from jobs import runner
-from storage.status import RunStatus
+from jobs import ray_executor, runner
+from storage.status import Executor, RunStatus
 
 if TYPE_CHECKING:
     from gptcore.config import TrainConfig
@@ -32,14 +32,23 @@ class Stop(enum.StrEnum):
 
 
 def submit(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
-           tags: list[str] | None = None, notes: str = "") -> int:
-    """Validate ``cfg`` and queue it for the next free worker; the run id.
+           tags: list[str] | None = None, notes: str = "",
+           on: str = Executor.LOCAL) -> int:
+    """Validate ``cfg`` and queue it for the next free worker, or with ``on="ray"`` as a job
+    on the Ray cluster at ``GPTDASH_RAY_ADDRESS``; the run id.
 
-    Checked here without torch (``check_device=False``); the worker that claims the run
-    checks it against its own device, which may be another machine's GPU.
+    Checked here without torch (``check_device=False``); the worker or job that claims the
+    run checks it against its own device, which may be another machine's GPU. A cluster
+    that does not answer is refused before anything is written.
     """
-    return runner.create_run(store, cfg, name=name, tags=tags, notes=notes,
-                             check_device=False)
+    if on == Executor.LOCAL:
+        return runner.create_run(store, cfg, name=name, tags=tags, notes=notes,
+                                 check_device=False)
+    cluster = ray_executor.cluster_for(on)
+    run_id = runner.create_run(store, cfg, name=name, tags=tags, notes=notes,
+                               check_device=False, executor=Executor.RAY)
+    ray_executor.start_runs(store, cluster, [run_id])
+    return run_id
 
 
 def stop(store: RunStore, run_id: int) -> Stop:
@@ -57,11 +66,17 @@ def stop(store: RunStore, run_id: int) -> Stop:
     status = store.get_run(run_id).status
     if status == RunStatus.QUEUED:
         store.set_status(run_id, RunStatus.CANCELLED, error=CANCELLED_BEFORE_START)
+        if run.executor == Executor.RAY:  # its job need not wait for resources to end
+            ray_executor.cancel_job(run)
         return Stop.CANCELLED
     return Stop.REQUESTED if status == RunStatus.RUNNING else Stop.ENDED
 
 
-def resume(store: RunStore, run_id: int) -> None:
+def resume(store: RunStore, run_id: int, *, on: str = Executor.LOCAL) -> str:
     """Queue a stopped, interrupted, failed or cancelled run to continue from its checkpoint
-    (or from step 0 with the same config when it never saved one)."""
-    runner.queue_resume(store, run_id)
+    (or from step 0 with the same config when it never saved one), for the next free worker
+    or with ``on="ray"`` as a new Ray job; how it will start, in one line."""
+    if on == Executor.LOCAL:
+        return runner.queue_resume(store, run_id)
+    cluster = ray_executor.cluster_for(on)
+    return ray_executor.queue_resume(store, run_id, cluster)

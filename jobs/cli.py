@@ -28,8 +28,9 @@ from jobs.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
+from jobs.ray_cluster import RAY_ADDRESS_ENV, cluster_address
 from storage.names import one_line
-from storage.status import RunStatus
+from storage.status import EXECUTORS, Executor, RunStatus
 from storage.tags import format_tags, parse_tags
 
 if TYPE_CHECKING:
@@ -76,11 +77,19 @@ def cmd_submit(args, store: RunStore) -> int:
     from jobs import actions
 
     run_id = actions.submit(store, _load_config(args), name=args.name,
-                            tags=parse_tags(args.tag))
+                            tags=parse_tags(args.tag), on=args.on)
     print(run_id)
-    print(f"run {run_id} queued: `gptdash serve` or `gptdash worker` trains it; "
-          f"watch it with `gptdash list`", file=sys.stderr)
+    print(f"run {run_id} queued: {_who_trains(store, run_id)}; watch it with `gptdash list`",
+          file=sys.stderr)
     return EXIT_OK
+
+
+def _who_trains(store: RunStore, run_id: int) -> str:
+    """Who will train a queued run, for the line that says it is queued."""
+    run = store.get_run(run_id)
+    if run.executor == Executor.RAY:
+        return f"Ray job {run.worker} trains it on the cluster at {cluster_address()}"
+    return "`gptdash serve` or `gptdash worker` trains it"
 
 
 def _roughly(seconds: float) -> str:
@@ -115,7 +124,7 @@ def cmd_sweep(args, store: RunStore) -> int:
     measured = measured_pace(store)
     plan = plan_sweep(base, grids, ranges, random=args.random, seed=args.seed, seeds=args.seeds,
                       pace=measured)
-    sweep_id, run_ids = submit_sweep(store, plan, name=args.name, cut=args.cut)
+    sweep_id, run_ids = submit_sweep(store, plan, name=args.name, cut=args.cut, on=args.on)
     sweep = store.get_sweep(sweep_id)
     basis = ("the newest finished run's throughput, evaluations and start-up" if measured else
              f"a nominal {NOMINAL_FLOPS_PER_S / 1e9:g} GFLOP/s, a laptop CPU's; a GPU is far "
@@ -129,8 +138,9 @@ def cmd_sweep(args, store: RunStore) -> int:
         print(f"  run {run_id}: {plan.label(i)}")
     print(f"estimated training time: about {_roughly(plan.estimated_seconds)} in all, "
           f"one after another (estimated from {basis})")
-    print(f"`gptdash serve` or `gptdash worker` trains them; watch them with "
-          f"`gptdash list --sweep {sweep_id}`", file=sys.stderr)
+    who = (f"each as a Ray job on the cluster at {cluster_address()}" if args.on == Executor.RAY
+           else "`gptdash serve` or `gptdash worker` trains them")
+    print(f"{who}; watch them with `gptdash list --sweep {sweep_id}`", file=sys.stderr)
     return EXIT_OK
 
 
@@ -162,6 +172,11 @@ def cmd_calibrate(args, store: RunStore) -> int:
 
 
 def cmd_resume(args, store: RunStore) -> int:
+    if args.on == Executor.RAY:
+        from jobs import actions
+
+        print(actions.resume(store, args.run_id, on=args.on))
+        return EXIT_OK
     if args.queue:
         from jobs import actions, runner
 
@@ -179,6 +194,13 @@ def cmd_sample(args, store: RunStore) -> int:
     from jobs.foreground import cmd_sample as sample
 
     return sample(args, store)
+
+
+def cmd_ray_run(args, store: RunStore) -> int:
+    """A Ray job's entrypoint: train the run queued for this job (not for people)."""
+    from jobs.ray_executor import run_job
+
+    return run_job(store, args.run_id, args.job)
 
 
 def cmd_list(args, store: RunStore) -> int:
@@ -212,7 +234,7 @@ def cmd_show(args, store: RunStore) -> int:
             "steps": f"{r.last_step}/{r.max_steps}", "tokens_seen": r.tokens_seen,
             "best_val_loss": r.best_val_loss, "last_train_loss": r.last_train_loss,
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,
-            "worker": r.worker, "sweep_id": r.sweep_id,
+            "worker": r.worker, "executor": r.executor, "sweep_id": r.sweep_id,
             "events": [{"step": int(e.step), "kind": e.kind, "message": e.message}
                        for e in store.event_rows([r.id])],
             "config": r.config}
@@ -317,6 +339,13 @@ def _add_config_args(p: argparse.ArgumentParser, what: str = "run") -> None:
                        help="tag the run: --tag a,b or --tag a --tag b (repeatable)")
 
 
+def _add_on_arg(p: argparse.ArgumentParser) -> None:
+    """``--on``: who trains the queued runs (``submit``, ``sweep``, ``resume``)."""
+    p.add_argument("--on", choices=EXECUTORS, default=Executor.LOCAL,
+                   help="local: any `gptdash worker` or `gptdash serve` (default); ray: a job "
+                        f"of its own on the Ray cluster at ${RAY_ADDRESS_ENV}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptdash", description="Train small GPTs; every run is "
                                 "recorded in the gptdash database ($GPTDASH_HOME).")
@@ -330,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("submit", help="queue a run for the dashboard's worker (or any "
                        "`gptdash worker`) and print its id")
     _add_config_args(q)
+    _add_on_arg(q)
     q.set_defaults(func=cmd_submit)
 
     sw = sub.add_parser("sweep", help="queue one run per combination of --grid values (and "
@@ -352,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--yes", action="store_true",
                     help="queue a sweep of more than 100 runs (asked for, so a typo in a "
                          "grid does not queue days of training)")
+    _add_on_arg(sw)
     sw.set_defaults(func=cmd_sweep)
 
     fc = sub.add_parser("forecast", help="a run's forecast final val loss as one JSON line")
@@ -373,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--queue", action="store_true",
                    help="put it back in the queue for a worker instead of training it here")
+    r.add_argument("--on", choices=EXECUTORS, default=Executor.LOCAL,
+                   help="ray: queue it as a new job on the Ray cluster at "
+                        f"${RAY_ADDRESS_ENV} instead (local: --queue or here)")
     r.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("list", help="list runs, newest first")
@@ -424,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--device")
     rk.set_defaults(func=cmd_rank)
 
+    rr = sub.add_parser("ray-run", help="(internal) the entrypoint of a run's Ray job")
+    rr.add_argument("run_id", type=int)
+    rr.add_argument("--job", required=True, help="the job's submission id")
+    rr.set_defaults(func=cmd_ray_run)
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="bring the database to the latest schema (run it "
@@ -456,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Imported after parsing, so `gptdash --help` and usage errors answer at once.
+    from jobs.ray_executor import reconcile
     from jobs.recovery import recover_interrupted
     from storage.store import RunStore
 
@@ -464,7 +504,9 @@ def _main(argv: list[str] | None) -> int:
             return args.func(args)
         store = RunStore()
         # Before anything reads or changes runs: a run whose process is gone is not
-        # "running", whether or not a dashboard was ever started.
+        # "running", whether or not a dashboard was ever started. Ray first: it knows why.
+        for line in reconcile(store):
+            print(f"gptdash: {line}", file=sys.stderr)
         found = recover_interrupted(store)
         if found:
             ids = ", ".join(f"#{i}" for i in found)

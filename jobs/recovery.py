@@ -1,10 +1,11 @@
 """Who owns a running run, and turning runs whose owner is gone into ``interrupted``.
 
-Every command that reads or changes runs calls ``recover_interrupted`` first, so
-a run's state is true whether or not a dashboard was ever opened. An owner is
-gone when it ran on this host and its process no longer exists, or, wherever it
-ran, when its heartbeat is older than ``dead_after_s``. Kept free of torch and of
-the training code, so the CLI's light commands can use it.
+Every command that reads or changes runs calls ``recover_interrupted`` first, so a run's
+state is true whether or not a dashboard was ever opened (where ``GPTDASH_RAY_ADDRESS`` is
+set, ``jobs.ray_executor.reconcile`` goes before it: Ray knows why its job ended). An owner
+is gone when it ran on this host and its process no longer exists, or, wherever it ran,
+when its heartbeat is older than ``dead_after_s``. Kept free of torch and of the training
+code, so the CLI's light commands can use it.
 """
 
 from __future__ import annotations

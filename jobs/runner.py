@@ -20,7 +20,7 @@ from gptcore.machine import machine_fit_problem
 from jobs.errors import USER_ERRORS
 from storage import home
 from storage.errors import RunMissing
-from storage.status import RESUMABLE, RunStatus
+from storage.status import RESUMABLE, Executor, RunStatus
 from storage.store import RunRecord, RunStore, remove_run_folder
 
 if TYPE_CHECKING:
@@ -101,8 +101,9 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True) -
 
 def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
                tags: list[str] | None = None, notes: str = "", check_device: bool = True,
-               sweep_id: int | None = None) -> int:
+               sweep_id: int | None = None, executor: str = Executor.LOCAL) -> int:
     """Validate ``cfg`` and record a queued run; bad input raises before anything is written.
+    ``executor`` ``ray``: only its own Ray job takes it (``jobs.ray_executor``).
 
     ``check_device=False`` checks memory without torch, against the largest device this
     machine has, for a run queued for whichever worker claims it (that worker checks its own
@@ -112,7 +113,7 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     return store.create_run(
         (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
         notes=notes, parent_id=parent_id, status=RunStatus.QUEUED, max_steps=cfg.max_steps,
-        n_params=param_count(cfg), sweep_id=sweep_id)
+        n_params=param_count(cfg), sweep_id=sweep_id, executor=executor)
 
 
 def checkpoint_file(run_id: int) -> Path:
@@ -132,16 +133,21 @@ def can_resume(store: RunStore, run_id: int) -> bool:
     return store.get_run(run_id).status in RESUMABLE
 
 
-def queue_resume(store: RunStore, run_id: int) -> str:
+def queue_resume(store: RunStore, run_id: int, *, executor: str = Executor.LOCAL,
+                 job: str | None = None) -> str:
     """Put a stopped / interrupted / failed / cancelled run back in the queue, to continue
     from its last checkpoint, or with the same config from step 0 when it died before its
-    first one. Returns how it will start, in one line for the user."""
+    first one. Returns how it will start, in one line for the user.
+
+    ``executor`` says who takes it (plain workers, or with ``ray`` only the Ray job ``job``).
+    """
     run = store.get_run(run_id)
     if run.status not in RESUMABLE:
         raise GptdashError(f"run {run_id} is {run.status}; only stopped, interrupted or failed "
                            "runs can be resumed")
-    store.update_run(run_id, stop_requested=False)
-    store.set_status(run_id, RunStatus.QUEUED)
+    # One write: queued (which clears the stop flag), with who is to take it.
+    named = {"worker": job} if job is not None else {}
+    store.update_run(run_id, status=RunStatus.QUEUED, executor=executor, **named)
     if has_checkpoint(run):
         return f"run {run_id} resumes from its last checkpoint"
     return f"run {run_id} has no checkpoint yet: restarting from step 0"

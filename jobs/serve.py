@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptcore.errors import GptdashError
+from jobs.ray_cluster import cluster_address
+from jobs.ray_executor import StopWatch, reconcile
 from jobs.recovery import recover_interrupted
-from jobs.supervisor import Child, Supervisor
+from jobs.supervisor import Child, Periodic, Supervisor
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -33,6 +35,7 @@ PASSWORD_ENV = "GPTDASH_PASSWORD"
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 WORKER_STOP_S = 120.0  # a run's last checkpoint may take a while on a big model
+RECONCILE_S = 5.0  # how often the runs on Ray are checked against their jobs
 
 
 def is_loopback(address: str) -> bool:
@@ -128,4 +131,12 @@ def serve(store: RunStore, address: str, port: int) -> int:
     check_bind(address, os.environ.get(PASSWORD_ENV))
     check_port_free(address, port)
     print(f"gptdash: serving on http://{address}:{port}", file=sys.stderr, flush=True)
-    return Supervisor(children(store, address, port)).run()
+    return Supervisor(children(store, address, port), periodic=checks(store)).run()
+
+
+def checks(store: RunStore) -> list[Periodic]:
+    """What the supervisor checks beside its children: the Ray reconciler, with a cluster."""
+    if cluster_address() is None:
+        return []
+    stops = StopWatch()
+    return [Periodic("Ray reconciler", RECONCILE_S, lambda: reconcile(store, stops=stops))]

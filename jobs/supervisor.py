@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,13 +87,47 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-class Supervisor:
-    """Runs ``children`` until SIGINT, SIGTERM or SIGHUP; then stops them in order."""
+@dataclass
+class Periodic:
+    """A check the supervisor runs every ``every_s`` seconds beside its children (the Ray
+    reconciler): ``call`` returns lines to say; an error is said once, not at every turn."""
 
-    def __init__(self, children: Sequence[Child], *, say: Callable[[str], None] | None = None):
+    name: str
+    every_s: float
+    call: Callable[[], list[str]]
+
+
+class Supervisor:
+    """Runs ``children`` until SIGINT, SIGTERM or SIGHUP; then stops them in order.
+
+    ``periodic`` checks run in a thread of their own, so a slow one never delays a restart.
+    """
+
+    def __init__(self, children: Sequence[Child], *, say: Callable[[str], None] | None = None,
+                 periodic: Sequence[Periodic] = ()):
         self.children = list(children)
+        self.periodic = list(periodic)
         self._say = say or (lambda line: print(f"gptdash: {line}", file=sys.stderr, flush=True))
         self._signals: list[int] = []
+        self._done = threading.Event()
+
+    def _run_periodic(self) -> None:
+        due = {check.name: 0.0 for check in self.periodic}
+        failing: dict[str, str] = {}
+        while not self._done.wait(POLL_S):
+            for check in self.periodic:
+                if time.monotonic() < due[check.name]:
+                    continue
+                due[check.name] = time.monotonic() + check.every_s
+                try:
+                    for line in check.call():
+                        self._say(line)
+                    failing.pop(check.name, None)
+                except Exception as exc:  # noqa: BLE001 - the next turn tries again
+                    problem = f"the {check.name} failed: {exc}"
+                    if failing.get(check.name) != problem:
+                        self._say(problem)
+                    failing[check.name] = problem
 
     def start(self, child: Child) -> None:
         child.proc = subprocess.Popen(
@@ -104,14 +139,19 @@ class Supervisor:
     def run(self) -> int:
         """Start every child, keep them running, stop them on a signal; the exit code (0)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        checks = threading.Thread(target=self._run_periodic, name="gptdash-periodic",
+                                  daemon=True)
         try:
             for child in self.children:
                 self.start(child)
+            if self.periodic:
+                checks.start()
             while not self._signals:
                 for child in self.children:
                     self._watch(child)
                 time.sleep(POLL_S)
         finally:
+            self._done.set()
             self.stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

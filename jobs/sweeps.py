@@ -22,9 +22,9 @@ from gptcore.estimate import (
     flops_per_token,
 )
 from gptcore.metric_keys import EVAL_TIME_MS, TOKENS_PER_SEC, VAL_LOSS
-from jobs import runner
+from jobs import ray_executor, runner
 from storage.names import check_name
-from storage.status import ACTIVE, RunStatus
+from storage.status import ACTIVE, Executor, RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -170,12 +170,13 @@ def cut_problem(plan: SweepPlan) -> str | None:
 
 def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
                  cut: bool = False, tags: list[str] | None = None,
-                 notes: str = "") -> tuple[int, list[int]]:
+                 notes: str = "", on: str = Executor.LOCAL) -> tuple[int, list[int]]:
     """Record the sweep and queue its runs (named '<sweep name> lr=0.003 n_layers=4', each
     with ``tags`` and ``notes``); returns (sweep id, run ids). Every run is checked (corpus,
     init_from, and with ``cut`` enough evaluations for a forecast by the first cut, memory
     against the largest device here) before anything is written; each run's worker checks
-    its own device again."""
+    its own device again. ``on="ray"``: each run is a job on the Ray cluster at
+    ``GPTDASH_RAY_ADDRESS``, which must answer before anything is written."""
     if cut and (problem := cut_problem(plan)):
         raise GptdashError(problem)
     sweep_name = check_name((name or "").strip() or default_sweep_name(plan), "sweep name")
@@ -186,21 +187,25 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
         except GptdashError as exc:
             raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
                                f"{exc}") from None
+    cluster = ray_executor.cluster_for(on) if on != Executor.LOCAL else None
     sweep_id = store.create_sweep(sweep_name, plan.spec, cut=cut)
     run_ids = [runner.create_run(store, cfg, name=run_name, tags=tags, notes=notes,
-                                 check_device=False, sweep_id=sweep_id)
+                                 check_device=False, sweep_id=sweep_id, executor=on)
                for cfg, run_name in zip(plan.configs, run_names, strict=True)]
+    if cluster is not None:
+        ray_executor.start_runs(store, cluster, run_ids)
     return sweep_id, run_ids
 
 
 def submit_repeats(store: RunStore, cfg: TrainConfig, seeds: int, *, name: str | None = None,
-                   tags: list[str] | None = None, notes: str = "") -> tuple[int, list[int]]:
+                   tags: list[str] | None = None, notes: str = "",
+                   on: str = Executor.LOCAL) -> tuple[int, list[int]]:
     """Queue ``seeds`` runs of ``cfg`` that differ only in seed (``cfg.seed``, +1, ...) as
     one sweep named ``name`` (else the run's default name), its runs '<name> seed=N'; the
     New run page's "repeat with N seeds". (sweep id, run ids)."""
     plan = plan_sweep(cfg, [], [], seeds=seeds)
     return submit_sweep(store, plan, name=(name or "").strip() or runner.default_name(cfg),
-                        tags=tags, notes=notes)
+                        tags=tags, notes=notes, on=on)
 
 
 @dataclass

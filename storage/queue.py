@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from storage.errors import missing_run
 from storage.runs import status_changes
 from storage.schema import Run, utcnow
-from storage.status import RunStatus
+from storage.status import Executor, RunStatus
 
 INTERRUPTED_ERROR = (
     "the server stopped while this run was training; resume it from its last checkpoint"
@@ -30,6 +30,14 @@ INTERRUPTED_NO_CHECKPOINT_ERROR = (
 _NO_SYNC = {"synchronize_session": False}
 
 
+def _claimed(worker: str, host: str | None, pid: int | None) -> dict:
+    """The column values of a run that ``worker`` (``host``, ``pid``) has just taken."""
+    now = utcnow()
+    return {"status": RunStatus.RUNNING, "worker": worker, "owner_host": host,
+            "owner_pid": pid, "heartbeat_at": now, "finished_at": None, "error": None,
+            "started_at": func.coalesce(Run.started_at, literal(now, Run.started_at.type))}
+
+
 class QueueMixin:
     """Claims, ownership and heartbeats of runs."""
 
@@ -37,7 +45,8 @@ class QueueMixin:
 
     def claim_next_queued(self, worker: str, *, host: str | None = None,
                           pid: int | None = None) -> int | None:
-        """Atomically take the oldest queued run for ``worker``; its id, or None if none is queued.
+        """Atomically take the oldest queued local run for ``worker``; its id, or None if none
+        is queued. A run queued for Ray (``executor`` ``ray``) is its own Ray job's alone.
 
         The run becomes ``running``, owned by ``worker`` on ``host`` as ``pid``,
         with a fresh heartbeat. On PostgreSQL the SELECT locks the row it picks
@@ -47,25 +56,40 @@ class QueueMixin:
         processes racing for one run exactly one sees rowcount 1 and the other
         tries the next queued run.
         """
-        pick = (select(Run.id).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(1)
-                .with_for_update(skip_locked=True))
+        pick = (select(Run.id).where(Run.status == RunStatus.QUEUED,
+                                     Run.executor == Executor.LOCAL)
+                .order_by(Run.id).limit(1).with_for_update(skip_locked=True))
         while True:
             with Session(self.engine) as session, session.begin():
                 run_id = session.scalar(pick)
                 if run_id is None:
                     return None
-                now = utcnow()
                 result = session.execute(
                     update(Run)
-                    .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
-                    .values(status=RunStatus.RUNNING, worker=worker, owner_host=host, owner_pid=pid,
-                            heartbeat_at=now, finished_at=None, error=None,
-                            started_at=func.coalesce(Run.started_at,
-                                                     literal(now, Run.started_at.type))),
+                    .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
+                           Run.executor == Executor.LOCAL)
+                    .values(_claimed(worker, host, pid)),
                     execution_options=_NO_SYNC,
                 )
                 if result.rowcount == 1:
                     return run_id
+
+    def claim_ray_run(self, run_id: int, job: str, *, host: str, pid: int) -> bool:
+        """Take a run queued for Ray by the job it names (``worker`` = the job's submission
+        id, set when it was queued); whether this call took it.
+
+        False when the run is no longer queued for that job: cancelled meanwhile, resumed as
+        a newer attempt, or already taken by this job's duplicate.
+        """
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
+                       Run.executor == Executor.RAY, Run.worker == job)
+                .values(_claimed(job, host, pid)),
+                execution_options=_NO_SYNC,
+            )
+            return result.rowcount == 1
 
     def claim_run(self, run_id: int, worker: str, *, host: str, pid: int) -> None:
         """Mark a run as ``running`` and owned by this process (a run trained in the foreground)."""
@@ -78,6 +102,22 @@ class QueueMixin:
             )
             if result.rowcount != 1:
                 raise missing_run(run_id)
+
+    def end_if_still(self, run_id: int, *, worker: str, was: str, status: str,
+                     error: str) -> bool:
+        """Move a run that is still ``was`` and still names ``worker`` to the final ``status``
+        with ``error``; whether it did. A run that moved on meanwhile (it ended, or was
+        queued again for someone else) is left alone. A run that was training ends at its
+        owner's last heartbeat, as ``recover_orphans`` ends it."""
+        now = literal(utcnow(), Run.finished_at.type)
+        ended = func.coalesce(Run.heartbeat_at, now) if was == RunStatus.RUNNING else now
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == was, Run.worker == worker)
+                .values(status=status, error=error, finished_at=ended),
+                execution_options=_NO_SYNC,
+            )
+            return result.rowcount == 1
 
     def heartbeat(self, run_id: int) -> None:
         """The run's owner is alive now. Does nothing once the run is no longer running."""
@@ -103,11 +143,12 @@ class QueueMixin:
         longer alive, or, on any machine, when the run's last heartbeat (its
         start if it never beat) is more than ``dead_after_s`` seconds old. Each
         row changes only if it is still running with the heartbeat read here, so
-        a run whose owner beats meanwhile is left alone.
+        a run whose owner beats meanwhile is left alone. A dead Ray job's run is left to
+        the Ray reconciler, which says why Ray's job ended, until its heartbeat is old too.
         """
         now = utcnow()
         columns = (Run.id, Run.worker, Run.owner_host, Run.owner_pid, Run.heartbeat_at,
-                   Run.started_at, Run.created_at, Run.checkpoint_path)
+                   Run.started_at, Run.created_at, Run.checkpoint_path, Run.executor)
         with Session(self.engine) as session:
             rows = session.execute(
                 select(*columns).where(Run.status == RunStatus.RUNNING).order_by(Run.id)).all()
@@ -115,8 +156,8 @@ class QueueMixin:
         for row in rows:
             owner = row.worker or "an unknown worker"
             last_sign = row.heartbeat_at or row.started_at or row.created_at
-            if row.owner_host == host and row.owner_pid is not None \
-                    and not pid_alive(row.owner_pid):
+            if row.executor == Executor.LOCAL and row.owner_host == host \
+                    and row.owner_pid is not None and not pid_alive(row.owner_pid):
                 cause = (f"the process training this run ({owner}, pid {row.owner_pid} on "
                          f"{host}) is gone")
             elif now - last_sign > timedelta(seconds=dead_after_s):

@@ -28,7 +28,7 @@ from storage.schema import (
     Worker,
     utcnow,
 )
-from storage.status import FINISHED, STATUSES, RunStatus
+from storage.status import EXECUTORS, FINISHED, STATUSES, Executor, RunStatus
 from storage.tags import format_tags
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class RunRecord:
     owner_pid: int | None
     sweep_id: int | None
     trained_s: float | None = None
+    executor: str = Executor.LOCAL  # who trains it
 
     @property
     def duration_s(self) -> float | None:
@@ -132,9 +133,16 @@ class RunsMixin:
         max_steps: int = 0,
         n_params: int | None = None,
         sweep_id: int | None = None,
+        executor: str = Executor.LOCAL,
     ) -> int:
-        """Insert a run and return its id. A run created as ``running`` starts its clock now."""
+        """Insert a run and return its id. A run created as ``running`` starts its clock now.
+
+        ``executor`` ``ray`` keeps it from plain workers (``storage.status.Executor``).
+        """
         check_status(status)
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}; expected one of "
+                             f"{', '.join(EXECUTORS)}")
         check_name(name)
         now = utcnow()
         run = Run(
@@ -144,6 +152,7 @@ class RunsMixin:
             notes=notes,
             parent_id=parent_id,
             sweep_id=sweep_id,
+            executor=executor,
             status=status,
             max_steps=max_steps,
             n_params=n_params,

@@ -36,7 +36,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from storage.diagnose import engine_error, parse_url, translate_errors
-from storage.status import RunStatus
+from storage.status import Executor, RunStatus
 
 
 def utcnow() -> datetime:
@@ -140,6 +140,10 @@ class Run(Base):
     # Seconds spent training, summed over the run's attempts (a stop and a resume a day
     # later do not count the day); its trainer rewrites it every second. NULL: not yet known.
     trained_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Who trains it: plain workers claim only ``local`` runs; a ``ray`` run is claimed by
+    # its own Ray job, named in ``worker`` from the moment it is queued (jobs.ray_executor).
+    executor: Mapped[str] = mapped_column(String(20), default=Executor.LOCAL,
+                                          server_default=Executor.LOCAL.value)
 
 
 class Metric(Base):

@@ -31,3 +31,13 @@ RESUMABLE: frozenset[RunStatus] = frozenset(
     {RunStatus.STOPPED, RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.INTERRUPTED})
 
 WORKER_STATUSES = ("idle", "training", "stopped")
+
+
+class Executor(StrEnum):
+    """Who trains a queued run."""
+
+    LOCAL = "local"  # any plain worker (`gptdash worker`, `gptdash serve`) or the CLI
+    RAY = "ray"      # a Ray job of its own (`--on ray`); plain workers never claim it
+
+
+EXECUTORS: tuple[Executor, ...] = tuple(Executor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from postgres_support import PostgresServer, start_server
+from ray_support import AUTH_ENV, RayCluster, start_head
 
 from storage.store import RunStore
 
@@ -49,6 +51,30 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real local Ray head (127.0.0.1, 2 CPUs, free ports) for the whole session, stopped
+    at the end (also on failure). Token auth is off on both sides (``RAY_AUTH_MODE``).
+
+    A machine without the Ray extra fails these tests rather than skipping them.
+    """
+    saved = {key: os.environ.get(key) for key in AUTH_ENV}
+    os.environ.update(AUTH_ENV)
+    try:
+        cluster = start_head()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -194,3 +195,18 @@ def start_head(num_cpus: int = 2) -> RayCluster:
         cluster.stop()
         raise
     return cluster
+
+
+def submit_python(address: str, submission_id: str, code: str, *, wait: bool = True) -> None:
+    """Submit a Ray job that runs ``code`` in this venv's Python, taking no CPU from the
+    cluster (so it never waits for the runs of other tests); with ``wait``, until it ends."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    client.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(code)}",
+                      submission_id=submission_id, entrypoint_num_cpus=0)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while wait and not client.get_job_status(submission_id).is_terminal():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Ray job {submission_id} did not end in {START_TIMEOUT_S} s")
+        time.sleep(0.3)

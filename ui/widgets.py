@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from jobs.errors import USER_ERRORS
+from jobs.ray_cluster import cluster_address
 from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from jobs.runner import run_checkpoint
 from storage import home
 from storage.schema import utcnow
-from storage.status import RunStatus
+from storage.status import Executor, RunStatus
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
 from ui.paths import shown_path
@@ -53,8 +54,9 @@ def get_store() -> RunStore:
 
 
 def training_now(store: RunStore) -> tuple[list[int], int]:
-    """The runs live workers train now (from the workers table), and how many workers
-    are alive (beating within the timeout, not stopped)."""
+    """The runs training now: those live workers train (from the workers table) and those
+    Ray jobs train (which have no worker row); and how many workers are alive (beating
+    within the timeout, not stopped)."""
     now, runs, alive = utcnow(), [], 0
     for w in store.workers():
         age = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else None
@@ -66,7 +68,10 @@ def training_now(store: RunStore) -> tuple[list[int], int]:
             runs.append(w.current_run_id)
     # A worker killed mid-run says "training" until its silence counts as lost; its run,
     # marked interrupted meanwhile, is trained by nobody.
-    return sorted(r for r in runs if store.get_run(r).status == RunStatus.RUNNING), alive
+    runs = [r for r in runs if store.get_run(r).status == RunStatus.RUNNING]
+    runs += [r.id for r in store.list_runs(status=RunStatus.RUNNING)
+             if r.executor == Executor.RAY]
+    return sorted(set(runs)), alive
 
 
 @contextlib.contextmanager
@@ -141,6 +146,20 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
         for piece in stream_text(model, tokenizer, prompt, sampling):
             text += piece
             box.code(text, language=None, wrap_lines=True)
+
+
+def run_on_choice(key: str) -> str:
+    """New run's and Sweeps' "Run on": ``local`` (any gptdash worker) or ``ray`` (a job of its
+    own on the Ray cluster); offered only when GPTDASH_RAY_ADDRESS names one."""
+    address = cluster_address()
+    if address is None:
+        return Executor.LOCAL
+    names = {Executor.LOCAL: "gptdash workers", Executor.RAY: "Ray cluster"}
+    return st.radio("Run on", list(names), format_func=names.get, key=key, horizontal=True,
+                    help=f"gptdash workers: the dashboard's own and every `gptdash worker`, "
+                         f"one run each at a time. Ray cluster: each run a Ray job on the "
+                         f"cluster at {address}, with its GPUs and CPUs; `nodes` > 1 spreads "
+                         "one run over several machines.")
 
 
 def tab_visible() -> bool:
