@@ -184,8 +184,13 @@ class TrainConfig:
     def tokens_per_step(self) -> int:
         """Tokens in one optimizer step over every process: the global batch is
         batch_size x grad_accum_steps x nproc x nodes sequences of context_length tokens."""
-        return (self.batch_size * self.grad_accum_steps * self.nproc * self.nodes
+        return (self.batch_size * self.grad_accum_steps * self.world_size
                 * self.model.context_length)
+
+    @property
+    def world_size(self) -> int:
+        """Processes that train the run together: ``nproc`` on each of ``nodes`` machines."""
+        return self.nproc * self.nodes
 
     # ---- validation ----------------------------------------------------------------
     def problems(self) -> dict[str, str]:

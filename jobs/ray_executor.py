@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from jobs.exit_codes import EXIT_FAILED, EXIT_OK
 from jobs.ray_cluster import (
@@ -158,7 +159,7 @@ def cluster_for(on: str) -> RayCluster:
 
 def _spans_workers(config: dict) -> bool:
     """Whether the run trains as several Ray Train workers (``jobs.ray_train``)."""
-    return int(config.get("nproc", 1)) > 1 or int(config.get("nodes", 1)) > 1
+    return TrainConfig.from_dict(config).world_size > 1
 
 
 def _job_env(store: RunStore) -> dict[str, str]:

@@ -41,12 +41,12 @@ ENV_PASSED = ("GPTDASH_HOME",)  # passed on to the workers when set here
 
 def needs_ray_train(cfg: TrainConfig) -> bool:
     """Whether a run on Ray trains as several Ray Train workers (else as the job itself)."""
-    return cfg.nodes > 1 or cfg.nproc > 1
+    return cfg.world_size > 1
 
 
 def num_workers(cfg: TrainConfig) -> int:
     """The processes a run trains as on Ray: ``nproc`` on each of ``nodes`` machines."""
-    return cfg.nodes * cfg.nproc
+    return cfg.world_size
 
 
 def worker_device(cfg: TrainConfig, cluster_gpus: float) -> str:

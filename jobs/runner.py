@@ -84,10 +84,15 @@ def check_fits_device(cfg: TrainConfig) -> None:
         raise GptdashError(problem)
 
 
-def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True) -> int | None:
+def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
+              executor: str = Executor.LOCAL) -> int | None:
     """Everything ``create_run`` refuses, without writing: raises GptdashError for bad input,
     else returns the parent run id that ``init_from`` names (None when it names none)."""
     cfg.validate()
+    if cfg.nodes > 1 and executor == Executor.LOCAL:
+        raise GptdashError(f"nodes={cfg.nodes} spreads the run over {cfg.nodes} machines of "
+                           "a Ray cluster: queue it with --on ray (GPTDASH_RAY_ADDRESS set), "
+                           "or set nodes to 1")
     if check_device:
         check_fits_device(cfg)
     elif problem := machine_fit_problem(cfg):  # torch-free: no device here could hold it
@@ -109,7 +114,7 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     machine has, for a run queued for whichever worker claims it (that worker checks its own
     device's free memory).
     """
-    parent_id = check_run(store, cfg, check_device=check_device)
+    parent_id = check_run(store, cfg, check_device=check_device, executor=executor)
     return store.create_run(
         (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
         notes=notes, parent_id=parent_id, status=RunStatus.QUEUED, max_steps=cfg.max_steps,

@@ -183,7 +183,7 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
     run_names = [check_name(f"{sweep_name} {plan.label(i)}") for i in range(len(plan.configs))]
     for i, cfg in enumerate(plan.configs):
         try:
-            runner.check_run(store, cfg, check_device=False)
+            runner.check_run(store, cfg, check_device=False, executor=on)
         except GptdashError as exc:
             raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
                                f"{exc}") from None

@@ -34,7 +34,7 @@ from jobs import runner
 from jobs.actions import Stop, stop
 from jobs.manager import claim_here
 from jobs.ray_train import capacity_problem, needs_ray_train, num_workers, run_with_ray_train
-from storage.status import RunStatus
+from storage.status import Executor, RunStatus
 
 WAIT_S = 300  # generous: the box's two cores are shared with the other suites
 
@@ -47,8 +47,10 @@ def ray_driver(ray_cluster):
     ray.shutdown()
 
 
-def _claimed_run(store, cfg: TrainConfig) -> int:
-    run_id = runner.create_run(store, cfg)
+def _claimed_run(store, cfg: TrainConfig, executor: str = Executor.RAY) -> int:
+    run_id = (runner.create_run(store, cfg, executor=executor) if executor == Executor.RAY
+              # a plain worker's run with nodes > 1 (queued by a release before the check)
+              else store.create_run("old", cfg.to_dict(), max_steps=cfg.max_steps))
     claim_here(store, run_id)  # as the ray-run entrypoint does before it calls us
     return run_id
 
@@ -182,11 +184,21 @@ def test_workers_need_a_cpu_each_and_a_gpu_each_on_cuda():
 
 
 def test_a_plain_worker_refuses_nodes_above_one(store):
-    run_id = _claimed_run(store, two_rank_config(nproc=1, nodes=2, max_steps=5))
+    run_id = _claimed_run(store, two_rank_config(nproc=1, nodes=2, max_steps=5),
+                          executor=Executor.LOCAL)
     result = runner.execute_run(store, run_id)
     run = store.get_run(run_id)
     assert result.status == run.status == RunStatus.FAILED
     assert "nodes 2" in run.error and "needs --on ray" in run.error
+
+
+def test_nodes_above_one_on_plain_workers_is_refused_before_anything_is_written(store):
+    from jobs import actions
+
+    with pytest.raises(GptdashError, match="nodes=2 spreads the run over 2 machines of a Ray "
+                                           "cluster: queue it with --on ray"):
+        actions.submit(store, two_rank_config(nproc=1, nodes=2, max_steps=5))
+    assert store.list_runs() == []
 
 
 def test_ray_trains_workers_are_ranks_whose_group_ray_made_and_that_span_machines():
