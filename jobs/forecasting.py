@@ -137,7 +137,7 @@ def _family_of(store: RunStore, run: RunRecord) -> _Family | None:
     kin = relatives(store, run)
     if not kin:
         return None
-    key = (str(store.engine.url), tuple(sorted(r.id for r in kin)))
+    key = (store.url, tuple(sorted(r.id for r in kin)))
     if key not in _FAMILIES:
         frame = store.metrics([r.id for r in kin], [VAL_LOSS])
         curves = []

@@ -42,12 +42,18 @@ def cut_points(store: RunStore, run_id: int) -> list[int]:
     return cut_steps(TrainConfig.from_dict(run.config).max_steps)
 
 
-# Forecasts of runs that no longer train, by (run id, upto): they never change, and every
-# cut check of a long sweep would otherwise fit them all again on the training thread.
-_settled: dict[tuple[int, int], Forecast | None] = {}
+# Forecasts of runs that no longer train, by (database, run id, upto, completed runs):
+# they change only when a relative completes (it calibrates them), and every cut check of
+# a long sweep would otherwise fit them all again on the training thread.
+_settled: dict[tuple[str, int, int, int], Forecast | None] = {}
 
 
-def _standing(store: RunStore, run: RunRecord, fraction: float) -> Forecast | None:
+def _completed(store: RunStore) -> int:
+    return len(store.list_runs(status=RunStatus.COMPLETED))
+
+
+def _standing(store: RunStore, run: RunRecord, fraction: float,
+              completed: int) -> Forecast | None:
     """A run's forecast from its evaluations up to ``fraction`` of its own max_steps (all of
     them, if it has not got that far yet).
 
@@ -58,14 +64,17 @@ def _standing(store: RunStore, run: RunRecord, fraction: float) -> Forecast | No
     """
     upto = max(1, int(fraction * run.max_steps)) if run.max_steps else None
     settled = run.status != RunStatus.RUNNING and upto is not None
-    if settled and (run.id, upto) in _settled:
-        return _settled[(run.id, upto)]
+    key = (store.url, run.id, upto or 0, completed)
+    if settled and key in _settled:
+        return _settled[key]
     try:
         forecast = run_forecast(store, run.id, upto=upto)
     except GptdashError:
         forecast = None  # a config this version cannot read, or a curve that cannot be fit
     if settled:
-        _settled[(run.id, upto)] = forecast
+        if len(_settled) > 4096:
+            _settled.clear()
+        _settled[key] = forecast
     return forecast
 
 
@@ -96,7 +105,8 @@ def best_forecast(store: RunStore, sweep_id: int, *, exclude: int,
     own = next((repeat_key(r.config) for r in runs if r.id == exclude), None)
     if own is None:
         own = repeat_key(store.get_run(exclude).config)
-    standings = [group_forecast([_standing(store, r, fraction) for r in members])
+    completed = _completed(store)
+    standings = [group_forecast([_standing(store, r, fraction, completed) for r in members])
                  for key, members in _groups(runs).items() if key != own]
     standings = [f for f in standings if f is not None]
     return min(standings, key=lambda f: f.predicted_final, default=None)
@@ -115,7 +125,9 @@ def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
     key = repeat_key(run.config)
     repeats = [r for r in store.list_runs(sweep_id=run.sweep_id, status=COMPARED_STATUSES)
                if r.id != run_id and repeat_key(r.config) == key]
-    standing = group_forecast([forecast, *(_standing(store, r, fraction) for r in repeats)])
+    completed = _completed(store)
+    standing = group_forecast([forecast,
+                               *(_standing(store, r, fraction, completed) for r in repeats)])
     if standing is not forecast:
         standing = replace(standing, upto_step=forecast.upto_step)
     return should_cut(standing, best_forecast(store, run.sweep_id, exclude=run_id,
