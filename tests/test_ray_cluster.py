@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -108,3 +109,11 @@ def test_a_server_that_is_not_a_ray_dashboard_is_one_line(not_a_dashboard):
 def test_an_address_that_is_no_url_says_what_to_give():
     for bad in ("ftp://head:8265", "http://", "http://head:port"):
         assert "give one like http://head:8265" in _one_line(ray_cluster.nodes, bad)
+
+
+def test_without_ray_installed_the_views_say_how_to_install_it(not_a_dashboard, monkeypatch):
+    for module in ("ray.job_submission", "ray.util.state"):  # as if the extra were missing
+        monkeypatch.setitem(sys.modules, module, None)
+    for call in (ray_cluster.nodes, ray_cluster.jobs):
+        with pytest.raises(GptdashError, match=r"Ray is not installed here: pip install"):
+            call(not_a_dashboard)
