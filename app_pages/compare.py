@@ -60,7 +60,7 @@ keys = store.metric_keys(chosen)
 if not keys:
     st.info("The chosen runs have no metrics yet.")
     st.stop()
-c1, c2, c3, c4, c5, c6 = st.columns([2, 2, 1, 1, 1, 2])
+c1, c2, c3, c4, c5, c6 = st.columns([2, 2, 1, 1, 1.5, 2])
 default_key = VAL_LOSS if VAL_LOSS in keys else keys[0]
 metric = c1.selectbox("Metric", keys, index=keys.index(default_key))
 x_mode = c2.radio("X axis", list(X_TITLES), format_func=lambda m: X_TITLES[m], horizontal=True)
