@@ -34,11 +34,27 @@ def gptdash(home, *args, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+_spawned: list[subprocess.Popen] = []
+
+
 def spawn(home, *args):
     env = {**os.environ, "GPTDASH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("GPTDASH_DB_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _spawned.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A test that fails half-way must not leave its `gptdash train` training on."""
+    yield
+    while _spawned:
+        proc = _spawned.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.parametrize(
@@ -78,7 +94,7 @@ def test_unknown_run_is_a_clear_error(tmp_path):
     assert out.returncode == 2 and "run 42 does not exist" in out.stderr
 
 
-def _wait_for_training(home, proc, timeout=60):
+def _wait_for_training(home, proc, timeout=180):
     store = RunStore(f"sqlite:///{home / 'gptdash.db'}")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
