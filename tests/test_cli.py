@@ -53,6 +53,11 @@ def _no_process_outlives_its_test():
     while _spawned:
         proc = _spawned.pop()
         if proc.poll() is None:
+            try:
+                if os.getpgid(proc.pid) == proc.pid:  # a group of its own: its children too
+                    os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.kill()
             proc.communicate()
 

@@ -12,7 +12,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_cli import MICRO, ROOT, _wait_for_training, gptdash, spawn
+from test_cli import (  # noqa: F401 (the fixture is autouse here too)
+    MICRO,
+    ROOT,
+    _no_process_outlives_its_test,
+    _spawned,
+    _wait_for_training,
+    gptdash,
+    spawn,
+)
 from test_jobs import claim, micro
 
 from gptcore.callbacks import TrainerCallbacks
@@ -265,7 +273,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, sig):
                  "--quiet")
     store, run_id = _wait_for_training(tmp_path, proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 128 + sig
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if f"run {run_id} stopped at step" in line]
@@ -280,7 +288,7 @@ def test_sigterm_stops_an_nproc_2_run_trained_as_torchrun_children(tmp_path):
                  "--set", "nproc=2", "--set", "log_interval=5", "--quiet")
     store, run_id = _wait_for_training(tmp_path, proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err and f"run {run_id} stopped at step" in err
     run = store.get_run(run_id)
@@ -297,9 +305,10 @@ def test_a_hang_up_of_the_whole_terminal_stops_an_nproc_2_run_with_a_checkpoint(
          "max_steps=100000", "--set", "nproc=2", "--set", "log_interval=5", "--quiet"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own group, as a terminal's, that the test can signal
+    _spawned.append(proc)
     store, run_id = _wait_for_training(tmp_path, proc)
     os.killpg(proc.pid, signal.SIGHUP)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGHUP, err
     run = store.get_run(run_id)
     assert run.status == RunStatus.STOPPED and Path(run.checkpoint_path).is_file()
@@ -315,7 +324,7 @@ def test_a_second_signal_aborts_at_once_and_the_hint_works(tmp_path):
     os.kill(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGTERM)
     os.kill(proc.pid, signal.SIGCONT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "aborted" in line]
