@@ -37,11 +37,18 @@ def gptdash(home, *args, timeout=120):
 _spawned: list[subprocess.Popen] = []
 
 
+def as_from_a_terminal() -> None:
+    """In the child: hang-ups as a process started from a terminal gets them. A suite run
+    under nohup passes SIGHUP on as ignored, and gptdash rightly keeps it ignored then."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def spawn(home, *args):
     env = {**os.environ, "GPTDASH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("GPTDASH_DB_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_terminal)
     _spawned.append(proc)
     return proc
 

@@ -18,6 +18,7 @@ from test_cli import (  # noqa: F401 (the fixture is autouse here too)
     _no_process_outlives_its_test,
     _spawned,
     _wait_for_training,
+    as_from_a_terminal,
     gptdash,
     spawn,
 )
@@ -304,7 +305,8 @@ def test_a_hang_up_of_the_whole_terminal_stops_an_nproc_2_run_with_a_checkpoint(
         [sys.executable, "-m", "jobs", "train", "--preset", "tiny", *MICRO, "--set",
          "max_steps=100000", "--set", "nproc=2", "--set", "log_interval=5", "--quiet"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own group, as a terminal's, that the test can signal
+        start_new_session=True,  # its own group, as a terminal's, that the test can signal
+        preexec_fn=as_from_a_terminal)
     _spawned.append(proc)
     store, run_id = _wait_for_training(tmp_path, proc)
     os.killpg(proc.pid, signal.SIGHUP)
