@@ -90,7 +90,8 @@ class Forecast:
 
     @property
     def half_width(self) -> float:
-        return (self.high - self.low) / 2
+        """Above the forecast; below it the band may stop at zero (a loss never goes lower)."""
+        return self.high - self.predicted_final
 
     def curve(self, steps: Sequence[int] | np.ndarray) -> ForecastCurve:
         """The fitted curve and band at ``steps`` (clipped to 1..max_steps)."""
@@ -98,7 +99,8 @@ class Forecast:
         mean, low, high = _band(self._theta, self._cov, self._s1[idx], self._s2[idx],
                                 self.residual_std**2, self._t_quantile)
         half = (high - low) / 2 * self._band_scale
-        return ForecastCurve(steps=idx, mean=mean, low=mean - half, high=mean + half)
+        return ForecastCurve(steps=idx, mean=mean, low=np.maximum(mean - half, 0.0),
+                             high=mean + half)
 
     def with_band(self, relative_half_width: float, relatives: int) -> Forecast:
         """This forecast with its band at max_steps set from its relatives' record:
@@ -106,7 +108,8 @@ class Forecast:
         band. The band along the curve keeps the fit's shape, scaled to meet that width."""
         fit_half = self.half_width
         half = max(relative_half_width * abs(self.predicted_final), fit_half)
-        return replace(self, low=self.predicted_final - half, high=self.predicted_final + half,
+        return replace(self, low=max(self.predicted_final - half, 0.0),
+                       high=self.predicted_final + half,
                        band_source="relatives", family_size=relatives,
                        _band_scale=half / fit_half if fit_half > 0 else 1.0)
 
@@ -296,7 +299,7 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
     mean, low, high = _band(fit.theta, fit.cov, s1_all[[max_steps]], s2_all[[max_steps]],
                             resid_var, t_quantile)
     return Forecast(
-        predicted_final=float(mean[0]), low=float(low[0]), high=float(high[0]),
+        predicted_final=float(mean[0]), low=max(float(low[0]), 0.0), high=float(high[0]),
         upto_step=int(x.max()), max_steps=max_steps, n_points=int(x.size),
         params=dict(zip(PARAM_NAMES, map(float, fit.theta), strict=True)),
         residual_std=float(np.sqrt(resid_var)), level=level, note=note,

@@ -216,6 +216,20 @@ def test_curve_continues_the_fit_with_a_band_that_widens():
     assert ahead.mean[2] == pytest.approx(f.predicted_final)
 
 
+def test_a_band_wider_than_the_forecast_stops_at_zero_loss():
+    # Relatives far shorter than the run can miss by more than the forecast itself; the band
+    # says so above it, but a loss never goes below zero (it read "-0.05–2.48" on Live).
+    lrs = schedule("constant")
+    steps, loss, _ = curve(lrs, 0.0, noise=0.02)
+    f = forecast_final(steps, loss, lrs, MAX_STEPS, upto_step=120).with_band(1.5, 2)
+    assert f.low == 0.0
+    assert f.high == pytest.approx(2.5 * f.predicted_final)
+    assert f.half_width == pytest.approx(1.5 * f.predicted_final)
+    ahead = f.curve([120, 200, 300])
+    assert np.all(ahead.low >= 0.0) and ahead.low[-1] == 0.0
+    assert ahead.high[-1] == pytest.approx(f.high)
+
+
 def test_eta_to_loss_finds_the_first_step_at_the_target():
     lrs = schedule("constant")
     steps, loss, truth = curve(lrs, 0.0, noise=0.005)
