@@ -83,6 +83,10 @@ KEYS = [k for keys in CHARTS.values() for k in keys]
 WINDOWS = {"whole run": None, "last 200 steps": 200, "last 1,000 steps": 1000,
            "last 5,000 steps": 5000}
 CHART_HEIGHT = 300
+# Points kept per series (up to twice as many between two thinnings): more than a half-width
+# chart has pixels. The browser redraws every chart at each tick; at 2,000 (4,000 before a
+# thinning) a software-rendered tab on a busy two-core box took seconds a tick.
+LIVE_POINTS = 1000
 SAMPLES_EVERY_S = 4.0  # samples come with evaluations, far apart: no need to look each tick
 LOSS_KEYS = CHARTS["Loss"]
 EVENTS_SHOWN, EVENTS_HEIGHT = 6, 260  # a longer list scrolls
@@ -316,7 +320,7 @@ def live() -> None:
     r = store.get_run(run_id)
     if r.status != run.status and r.status not in ACTIVE:
         st.rerun()  # the run ended: redraw the whole page once, without the timer
-    series = _kept("series", lambda: LiveSeries(max_points=2000))
+    series = _kept("series", lambda: LiveSeries(max_points=LIVE_POINTS))
     with user_errors():
         _refresh(series)
     # Events come with new rows; a page run (a click, the run ending) looks again too.
