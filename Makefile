@@ -25,9 +25,13 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt pyproject.toml
 run: setup
 	$(VENV)/bin/gptdash serve $(if $(ADDRESS),--address $(ADDRESS)) $(if $(PORT),--port $(PORT))
 
+# Two pytest workers (pytest-xdist); a module's tests, and all the Ray tests, stay on one
+# worker, the slowest first (tests/conftest.py). TEST_WORKERS=0: one at a time, in this process.
+TEST_WORKERS ?= 2
+
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: setup
 	$(PY) -m ruff check .

@@ -18,6 +18,67 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers) each worker trains on one torch
+    thread, and so do the processes its tests start: two workers with two spinning threads
+    each on a two-core machine cost far more than they gain."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+# The modules that take longest (a Ray head and its worker groups, browsers against servers,
+# processes trained and signalled), started first under xdist, so that no long one is left
+# to run alone at the end.
+SLOW_GROUPS = ("ray", "test_browser_e2e", "test_browser_live_extras", "test_serve",
+               "test_lifecycle", "test_cli", "test_browser_pages", "test_jobs_distributed",
+               "test_gptcore_distributed", "test_browser_sweeps", "test_workers",
+               "test_browser_forecast", "test_faults")
+
+
+def _group(item: pytest.Item, ray_modules: set[Path]) -> str:
+    return "ray" if item.path in ray_modules else item.path.stem
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for ``--dist loadgroup``: a module's tests stay together on one worker
+    (its module fixtures, a browser server say, start once), and every module that uses
+    the Ray head shares one group, so one worker starts one Ray head. The Ray modules run
+    one after another (also without xdist), so the head stops once they are done. Under
+    xdist the slowest groups come first."""
+    ray_modules = {item.path for item in items if "ray_cluster" in item.fixturenames}
+    order = {name: i for i, name in enumerate(SLOW_GROUPS)}
+    first_ray = next((i for i, item in enumerate(items) if item.path in ray_modules), 0)
+    under_xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+    def rank(indexed: tuple[int, pytest.Item]) -> tuple[int, int]:
+        index, item = indexed
+        group = _group(item, ray_modules)
+        if under_xdist:
+            return (order.get(group, len(order)), index)
+        return (first_ray if group == "ray" else index, index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item, ray_modules)))
+
+
+_ray_heads: list[RayCluster] = []  # the session's Ray head while it runs
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the Ray head after the last test that uses it: idle, its 19 processes still
+    take a tenth of a core, which the rest of the suite needs on a two-core machine."""
+    if not _ray_heads or "ray_cluster" not in item.fixturenames:
+        return
+    later = item.session.items[item.session.items.index(item) + 1:]
+    if not any("ray_cluster" in other.fixturenames for other in later):
+        _ray_heads.pop().stop()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test marked ``backends("sqlite", "postgresql")`` gets its ``store`` on each database.
 
@@ -66,10 +127,12 @@ def ray_cluster() -> Iterator[RayCluster]:
         cluster = start_head()
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
+    _ray_heads.append(cluster)
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop()  # again if pytest_runtest_teardown did already: nothing left to stop
+        _ray_heads.clear()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -38,9 +38,11 @@ _spawned: list[subprocess.Popen] = []
 
 
 def as_from_a_terminal() -> None:
-    """In the child: hang-ups as a process started from a terminal gets them. A suite run
-    under nohup passes SIGHUP on as ignored, and gptdash rightly keeps it ignored then."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    """In the child: hang-ups and Ctrl-C as a process started from a terminal gets them. A
+    suite run under nohup passes SIGHUP on as ignored, one started in the background of a
+    script (``cmd &``) passes SIGINT on as ignored, and gptdash rightly keeps them ignored."""
+    for signum in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def spawn(home, *args):
