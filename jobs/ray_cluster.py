@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,10 @@ RAY_ADDRESS_ENV = "GPTDASH_RAY_ADDRESS"
 CONNECT_TIMEOUT_S = 1.5  # the TCP probe before any Ray call
 READ_TIMEOUT_S = 5  # the state API's own limit for listing nodes
 LOG_TAIL_LINES = 40
+# How long a submission waits for a node's job agent: a busy head's dashboard can answer
+# "No available agent to submit job, please try again later" for a while (seen on a loaded
+# two-core box), and Ray itself says to try again.
+AGENT_WAIT_S = 60.0
 _JOB_ID = re.compile(r"^gptdash-run-(\d+)-(\d+)$")
 INSTALL_HINT = "pip install 'gptdash[ray]' (make setup does)"
 
@@ -89,6 +94,22 @@ def check_reachable(address: str) -> str:
         raise GptdashError(f"No Ray cluster answers at {address} ({reason}): start its head "
                            f"(ray start --head) or correct {RAY_ADDRESS_ENV}") from None
     return url.rstrip("/")
+
+
+def submit_job(client: Any, *, wait_s: float = AGENT_WAIT_S, **job: Any) -> str:
+    """``client.submit_job(**job)``, tried again while Ray says no job agent is available
+    (nothing was submitted then, so the same submission id is safe), for ``wait_s`` at
+    most; any other refusal, or the last one, is raised as Ray raised it."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.5
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 4.0)
 
 
 def _client(address: str) -> Any:

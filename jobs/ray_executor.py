@@ -48,6 +48,7 @@ from jobs.ray_cluster import (
     jobs,
     nodes,
     parse_submission_id,
+    submit_job,
 )
 from jobs.ray_cluster import _client as job_client  # the probed JobSubmissionClient
 from storage import home
@@ -109,7 +110,8 @@ class RayCluster:
         """Submit the job ``run.worker`` names; False when it was submitted already."""
         resources = self._resources(run.config)
         try:
-            self.client.submit_job(
+            submit_job(
+                self.client,
                 entrypoint=f"{sys.executable} -m jobs ray-run {run.id} --job {run.worker}",
                 submission_id=run.worker, runtime_env={"env_vars": _job_env(store)},
                 metadata={"gptdash_run": str(run.id)}, **resources)

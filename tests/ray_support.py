@@ -202,9 +202,11 @@ def submit_python(address: str, submission_id: str, code: str, *, wait: bool = T
     cluster (so it never waits for the runs of other tests); with ``wait``, until it ends."""
     from ray.job_submission import JobSubmissionClient
 
+    from jobs.ray_cluster import submit_job
+
     client = JobSubmissionClient(address)
-    client.submit_job(entrypoint=f"{sys.executable} -c {shlex.quote(code)}",
-                      submission_id=submission_id, entrypoint_num_cpus=0)
+    submit_job(client, entrypoint=f"{sys.executable} -c {shlex.quote(code)}",
+               submission_id=submission_id, entrypoint_num_cpus=0)
     deadline = time.monotonic() + START_TIMEOUT_S
     while wait and not client.get_job_status(submission_id).is_terminal():
         if time.monotonic() > deadline:

@@ -26,7 +26,7 @@ from gptcore.config import apply_overrides, preset
 from gptcore.metric_keys import TRAIN_LOSS
 from jobs import ray_executor, runner
 from jobs.cli import main
-from jobs.ray_cluster import jobs
+from jobs.ray_cluster import jobs, submit_job
 from jobs.ray_executor import reconcile
 from jobs.serve import checks
 from jobs.supervisor import Periodic, Supervisor
@@ -176,7 +176,7 @@ def a_job_named_by(store: RunStore, run_id: int, entrypoint: str) -> str:
     cluster = ray_executor.connect()
     job = cluster.next_job(run_id)
     store.update_run(run_id, worker=job)
-    cluster.client.submit_job(entrypoint=entrypoint, submission_id=job)
+    submit_job(cluster.client, entrypoint=entrypoint, submission_id=job)
     return job
 
 
