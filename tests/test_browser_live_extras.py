@@ -1,14 +1,18 @@
 """Events, the forecast and cross-run samples in headless chromium against a real server.
 
 The home folder is prepared before the server starts: two short completed runs (the
-first with a spike, a roll-back and an lr cut recorded on it), and a long run left in
-the queue, which the server's worker starts training as soon as the first page opens
-and trains until the last test stops it.
+first with a spike, a roll-back and an lr cut recorded on it). A long run is queued
+only by the first test that watches it train; the server's worker trains it at full
+speed, a whole core on CI's two-core box, until the Compare test stops it, so nothing
+else in this module shares the box with it. What is read on a still page (the ETA to
+a target) is checked once it has stopped: a page that redraws four charts every tick
+gave a starved browser no quiet moment to take a click.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from test_app_pages import MICRO, _train
 
 from gptcore.config import apply_overrides, preset
 from jobs import runner
+from storage.status import ACTIVE, RunStatus
 from storage.store import RunStore
 
 pytestmark = pytest.mark.browser
@@ -63,15 +68,44 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
         store.log_event(ids["bumpy"], 25, "spike", SPIKE)
         store.log_event(ids["bumpy"], 25, "rollback", ROLLBACK)
         store.log_event(ids["bumpy"], 20, "lr_reduced", "lr scaled by 0.5 after a repeat spike")
-        # Logged every 10 steps: at full speed, every 2 steps gave the page's charts (and
-        # this two-core box's software-rendered browser) thousands of new points a minute.
-        long_run = apply_overrides(preset("tiny"), {**MICRO, "max_steps": LONG_STEPS,
-                                                    "eval_interval": 5, "log_interval": 10,
-                                                    "lr": 2e-3})
-        ids["long"] = runner.create_run(store, long_run, name="long")  # queued
         store.close()
         torch.set_num_threads(threads)
         yield {"root": root, **ids}
+
+
+@pytest.fixture(scope="module")
+def long_run(home: dict) -> int:
+    """The long run's id, queued (from this process, as `gptdash submit` would) and training."""
+    store = open_store(home)
+    # Logged every 10 steps: at full speed, every 2 steps gave the page's charts (and
+    # this two-core box's software-rendered browser) thousands of new points a minute.
+    cfg = apply_overrides(preset("tiny"), {**MICRO, "max_steps": LONG_STEPS, "eval_interval": 5,
+                                           "log_interval": 10, "lr": 2e-3})
+    run_id = runner.create_run(store, cfg, name="long")
+    try:
+        wait_until(lambda: store.get_run(run_id).status == RunStatus.RUNNING,
+                   f"the server's worker did not start run {run_id}")
+    finally:
+        store.close()
+    return run_id
+
+
+def wait_until(condition, message: str, timeout_s: float = TRAINING_TIMEOUT_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.25)
+
+
+def stop_and_wait(home: dict, run_id: int) -> None:
+    """Stop the run (a no-op once it has ended) and wait until its worker has let it go."""
+    store = open_store(home)
+    try:
+        store.request_stop(run_id)
+        wait_until(lambda: store.get_run(run_id).status not in ACTIVE,
+                   f"run {run_id} did not stop")
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +157,7 @@ def test_live_marks_a_rolled_back_run_and_lists_its_events(page: Page, home: dic
     screenshot(page, "live_events")
 
 
-def test_live_forecast_band_and_eta_while_a_run_trains(page: Page, home: dict) -> None:
+def test_live_forecast_band_while_a_run_trains(page: Page, home: dict, long_run: int) -> None:
     goto_page(page, "Live run", "/live")
     assert page.get_by_role("combobox", name="Run", exact=True).input_value() == "#3 long"
     # Five evaluations (every 5 steps) and the forecast is drawn past the curve.
@@ -137,17 +171,10 @@ def test_live_forecast_band_and_eta_while_a_run_trains(page: Page, home: dict) -
     page.get_by_text("Trained by worker").wait_for()
     # An event while it trains: drawn at the step it names once new rows arrive.
     store = open_store(home)
-    step = store.get_run(home["long"]).last_step
-    store.log_event(home["long"], step, "spike", f"loss 8.00 at step {step} is 7.1σ above")
+    step = store.get_run(long_run).last_step
+    store.log_event(long_run, step, "spike", f"loss 8.00 at step {step} is 7.1σ above")
     store.close()
     wait_for_chart(page, "Loss", "el.data.some((t) => t.name === 'spike')", timeout_ms=30_000)
-    # Charts frozen, as a user would to read them: the browser no longer redraws four
-    # charts at every tick, and on a busy two-core box this page then has quiet moments in
-    # which a typed value is taken and the page is seen at rest.
-    rerun(page, lambda: page.get_by_text("Follow live").click())
-    set_field(page, "ETA to val loss", "1.000")
-    page.get_by_text(re.compile(r"Val loss 1 (is not reached by|at about) step")).wait_for()
-    screenshot(page, "live_forecast_events", readme=True)
 
 
 def open_store(home: dict) -> RunStore:
@@ -158,12 +185,12 @@ def open_store(home: dict) -> RunStore:
         return RunStore()
 
 
-def test_compare_generates_samples_side_by_side(page: Page, home: dict) -> None:
+def test_compare_generates_samples_side_by_side(page: Page, home: dict, long_run: int) -> None:
     goto_page(page, "Compare", "/compare")
     # Compare starts from the newest completed runs; the one still training is added.
-    for name in ("bumpy", "calm", "long"):
+    for name, run_id in (("bumpy", home["bumpy"]), ("calm", home["calm"]), ("long", long_run)):
         if name not in page.locator('[data-testid="stMultiSelect"]').inner_text():
-            add_to_multiselect(page, f"#{home[name]} {name}")
+            add_to_multiselect(page, f"#{run_id} {name}")
     names = chart_traces(page, "val/loss")
     assert {"bumpy", "calm"} <= set(names)
     page.get_by_role("heading", name="Forecast final val loss").wait_for()
@@ -180,6 +207,17 @@ def test_compare_generates_samples_side_by_side(page: Page, home: dict) -> None:
     # The long run still trains: its forecast continues its curve.
     assert "long · forecast" in chart_traces(page, "val/loss")
     screenshot(page, "compare_samples", readme=True)
-    store = open_store(home)
-    store.request_stop(home["long"])
-    store.close()
+    stop_and_wait(home, long_run)
+
+
+def test_live_eta_to_a_target_from_the_forecast(page: Page, home: dict, long_run: int) -> None:
+    goto_page(page, "Live run", "/live")
+    pick(page, "Run", f"#{long_run} long")
+    page.get_by_text("Forecast final val loss").wait_for(timeout=TRAINING_TIMEOUT_MS)
+    # Stopped (by Compare's test before, or here): the page stops refreshing and is at rest.
+    stop_and_wait(home, long_run)
+    page.get_by_text("stopped on request at step").wait_for(timeout=30_000)
+    wait_rendered(page)
+    set_field(page, "ETA to val loss", "1.000")
+    page.get_by_text(re.compile(r"Val loss 1 (is not reached by|at about) step")).wait_for()
+    screenshot(page, "live_forecast_events", readme=True)
