@@ -168,7 +168,26 @@ def wait_for_autorange(page: Page, chart: str, autorange: bool) -> None:
     wait_for_chart(page, chart, f"el._fullLayout.xaxis.autorange === {str(autorange).lower()}")
 
 
-def test_live_zoom_survives_refreshes_unless_following(page: Page) -> None:
+# What the browser does when the user switches to another tab (and back): the Page
+# Visibility API reports it; headless chromium never hides a page on its own.
+SET_VISIBILITY_JS = """(state) => {
+    Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def assert_no_script_runs(page: Page, for_ms: int) -> None:
+    """No rerun of any kind (page or fragment) starts within ``for_ms``."""
+    before = page.evaluate("window.__gptdashRuns")
+    page.wait_for_timeout(for_ms)
+    after = page.evaluate("window.__gptdashRuns")
+    assert after == before, f"{after - before} script run(s) in {for_ms} ms"
+
+
+def test_live_zoom_survives_refreshes_unless_following_and_hidden_or_ended_costs_none(
+        page: Page) -> None:
+    """One run watched three ways (one run: each start costs the box a form, a run and a
+    page): zoomed with Follow live off, in a hidden tab, and once it has ended."""
     set_field(page, "max_steps", "20000")
     set_field(page, "batch_size", "8")
     set_field(page, "Run name", "zoom")
@@ -206,34 +225,8 @@ def test_live_zoom_survives_refreshes_unless_following(page: Page) -> None:
     moved = x_range(page, "Loss")
     assert moved[1] > start[1] > zoom[1], f"range {start} -> {moved} did not follow new data"
 
-    page.get_by_role("button", name="Stop this run").click()
-    wait_for_status(page, "stopped")
-
-
-# What the browser does when the user switches to another tab (and back): the Page
-# Visibility API reports it; headless chromium never hides a page on its own.
-SET_VISIBILITY_JS = """(state) => {
-    Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
-    document.dispatchEvent(new Event('visibilitychange'));
-}"""
-
-
-def assert_no_script_runs(page: Page, for_ms: int) -> None:
-    """No rerun of any kind (page or fragment) starts within ``for_ms``."""
-    before = page.evaluate("window.__gptdashRuns")
-    page.wait_for_timeout(for_ms)
-    after = page.evaluate("window.__gptdashRuns")
-    assert after == before, f"{after - before} script run(s) in {for_ms} ms"
-
-
-def test_a_hidden_tab_and_an_ended_run_cost_no_refreshes(page: Page) -> None:
-    set_field(page, "max_steps", "20000")
-    set_field(page, "batch_size", "8")
-    set_field(page, "Run name", "hidden")
-    start_training(page)
-    shown = wait_for_points(page, 0)
-
     # Hidden: one rerun drops the timers (the Live page's and the sidebar's), then nothing.
+    shown = wait_for_points(page, 0)
     rerun(page, lambda: page.evaluate(SET_VISIBILITY_JS, "hidden"))
     assert_no_script_runs(page, 6_000)  # three Live ticks and a sidebar tick would fall here
 
