@@ -49,11 +49,12 @@ def _load_config(args) -> TrainConfig:
 
 
 def cmd_train(args, store: RunStore) -> int:
+    # Checked before torch is imported: a typo is answered at once, not 1-2 s later.
+    cfg = _load_config(args)  # every rank checks it, so a bad value stops them all
+
     from gptcore.distributed import ranks_from_env
     from jobs import runner
     from jobs.foreground import train_as_rank, train_new
-
-    cfg = _load_config(args)  # every rank checks it, so a bad value stops them all
 
     def create() -> int:
         return runner.create_run(store, cfg, name=args.name, tags=parse_tags(args.tag))

@@ -201,6 +201,16 @@ def test_light_commands_do_not_import_torch(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_train_refuses_a_bad_value_before_it_imports_torch(tmp_path):
+    """A typo in `gptdash train` is answered at once, not after torch's 1-2 s import."""
+    code = ("import sys\nfrom jobs.cli import main\n"
+            "code = main(['train', '--preset', 'tiny', '--set', 'lr=abc'])\n"
+            "print(code, 'torch' in sys.modules)")
+    out = python_in(tmp_path, code)
+    assert "lr must be a number, not 'abc'" in out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "2 False"
+
+
 def test_list_and_show_do_not_import_pandas(tmp_path):
     """pandas costs a third of a second to import; `list` and `show` answer without it."""
     store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
