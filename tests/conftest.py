@@ -38,32 +38,58 @@ SLOW_GROUPS = ("ray", "test_browser_e2e", "test_browser_live_extras", "test_serv
                "test_browser_forecast", "test_faults")
 
 
-def _group(item: pytest.Item, ray_modules: set[Path]) -> str:
-    return "ray" if item.path in ray_modules else item.path.stem
+RAY_GROUP = "ray"
+
+
+def module_group(path: str | Path) -> str:
+    """The scheduling group of a test file: every module with ``ray`` in its name shares one
+    (one worker starts one Ray head for them all); any other module is a group of its own
+    (its module fixtures, a browser's server say, start once)."""
+    stem = Path(path).stem
+    return RAY_GROUP if RAY_GROUP in stem.split("_") else stem
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole groups (``module_group``) to one worker each, in collection order.
+
+    Not ``--dist loadgroup``: pytest-xdist 3.8 marks a test's group by appending
+    ``@group`` to ``item._nodeid``, which pytest 9 no longer reads, so every test became a
+    group of its own: a module's tests went to both workers and its fixtures (a server,
+    a Ray head) started on each.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return module_group(nodeid.split("::", 1)[0])
+
+    return ModuleGroups(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests for ``--dist loadgroup``: a module's tests stay together on one worker
-    (its module fixtures, a browser server say, start once), and every module that uses
-    the Ray head shares one group, so one worker starts one Ray head. The Ray modules run
-    one after another (also without xdist), so the head stops once they are done. Under
-    xdist the slowest groups come first."""
-    ray_modules = {item.path for item in items if "ray_cluster" in item.fixturenames}
+    """Order the tests: the Ray modules one after another (also without xdist), so the Ray
+    head stops once they are done; under xdist the slowest groups first, so that no long
+    one is left to run alone at the end."""
+    unnamed = sorted({item.path.name for item in items if "ray_cluster" in item.fixturenames
+                      and module_group(item.path) != RAY_GROUP})
+    if unnamed:
+        raise pytest.UsageError(f"{', '.join(unnamed)} use the Ray head: put 'ray' in the "
+                                "module's name (test_ray_*.py), so one worker runs them all")
     order = {name: i for i, name in enumerate(SLOW_GROUPS)}
-    first_ray = next((i for i, item in enumerate(items) if item.path in ray_modules), 0)
+    first_ray = next((i for i, item in enumerate(items) if module_group(item.path) == RAY_GROUP),
+                     0)
     under_xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
     def rank(indexed: tuple[int, pytest.Item]) -> tuple[int, int]:
         index, item = indexed
-        group = _group(item, ray_modules)
+        group = module_group(item.path)
         if under_xdist:
             return (order.get(group, len(order)), index)
-        return (first_ray if group == "ray" else index, index)
+        return (first_ray if group == RAY_GROUP else index, index)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item, ray_modules)))
 
 
 _ray_heads: list[RayCluster] = []  # the session's Ray head while it runs
