@@ -103,11 +103,13 @@ class RayCluster:
         everything they started (agents, workers, jobs), found before any is signalled.
         """
         mine = _with_descendants(_pids_naming(str(self.folder), f":{self.gcs_port}"))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        # A few seconds to go on a SIGTERM: some of Ray's processes let the 10 s this gave
+        # them run out every time, and a test worker waited for nothing.
+        for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             for pid in mine:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline and any(_alive(p) for p in mine):
                 time.sleep(0.2)
             mine = [p for p in mine if _alive(p)]
