@@ -12,7 +12,6 @@ gave a starved browser no quiet moment to take a click.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from browser_support import (
 )
 from playwright.sync_api import Browser, Page
 from test_app_pages import MICRO, _train
+from test_jobs import wait_for
 
 from gptcore.config import apply_overrides, preset
 from jobs import runner
@@ -47,6 +47,7 @@ SHORT = {"max_steps": 60, "eval_interval": 4, "checkpoint_interval": 20}
 SPIKE = "loss 9.12 at step 25 is 8.4σ above the recent mean 4.10"
 ROLLBACK = "rolled back to step 20 and skipped the batch"
 TRAINING_TIMEOUT_MS = 120_000
+TRAINING_S = TRAINING_TIMEOUT_MS / 1000
 # The run watched while it trains; stopped long before its end. It trains in a worker
 # process of its own, at full speed: 2,000 steps ended before the last test looked.
 LONG_STEPS = 20_000
@@ -83,18 +84,11 @@ def long_run(home: dict) -> int:
                                            "log_interval": 10, "lr": 2e-3})
     run_id = runner.create_run(store, cfg, name="long")
     try:
-        wait_until(lambda: store.get_run(run_id).status == RunStatus.RUNNING,
-                   f"the server's worker did not start run {run_id}")
+        assert wait_for(lambda: store.get_run(run_id).status == RunStatus.RUNNING,
+                        TRAINING_S), f"the server's worker did not start run {run_id}"
     finally:
         store.close()
     return run_id
-
-
-def wait_until(condition, message: str, timeout_s: float = TRAINING_TIMEOUT_MS / 1000) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.25)
 
 
 def stop_and_wait(home: dict, run_id: int) -> None:
@@ -102,8 +96,8 @@ def stop_and_wait(home: dict, run_id: int) -> None:
     store = open_store(home)
     try:
         store.request_stop(run_id)
-        wait_until(lambda: store.get_run(run_id).status not in ACTIVE,
-                   f"run {run_id} did not stop")
+        assert wait_for(lambda: store.get_run(run_id).status not in ACTIVE,
+                        TRAINING_S), f"run {run_id} did not stop"
     finally:
         store.close()
 
