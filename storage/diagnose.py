@@ -56,8 +56,11 @@ def translate_errors(engine: Engine) -> None:
 
     @event.listens_for(engine, "handle_error")
     def _one_line(context: ExceptionContext) -> None:
-        # A failed pre-ping is how the pool notices a dropped connection and reconnects.
-        if context.is_pre_ping or isinstance(context.sqlalchemy_exception, _NOT_THE_DATABASE):
+        # A failed pre-ping is how the pool notices a dropped connection and reconnects. A
+        # KeyboardInterrupt (a second Ctrl-C or SIGTERM, which the CLI raises as one to abort)
+        # or a SystemExit that lands mid-statement is the user's, not the database's.
+        if (context.is_pre_ping or not isinstance(context.original_exception, Exception)
+                or isinstance(context.sqlalchemy_exception, _NOT_THE_DATABASE)):
             return
         raise database_error(url, problem(url, context.original_exception)) from None
 

@@ -327,7 +327,7 @@ def test_a_second_signal_aborts_at_once_and_the_hint_works(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     os.kill(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "aborted" in line]
     assert line.startswith(f"run {run_id} aborted by a second SIGTERM; resume it with "

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from streamlit.testing.v1 import AppTest
 
 from jobs import runner
 from storage import home as gptdash_home
 from storage.errors import StorageError
 from storage.schema import make_engine
+from storage.status import RunStatus
 from storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,28 @@ def test_a_database_deleted_mid_session_is_a_one_line_storage_error(home):
             store.list_runs()
         _assert_one_line(str(raised.value), names=f"database {store.url}: ")
         assert "restart gptdash" in str(raised.value)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("exit_exception", [KeyboardInterrupt, SystemExit])
+def test_a_ctrl_c_mid_statement_stays_a_ctrl_c_and_the_store_works_after(home, exit_exception):
+    """The CLI aborts with a KeyboardInterrupt from its signal handler, which may land while
+    a statement runs: called a database problem, the run ended failed instead of aborted."""
+    store = RunStore()
+    try:
+        run_id = store.create_run("mid-statement", {})
+        interrupt = [exit_exception("aborted by a second SIGTERM")]
+
+        @event.listens_for(store.engine, "before_cursor_execute")
+        def _signal_lands_here(*_args):
+            if interrupt:
+                raise interrupt.pop()
+
+        with pytest.raises(exit_exception, match="aborted by a second SIGTERM"):
+            store.set_status(run_id, RunStatus.RUNNING)
+        store.set_status(run_id, RunStatus.RUNNING)
+        assert store.get_run(run_id).status == RunStatus.RUNNING
     finally:
         store.close()
 
