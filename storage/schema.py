@@ -12,6 +12,8 @@ Every change to these models needs an Alembic revision in ``storage/migrations``
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -231,17 +233,42 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# How long a new connection waits for other processes switching a new database file to WAL.
+WAL_SWITCH_WAIT_S = 30.0
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run while the trainer writes; busy_timeout makes writers
     # wait for each other instead of failing with "database is locked".
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
     # SQLite's own lower() folds only ASCII; case-insensitive search (ILIKE) should find "Ü" too.
     dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting while another process holds a new file's lock.
+
+    Two processes that open a new database at once (the ranks of ``torchrun -m jobs train``
+    on a fresh home) both switch it from its first journal mode to WAL. SQLite answers the
+    one that finds the other's lock "database is locked" at once rather than wait (waiting
+    could deadlock), so the wait is here; the switch persists, later opens find WAL.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.25)
 
 
 def _lower(value: Any) -> Any:

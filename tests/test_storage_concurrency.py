@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -110,3 +111,23 @@ def test_claim_from_processes_never_duplicates(store: RunStore) -> None:
     assert sorted(claimed) == queued
     for worker, ids in reported.items():
         assert all(store.get_run(run_id).worker == worker for run_id in ids)
+
+
+@pytest.mark.backends("sqlite")
+def test_a_new_database_file_another_process_holds_is_waited_for_not_refused(tmp_path) -> None:
+    """Two processes opening a new home at once (the ranks of ``torchrun -m jobs train``)
+    both switch its file to WAL; SQLite refuses the one that finds the other's lock at once,
+    without waiting, and that rank used to end with "database is locked"."""
+    path = tmp_path / "gptdash.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the other process, mid-way through setting the file up
+    released = threading.Timer(0.5, other.execute, ["ROLLBACK"])
+    released.start()
+    try:
+        store = RunStore(f"sqlite:///{path}")
+        assert store.list_runs() == []
+        assert store.create_run("after the wait", {}) == 1
+        store.close()
+    finally:
+        released.join()
+        other.close()
