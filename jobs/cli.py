@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -485,12 +486,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe can no longer be caught
+        if _a_torchrun_rank():
+            _end_without_finalizing(code)
         return code
     except BrokenPipeError:
         # Whatever is still buffered goes nowhere, so the exit's own flush fails no more.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _a_torchrun_rank() -> bool:
+    """Whether this process is one of torchrun's ranks and has loaded torch (it trained)."""
+    return "torch" in sys.modules and "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _end_without_finalizing(code: int) -> None:
+    """End a torchrun rank now, skipping the interpreter's teardown.
+
+    gloo's worker threads outlive ``destroy_process_group`` and may drop a finished
+    collective's tensors late; during teardown that takes the GIL of a dying interpreter
+    and aborts the rank ("terminate called without an active exception", SIGABRT), which
+    torchrun reports as a failed run after it completed. By now every row is committed;
+    only the streams and the log handlers need flushing.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _main(argv: list[str] | None) -> int:
