@@ -135,23 +135,29 @@ def test_ctrl_c_stops_within_a_step_saves_a_checkpoint_and_prints_one_line(tmp_p
 
 
 def test_kill_9_then_list_shows_interrupted_and_resume_continues_with_no_server(tmp_path):
-    proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=400",
+    # An end it never reaches (a fast machine finished 400 steps before the kill).
+    proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=100000",
                  "--set", "checkpoint_interval=10", "--quiet")
     store, run_id = _wait_for_training(tmp_path, proc)
-    time.sleep(1.5)  # let a checkpoint and a metrics flush land
+    deadline = time.monotonic() + 60
+    while store.get_run(run_id).checkpoint_path is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store.get_run(run_id).checkpoint_path, "no checkpoint was saved"
     proc.kill()
     proc.wait()
     # No server, no page: the next command that reads runs finds the owner gone.
     listing = gptdash(tmp_path, "list")
     assert listing.returncode == 0
     assert f"{run_id:>4}  interrupted" in listing.stdout, listing.stdout
-    checkpoint_step = len(store.metrics([run_id], ["train/loss"]))
-    assert checkpoint_step > 0
+    run = store.get_run(run_id)
+    end = run.last_step + 30  # a reachable end, past every step recorded before the kill
+    store.update_run(run_id, config={**run.config, "max_steps": end}, max_steps=end)
     out = gptdash(tmp_path, "resume", str(run_id), "--quiet")
     assert out.returncode == 0, out.stderr
+    assert "restarting from step 0" not in out.stderr  # from its checkpoint
     assert store.get_run(run_id).status == "completed"
     steps = store.metrics([run_id], ["train/loss"])["step"]
-    assert list(steps) == list(range(400))  # the resumed part fills in every step after it
+    assert list(steps) == list(range(end))  # the resumed part fills in every step after it
 
 
 def test_list_with_an_unknown_status_names_the_valid_ones(tmp_path):
