@@ -400,6 +400,7 @@ class Trainer:
                 return self._finish("stopped", f"stopped on request at step {self.step}")
             if at_checkpoint and self.step < cfg.max_steps:
                 self.save()
+                self._start_interval()  # throughput is training's, as with evaluations
 
     def _train_step(self, pending: list) -> None:
         """One optimizer step; its loss and grad norm join ``pending``, still on the device."""
