@@ -497,8 +497,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _a_torchrun_rank() -> bool:
-    """Whether this process is one of torchrun's ranks and has loaded torch (it trained)."""
-    return "torch" in sys.modules and "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """Whether this process trained as one of several torchrun ranks (torch is loaded)."""
+    if "torch" not in sys.modules:
+        return False
+    from gptcore.distributed import ranks_from_env
+
+    return ranks_from_env().enabled
 
 
 def _end_without_finalizing(code: int) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_jobs import wait_for
 
 from gptcore.metric_keys import LR
 from storage.store import RunStore
@@ -139,10 +140,7 @@ def test_kill_9_then_list_shows_interrupted_and_resume_continues_with_no_server(
     proc = spawn(tmp_path, "train", "--preset", "tiny", *MICRO, "--set", "max_steps=100000",
                  "--set", "checkpoint_interval=10", "--quiet")
     store, run_id = _wait_for_training(tmp_path, proc)
-    deadline = time.monotonic() + 60
-    while store.get_run(run_id).checkpoint_path is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert store.get_run(run_id).checkpoint_path, "no checkpoint was saved"
+    assert wait_for(lambda: store.get_run(run_id).checkpoint_path), "no checkpoint was saved"
     proc.kill()
     proc.wait()
     # No server, no page: the next command that reads runs finds the owner gone.
