@@ -38,6 +38,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from storage.diagnose import engine_error, parse_url, translate_errors
+from storage.names import NAME_MAX
 from storage.status import Executor, RunStatus
 
 
@@ -105,7 +106,7 @@ class Run(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(NulSafeString(200))
+    name: Mapped[str] = mapped_column(NulSafeString(NAME_MAX))
     status: Mapped[str] = mapped_column(String(20), index=True, default=RunStatus.QUEUED)
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     tags: Mapped[list] = mapped_column(JSON, default=list)
@@ -146,6 +147,10 @@ class Run(Base):
     # its own Ray job, named in ``worker`` from the moment it is queued (jobs.ray_executor).
     executor: Mapped[str] = mapped_column(String(20), default=Executor.LOCAL,
                                           server_default=Executor.LOCAL.value)
+    # The fencing token of the run's current claim: every claim takes the next one, and so does
+    # declaring its owner gone; an owner writes only while the row still carries its own
+    # (storage.ownership), so a process that lost the run can write nothing more to it.
+    claim_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Metric(Base):
@@ -204,7 +209,7 @@ class Sweep(Base):
     __tablename__ = "sweeps"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_MAX))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     spec: Mapped[dict] = mapped_column(JSON, default=dict)
     cut: Mapped[bool] = mapped_column(Boolean, default=False)

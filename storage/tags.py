@@ -2,12 +2,15 @@
 
 The New run and Runs pages take a comma-separated field, the CLI ``--tag a,b`` or
 ``--tag a --tag b``; all give the same list. Every table, ``gptdash list``/``show`` and the
-Live page show a run's tags as ``format_tags`` writes them.
+Live page show a run's tags as ``format_tags`` writes them. The store takes only tags that
+``check_tags`` passes: each a name on one line (``storage.names.check_name``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from storage.names import check_name
 
 SEPARATOR = ", "
 
@@ -27,6 +30,13 @@ def parse_tags(texts: str | Iterable[str] | None) -> list[str]:
             if tag and tag not in tags:
                 tags.append(tag)
     return tags
+
+
+def check_tags(tags: Iterable[str]) -> list[str]:
+    """``tags`` as a list of strings; StorageError, naming the tag, when one is longer than a
+    name may be or holds a control character (a newline, an escape, a bidirectional
+    control)."""
+    return [check_name(str(tag), "tag") for tag in tags]
 
 
 def format_tags(tags: Iterable[str] | None) -> str:

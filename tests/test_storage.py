@@ -412,3 +412,35 @@ def test_nul_characters_are_stored_visibly_on_every_backend(store: RunStore) -> 
     assert (run.notes, run.error) == ("a\u2400b", "e\u2400f")
     assert store.samples(run_id)["text"].tolist() == ["x\u2400y"]
     assert store.events([run_id])["message"].tolist() == ["m\u2400n"]
+
+
+def test_a_name_over_200_characters_is_one_line_refusal_on_every_database(store: RunStore) -> None:
+    # PostgreSQL's VARCHAR(200) used to answer with a 70-line StringDataRightTruncation
+    # traceback while SQLite kept the name: one limit now, checked before the database.
+    with pytest.raises(StorageError, match=r"is 300 characters long: use at most 200$"):
+        store.create_run("n" * 300, {})
+    with pytest.raises(StorageError, match="sweep name 'nnnn"):
+        store.create_sweep("n" * 201, {})
+    run_id = store.create_run("n" * 200, {})  # the limit itself is fine
+    with pytest.raises(StorageError, match="at most 200"):
+        store.update_run(run_id, name="n" * 201)
+    assert store.get_run(run_id).name == "n" * 200
+    assert [r.id for r in store.list_runs()] == [run_id] and not store.list_sweeps()
+
+
+def test_bidi_controls_are_refused_in_names_tags_and_notes(store: RunStore) -> None:
+    for char in ("\u202e", "\u2066", "\u200f", "\u061c"):
+        with pytest.raises(StorageError, match="control character"):
+            store.create_run(f"evil{char}gpj.exe", {})
+        with pytest.raises(StorageError, match="tag .* control character"):
+            store.create_run("ok", {}, tags=[f"t{char}"])
+        with pytest.raises(StorageError, match="notes hold a bidirectional control"):
+            store.create_run("ok", {}, notes=f"line one\nline {char}two")
+    assert store.list_runs() == []
+    run_id = store.create_run("ok", {}, notes="two\nlines are fine")
+    with pytest.raises(StorageError, match="bidirectional"):
+        store.update_run(run_id, notes="\u202eevil")
+    with pytest.raises(StorageError, match="tag 't\\\\nag' holds a control character"):
+        store.update_run(run_id, tags=["t\nag"])
+    assert store.get_run(run_id).notes == "two\nlines are fine"
+    assert store.get_run(run_id).tags == []

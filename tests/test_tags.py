@@ -2,11 +2,13 @@
 same tags, shown the same way by `gptdash list`/`show` and the Runs table."""
 
 import json
+import re
 
 import pytest
 
 from jobs import cli
-from storage.tags import format_tags, parse_tags
+from storage.errors import StorageError
+from storage.tags import check_tags, format_tags, parse_tags
 
 
 @pytest.mark.parametrize("given", ["a, b", "a,b", ["a,b"], ["a", "b"], [" a ", "b,", ",a"],
@@ -37,3 +39,35 @@ def test_cli_tags_split_on_commas_and_show_alike_everywhere(store, capsys):
     assert cli.main(["show", str(run_id)]) == 0
     assert json.loads(capsys.readouterr().out)["tags"] == ["a", "b", "c"]  # JSON keeps a list
     assert store.runs_frame()["tags"].tolist() == ["a, b, c"]
+
+
+@pytest.mark.parametrize("tag, shown", [("t\nag", r"'t\nag'"), ("red\x1b[31m", r"'red\x1b[31m'"),
+                                        ("r\u202etl", r"'r\u202etl'"), ("x" * 201, "'xxxx")])
+def test_a_tag_that_is_not_one_printable_line_is_refused_as_names_are(tag, shown):
+    with pytest.raises(StorageError, match="^tag " + re.escape(shown)):
+        check_tags(["fine", tag])
+    assert check_tags(["fine", "lr sweep"]) == ["fine", "lr sweep"]
+
+
+def test_cli_refuses_a_tag_with_a_newline_in_one_line_and_queues_nothing(store, capsys):
+    code = cli.main(["submit", "--preset", "tiny", "--set", "device=cpu", "--tag", "t\nag"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "tag 't\\nag' holds a control character" in err
+    assert store.list_runs() == []
+
+
+def test_list_shows_an_old_rows_bidi_controls_escaped(store, capsys):
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from storage.schema import Run
+
+    run_id = store.create_run("plain", {}, max_steps=10)
+    with Session(store.engine) as session, session.begin():  # written before the check
+        session.execute(update(Run).where(Run.id == run_id)
+                        .values(name="report\u202egpj.exe", tags=["a\u2066b"]))
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and "\u2066" not in out
+    assert out.splitlines()[-1].endswith(r"report\u202egpj.exe  [a\u2066b]")
