@@ -23,8 +23,9 @@ from gptcore.estimate import (
 )
 from gptcore.metric_keys import EVAL_TIME_MS, TOKENS_PER_SEC, VAL_LOSS
 from jobs import ray_executor, runner
-from storage.names import check_name
+from storage.names import check_name, check_notes
 from storage.status import ACTIVE, Executor, RunStatus
+from storage.tags import check_tags
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -181,6 +182,8 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
         raise GptdashError(problem)
     sweep_name = check_name((name or "").strip() or default_sweep_name(plan), "sweep name")
     run_names = [check_name(f"{sweep_name} {plan.label(i)}") for i in range(len(plan.configs))]
+    tags = check_tags(tags or [])
+    check_notes(notes)
     for i, cfg in enumerate(plan.configs):
         try:
             runner.check_run(store, cfg, check_device=False, executor=on)
