@@ -1,5 +1,6 @@
 """gptdash: train small GPTs from the browser. Run with `make run`."""
 
+import math
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import streamlit as st
 from gptcore.errors import GptdashError
 from jobs.errors import USER_ERRORS
 from jobs.serve import PASSWORD_ENV, check_bind, password_ok
+from ui import login_throttle
 from ui.widgets import get_store, sidebar
 
 # A local icon: a Material or emoji page_icon makes the browser fetch it from a CDN.
@@ -43,12 +45,21 @@ locked = bool(password) and not st.session_state.get("authenticated")
 page = st.navigation(PAGES, position="hidden" if locked else "sidebar")
 if locked:
     st.title("gptdash")
-    given = st.text_input("Password", type="password")
-    if given and password_ok(given, password):
-        st.session_state.authenticated = True
-        st.rerun()
-    elif given:
-        st.error("Wrong password.")
+    # A form: a try after a wait may resend the same text, which a bare input would ignore.
+    with st.form("password"):
+        given = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Open")
+    if submitted and given:
+        # Loopback has no address (None); behind a local proxy, its X-Forwarded-For.
+        client = st.context.ip_address or "localhost"
+        attempt = login_throttle.THROTTLE.attempt(client, lambda: password_ok(given, password))
+        if attempt.accepted:
+            st.session_state.authenticated = True
+            st.rerun()
+        elif attempt.wait_s:
+            st.error(f"Too many wrong passwords; try again in {math.ceil(attempt.wait_s)} s.")
+        else:
+            st.error("Wrong password.")
     st.stop()
 
 try:
