@@ -8,6 +8,10 @@ member's forecast refit only its level and scale, a linear fit that a few evalua
 pin down, and see a coming lr decay before it shows, as Tissue et al. (2024) forecast
 whole schedules from one fitted law.
 
+A run whose curve does not follow the law (it diverged, or fits far worse than the others
+under their shape) is left out of the fit, with a reason (:func:`screen`): one diverged
+relative would otherwise bend the shape for all and widen every band.
+
 How far such forecasts missed on the family's own finished runs, each forecast from the
 same share of its steps with constants fitted on the others (leave one out), gives the
 band its width (:func:`band_half_width`).
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats
 
-from analysis.forecast import ALPHA_BOUNDS, annealing_areas
+from analysis.law import ALPHA_BOUNDS, annealing_areas, loss_at
 
 # The momenta tried for lambda: the paper's 0.999 suits runs of tens of thousands of
 # steps; a run of a few hundred steps anneals on a shorter time scale.
@@ -31,6 +35,16 @@ ALPHA_GRID = np.geomspace(0.02, 3.0, 24)
 # Evaluations before this share of a relative's steps are left out of the joint fit: the
 # first few, at the steep start of training, follow the law least and would dominate it.
 FIT_FROM = 0.05
+# A curve that ends this share of its way down above its lowest evaluation diverged.
+DIVERGED_RISE = 0.25
+# A run whose curve misses the others' law by this many times their median miss, and by
+# at least MIN_MISFIT of its loss, fits far worse than the others. Less than MIN_MISFIT is
+# evaluation noise, for a miss and for a rise alike.
+FAR_WORSE = 5.0
+MIN_MISFIT = 0.02
+# No band is wider than this many times the largest miss the family showed: beyond it a
+# Student-t on a handful of misses says more about their number than about the runs.
+MAX_BAND_OVER_MISSES = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +55,7 @@ class Curve:
     val_loss: np.ndarray
     lr_per_step: np.ndarray
     max_steps: int
+    non_finite_step: int | None = None  # the first evaluation that was nan or inf
     # The annealing areas by momentum, computed once (``areas_of``).
     areas: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict,
                                                                repr=False)
@@ -53,10 +68,12 @@ class Curve:
         # A step evaluated twice (a roll-back) counts once, with its later value.
         last = x.size - 1 - np.unique(x[::-1], return_index=True)[1]
         x, y = x[last], y[last]
+        bad = x[~np.isfinite(y)]
         keep = np.isfinite(y) & (x >= 1) & (x <= max_steps)
         return Curve(steps=x[keep], val_loss=y[keep],
                      lr_per_step=np.asarray(lr_per_step, dtype=float)[:max_steps],
-                     max_steps=int(max_steps))
+                     max_steps=int(max_steps),
+                     non_finite_step=int(bad.min()) if bad.size else None)
 
     @property
     def final(self) -> float | None:
@@ -171,7 +188,89 @@ def forecast_with(family: FamilyFit, curve: Curve, upto_step: int) -> float | No
     cols = np.column_stack([np.ones(x.size), s1_all[x] ** (-family.alpha)])
     coef, _ = _solve(cols, y + family.c * s2_all[x], np.zeros(2))
     end = curve.max_steps
-    return float(coef[0] + coef[1] * s1_all[end] ** (-family.alpha) - family.c * s2_all[end])
+    return float(loss_at(coef[0], coef[1], family.alpha, family.c, s1_all[end], s2_all[end]))
+
+
+def divergence(curve: Curve) -> str | None:
+    """Why ``curve`` diverged (a non-finite evaluation, or a rise well above its lowest
+    point), or None: the law only ever falls, so such a curve is not one of it."""
+    if curve.non_finite_step is not None:
+        return f"diverged: its val loss was not finite at step {curve.non_finite_step:,}"
+    if curve.steps.size < 2:
+        return None
+    y = curve.val_loss
+    low = int(np.argmin(y))
+    rise = y[-1] - y[low]
+    if rise > DIVERGED_RISE * (y[0] - y[low]) and rise > MIN_MISFIT * y[low]:
+        return (f"diverged: its val loss rose from {y[low]:.3g} at step "
+                f"{curve.steps[low]:,} to {y[-1]:.3g} at step {curve.steps[-1]:,}")
+    return None
+
+
+def misfit(family: FamilyFit, curve: Curve) -> float:
+    """How far ``curve`` strays from the family's law with its own L0 and A fitted: the
+    root mean square of its residuals over the mean loss (a share of its loss)."""
+    s1_all, s2_all = areas_of(curve, family.momentum)
+    keep = curve.steps >= family.fit_from * curve.max_steps
+    x, y = curve.steps[keep], curve.val_loss[keep]
+    if x.size < 3 or np.any(s1_all[x] <= 0):
+        return 0.0  # too little to judge by
+    cols = np.column_stack([np.ones(x.size), s1_all[x] ** (-family.alpha)])
+    _, rss = _solve(cols, y + family.c * s2_all[x], np.zeros(2))
+    return math.sqrt(rss / x.size) / float(np.mean(np.abs(y)))
+
+
+def far_worse(miss: float, others: Sequence[float]) -> bool:
+    """Whether a curve that misses its law by ``miss`` fits far worse than curves that
+    miss theirs by ``others``."""
+    return bool(others) and miss >= MIN_MISFIT and miss > FAR_WORSE * float(np.median(others))
+
+
+def leave_one_out_fits(curves: Sequence[Curve]) -> list[FamilyFit | None]:
+    """For each curve, the family fitted on all the others (None where they have no fit)."""
+    return [fit_family(list(curves[:i]) + list(curves[i + 1:])) for i in range(len(curves))]
+
+
+@dataclass(frozen=True)
+class Screening:
+    """Which of a family's curves follow the law: ``kept`` (their indices), ``left_out``
+    (index: why not), and each kept curve's miss of its law fitted on the other kept
+    curves (``misfits``, by index; a lone curve has none)."""
+
+    kept: list[int]
+    left_out: dict[int, str]
+    misfits: dict[int, float]
+
+
+def screen(curves: Sequence[Curve], known: dict[int, str] | None = None) -> Screening:
+    """Leave out the curves that do not follow the law: those in ``known`` (index: why, as
+    the caller knows it: a run the divergence guard rolled back), those that diverged,
+    then, one at a time and worst first, each that fits the law of the others far worse
+    than the others fit theirs (worst first, for one bad curve bends the others' laws
+    too and would make a good one look astray)."""
+    left_out = dict(known or {})
+    for i, curve in enumerate(curves):
+        if i not in left_out and (why := divergence(curve)) is not None:
+            left_out[i] = why
+    kept = [i for i in range(len(curves)) if i not in left_out]
+    misses: dict[int, float] = {}
+    while len(kept) >= 2:
+        fits = leave_one_out_fits([curves[i] for i in kept])
+        misses = {i: misfit(fit, curves[i]) for i, fit in zip(kept, fits, strict=True)
+                  if fit is not None}
+        if not misses:
+            break
+        worst = max(misses, key=misses.get)
+        others = [m for i, m in misses.items() if i != worst]
+        if not far_worse(misses[worst], others):
+            break
+        left_out[worst] = (f"fits the law of its relatives far worse than they do (off by "
+                           f"{misses[worst]:.1%} of its loss, they by "
+                           f"{float(np.median(others)):.1%})")
+        kept.remove(worst)
+        misses = {}  # measured on a law the left-out curve helped to fit
+    return Screening(kept=kept, left_out=dict(sorted(left_out.items())),
+                     misfits={i: m for i, m in misses.items() if i in kept})
 
 
 def band_share(fraction: float) -> float:
@@ -180,14 +279,16 @@ def band_share(fraction: float) -> float:
     return min(max(round(fraction * 20) / 20, 0.05), 1.0)
 
 
-def leave_one_out_errors(curves: Sequence[Curve], fraction: float) -> list[float]:
+def leave_one_out_errors(curves: Sequence[Curve], fraction: float,
+                         fits: Sequence[FamilyFit | None] | None = None) -> list[float]:
     """Relative errors (forecast / actual - 1) of each finished curve's final val loss,
-    forecast from ``fraction`` of its steps with the constants fitted on the others."""
-    finished = [c for c in curves if c.final is not None]
+    forecast from ``fraction`` of its steps with the constants fitted on the others
+    (``fits``: ``leave_one_out_fits(curves)``, when the caller kept them)."""
+    if fits is None:
+        fits = leave_one_out_fits(curves)
     errors = []
-    for i, curve in enumerate(finished):
-        family = fit_family(finished[:i] + finished[i + 1:])
-        if family is None:
+    for curve, family in zip(curves, fits, strict=True):
+        if family is None or curve.final is None:
             continue
         predicted = forecast_with(family, curve, curve.upto(fraction))
         if predicted is not None and math.isfinite(predicted):
@@ -202,7 +303,8 @@ def band_half_width(errors: Sequence[float], level: float) -> float | None:
     Split conformal where there are enough errors for the level (the ceil((n+1) level)-th
     smallest absolute error covers a new run with probability at least ``level`` when the
     runs are exchangeable); with fewer, a Student-t interval on their root mean square
-    (n degrees of freedom: the errors are taken to centre on zero), wide when n is small.
+    (n degrees of freedom: the errors are taken to centre on zero), wide when n is small,
+    but never wider than ``MAX_BAND_OVER_MISSES`` times the largest error.
     """
     e = np.abs(np.asarray(errors, dtype=float))
     n = e.size
@@ -211,4 +313,5 @@ def band_half_width(errors: Sequence[float], level: float) -> float | None:
     rank = math.ceil((n + 1) * level)
     if rank <= n:
         return float(np.sort(e)[rank - 1])
-    return float(stats.t.ppf(0.5 + level / 2, n) * math.sqrt(np.mean(e**2)))
+    t_based = stats.t.ppf(0.5 + level / 2, n) * math.sqrt(np.mean(e**2))
+    return float(min(t_based, MAX_BAND_OVER_MISSES * e.max()))

@@ -2,18 +2,9 @@
 
 A plain power law in steps cannot know that a cosine or step schedule still has a loss
 drop in store when the learning rate anneals. The scaling law with learning-rate
-annealing (Tissue et al. 2024, "Scaling Law with Learning Rate Annealing",
-arXiv:2408.11029) writes the whole curve as
-
-    L(s) = L0 + A * S1(s) ** (-alpha) - C * S2(s)
-
-    S1(s) = sum_{i=1..s} eta_i                            forward area
-    S2(s) = sum_{i=1..s} m_i,  m_i = lam * m_{i-1} + (eta_{i-1} - eta_i)   annealing area
-
-where eta_i is the learning rate of the i-th optimizer step and lam (about 0.999) is the
-"momentum" with which an lr drop keeps lowering the loss for a while after it happens.
-The four constants are fitted to the evaluations seen so far (scipy's least_squares with
-bounds); S1 and S2 of the rest of the run follow from the known schedule, so the fit
+annealing (``analysis.law``) writes the whole curve from the schedule's areas S1 and S2;
+its four constants are fitted to the evaluations seen so far (scipy's least_squares with
+bounds), and S1 and S2 of the rest of the run follow from the known schedule, so the fit
 extrapolates to ``max_steps`` with the annealing still to come.
 """
 
@@ -21,15 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import optimize, signal, stats
+from scipy import optimize, stats
 
-if TYPE_CHECKING:
-    from analysis.family import FamilyFit
+from analysis.family import FamilyFit
+from analysis.law import ALPHA_BOUNDS, ANNEALING_MOMENTUM, annealing_areas, loss_at
 
-ANNEALING_MOMENTUM = 0.999  # the paper's lambda
 MIN_POINTS = 5  # evaluations (after step 0) a forecast needs: one more than the constants
 # With a family's shape constants only the level and scale are fitted: a line's worth.
 MIN_POINTS_CALIBRATED = 3
@@ -39,8 +28,6 @@ BAND_LEVEL = 0.9
 # forecast drops of 20-40% that never came (bench/forecast_accuracy.py).
 MIN_ANNEALING_SEEN = 0.5
 PARAM_NAMES = ("L0", "A", "alpha", "C")
-# alpha beyond these is a fit gone astray rather than a loss curve.
-ALPHA_BOUNDS = (0.01, 5.0)
 ALPHA_STARTS = (0.3, 0.7, 1.5)  # a few starts: the fit is not convex in alpha
 
 
@@ -86,6 +73,8 @@ class Forecast:
     # Where the band's width comes from: "fit" (the fit's own uncertainty) or
     # "relatives" (how far forecasts from the same share of steps missed on them).
     band_source: str = "fit"
+    # Finished relatives left out of the family's fit, each with why ("#7: diverged ...").
+    left_out: tuple[str, ...] = ()
     _band_scale: float = field(default=1.0, repr=False)  # the band at max_steps, over the fit's
 
     @property
@@ -96,9 +85,9 @@ class Forecast:
     def curve(self, steps: Sequence[int] | np.ndarray) -> ForecastCurve:
         """The fitted curve and band at ``steps`` (clipped to 1..max_steps)."""
         idx = np.clip(np.asarray(steps, dtype=int), 1, self.max_steps)
-        mean, low, high = _band(self._theta, self._cov, self._s1[idx], self._s2[idx],
-                                self.residual_std**2, self._t_quantile)
-        half = (high - low) / 2 * self._band_scale
+        mean, half = _band(self._theta, self._cov, self._s1[idx], self._s2[idx],
+                           self.residual_std**2, self._t_quantile)
+        half = half * self._band_scale
         return ForecastCurve(steps=idx, mean=mean, low=np.maximum(mean - half, 0.0),
                              high=mean + half)
 
@@ -112,27 +101,6 @@ class Forecast:
                        high=self.predicted_final + half,
                        band_source="relatives", family_size=relatives,
                        _band_scale=half / fit_half if fit_half > 0 else 1.0)
-
-
-def annealing_areas(lr_per_step: Sequence[float] | np.ndarray,
-                    momentum: float = ANNEALING_MOMENTUM) -> tuple[np.ndarray, np.ndarray]:
-    """S1 and S2 after each number of optimizer steps: index s holds the areas after s steps.
-
-    Both are in the lr's own units, as in the paper, so C fitted on one run carries to a
-    run with another peak lr (annealing from a lower lr brings a smaller drop). The
-    initial rise (warmup) is not annealing: its lr increases are left out of S2, where
-    they would count as "negative annealing" and push the loss up. Later increases (a
-    re-warm) do count, as in the paper.
-    """
-    eta = np.asarray(lr_per_step, dtype=float)
-    drop = np.zeros_like(eta)
-    drop[1:] = eta[:-1] - eta[1:]  # eta_0 is taken equal to eta_1: no drop at the start
-    falls = np.flatnonzero(drop > 0)
-    drop[: falls[0] if falls.size else drop.size] = 0.0
-    m = signal.lfilter([1.0], [1.0, -momentum], drop)  # m_i = lam * m_{i-1} + drop_i
-    s1 = np.concatenate(([0.0], np.cumsum(eta)))
-    s2 = np.concatenate(([0.0], np.cumsum(m)))
-    return s1, s2
 
 
 def _law(theta: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,16 +258,19 @@ def forecast_final(steps: Sequence[int], val_loss: Sequence[float],
         if fit is None:
             return None
     note = None
-    if family is None and fit.theta[3] == 0 and s2_all[max_steps] > 1e-9:
+    # Only while annealing is still to come: a run evaluated to its end has no "rest of
+    # the schedule" whose drop the forecast could leave out.
+    if family is None and fit.theta[3] == 0 and s2_all[max_steps] - s2.max() > 1e-9:
         note = ("the evaluations so far do not show the lr decay's effect: the forecast "
                 "leaves out any extra drop the rest of the schedule brings")
     dof = x.size - fit.n_free
     resid_var = fit.rss / dof
     t_quantile = float(stats.t.ppf(0.5 + level / 2, dof))
-    mean, low, high = _band(fit.theta, fit.cov, s1_all[[max_steps]], s2_all[[max_steps]],
-                            resid_var, t_quantile)
+    mean, half = _band(fit.theta, fit.cov, s1_all[[max_steps]], s2_all[[max_steps]],
+                       resid_var, t_quantile)
     return Forecast(
-        predicted_final=float(mean[0]), low=max(float(low[0]), 0.0), high=float(high[0]),
+        predicted_final=float(mean[0]), low=max(float(mean[0] - half[0]), 0.0),
+        high=float(mean[0] + half[0]),
         upto_step=int(x.max()), max_steps=max_steps, n_points=int(x.size),
         params=dict(zip(PARAM_NAMES, map(float, fit.theta), strict=True)),
         residual_std=float(np.sqrt(resid_var)), level=level, note=note,
@@ -326,16 +297,17 @@ def _fit_level_scale(s1: np.ndarray, s2: np.ndarray, y: np.ndarray,
 
 
 def _band(theta: np.ndarray, cov: np.ndarray, s1: np.ndarray, s2: np.ndarray,
-          resid_var: float, t_quantile: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, low and high of the prediction band at the given areas.
+          resid_var: float, t_quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and half-width of the prediction band at the given areas.
 
     Delta method: the fit's parameter uncertainty carried to each step, plus the scatter
-    of one evaluation around the curve.
+    of one evaluation around the curve. The mean stops at zero.
     """
     mean, jac = _law(theta, s1, s2)
     var = np.einsum("ij,jk,ik->i", jac, cov, jac) + resid_var
     half = t_quantile * np.sqrt(np.maximum(var, 0.0))
-    return mean, mean - half, mean + half
+    # A loss is never below zero, however far the fitted annealing term runs on.
+    return np.maximum(mean, 0.0), half
 
 
 def eta_to_loss(forecast: Forecast, target: float) -> int | None:
@@ -345,8 +317,7 @@ def eta_to_loss(forecast: Forecast, target: float) -> int | None:
     """
     # The mean alone, straight from the law: the band's Jacobian at every step of a long
     # run would cost far more and is not needed here.
-    l0, a, alpha, c = forecast._theta
     s1 = forecast._s1[1:forecast.max_steps + 1]
     s2 = forecast._s2[1:forecast.max_steps + 1]
-    reached = np.flatnonzero(l0 + a * s1 ** (-alpha) - c * s2 <= target)
+    reached = np.flatnonzero(loss_at(*forecast._theta, s1, s2) <= target)
     return int(reached[0]) + 1 if reached.size else None

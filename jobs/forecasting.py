@@ -14,8 +14,12 @@ No torch: ``gptdash forecast`` and the pages read forecasts at once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,17 +29,22 @@ from analysis.family import (
     FamilyFit,
     band_half_width,
     band_share,
+    divergence,
+    far_worse,
     fit_family,
     leave_one_out_errors,
+    leave_one_out_fits,
+    misfit,
+    screen,
 )
 from analysis.forecast import (
     BAND_LEVEL,
     MIN_POINTS,
     MIN_POINTS_CALIBRATED,
     Forecast,
-    annealing_areas,
     forecast_final,
 )
+from analysis.law import annealing_areas
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.metric_keys import VAL_LOSS
@@ -44,8 +53,6 @@ from storage.status import RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunRecord, RunStore
-
-
 
 # What a family shares besides the model's shape (everything under ``model``): the
 # data, the tokens per step, the optimizer and the evaluation set. Learning rate,
@@ -56,6 +63,11 @@ FAMILY_FIELDS = ("corpus", "tokenizer", "val_fraction", "batch_size", "grad_accu
 # The newest completed relatives a family fit uses: more add little and cost a refit each
 # for the leave-one-out band.
 MAX_RELATIVES = 12
+# Events of the divergence guard: a run it rolled back (and maybe slowed) did not follow
+# the schedule its config records, so its curve cannot teach the family the law.
+GUARD_EVENTS = ("rollback", "lr_reduced")
+# Forecasts kept in the process, each under everything that decides it.
+MAX_FORECASTS_KEPT = 256
 
 
 def family_key(cfg: TrainConfig) -> str:
@@ -114,18 +126,27 @@ def _family_key_of(run: RunRecord) -> str | None:
 
 
 class _Family:
-    """A family's fit and, per share of steps, its leave-one-out errors (computed once)."""
+    """A family's screening, fit and, per share of steps, its leave-one-out errors (each
+    computed once)."""
 
-    def __init__(self, curves: list[Curve]) -> None:
-        self.curves = curves
-        self.fit: FamilyFit | None = fit_family(curves)
+    def __init__(self, ids: list[int], curves: list[Curve], known: dict[int, str]) -> None:
+        screening = screen(curves, known)
+        self.left_out = tuple(f"#{ids[i]}: {why}" for i, why in screening.left_out.items())
+        self.curves = [curves[i] for i in screening.kept]
+        self.misfits = list(screening.misfits.values())
+        self.fit: FamilyFit | None = fit_family(self.curves)
+        self._fits: list[FamilyFit | None] | None = None
         self._errors: dict[float, list[float]] = {}
 
     def errors(self, fraction: float) -> list[float]:
         share = band_share(fraction)
         if share not in self._errors:
-            self._errors[share] = (leave_one_out_errors(self.curves, share)
-                                   if len(self.curves) >= 2 else [])
+            if len(self.curves) < 2:
+                self._errors[share] = []
+            else:
+                if self._fits is None:
+                    self._fits = leave_one_out_fits(self.curves)
+                self._errors[share] = leave_one_out_errors(self.curves, share, self._fits)
         return self._errors[share]
 
 
@@ -133,13 +154,13 @@ class _Family:
 _FAMILIES: dict[tuple[str, tuple[int, ...]], _Family] = {}
 
 
-def _family_of(store: RunStore, run: RunRecord) -> _Family | None:
-    kin = relatives(store, run)
+def _family_of(store: RunStore, kin: list[RunRecord]) -> _Family | None:
     if not kin:
         return None
     key = (store.url, tuple(sorted(r.id for r in kin)))
     if key not in _FAMILIES:
-        frame = store.metrics([r.id for r in kin], [VAL_LOSS])
+        ids = [r.id for r in kin]
+        frame = store.metrics(ids, [VAL_LOSS])
         curves = []
         for other in kin:
             rows = frame[frame["run_id"] == other.id]
@@ -147,9 +168,15 @@ def _family_of(store: RunStore, run: RunRecord) -> _Family | None:
             curves.append(Curve.of(rows["step"].astype(int).tolist(),
                                    rows["value"].astype(float).tolist(), lr_schedule(cfg),
                                    cfg.max_steps))
+        position = {run_id: i for i, run_id in enumerate(ids)}
+        guarded: dict[int, str] = {}
+        for event in store.event_rows(ids):  # sorted by step: the first intervention wins
+            if event.kind in GUARD_EVENTS:
+                guarded.setdefault(position[event.run_id],
+                                   f"rolled back by the divergence guard at step {event.step:,}")
         if len(_FAMILIES) > 32:
             _FAMILIES.clear()
-        _FAMILIES[key] = _Family(curves)
+        _FAMILIES[key] = _Family(ids, curves, guarded)
     return _FAMILIES[key]
 
 
@@ -158,56 +185,112 @@ def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int
     return [int(s) for s in frame["step"]], [float(v) for v in frame["value"]]
 
 
-def _forecast(run: RunRecord, steps: list[int], losses: list[float],
-              upto: int | None, family: _Family | None = None) -> Forecast | None:
+@dataclass(frozen=True)
+class _Answer:
+    forecast: Forecast | None
+    needed: int  # evaluations a forecast needs: fewer with a family's shape to lean on
+
+
+def _forecast(run: RunRecord, steps: list[int], losses: list[float], upto: int | None,
+              family: _Family | None) -> _Answer:
     cfg = TrainConfig.from_dict(run.config)
     fit = family.fit if family is not None else None
+    # A run whose own curve does not follow the law is not forced into its family's shape
+    # (a diverged run at a huge lr forecast with it came out at -23.8): it is fitted alone.
+    own = Curve.of(steps, losses, lr_schedule(cfg), cfg.max_steps)
+    astray = divergence(own)
+    if astray is None and fit is not None and family.misfits:
+        miss = misfit(fit, own)
+        if far_worse(miss, family.misfits):
+            astray = (f"it fits the law of its relatives far worse than they do (off by "
+                      f"{miss:.1%} of its loss)")
+    if astray is not None:
+        fit = None
     try:
         if fit is None:
-            return forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
-                                  upto_step=upto, areas=_areas(cfg))
-        forecast = forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
-                                  upto_step=upto, areas=_areas(cfg, fit.momentum), family=fit)
+            forecast = forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
+                                      upto_step=upto, areas=_areas(cfg))
+        else:
+            forecast = forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
+                                      upto_step=upto, areas=_areas(cfg, fit.momentum),
+                                      family=fit)
     except ValueError as exc:
         raise GptdashError(f"cannot forecast run {run.id}: {exc}") from None
+    needed = MIN_POINTS if fit is None else MIN_POINTS_CALIBRATED
     if forecast is None:
-        return None
+        return _Answer(None, needed)
+    if upto is None and run.status == RunStatus.COMPLETED:
+        forecast = replace(forecast, note=None)  # a finished run has no decay still to come
+    if astray is not None:
+        forecast = replace(forecast, note=f"this run's curve does not follow the law ({astray}), "
+                                          "so it is fitted alone and its forecast is a poor guide")
+    if family is not None:
+        forecast = replace(forecast, left_out=family.left_out)
+    if fit is None:
+        return _Answer(forecast, needed)
     half = band_half_width(family.errors(forecast.upto_step / cfg.max_steps), BAND_LEVEL)
-    return forecast if half is None else forecast.with_band(half, len(family.curves))
+    return _Answer(forecast if half is None else forecast.with_band(half, len(family.curves)),
+                   needed)
 
 
-def run_forecast(store: RunStore, run_id: int, *, upto: int | None = None) -> Forecast | None:
-    """Forecast run ``run_id``'s val loss at its max_steps from its evaluations so far (only
-    those at or before step ``upto`` when given); None when it has too few evaluations."""
+_ANSWERS: OrderedDict[tuple, _Answer] = OrderedDict()
+_ANSWERS_LOCK = threading.Lock()  # pages ask from several threads at once
+
+
+def _answer(store: RunStore, run_id: int, upto: int | None) -> _Answer:
     if upto is not None and upto < 1:
         raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
     run = store.get_run(run_id)
     steps, losses = _val_curve(store, run_id, upto)
-    return _forecast(run, steps, losses, upto, _family_of(store, run))
+    kin = relatives(store, run)
+    curve = hashlib.blake2b(np.asarray(steps, dtype=np.int64).tobytes()
+                            + np.asarray(losses, dtype=np.float64).tobytes()).hexdigest()
+    key = (store.url, run_id, upto, run.status, json.dumps(run.config, sort_keys=True),
+           tuple(r.id for r in kin), curve)
+    with _ANSWERS_LOCK:
+        if key in _ANSWERS:
+            _ANSWERS.move_to_end(key)
+            return _ANSWERS[key]
+    answer = _forecast(run, steps, losses, upto, _family_of(store, kin))
+    with _ANSWERS_LOCK:
+        _ANSWERS[key] = answer
+        while len(_ANSWERS) > MAX_FORECASTS_KEPT:
+            _ANSWERS.popitem(last=False)
+    return answer
+
+
+def run_forecast(store: RunStore, run_id: int, *, upto: int | None = None) -> Forecast | None:
+    """Forecast run ``run_id``'s val loss at its max_steps from its evaluations so far (only
+    those at or before step ``upto`` when given); None when it has too few evaluations.
+
+    The one forecast of a run: Live, Compare, Sweeps, the early cut and ``gptdash
+    forecast`` all ask here. It is kept under everything that decides it (the run's
+    evaluations, config and status, ``upto``, and which relatives have finished), so it
+    is refitted when any of them changes and at no other time.
+    """
+    return _answer(store, run_id, upto).forecast
 
 
 def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) -> dict[str, Any]:
     """The forecast as plain values (for JSON): run_id, status, predicted_final, low, high,
     upto_step, max_steps, actual_final (the last evaluation's val loss once the run has
-    completed, else None) and note.
+    completed, else None), note, level, calibrated, family_size, band_from and left_out
+    (the finished relatives left out of the family's fit, each with why).
 
     Raises GptdashError when the run has too few evaluations to forecast.
     """
+    answer = _answer(store, run_id, upto)
     run = store.get_run(run_id)
-    if upto is not None and upto < 1:
-        raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
-    steps, losses = _val_curve(store, run_id, upto)
-    family = _family_of(store, run)
-    forecast = _forecast(run, steps, losses, upto, family)
+    forecast = answer.forecast
     if forecast is None:
+        steps, losses = _val_curve(store, run_id, upto)
         usable = sum(1 for s, v in zip(steps, losses, strict=True) if s >= 1 and math.isfinite(v))
         where = f" up to step {upto}" if upto is not None else ""
         advice = ("wait for more, or evaluate more often (a smaller eval_interval)"
                   if run.status in (RunStatus.QUEUED, RunStatus.RUNNING) and upto is None
                   else "evaluate more often (a smaller eval_interval)")
-        needed = MIN_POINTS if family is None or family.fit is None else MIN_POINTS_CALIBRATED
         raise GptdashError(f"run {run_id} ({run.status}) has {usable} evaluation(s) after "
-                           f"step 0{where}; a forecast needs at least {needed}: {advice}")
+                           f"step 0{where}; a forecast needs at least {answer.needed}: {advice}")
     actual = None
     if run.status == RunStatus.COMPLETED:
         _, all_losses = _val_curve(store, run_id, None)
@@ -217,5 +300,5 @@ def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) ->
             "high": forecast.high, "upto_step": forecast.upto_step,
             "max_steps": forecast.max_steps, "actual_final": actual, "note": forecast.note,
             "level": forecast.level, "calibrated": forecast.calibrated,
-            "family_size": len(family.curves) if family is not None else 0,
-            "band_from": forecast.band_source}
+            "family_size": forecast.family_size, "band_from": forecast.band_source,
+            "left_out": list(forecast.left_out)}

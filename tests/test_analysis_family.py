@@ -10,7 +10,8 @@ from analysis.family import (
     forecast_with,
     leave_one_out_errors,
 )
-from analysis.forecast import annealing_areas, forecast_final
+from analysis.forecast import forecast_final
+from analysis.law import annealing_areas
 from gptcore.config import TrainConfig
 from gptcore.schedule import lr_array
 

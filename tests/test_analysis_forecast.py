@@ -3,12 +3,8 @@
 import numpy as np
 import pytest
 
-from analysis.forecast import (
-    MIN_POINTS,
-    annealing_areas,
-    eta_to_loss,
-    forecast_final,
-)
+from analysis.forecast import MIN_POINTS, eta_to_loss, forecast_final
+from analysis.law import annealing_areas
 
 MAX_STEPS = 300
 EVAL_EVERY = 10

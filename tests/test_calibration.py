@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from test_cli import gptdash
 
-from analysis.forecast import annealing_areas
+from analysis.law import annealing_areas
 from gptcore.config import TrainConfig, apply_overrides, preset
 from gptcore.errors import GptdashError
 from jobs.calibration import CALIBRATION_TAG, calibration_config, submit_calibration

@@ -52,7 +52,7 @@ def test_report_of_a_completed_run_has_its_actual_final_loss(store):
     report = forecast_report(store, run_id, upto=120)
     assert set(report) == {"run_id", "status", "predicted_final", "low", "high", "upto_step",
                            "max_steps", "actual_final", "note", "level", "calibrated",
-                           "family_size", "band_from"}
+                           "family_size", "band_from", "left_out"}
     assert report["calibrated"] is False and report["family_size"] == 0  # no relative
     assert report["status"] == "completed" and report["upto_step"] == 120
     assert report["actual_final"] == pytest.approx(true_loss(200))
