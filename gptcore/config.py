@@ -168,6 +168,10 @@ class TrainConfig:
         except json.JSONDecodeError as exc:
             raise GptdashError(
                 f"config is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        except RecursionError:  # json nests one Python call per level
+            raise GptdashError("config nests objects or lists too deeply to read: a config is "
+                               "one object of settings, with 'model' the only object inside "
+                               "it") from None
         return cls.from_dict(data)
 
     def flat(self) -> dict[str, Any]:
@@ -219,7 +223,8 @@ class TrainConfig:
             errs.setdefault("min_lr", f"min_lr {self.min_lr} is above lr {self.lr}: lower min_lr")
         if self.warmup_steps > self.max_steps and "max_steps" not in errs:
             errs.setdefault("warmup_steps", f"warmup_steps {self.warmup_steps} is longer than "
-                                            f"max_steps {self.max_steps}")
+                                            f"max_steps {self.max_steps}: lower warmup_steps "
+                                            f"to {self.max_steps} or less, or raise max_steps")
         if not self.corpus.strip():
             errs.setdefault("corpus", "corpus is empty: use 'builtin' or a path to a text file")
         return errs

@@ -42,6 +42,9 @@ def _load_config(args) -> TrainConfig:
     cfg = preset(args.preset) if args.preset else TrainConfig()
     if args.config:
         path = Path(args.config)
+        if path.is_dir():
+            raise GptdashError(f"--config {args.config!r} is a directory: give the JSON file "
+                               "in it (as the dashboard downloads)")
         if not path.is_file():
             raise GptdashError(f"config file {args.config!r} does not exist")
         loaded = TrainConfig.from_json(path.read_text(encoding="utf-8", errors="replace"))
@@ -348,9 +351,17 @@ def _add_on_arg(p: argparse.ArgumentParser) -> None:
                         f"of its own on the Ray cluster at ${RAY_ADDRESS_ENV}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (as every other refusal is), exit 2; the
+    usage itself is one ``--help`` away."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gptdash", description="Train small GPTs; every run is "
-                                "recorded in the gptdash database ($GPTDASH_HOME).")
+    p = _Parser(prog="gptdash", description="Train small GPTs; every run is "
+                "recorded in the gptdash database ($GPTDASH_HOME).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="create a run and train it in the foreground")

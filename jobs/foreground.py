@@ -102,7 +102,8 @@ def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
     except KeyboardInterrupt as exc:
         how = str(exc) or "aborted by a second Ctrl-C"
         hint = runner.end_aborted(store, run_id, how)
-        print(f"run {run_id} {how}; {hint}", file=sys.stderr)
+        # On a line of its own: the terminal has echoed ^C^C (or a progress bar) on this one.
+        print(f"\nrun {run_id} {how}; {hint}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     finally:
         for sig, handler in previous.items():

@@ -60,6 +60,20 @@ def _fmt(value: Value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+             "ninth", "tenth")
+
+
+def _which_run(index: int, total: int) -> str:
+    """Which of a sweep's runs a refusal is about, by position: "run 1" would read as the
+    run with id 1, which is some other run."""
+    n = index + 1
+    if n <= len(_ORDINALS):
+        return f"the sweep's {_ORDINALS[index]} of {total} runs"
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"the sweep's {n}{suffix} of {total} runs"
+
+
 def measured_pace(store: RunStore) -> MachinePace | None:
     """This machine's pace, from the newest finished run with throughput metrics, else None:
     its training FLOP/s (median tokens/s times FLOPs per token), its evaluations' FLOP/s
@@ -125,7 +139,7 @@ def plan_sweep(base: TrainConfig, grids: list[str], ranges: list[str], *, random
         try:
             configs.append(apply_overrides(base, values).validate())
         except GptdashError as exc:
-            raise GptdashError(f"sweep run {i + 1} of {len(overrides)} ({label}): {exc}") from None
+            raise GptdashError(f"{_which_run(i, len(overrides))} ({label}): {exc}") from None
     pace = pace or NOMINAL_PACE
     spec = {"base": base.to_dict(), "grids": list(grids), "ranges": list(ranges),
             "random": random, "seed": seed, "seeds": seeds, "params": params,
@@ -188,7 +202,7 @@ def submit_sweep(store: RunStore, plan: SweepPlan, *, name: str | None = None,
         try:
             runner.check_run(store, cfg, check_device=False, executor=on)
         except GptdashError as exc:
-            raise GptdashError(f"sweep run {i + 1} of {len(plan.configs)} ({plan.label(i)}): "
+            raise GptdashError(f"{_which_run(i, len(plan.configs))} ({plan.label(i)}): "
                                f"{exc}") from None
     cluster = ray_executor.cluster_for(on) if on != Executor.LOCAL else None
     sweep_id = store.create_sweep(sweep_name, plan.spec, cut=cut)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from test_cli import python_in
 from test_jobs import micro
+from test_jobs_forecasting import recorded_run
 
 from jobs import runner
 from jobs.cli import main
@@ -62,7 +63,8 @@ def test_sweep_seeds_repeats_each_value_with_consecutive_seeds(home, gptdash):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--grid", "lr=1e-3,abc"], "sweep run 2 of 2 (lr=abc): lr must be a number, not 'abc'"),
+    (["--grid", "lr=1e-3,abc"],
+     "the sweep's second of 2 runs (lr=abc): lr must be a number, not 'abc'"),
     (["--grid", "lr"], "--grid needs KEY=V1,V2,...: got 'lr'"),
     (["--range", "lr=1e-2:1e-3", "--random", "2"], "LOW must be below HIGH"),
     (["--grid", "lr=1e-3,1e-2", "--set", "lrr=1"], "unknown setting 'lrr'"),
@@ -111,11 +113,17 @@ def test_forecast_without_evaluations_or_run_is_a_clear_error(gptdash):
 
 
 def test_sweep_list_and_forecast_do_not_import_torch(tmp_path):
+    """Each command succeeds (exit 0), so each ran its whole path: the forecast fits a run
+    with evaluations, not a refusal before any fit."""
+    store = db(tmp_path)
+    curve = recorded_run(store, range(0, 101, 10))
+    store.close()
     code = ("import sys\nfrom jobs.cli import main\n"
-            "main(['sweep', '--preset', 'tiny', '--grid', 'lr=1e-3,1e-2', '--cut', '--set', "
-            "'eval_interval=20'])\n"
-            "main(['list', '--sweep', '1'])\nmain(['forecast', '1'])\n"
-            "print('torch' in sys.modules)")
+            "codes = [main(['sweep', '--preset', 'tiny', '--grid', 'lr=1e-3,1e-2', '--cut', "
+            "'--set', 'eval_interval=20']),\n"
+            f"         main(['list', '--sweep', '1']), main(['forecast', '{curve}'])]\n"
+            "print(codes, 'torch' in sys.modules)")
     out = python_in(tmp_path, code)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert '"predicted_final"' in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0, 0] False", out.stderr

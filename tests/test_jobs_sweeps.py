@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_jobs import micro
 
-from analysis.forecast import annealing_areas
+from analysis.law import annealing_areas
 from gptcore.config import apply_overrides, preset
 from gptcore.errors import GptdashError
 from gptcore.estimate import duration_estimate
@@ -44,8 +44,9 @@ def test_random_draws_join_every_grid_combination():
 
 
 @pytest.mark.parametrize("grids, ranges, random, message", [
-    (["lr=1e-3,abc"], [], 0, r"sweep run 2 of 2 \(lr=abc\): lr must be a number"),
-    (["n_heads=4,5"], [], 0, r"sweep run 2 of 2 \(n_heads=5\): emb_dim 96 is not divisible"),
+    (["lr=1e-3,abc"], [], 0, r"the sweep's second of 2 runs \(lr=abc\): lr must be a number"),
+    (["n_heads=4,5"], [], 0,
+     r"the sweep's second of 2 runs \(n_heads=5\): emb_dim 96 is not divisible"),
     (["lrr=1,2"], [], 0, "unknown setting 'lrr'"),
     (["lr"], [], 0, "--grid needs KEY=V1,V2"),
     ([], ["lr=1:0.1"], 2, "LOW must be below HIGH"),
@@ -101,7 +102,8 @@ def test_submit_queues_one_run_per_config_in_the_sweep(store):
 
 def test_a_run_that_cannot_start_writes_nothing(store, tmp_path):
     plan = plan_sweep(micro(), [f"corpus=builtin,{tmp_path / 'missing.txt'}"], [])
-    with pytest.raises(GptdashError, match=r"sweep run 2 of 2 \(corpus=.*missing.txt\)"):
+    with pytest.raises(GptdashError,
+                       match=r"the sweep's second of 2 runs \(corpus=.*missing.txt\)"):
         submit_sweep(store, plan, name=None, cut=False)
     assert store.list_sweeps() == [] and store.list_runs() == []
 

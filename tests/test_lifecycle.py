@@ -329,9 +329,11 @@ def test_a_second_signal_aborts_at_once_and_the_hint_works(tmp_path):
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    (line,) = [line for line in err.splitlines() if "aborted" in line]
-    assert line.startswith(f"run {run_id} aborted by a second SIGTERM; resume it with "
-                           f"`gptdash resume {run_id}` (no checkpoint yet")
+    lines = err.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if "aborted" in line]
+    assert lines[at - 1] == "", err  # a new line: the terminal's echoed ^C^C ends the one before
+    assert lines[at].startswith(f"run {run_id} aborted by a second SIGTERM; resume it with "
+                                f"`gptdash resume {run_id}` (no checkpoint yet")
     run = store.get_run(run_id)
     assert run.status == RunStatus.INTERRUPTED and run.checkpoint_path is None
 

@@ -51,6 +51,7 @@ def test_json_round_trip():
     (b"[1]", "JSON object"),
     (b'{"nope": 1}', "nope"),
     (b'{"lr": "fast"}', "lr must be a number"),
+    (b'{"model": ' + b"[" * 300_000 + b"]" * 300_000 + b"}", "nests .* too deeply"),  # 600 KB
 ])
 def test_upload_errors_say_what_is_wrong(raw, words):
     with pytest.raises(GptdashError, match=words):

@@ -40,7 +40,8 @@ def test_unknown_field_and_base():
     assert cfg is None and "learning_rate" in problems
     cfg, problems = form_problems({"max_steps": 10}, base=PRESETS["tiny"])
     assert cfg.max_steps == 10 and cfg.model.emb_dim == 96
-    assert problems == {"warmup_steps": "warmup_steps 20 is longer than max_steps 10"}
+    assert problems == {"warmup_steps": "warmup_steps 20 is longer than max_steps 10: lower "
+                        "warmup_steps to 10 or less, or raise max_steps"}
 
 
 def test_launch_summary_strings():
