@@ -307,7 +307,7 @@ def cmd_db_upgrade(args) -> int:
 def cmd_serve(args, store: RunStore) -> int:
     from jobs.serve import serve
 
-    return serve(store, args.address, args.port)
+    return serve(store, args.address, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def _status(value: str) -> str:
@@ -487,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--address", default="127.0.0.1",
                     help="address to bind; anything but loopback needs GPTDASH_PASSWORD")
     sv.add_argument("--port", type=_port, default=8501, help="TCP port, 1 to 65535")
+    sv.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate "
+                    "(with --tls-key): off loopback, so the password is not sent in clear")
+    sv.add_argument("--tls-key", metavar="PEM", help="the certificate's private key, "
+                    "unencrypted")
     sv.set_defaults(func=cmd_serve)
     return p
 

@@ -1,8 +1,9 @@
 """Starting the dashboard: loopback by default, a password for anything else, and the
 training worker running from the first second.
 
-``gptdash serve`` (what ``make run`` calls) checks the address and the port before
-anything starts, then supervises two children (``jobs.supervisor``): a training worker
+``gptdash serve`` (what ``make run`` calls) checks the address, the port and the TLS
+certificate and key (HTTPS through Streamlit's own SSL settings) before anything
+starts, then supervises two children (``jobs.supervisor``): a training worker
 (``gptdash worker``: it marks orphaned runs ``interrupted`` and drains the queue at once,
 with no page open) and the Streamlit server of the pages (``python -m streamlit run``,
 with the Host names it accepts pinned, so a web page the user visits cannot reach the
@@ -18,6 +19,7 @@ import hmac
 import ipaddress
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +62,12 @@ def password_ok(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+def password_in_clear(address: str, password: str | None,
+                      tls: tuple[Path, Path] | None) -> bool:
+    """Whether the password would cross a network unencrypted: set, off loopback, no TLS."""
+    return bool(password) and tls is None and not is_loopback(address)
+
+
 def allowed_hosts(address: str) -> list[str]:
     hosts = ["127.0.0.1", "localhost", "::1"]
     if address and address not in hosts and address not in ("0.0.0.0", "::"):
@@ -85,11 +93,42 @@ def check_port_free(address: str, port: int) -> None:
             raise GptdashError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
 
 
-def streamlit_args(address: str, port: int) -> list[str]:
-    """``streamlit run`` arguments: our app, the address, the port and the pinned Host
-    names. Every other setting is in ``.streamlit/config.toml``, which Streamlit reads
-    from its working folder, the checkout (``serve`` starts it there)."""
+def check_tls(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
+    """The certificate and private key to serve HTTPS with, made absolute (the server runs
+    in the checkout) and loaded once as the server will load them; None for plain HTTP."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise GptdashError("--tls-cert and --tls-key go together: give both the certificate "
+                           "and its private key (PEM files), or neither for plain HTTP")
+    paths = (Path(cert).resolve(), Path(key).resolve())
+    for flag, path in zip(("--tls-cert", "--tls-key"), paths, strict=True):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise GptdashError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    try:
+        # No passphrase prompt: the server could not answer one either.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*paths, password=b"")
+    except ssl.SSLError as exc:
+        detail = f" ({exc.reason})" if exc.reason else ""
+        raise GptdashError(
+            f"--tls-cert {paths[0]} and --tls-key {paths[1]} are not a PEM certificate and "
+            f"its unencrypted private key{detail}: check that each file holds what its flag "
+            "names and that the key matches the certificate") from None
+    return paths
+
+
+def streamlit_args(address: str, port: int, tls: tuple[Path, Path] | None = None
+                   ) -> list[str]:
+    """``streamlit run`` arguments: our app, the address, the port, the pinned Host names
+    and, for HTTPS, the certificate and key. Every other setting is in
+    ``.streamlit/config.toml``, which Streamlit reads from its working folder, the
+    checkout (``serve`` starts it there)."""
     args = ["run", str(APP), "--server.address", address, "--server.port", str(port)]
+    if tls is not None:
+        args += ["--server.sslCertFile", str(tls[0]), "--server.sslKeyFile", str(tls[1])]
     # Only these Host names may open the app's WebSocket: on 0.0.0.0, name the host
     # names you serve under in GPTDASH_ALLOWED_HOSTS.
     for host in allowed_hosts(address):
@@ -110,28 +149,38 @@ def _runs_left_behind(store: RunStore) -> str:
             "`gptdash resume RUN`)")
 
 
-def children(store: RunStore, address: str, port: int) -> list[Child]:
+def children(store: RunStore, address: str, port: int,
+             tls: tuple[Path, Path] | None = None) -> list[Child]:
     """The worker, then the server: started in this order and stopped in this order, so
     the run saves its checkpoint while the pages can still show it."""
     worker = Child("training worker", [sys.executable, "-m", "jobs", "worker"], cwd=str(ROOT),
                    stop_timeout_s=WORKER_STOP_S, on_death=lambda: _runs_left_behind(store))
     server = Child("dashboard server",
-                   [sys.executable, "-m", "streamlit", *streamlit_args(address, port)],
+                   [sys.executable, "-m", "streamlit", *streamlit_args(address, port, tls)],
                    cwd=str(ROOT))
     return [worker, server]
 
 
-def serve(store: RunStore, address: str, port: int) -> int:
+def serve(store: RunStore, address: str, port: int, tls_cert: str | None = None,
+          tls_key: str | None = None) -> int:
     """Supervise the training worker and the pages' server until Ctrl-C, SIGTERM or SIGHUP;
-    returns an exit code (0).
+    returns an exit code (0). With ``tls_cert`` and ``tls_key`` (PEM files) the pages are
+    served over HTTPS only.
 
     On the way out the worker stops its run with a checkpoint, so it can be resumed; if
     this process is killed outright, its children die with it.
     """
-    check_bind(address, os.environ.get(PASSWORD_ENV))
+    password = os.environ.get(PASSWORD_ENV)
+    check_bind(address, password)
+    tls = check_tls(tls_cert, tls_key)
     check_port_free(address, port)
-    print(f"gptdash: serving on http://{address}:{port}", file=sys.stderr, flush=True)
-    return Supervisor(children(store, address, port), periodic=checks(store)).run()
+    if password_in_clear(address, password, tls):
+        print("gptdash: warning: without --tls-cert/--tls-key the password crosses the "
+              "network in clear text; serve HTTPS, or bind 127.0.0.1 behind a reverse proxy "
+              "that does", file=sys.stderr, flush=True)
+    scheme = "http" if tls is None else "https"
+    print(f"gptdash: serving on {scheme}://{address}:{port}", file=sys.stderr, flush=True)
+    return Supervisor(children(store, address, port, tls), periodic=checks(store)).run()
 
 
 def checks(store: RunStore) -> list[Periodic]:

@@ -139,8 +139,10 @@ class OffHostRequests:
             self.urls.append(request.url)
 
 
-def new_context(browser: Browser) -> BrowserContext:
-    context = browser.new_context(viewport=VIEWPORT)
+def new_context(browser: Browser, **options) -> BrowserContext:
+    """A browser context that counts script runs (``rerun``); ``options`` go to
+    playwright's ``new_context`` (``ignore_https_errors`` for a self-signed certificate)."""
+    context = browser.new_context(viewport=VIEWPORT, **options)
     context.add_init_script(_COUNT_RUNS_JS)
     return context
 
