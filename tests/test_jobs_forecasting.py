@@ -2,9 +2,12 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_calibration import CFG as CAL_CFG
+from test_calibration import law
 
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
@@ -81,3 +84,80 @@ def test_forecasting_needs_no_torch():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# ---- a family in the database -------------------------------------------------------------
+def relative(store, cfg, *, upto=None, level=2.0, status="completed", curve=None) -> int:
+    """A run of ``cfg`` whose val curve is the annealing law (or ``curve``: step -> loss)."""
+    run_id = store.create_run(f"lr {cfg.lr:g} {cfg.schedule}", cfg.to_dict(), status="running",
+                              max_steps=cfg.max_steps)
+    rows = (law(cfg, upto or cfg.max_steps, level) if curve is None else
+            [("val/loss", s, curve(s), 0.0)
+             for s in range(cfg.eval_interval, cfg.max_steps + 1, cfg.eval_interval)])
+    store.log_metrics(run_id, rows)
+    if status != "running":
+        store.set_status(run_id, status)
+    return run_id
+
+
+def healthy_family(store) -> list[int]:
+    return [relative(store, CAL_CFG, level=2.0),
+            relative(store, replace(CAL_CFG, schedule="wsd", lr=5e-3, min_lr=5e-4), level=2.05),
+            relative(store, replace(CAL_CFG, schedule="linear", lr=3e-3, min_lr=3e-4),
+                     level=1.95)]
+
+
+def test_a_diverged_relative_is_left_out_and_poisons_no_forecast(store):
+    kin = healthy_family(store)
+    # lr 1.0: it falls a little, then learns nothing more. Kept in the family, it bent the
+    # law's shape for all: bands of 0-24 on losses near 2, its own forecast -23.84.
+    bad = relative(store, replace(CAL_CFG, lr=1.0, min_lr=0.1),
+                   curve=lambda s: 6.0 + 1.5 * np.exp(-s / 30))
+    new = relative(store, replace(CAL_CFG, lr=4e-3, min_lr=4e-4), upto=160, level=2.02,
+                   status="running")
+    why = f"#{bad}: fits the law of its relatives far worse than they do"
+    for run_id in (new, kin[0]):
+        report = forecast_report(store, run_id, upto=160)
+        assert 0 < report["low"] < report["predicted_final"] < report["high"]
+        assert report["high"] - report["low"] < 0.05 * report["predicted_final"]
+        assert report["calibrated"] and report["family_size"] == len(kin) - (run_id in kin)
+        assert len(report["left_out"]) == 1 and report["left_out"][0].startswith(why)
+    healthy = forecast_report(store, kin[0], upto=160)
+    assert healthy["predicted_final"] == pytest.approx(healthy["actual_final"], rel=0.005)
+    own = forecast_report(store, bad)
+    assert own["predicted_final"] >= 0 and own["low"] >= 0
+    assert "this run's curve does not follow the law" in own["note"]
+
+
+def test_a_relative_the_guard_rolled_back_is_left_out(store):
+    kin = healthy_family(store)
+    store.log_event(kin[1], 120, "rollback", "rolled back to step 100 and skipped 2 batches")
+    new = relative(store, replace(CAL_CFG, lr=4e-3, min_lr=4e-4), upto=160, status="running")
+    report = forecast_report(store, new)
+    assert report["left_out"] == [f"#{kin[1]}: rolled back by the divergence guard at step 120"]
+    assert report["family_size"] == 2
+
+
+def test_a_finished_run_has_no_forecast_note(store):
+    # Stopped early at step 150 of a cosine run: the curve shows too little annealing to
+    # fit C, which on a running run is worth a note, and on a finished one is not.
+    cfg = replace(CAL_CFG, max_steps=400)
+    running = relative(store, cfg, upto=150, status="running")
+    assert "do not show the lr decay" in run_forecast(store, running).note
+    finished = relative(store, cfg, upto=150)
+    assert run_forecast(store, finished).note is None
+    assert forecast_report(store, finished)["note"] is None
+
+
+def test_the_forecast_is_refitted_when_a_relative_finishes_and_not_before(store):
+    run_id = relative(store, CAL_CFG, upto=100, status="running")
+    before = run_forecast(store, run_id)
+    assert run_forecast(store, run_id) is before  # kept: nothing that decides it changed
+    assert not before.calibrated
+    other = relative(store, replace(CAL_CFG, lr=5e-3, min_lr=5e-4), level=2.05,
+                     status="running")
+    assert run_forecast(store, run_id) is before  # a running relative is no relative yet
+    store.set_status(other, "completed")
+    after = run_forecast(store, run_id)
+    assert after.calibrated and after.family_size == 1
+    assert forecast_report(store, run_id)["predicted_final"] == after.predicted_final
