@@ -78,14 +78,15 @@ class LoginThrottle:
         with self._lock:
             now = self._clock()
             self._forget(now)
-            failures = self._clients.setdefault(client, _Failures())
+            failures = self._clients.get(client, _Failures())
             wait = max(self._left(failures, self.per_client, now),
                        self._left(self._all, self.overall, now))
             if wait > 0:
                 return Attempt(accepted=False, wait_s=wait)
             if correct():
-                del self._clients[client]
+                self._clients.pop(client, None)
                 return Attempt(accepted=True)
+            self._clients[client] = failures
             for record in (failures, self._all):
                 record.count += 1
                 record.last_at = now
