@@ -10,6 +10,7 @@ from gptcore.errors import GptdashError
 from jobs.errors import USER_ERRORS
 from jobs.serve import PASSWORD_ENV, check_bind, password_ok
 from ui import login_throttle
+from ui.plain_text import plain
 from ui.widgets import get_store, sidebar
 
 # A local icon: a Material or emoji page_icon makes the browser fetch it from a CDN.
@@ -37,7 +38,7 @@ password = os.environ.get(PASSWORD_ENV)
 try:
     check_bind(address, password)
 except GptdashError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 locked = bool(password) and not st.session_state.get("authenticated")
 # Navigation first, even behind the password: it resolves the page the URL asks for
@@ -66,4 +67,4 @@ try:
     sidebar(get_store())
     page.run()
 except USER_ERRORS as exc:  # e.g. the database is unreachable: one line, not a traceback
-    st.error(str(exc))
+    st.error(plain(exc))

@@ -11,6 +11,7 @@ from gptcore.errors import GptdashError
 from gptcore.metric_keys import VAL_LOSS
 from gptcore.sampling import MAX_NEW_TOKENS, SamplingConfig
 from jobs.forecasting import run_forecast
+from storage.names import one_line
 from storage.status import RunStatus
 from ui.config_diff import differing_params
 from ui.defaults import first_differing, newest_finished
@@ -18,6 +19,7 @@ from ui.events import CROWDING, event_traces, events_table, is_loss
 from ui.figures import X_TITLES, hparam_figure, metric_figure, run_colors, x_axis_frame
 from ui.forecast_view import forecast_table, forecast_traces, try_forecast
 from ui.groups import grouped_figure, seed_groups
+from ui.plain_text import chart_text, plain
 from ui.samples import sample_steps, samples_at
 from ui.widgets import empty_state, get_store, sample_from_run
 
@@ -51,7 +53,7 @@ else:
     st.session_state.compare_pick = [i for i in st.session_state.compare_pick if i in by_id]
 # No status in the chips: the browser keeps a chosen chip's label, which would go stale.
 chosen = st.multiselect("Runs", list(by_id), key="compare_pick",
-                        format_func=lambda i: f"#{i} {by_id[i].name}")
+                        format_func=lambda i: f"#{i} {one_line(by_id[i].name)}")
 if not chosen:
     st.info("Pick one or more runs to compare.")
     st.stop()
@@ -109,7 +111,7 @@ if metric == VAL_LOSS and x_mode != "time":
         if forecast is not None and by_id[i].status == RunStatus.RUNNING:
             top = frame.loc[frame["run_id"] == i, "value"].max()
             fig.add_traces(forecast_traces(
-                forecast, colors[i], name=f"{names[i]} · forecast",
+                forecast, colors[i], name=f"{chart_text(names[i])} · forecast",
                 x_per_step=tokens_per_step.get(i, 1) if x_mode == "tokens" else 1,
                 clip=(0.0, float(top)) if pd.notna(top) else None))
 events = store.events(chosen) if is_loss(metric) else pd.DataFrame()
@@ -124,16 +126,16 @@ st.caption(f"Up to {POINTS_PER_CURVE:,} points per curve; long series keep each 
            + (" Dotted: the forecast of each running run, with its band." if metric == VAL_LOSS
               else ""))
 if not events.empty:
-    listed = events_table(events, names)
+    listed = events_table(events, {i: plain(n) for i, n in names.items()})  # st.table: Markdown
     with st.expander(f"Events ({len(listed):,})"):
         st.caption("Best checkpoints are not drawn; each run's latest is listed.")
         st.table(listed, hide_index=True, border="horizontal")
 
 st.subheader("Forecast final val loss")
-rows = [{"run": f"#{i} {names[i]}", "status": by_id[i].status, "last_val": forecasts[i][2],
+rows = [{"run": plain(f"#{i} {names[i]}"), "status": by_id[i].status, "last_val": forecasts[i][2],
          "forecast": forecasts[i][0]} for i in chosen]
 st.table(forecast_table(rows), hide_index=True, border="horizontal")
-missing = [f"#{i}: {forecasts[i][1]}" for i in chosen if forecasts[i][1]]
+missing = [plain(f"#{i}: {forecasts[i][1]}") for i in chosen if forecasts[i][1]]
 if missing:
     st.caption(" · ".join(missing))
 else:
@@ -227,7 +229,7 @@ else:
         row = chosen[start:start + SAMPLES_PER_ROW]
         for i, column in zip(row, st.columns(SAMPLES_PER_ROW), strict=False):
             with column:
-                st.text(f"#{i} {names[i]}")
+                st.text(f"#{i} {one_line(names[i])}")
                 own = recorded[i]
                 newest = int(own["step"].max()) if latest and not own.empty else step
                 shown = samples_at(own, newest)

@@ -69,6 +69,7 @@ from ui.live import (
     view_range,
 )
 from ui.paths import shown_path
+from ui.plain_text import plain
 from ui.ray_cluster import job_summary
 from ui.widgets import empty_state, get_store, pick_run, tab_visible, user_errors
 
@@ -164,9 +165,9 @@ def status(r: RunRecord, series: LiveSeries) -> None:
                 text=f"Step {r.last_step:,} of {r.max_steps:,}")
     who = trained_by(r.worker, r.device, r.owner_host)
     if who:
-        st.caption(who)
+        st.caption(plain(who))  # a worker's name, as its owner typed it
     if r.tags:
-        st.caption(f"Tags: {format_tags(r.tags)}")
+        st.caption(f"Tags: {plain(format_tags(r.tags))}")
     if r.status in ACTIVE:
         if st.button("Stop this run", type="secondary",
                      help="Saves a checkpoint and stops within a step; resume it later."):

@@ -20,6 +20,7 @@ from ui.defaults import newest_finished
 from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
 from ui.paths import shown_path
+from ui.plain_text import plain
 from ui.widgets import get_store, run_label, run_on_choice, user_errors
 
 store = get_store()
@@ -104,7 +105,7 @@ with c4:
             load_base(config_from_upload(uploaded_cfg.getvalue()))
             st.rerun()
         except GptdashError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
 
 base: TrainConfig = st.session_state.form_base
 if "pending_corpus" in st.session_state:
@@ -178,12 +179,12 @@ with form_col:
                         st.session_state.pending_corpus = str(target)
                         st.rerun()
                     except USER_ERRORS as exc:
-                        st.error(str(exc))
+                        st.error(plain(exc))  # it may quote the file's name
 
 cfg, problems = form_problems(values, TrainConfig())
 for name, message in problems.items():
     if name in slots:
-        slots[name].error(message)
+        slots[name].error(plain(message))  # it may quote what was typed
 
 # ---- what it will cost, and Start --------------------------------------------------------------
 with summary_col:

@@ -5,9 +5,11 @@ import streamlit as st
 
 from jobs import actions
 from jobs.runner import can_resume
+from storage.names import one_line
 from storage.status import RESUMABLE, STATUSES, RunStatus
 from storage.tags import format_tags, parse_tags
 from ui.format import human_count, human_duration
+from ui.plain_text import plain
 from ui.widgets import empty_state, get_store, user_errors
 
 store = get_store()
@@ -31,10 +33,10 @@ if frame.empty:
 # Short headers and one "steps" column, so the whole table fits the page at 1400 px.
 table = pd.DataFrame({
     "id": frame["id"],
-    "name": frame["name"],
+    "name": frame["name"].map(one_line),  # an old row's bidi control shown, not obeyed
     "status": frame["status"],
     "worker": frame["worker"],
-    "tags": frame["tags"],
+    "tags": frame["tags"].map(one_line),
     "created": frame["created_at"],
     "duration": [human_duration(d) for d in frame["duration_s"]],
     "steps": [f"{s:,} / {m:,}" for s, m in zip(frame["last_step"], frame["max_steps"],
@@ -105,7 +107,7 @@ if b4.button("Resume", disabled=not resumable, width="stretch",
         st.rerun()
 with b5.popover("Delete", width="stretch",
                 disabled=any(r.status == RunStatus.RUNNING for r in runs)):
-    named = ", ".join(f"#{r.id} {r.name}" for r in runs)
+    named = plain(", ".join(f"#{r.id} {r.name}" for r in runs))
     st.write(f"Delete {named} with their metrics, samples and checkpoints? "
              "This cannot be undone.")
     # Keyed by the runs it names: a click made on another selection finds no such button.

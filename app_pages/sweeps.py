@@ -23,9 +23,11 @@ from jobs.sweeps import (
     plan_sweep,
     submit_sweep,
 )
+from storage.names import one_line
 from storage.status import ACTIVE, Executor, RunStatus
 from ui.compute import last_values
 from ui.live import LastBuilt
+from ui.plain_text import plain
 from ui.sweeps import (
     base_config,
     plan_summary,
@@ -132,7 +134,7 @@ with summary_col:
         problem = cut_problem(plan)
         plan = None if problem else plan
     if problem:
-        st.error(problem)
+        st.error(plain(problem))  # it may quote a value typed above
     elif not confirmed:
         st.warning(f"More than {CONFIRM_ABOVE} runs: tick the box to plan them and start.")
     elif plan is None:
@@ -170,7 +172,7 @@ by_id = {s.id: s for s in sweeps}
 if st.session_state.get("sweep_pick") not in by_id:
     st.session_state.sweep_pick = sweeps[0].id
 sweep = by_id[st.selectbox("Sweep", list(by_id), key="sweep_pick",
-                           format_func=lambda i: f"#{i} {by_id[i].name}")]
+                           format_func=lambda i: f"#{i} {one_line(by_id[i].name)}")]
 first_runs = store.list_runs(sweep_id=sweep.id)
 was_active = any(r.status in ACTIVE for r in first_runs)
 training = training_now(store)[0]

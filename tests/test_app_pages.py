@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from markdown_support import shown
 from streamlit.testing.v1 import AppTest
 
 from gptcore.config import apply_overrides, preset
@@ -136,7 +137,8 @@ def _open(at: AppTest, page: str) -> AppTest:
 
 
 def _texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """What the elements show (people's text reaches them escaped)."""
+    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def _values(data) -> list:
@@ -384,7 +386,7 @@ def test_form_refuses_emb_dim_not_divisible_by_n_heads(empty_app):
     at.number_input(key="f0_emb_dim").set_value(100)
     at.number_input(key="f0_n_heads").set_value(12)
     at.run()
-    assert any("not divisible by n_heads" in e.value for e in at.error)
+    assert any("not divisible by n_heads" in shown(e.value) for e in at.error)
     assert _start_button(at).disabled
     assert "setting(s) need a change" in _texts(at.warning)
 
@@ -404,7 +406,7 @@ def test_form_refuses_an_absurd_number_of_layers(empty_app):
     at.run()
     at.number_input(key="f0_n_layers").set_value(10000)
     at.run()
-    assert any("n_layers must be at most" in e.value for e in at.error)
+    assert any("n_layers must be at most" in shown(e.value) for e in at.error)
     assert _start_button(at).disabled
 
 

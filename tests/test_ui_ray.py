@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from markdown_support import shown
 from ray_support import RayCluster, submit_python
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
@@ -150,7 +151,8 @@ def _run_on_ray(store: RunStore, name: str, status: RunStatus,
 
 
 def _texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """What the elements show (people's text reaches them escaped)."""
+    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 @pytest.fixture
@@ -293,7 +295,7 @@ def test_a_sweep_started_on_ray_with_the_cluster_gone_queues_nothing_and_says_so
         _start(at, "Start sweep")
         assert not at.exception, [e.value for e in at.exception]
         [error] = at.error
-        assert "No Ray cluster answers at http://127.0.0.1:1" in error.value
+        assert "No Ray cluster answers at http://127.0.0.1:1" in shown(error.value)
     store = RunStore()
     assert store.list_runs() == [] and store.list_sweeps() == []
     store.close()

@@ -16,6 +16,7 @@ from gptcore.estimate import param_count, training_flops
 from storage.status import RunStatus
 from storage.store import RunRecord
 from ui.format import human_count
+from ui.plain_text import chart_text
 
 COMPUTE_COLUMNS = ("run_id", "name", "status", "params", "tokens", "compute", "val_loss")
 FRONTIER_COLOR = "#d62728"
@@ -78,7 +79,7 @@ def fit_caption(fit: FrontierFit) -> str:
 
 
 def _hover(part: pd.DataFrame) -> dict:
-    custom = np.column_stack([part["name"], part["params"].map(human_count),
+    custom = np.column_stack([part["name"].map(chart_text), part["params"].map(human_count),
                               part["compute"].map(lambda c: f"{c:.3g}")])
     return {"customdata": custom,
             "hovertemplate": "<b>%{customdata[0]}</b><br>%{customdata[1]} parameters<br>"

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from gptcore.config import TrainConfig
 from gptcore.schedule import lr_curve
+from ui.plain_text import chart_text
 from ui.smoothing import ema
 
 PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
@@ -149,7 +150,7 @@ def metric_traces(df: pd.DataFrame, *, names: dict[int, str] | None = None, x: s
     traces: list[dict] = []
     groups = dict(iter(df.groupby(["run_id", "key"], sort=False)))
     for run_id in runs:
-        run_name = names.get(run_id, f"run {run_id}")
+        run_name = chart_text(names.get(run_id, f"run {run_id}"))  # Plotly reads tags
         for key in keys:
             part = groups.get((run_id, key))
             if part is None:
@@ -239,7 +240,7 @@ def hparam_figure(points: pd.DataFrame, param: str, metric: str) -> go.Figure:
     categorical = _is_categorical(values)
     xs = values.astype(str) if categorical else pd.to_numeric(values, errors="coerce")
     fig = go.Figure(go.Scatter(
-        x=xs, y=points[metric], mode="markers+text", text=points["name"],
+        x=xs, y=points[metric], mode="markers+text", text=points["name"].map(chart_text),
         textposition="top center", marker={"size": 10},
         hovertemplate=f"%{{text}}<br>{param} %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
     ))

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 
 from gptcore.config import repeat_key
 from ui.figures import PALETTE, metric_traces, run_colors
+from ui.plain_text import chart_text
 from ui.smoothing import ema
 
 BAND_OPACITY = 0.2
@@ -131,6 +132,7 @@ def grouped_figure(fig: go.Figure, frame: pd.DataFrame, full: pd.DataFrame,
     for group in repeated:
         traces += band_traces(group_band(full, group, x=x),
                               color=colors.get(int(group[0]), PALETTE[0]),
-                              name=group_name([names.get(i, f"run {i}") for i in group]),
+                              name=chart_text(group_name([names.get(i, f"run {i}")
+                                                          for i in group])),
                               smoothing=smoothing, max_points=max_points)
     return go.Figure(data=traces, layout=fig.layout)

@@ -21,6 +21,7 @@ from ui.figures import padded_range
 from ui.forecast_view import calibration_label
 from ui.format import human_duration
 from ui.live import LIVE_REFRESH_S
+from ui.plain_text import chart_text
 
 # Settings whose good values spread over decades: a log axis whatever values were tried.
 LOG_PARAMS = ("lr", "min_lr", "weight_decay")
@@ -190,7 +191,7 @@ def sweep_figure(table: pd.DataFrame, param: str,
             continue
         xs = part[param].astype(str) if categorical else part[param]
         trace = {"type": "scatter", "x": xs, "y": part["val loss"], "mode": "markers",
-                 "name": kind, "marker": marker, "text": part["name"],
+                 "name": kind, "marker": marker, "text": part["name"].map(chart_text),
                  "opacity": SEED_RUN_OPACITY if seeded else 1.0,
                  "hovertemplate": f"%{{text}}<br>{param} %{{x}}<br>{kind} val loss "
                                   "%{y:.4g}<extra></extra>"}
@@ -204,7 +205,8 @@ def sweep_figure(table: pd.DataFrame, param: str,
     if not best.empty:
         traces.append({"type": "scatter", "mode": "markers", "name": "best",
                        "x": best[param].astype(str) if categorical else best[param],
-                       "y": best["val loss"], "marker": BEST_MARKER, "text": best["name"],
+                       "y": best["val loss"], "marker": BEST_MARKER,
+                       "text": best["name"].map(chart_text),
                        "hovertemplate": f"best: %{{text}}<br>{param} %{{x}}<br>val loss "
                                         "%{y:.4g}<extra></extra>"})
     if seeded:

@@ -18,11 +18,13 @@ from jobs.ray_cluster import cluster_address
 from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from jobs.runner import run_checkpoint
 from storage import home
+from storage.names import one_line
 from storage.schema import utcnow
 from storage.status import Executor, RunStatus
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
 from ui.paths import shown_path
+from ui.plain_text import plain
 from ui.workers import worker_state
 
 if TYPE_CHECKING:
@@ -76,11 +78,12 @@ def training_now(store: RunStore) -> tuple[list[int], int]:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a GptdashError as a readable message instead of a traceback."""
+    """Show a GptdashError as a readable message instead of a traceback; as plain text, for
+    a message may quote what someone typed."""
     try:
         yield
     except USER_ERRORS as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
 
 
 def empty_state(message: str) -> None:
@@ -91,7 +94,9 @@ def empty_state(message: str) -> None:
 
 
 def run_label(run: RunRecord) -> str:
-    return f"#{run.id} {run.name} · {run.status}"
+    """``#3 name · status`` for a select box's option: plain text there, a bidirectional
+    control in an old name shown escaped."""
+    return f"#{run.id} {one_line(run.name)} · {run.status}"
 
 
 def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | None = None,
@@ -110,7 +115,7 @@ def pick_run(label: str, runs: list[RunRecord], *, key: str, default_id: int | N
         del st.session_state[key]
     index = ids.index(default_id) if default_id in by_id and key not in st.session_state else 0
     chosen = st.selectbox(label, ids, index=index, key=key, help=help,
-                          format_func=lambda i: f"#{i} {by_id[i].name}")
+                          format_func=lambda i: f"#{i} {one_line(by_id[i].name)}")
     return by_id[chosen]
 
 
@@ -133,12 +138,13 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
 
     path = run_checkpoint(run, which)
     if path is None:
-        st.caption(f"#{run.id} {run.name} has no checkpoint yet.")
+        st.caption(f"#{run.id} {plain(run.name)} has no checkpoint yet.")
         return
     with user_errors():
         model, cfg, payload = load_model(str(path), os.path.getmtime(path))
         # User text: plain, never markup.
-        st.text(f"#{run.id} {run.name} · {path.name} from step {int(payload['step']):,}")
+        st.text(f"#{run.id} {one_line(run.name)} · {path.name} from step "
+                f"{int(payload['step']):,}")
         tokenizer = get_tokenizer(cfg.tokenizer)
         encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
         box = st.empty()
@@ -190,9 +196,9 @@ def sidebar(store: RunStore) -> None:
             hide_password=True)
         st.caption(f"Database: `{url.get_backend_name()}`")
         st.text(shown_path(str(where)))
-        st.caption(f"Home folder: {shown_path(home.home_dir())}")
+        st.caption(f"Home folder: {plain(shown_path(home.home_dir()))}")
         if home.artifacts_dir() != home.home_dir():
-            st.caption(f"Artifacts: {shown_path(home.artifacts_dir())}")
+            st.caption(f"Artifacts: {plain(shown_path(home.artifacts_dir()))}")
 
 
 def _worker_status(store: RunStore, visible: bool) -> None:
@@ -208,7 +214,8 @@ def _worker_status(store: RunStore, visible: bool) -> None:
         if current:
             st.caption("Training now")
             for run in (store.get_run(run_id) for run_id in current):
-                st.text(f"#{run.id} {run.name}\nstep {run.last_step:,}/{run.max_steps:,}")
+                st.text(f"#{run.id} {one_line(run.name)}\n"
+                        f"step {run.last_step:,}/{run.max_steps:,}")
         elif not alive:
             st.warning("No training worker is running: queued runs wait. Restart "
                        "`gptdash serve`, or start `gptdash worker`.")

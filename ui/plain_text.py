@@ -1,0 +1,34 @@
+"""What people write (run and sweep names, tags, notes, prompts, error messages that quote
+them) shown as typed, never read as markup.
+
+Streamlit reads Markdown in st.caption, st.error and the other alerts, st.toast, st.table
+cells and widget labels, with extensions of its own: LaTeX between ``$``, ``:red[…]`` and
+other directives, ``:material/…:`` icons, emoji shortcodes. Plotly reads ``<b>``,
+``<a href>`` and entities in trace names and hover text. A page shows people's text with
+st.text, st.code or a dataframe cell where it can, and through these where it cannot.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from storage.names import one_line
+
+# CommonMark lets a backslash escape any ASCII punctuation, and every piece of Markdown
+# syntax, Streamlit's extensions included, starts with one: escaping them all leaves
+# nothing to read as syntax.
+_MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+
+
+def plain(text: object) -> str:
+    r"""``text`` for a place Streamlit reads as Markdown, shown as typed: no link, image,
+    emphasis, LaTeX, colour or icon, and its control characters, bidirectional ones
+    included, escaped on one line (``\n``, ``\u202e``)."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\g<0>", one_line(str(text)))
+
+
+def chart_text(text: object) -> str:
+    """``text`` for a Plotly trace name, hover text or label, shown as typed: tags and
+    entities escaped, and control characters too (``one_line``)."""
+    return html.escape(one_line(str(text)), quote=False)
