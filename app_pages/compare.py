@@ -5,7 +5,7 @@ hyperparameters differ and what they did, and read the runs' samples side by sid
 import pandas as pd
 import streamlit as st
 
-from analysis.forecast import Forecast
+from analysis.forecast import BAND_LEVEL, Forecast
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.metric_keys import VAL_LOSS
@@ -28,11 +28,10 @@ POINTS_PER_CURVE = 2000
 SAMPLES_PER_ROW = 3
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
-def forecast_of(run_id: int, evaluations: int, status: str
-                ) -> tuple[Forecast | None, str | None, float | None]:
-    """The run's forecast, why there is none, and its last val loss; refitted only when the
-    run has a new evaluation or status (not each time its step moves)."""
+def forecast_of(run_id: int) -> tuple[Forecast | None, str | None, float | None]:
+    """The run's forecast, why there is none, and its last val loss. The forecast is the
+    one Live and ``gptdash forecast`` show: ``run_forecast`` keeps it until a new
+    evaluation or a finished relative changes it."""
     val = store.metrics([run_id], [VAL_LOSS])
     last_val = float(val["value"].iloc[-1]) if not val.empty else None
     forecast, failure = try_forecast(lambda: run_forecast(store, run_id))
@@ -98,12 +97,7 @@ if group_seeds and groups:
                          max_points=POINTS_PER_CURVE)
 
 
-def evaluations_so_far(r) -> int:
-    interval = r.config.get("eval_interval") if isinstance(r.config, dict) else None
-    return r.last_step // interval if isinstance(interval, int) and interval > 0 else r.last_step
-
-
-forecasts = {i: forecast_of(i, evaluations_so_far(by_id[i]), by_id[i].status) for i in chosen}
+forecasts = {i: forecast_of(i) for i in chosen}
 if metric == VAL_LOSS and x_mode != "time":
     colors = run_colors(chosen)
     for i in chosen:
@@ -140,8 +134,8 @@ if missing:
     st.caption(" · ".join(missing))
 else:
     st.caption("A fit of each run's val-loss curve, aware of its lr schedule; the band holds "
-               "one evaluation at max_steps with 95% probability. Runs with fewer than five "
-               "evaluations have none yet.")
+               f"one evaluation at max_steps with {BAND_LEVEL:.0%} probability. Runs with too "
+               "few evaluations have none yet.")
 
 
 def export_csv() -> bytes:

@@ -225,7 +225,9 @@ def _forecast(run: RunRecord, steps: list[int], losses: list[float], upto: int |
         forecast = replace(forecast, note=f"this run's curve does not follow the law ({astray}), "
                                           "so it is fitted alone and its forecast is a poor guide")
     if family is not None:
-        forecast = replace(forecast, left_out=family.left_out)
+        # Uncalibrated, a forecast still says how many relatives it had (and did not use).
+        forecast = replace(forecast, left_out=family.left_out,
+                           family_size=forecast.family_size or len(family.curves))
     if fit is None:
         return _Answer(forecast, needed)
     half = band_half_width(family.errors(forecast.upto_step / cfg.max_steps), BAND_LEVEL)

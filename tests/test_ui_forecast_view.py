@@ -50,6 +50,20 @@ def test_summary_and_table_say_a_forecast_is_calibrated_and_on_how_many(forecast
     assert calibration_label(forecast) == "uncalibrated" and calibration_label(None) == "—"
 
 
+def test_summary_says_which_relatives_were_left_out_and_why(forecast):
+    why = "#7: diverged: its val loss rose from 3.1 at step 200 to 9.8 at step 1,000"
+    calibrated = replace(forecast, calibrated=True, family_size=3, band_source="relatives",
+                         left_out=(why,))
+    assert forecast_summary(calibrated).endswith(
+        "calibrated on 3 finished relatives; the band is from their forecasts' misses; "
+        f"left out of the family's fit, off the law: {why}")
+    # Its only relative left out: fitted alone, but not for want of a finished relative.
+    alone = replace(forecast, left_out=(why,))
+    assert forecast_summary(alone).endswith(
+        "uncalibrated: the law's shape is fitted on this run alone and the band is the "
+        f"fit's own; left out of the family's fit, off the law: {why}")
+
+
 def test_traces_a_band_between_low_and_high_and_a_dotted_curve_to_max_steps(forecast):
     low, high, mid = forecast_traces(forecast, "#636efa")
     assert [t["name"] for t in (low, high, mid)] == [f"{FORECAST_NAME} low", BAND_NAME,

@@ -28,17 +28,21 @@ def band_text(forecast: Forecast) -> str:
 
 
 def calibration_text(forecast: Forecast) -> str:
-    """Whether the forecast learned from finished relatives, and where its band comes from."""
+    """Whether the forecast learned from finished relatives, where its band comes from,
+    and which relatives were left out of the family's fit, and why."""
+    left_out = ("; left out of the family's fit, off the law: " + "; ".join(forecast.left_out)
+                if forecast.left_out else "")
     if not forecast.calibrated:
-        return (f"{UNCALIBRATED}: no finished relative yet (a completed run of the same "
-                "model, data, batch and optimizer), so the law's shape is fitted on this "
-                "run alone and the band is the fit's own")
+        why = ("no finished relative yet (a completed run of the same model, data, batch "
+               "and optimizer), so " if forecast.family_size == 0 and not left_out else "")
+        return (f"{UNCALIBRATED}: {why}the law's shape is fitted on this run alone and the "
+                f"band is the fit's own{left_out}")
     n = forecast.family_size
     relatives = f"{n} finished relative{'s' if n != 1 else ''}"
     if forecast.band_source == "relatives":
-        return f"calibrated on {relatives}; the band is from their forecasts' misses"
+        return f"calibrated on {relatives}; the band is from their forecasts' misses{left_out}"
     return (f"calibrated on {relatives}; the band is the fit's own (two relatives are "
-            "needed to measure misses)")
+            f"needed to measure misses){left_out}")
 
 
 def calibration_label(forecast: Forecast | None) -> str:
