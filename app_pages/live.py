@@ -328,11 +328,12 @@ def live() -> None:
     read_events = _kept("events", LastBuilt)
     events = read_events.get((store.event_count([run_id]), st.session_state["live_page_runs"]),
                              lambda: store.events([run_id]))
-    # The forecast changes with a new evaluation, or when a relative finishes (looked for
-    # every FAMILY_CHECK_S: the family is read from the database).
+    # The forecast changes with a new evaluation, the run's end (a finished run has no
+    # decay still to come), or when a relative finishes (looked for every FAMILY_CHECK_S:
+    # the family is read from the database).
     fit = _kept("forecast", LastBuilt)
     forecast, failure = fit.get(
-        (series.latest_step(VAL_LOSS), int(time.monotonic() // FAMILY_CHECK_S)),
+        (series.latest_step(VAL_LOSS), r.status, int(time.monotonic() // FAMILY_CHECK_S)),
         lambda: try_forecast(lambda: run_forecast(store, run_id)))
     overlay_key = (series.version, read_events.builds, fit.builds)
     overlays = _kept("overlays", LastBuilt).get(
