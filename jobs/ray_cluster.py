@@ -35,6 +35,8 @@ LOG_TAIL_LINES = 40
 AGENT_WAIT_S = 60.0
 _JOB_ID = re.compile(r"^gptdash-run-(\d+)-(\d+)$")
 INSTALL_HINT = "pip install 'gptdash[ray]' (make setup does)"
+AUTH_HINT = ("RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the cluster's "
+             "token (`ray get-auth-token` on its head)")
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,13 @@ def _client(address: str) -> Any:
 
 
 def _unusable(address: str, exc: Exception) -> GptdashError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    text = str(exc)
+    if "Authentication required" in text or "Authentication failed" in text \
+            or "authentication token" in text:  # Ray's words for a 401 and a 403
+        got = "refused the token given" if "Authentication failed" in text else "got no token"
+        return GptdashError(f"The Ray cluster at {address} uses token authentication and "
+                            f"{got}: set {AUTH_HINT}")
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
     return GptdashError(f"The Ray cluster at {address} did not answer as a Ray dashboard "
                         f"({first}): check {RAY_ADDRESS_ENV}")
 

@@ -16,9 +16,11 @@ Ray Train across Ray workers (``jobs.ray_train``), the job itself asking for no 
 
 ``reconcile`` (the supervisor of ``gptdash serve``, and every command's recovery pass where
 ``GPTDASH_RAY_ADDRESS`` is set) settles what the cluster knows and the rows do not: a job
-that ended while its run was still training leaves the run ``interrupted``, one that ended
-before it started training ``failed``, each with Ray's reason; a queued run whose job is
-missing gets it submitted; a run still training 30 s after its Stop has its job stopped.
+that ended while its run was still training leaves the run ``interrupted`` once its
+trainer is gone too (a trainer that outlived its job must never meet a resumed one), one
+that ended before it started training ``failed``, each with Ray's reason; a queued run whose
+job is missing gets it submitted; a run still training 30 s after its Stop has its job
+stopped.
 
 Ray is imported only through ``jobs.ray_cluster`` and only when a cluster is asked
 something; an unset address costs nothing and an unreachable one a short TCP timeout.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -51,6 +54,8 @@ from jobs.ray_cluster import (
     submit_job,
 )
 from jobs.ray_cluster import _client as job_client  # the probed JobSubmissionClient
+from jobs.ray_secrets import db_env
+from jobs.recovery import pid_alive, this_host
 from storage import home
 from storage.schema import utcnow
 from storage.status import ACTIVE, EXECUTORS, Executor, RunStatus
@@ -70,6 +75,8 @@ STOP_WAIT_S = 60
 # A run queued for Ray that has named no job yet is its submitter's for this long.
 SUBMIT_GRACE_S = 60.0
 BEAT_S = 5.0
+# A trainer beats at least every BEAT_S; this long without a beat from another host, it is gone.
+TRAINER_QUIET_S = 3 * BEAT_S
 TAIL_LINES = 15
 _PASSED_ENV = ("GPTDASH_HOME", "RAY_AUTH_MODE")
 _TERMINAL = ("STOPPED", "SUCCEEDED", "FAILED")
@@ -112,7 +119,10 @@ class RayCluster:
         try:
             submit_job(
                 self.client,
-                entrypoint=f"{sys.executable} -m jobs ray-run {run.id} --job {run.worker}",
+                # exec: the process Ray tracks, stops and reports on is the trainer itself,
+                # never a shell whose death would leave the trainer running.
+                entrypoint=(f"exec {shlex.quote(sys.executable)} -m jobs ray-run {run.id} "
+                            f"--job {run.worker}"),
                 submission_id=run.worker, runtime_env={"env_vars": _job_env(store)},
                 metadata={"gptdash_run": str(run.id)}, **resources)
         except Exception as exc:  # noqa: BLE001 - Ray raises RuntimeError for anything
@@ -165,8 +175,9 @@ def _spans_workers(config: dict) -> bool:
 
 
 def _job_env(store: RunStore) -> dict[str, str]:
-    """What the job needs to reach this database and artifacts folder from any node."""
-    env = {"GPTDASH_DB_URL": store.url, "GPTDASH_ARTIFACTS": str(home.artifacts_dir().resolve()),
+    """What the job needs to reach this database and artifacts folder from any node; Ray
+    shows all of it, so the database password goes by file (``jobs.ray_secrets``)."""
+    env = {**db_env(store.url), "GPTDASH_ARTIFACTS": str(home.artifacts_dir().resolve()),
            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
     env.update({key: os.environ[key] for key in _PASSED_ENV if os.environ.get(key)})
     return env
@@ -235,7 +246,6 @@ def run_job(store: RunStore, run_id: int, job: str) -> int:
     SIGTERM (Ray's stop_job), SIGINT and SIGHUP stop the run with a checkpoint.
     """
     from jobs import runner
-    from jobs.recovery import this_host
 
     if not store.claim_ray_run(run_id, job, host=this_host(), pid=os.getpid()):
         run = store.get_run(run_id)
@@ -352,6 +362,8 @@ def _settle(store: RunStore, cluster: RayCluster, known: dict[str, RayJob], run:
                 return (f"run {run.id} did not stop within {stops.grace_s:g} s of its Stop: "
                         f"stopped its Ray job {named}")
             return None
+        if trainer_may_live(run):  # a resume now would start a second trainer beside it
+            return None
         status = RunStatus.INTERRUPTED
         then = ("resume it to continue from its last checkpoint" if run.checkpoint_path
                 else "it saved no checkpoint yet: resume it to restart from step 0")
@@ -360,6 +372,20 @@ def _settle(store: RunStore, cluster: RayCluster, known: dict[str, RayJob], run:
     if store.end_if_still(run.id, worker=named, was=run.status, status=status, error=error):
         return f"run {run.id}: Ray job {named} ended ({job.status}); marked {status}"
     return None
+
+
+def trainer_may_live(run: RunRecord) -> bool:
+    """Whether the process that trains a run may still live although its Ray job ended: its
+    pid, on this host; from another host, a heartbeat within ``TRAINER_QUIET_S``.
+
+    Ray's word that a job ended is about the process it tracks, not about everything that
+    process started (a job of an older release ran the trainer under a shell, and killing
+    the shell left the trainer training).
+    """
+    if run.owner_host == this_host() and run.owner_pid is not None:
+        return pid_alive(run.owner_pid)
+    last = run.heartbeat_at or run.started_at
+    return last is not None and utcnow() - last < timedelta(seconds=TRAINER_QUIET_S)
 
 
 def _reason(job: RayJob) -> str:

@@ -26,6 +26,7 @@ import threading
 from gptcore.config import TrainConfig
 from gptcore.distributed import RAY_TRAIN_ENV
 from gptcore.errors import GptdashError
+from jobs.ray_secrets import PASSFILE_ENV, db_env
 from storage import home
 from storage.status import RunStatus
 from storage.store import RunStore
@@ -36,7 +37,8 @@ POLL_S = 0.5
 # Ray Train's own records of a run (no checkpoints: those are the trainer's) go in a folder
 # of this name in the run's checkpoint folder, which every machine reaches.
 RAY_TRAIN_NAME = "ray-train"
-ENV_PASSED = ("GPTDASH_HOME",)  # passed on to the workers when set here
+# Passed on to the workers when set here (the job's pgpass file among them).
+ENV_PASSED = ("GPTDASH_HOME", PASSFILE_ENV)
 
 
 def needs_ray_train(cfg: TrainConfig) -> bool:
@@ -120,9 +122,10 @@ def _trainer(store: RunStore, run_id: int, cfg: TrainConfig):
     if problem := capacity_problem(cfg, device, capacity):
         raise GptdashError(problem)  # else it would wait for the resources for ever
     use_gpu = device == "cuda"
-    env = {"GPTDASH_DB_URL": store.url, "GPTDASH_ARTIFACTS": str(home.artifacts_dir().resolve()),
-           RAY_TRAIN_ENV: "1",
-           **{key: os.environ[key] for key in ENV_PASSED if key in os.environ}}
+    # Ray shows the workers' environment too: the password goes by file (jobs.ray_secrets).
+    env = {**{key: os.environ[key] for key in ENV_PASSED if key in os.environ},
+           **db_env(store.url), "GPTDASH_ARTIFACTS": str(home.artifacts_dir().resolve()),
+           RAY_TRAIN_ENV: "1"}
     return TorchTrainer(
         _train_worker,
         train_loop_config={"run_id": run_id, "device": device, "cwd": os.getcwd()},

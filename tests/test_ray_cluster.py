@@ -106,6 +106,33 @@ def test_a_server_that_is_not_a_ray_dashboard_is_one_line(not_a_dashboard):
         assert "did not answer as a Ray dashboard" in _one_line(call, not_a_dashboard)
 
 
+@pytest.mark.parametrize(("status", "body", "got"), [
+    (401, "Unauthorized: Missing authentication token", "got no token"),
+    (403, "Forbidden: Invalid authentication token", "refused the token given")])
+def test_a_cluster_with_token_authentication_says_how_to_give_the_token(status, body, got):
+    class TokenAuth(http.server.BaseHTTPRequestHandler):
+        """What a head started with RAY_AUTH_MODE=token answers a request without its token."""
+
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenAuth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for call in (ray_cluster.nodes, ray_cluster.jobs):
+            with pytest.raises(GptdashError) as caught:
+                call(address)
+            assert str(caught.value) == (f"The Ray cluster at {address} uses token "
+                                         f"authentication and {got}: set "
+                                         f"{ray_cluster.AUTH_HINT}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_address_that_is_no_url_says_what_to_give():
     for bad in ("ftp://head:8265", "http://", "http://head:port"):
         assert "give one like http://head:8265" in _one_line(ray_cluster.nodes, bad)

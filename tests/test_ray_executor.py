@@ -13,11 +13,15 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from stat import S_IMODE
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import text
@@ -28,6 +32,8 @@ from jobs import ray_executor, runner
 from jobs.cli import main
 from jobs.ray_cluster import jobs, submit_job
 from jobs.ray_executor import reconcile
+from jobs.ray_secrets import db_env
+from jobs.recovery import pid_alive, this_host
 from jobs.serve import checks
 from jobs.supervisor import Periodic, Supervisor
 from storage.migrate import upgrade
@@ -39,6 +45,7 @@ MICRO = ["--preset", "tiny", "--set", "context_length=16", "--set", "emb_dim=32"
          "--set", "n_layers=2", "--set", "batch_size=8", "--set", "eval_iters=2",
          "--set", "sample_tokens=8", "--set", "warmup_steps=2", "--set", "device=cpu"]
 TIMEOUT_S = 180.0
+PASSWORD = "S3cretPw"
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT_S) -> None:
@@ -143,7 +150,24 @@ def test_stop_from_the_cli_then_resume_on_ray_continues_the_curve(on_ray, ray_cl
     assert (curve["wall_time"][~first_job] > resumed_at).all()
 
 
-def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
+def entrypoint_pid(run_id: int, job: str) -> int:
+    """The process Ray started for a job, the one it tracks: the outermost process whose
+    command line runs the job's ``ray-run``."""
+    marker = f"jobs ray-run {run_id} --job {job}"
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if entry.name.isdigit() and marker in cmdline:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+        except OSError:
+            continue
+    (pid,) = [pid for pid, parent in parents.items() if parent not in parents]
+    return pid
+
+
+def test_killing_a_jobs_entrypoint_takes_its_trainer_along_and_resume_completes(
         on_ray, ray_cluster, capsys):
     code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=40",
                              "--set", "eval_interval=20", "--on", "ray")
@@ -151,10 +175,14 @@ def test_job_killed_with_9_is_interrupted_with_rays_reason_and_resume_completes(
     run_id = int(out)
     wait_for(status_is(on_ray, run_id, RunStatus.RUNNING), "its job to take it")
     run = on_ray.get_run(run_id)
-    os.kill(run.owner_pid, signal.SIGKILL)  # the job's own process, which trains the run
+    os.kill(entrypoint_pid(run_id, run.worker), signal.SIGKILL)
+    # The trainer dies with it (a shell between them used to leave it training under PID 1).
+    wait_for(lambda: not pid_alive(run.owner_pid), "the trainer to die with its job", 5.0)
+    steps = train_steps(on_ray, run_id)
     wait_for(lambda: jobs(ray_cluster.address, run_id)[0].status == "FAILED",
              "Ray to see its job fail")
     assert on_ray.get_run(run_id).status == RunStatus.RUNNING  # nothing but Ray knows yet
+    assert train_steps(on_ray, run_id) == steps  # nothing written since
 
     code, out, err = gptdash(capsys, "list")  # any command's recovery pass reconciles
     assert code == 0
@@ -200,6 +228,32 @@ def test_a_job_that_fails_before_training_fails_its_run_with_rays_reason(on_ray,
     assert reconcile(on_ray) == []  # settled once
 
 
+def test_a_run_whose_job_ended_stays_running_while_its_trainer_may_live(
+        on_ray, ray_cluster, monkeypatch):
+    here = on_ray.create_run("here", {}, executor=Executor.RAY)
+    here_job = a_job_named_by(on_ray, here, "exit 1")
+    away = on_ray.create_run("away", {}, executor=Executor.RAY)
+    away_job = a_job_named_by(on_ray, away, "exit 1")
+    trainer = subprocess.Popen(["sleep", "120"])  # a trainer its job's end left behind
+    try:
+        assert on_ray.claim_ray_run(here, here_job, host=this_host(), pid=trainer.pid)
+        assert on_ray.claim_ray_run(away, away_job, host="elsewhere", pid=trainer.pid)
+        for job in (here_job, away_job):
+            wait_for(lambda j=job: job_status(ray_cluster.address, j)() == "FAILED",
+                     f"{job} to fail")
+        on_ray.heartbeat(away)  # the other host's trainer beats on
+        assert reconcile(on_ray) == []  # and the pid on this host lives
+        assert {on_ray.get_run(r).status for r in (here, away)} == {RunStatus.RUNNING}
+    finally:
+        trainer.kill()
+        trainer.wait()
+    monkeypatch.setattr(ray_executor, "TRAINER_QUIET_S", 0.5)
+    time.sleep(0.6)
+    assert reconcile(on_ray) == [
+        f"run {here}: Ray job {here_job} ended (FAILED); marked interrupted",
+        f"run {away}: Ray job {away_job} ended (FAILED); marked interrupted"]
+
+
 def test_a_run_that_ignores_its_stop_has_its_job_stopped_after_the_grace(on_ray, ray_cluster):
     run_id = on_ray.create_run("hung", {}, executor=Executor.RAY)
     job = a_job_named_by(on_ray, run_id, "sleep 120")  # a trainer that never polls its flag
@@ -236,6 +290,52 @@ def test_a_queued_run_whose_job_never_came_gets_it_and_a_cancel_stops_that_job(
     wait_for(lambda: status() in ("STOPPED", "SUCCEEDED"), "its job to end")
     run = on_ray.get_run(run_id)
     assert (run.status, run.last_step, run.started_at) == ("cancelled", 0, None)
+
+
+def test_no_password_in_what_ray_shows_of_a_job_on_postgresql(home, ray_cluster, pg_head_url,
+                                                               monkeypatch, capsys):
+    url = pg_head_url.replace("gptdash@", f"gptdash:{PASSWORD}@")
+    monkeypatch.setenv("GPTDASH_DB_URL", url)
+    monkeypatch.setenv("GPTDASH_RAY_ADDRESS", ray_cluster.address)
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=4",
+                             "--set", "eval_interval=2", "--on", "ray")
+    assert code == 0, err
+    store = RunStore(url)
+    run_id = int(out)
+    wait_for(status_is(store, run_id, *FINISHED), "the run to end")
+    run = store.get_run(run_id)
+    assert run.status == RunStatus.COMPLETED, run.error  # its job reached the database
+    store.close()
+
+    client = ray_executor.connect().client
+    info = client.get_job_info(run.worker)
+    with urllib.request.urlopen(f"{ray_cluster.address}/api/jobs/", timeout=30) as answer:
+        shown = [answer.read().decode(), info.model_dump_json(),
+                 json.dumps([job.model_dump(mode="json") for job in client.list_jobs()])]
+    logs = [p for p in ray_cluster.folder.rglob("*") if p.suffix in (".log", ".out", ".err")]
+    assert any(p.name.startswith("runtime_env_agent") for p in logs)
+    shown += [p.read_text(errors="replace") for p in logs if p.is_file()]
+    assert [text for text in shown if PASSWORD in text] == []
+    assert info.runtime_env["env_vars"]["GPTDASH_DB_URL"] == pg_head_url
+
+
+def test_a_jobs_database_password_is_in_a_file_for_its_user_alone_where_libpq_finds_it(
+        home, pg_head_url, monkeypatch):
+    password = "S3c:r\\et pw"
+    env = db_env(pg_head_url.replace("gptdash@", f"gptdash:{quote(password, safe='')}@"))
+    assert env["GPTDASH_DB_URL"] == pg_head_url
+    passfile = Path(env["PGPASSFILE"])
+    assert passfile.is_relative_to(home)
+    assert [S_IMODE(p.stat().st_mode) for p in (passfile, passfile.parent)] == [0o600, 0o700]
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    engine = make_engine(env["GPTDASH_DB_URL"])
+    try:
+        with engine.connect() as connection:
+            assert connection.connection.dbapi_connection.info.password == password
+    finally:
+        engine.dispose()
+    sqlite = f"sqlite:///{home / 'gptdash.db'}"
+    assert db_env(sqlite) == {"GPTDASH_DB_URL": sqlite}  # nothing to hide, nothing written
 
 
 @pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "lr=1e-3,3e-3"]])
