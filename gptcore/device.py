@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from gptcore.config import TrainConfig
@@ -41,6 +44,35 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
+
+
+def usable_cores() -> int:
+    """The physical cores among the CPUs this process may run on (its affinity: taskset, a
+    container's cpuset): a second thread on a hyper-threaded core gains a run nothing."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # macOS has no affinity
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(),
+                       (topology / "core_id").read_text()))
+        except OSError:  # no topology (some containers): each CPU a core
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def cpu_threads(cores: int, sharing: int, limit: int | None = None) -> int:
+    """Torch threads for one of ``sharing`` processes that train or sample on ``cores`` cores
+    at once: an even share, at least one, and no more than ``limit`` (OMP_NUM_THREADS).
+
+    torch gives every process one thread per core: two processes side by side spin twice as
+    many threads as there are cores and slow each other several times over.
+    """
+    share = max(1, cores // max(1, sharing))
+    return min(share, limit) if limit else share
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -59,12 +59,14 @@ def cmd_train(args, store: RunStore) -> int:
     from gptcore.distributed import ranks_from_env
     from jobs import runner
     from jobs.foreground import train_as_rank, train_new
+    from jobs.threads import use_threads
 
     def create() -> int:
         return runner.create_run(store, cfg, name=args.name, tags=parse_tags(args.tag))
 
     if ranks_from_env().enabled:  # started by hand under torchrun
         return train_as_rank(store, cfg.device, create, args.quiet)
+    use_threads(store, args.threads, counted=False)  # its run is not claimed yet
     return train_new(store, create(), args.quiet)
 
 
@@ -191,13 +193,17 @@ def cmd_resume(args, store: RunStore) -> int:
         print(f"run {args.run_id} queued to resume on the next free worker{note}")
         return EXIT_OK
     from jobs.foreground import cmd_resume as resume
+    from jobs.threads import use_threads
 
+    use_threads(store, args.threads, counted=False)  # its run is not claimed yet
     return resume(args, store)
 
 
 def cmd_sample(args, store: RunStore) -> int:
     from jobs.foreground import cmd_sample as sample
+    from jobs.threads import use_threads
 
+    use_threads(store, args.threads, counted=False)
     return sample(args, store)
 
 
@@ -283,7 +289,7 @@ def cmd_worker(args, store: RunStore) -> int:
     from jobs.worker import run_worker
 
     return run_worker(store, name=args.name, device=args.device, dead_after_s=args.dead_after,
-                      exit_when_idle=args.exit_when_idle)
+                      exit_when_idle=args.exit_when_idle, threads=args.threads)
 
 
 def cmd_db_upgrade(args) -> int:
@@ -332,6 +338,24 @@ def _port(value: str) -> int:
     return port
 
 
+def _threads(value: str) -> int:
+    """A count of torch threads for ``--threads``; anything else is an argparse error."""
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count of threads: use 1 or more")
+    return threads
+
+
+def _add_threads_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--threads``: the torch threads of a process that trains or samples."""
+    p.add_argument("--threads", type=_threads, metavar="N",
+                   help=f"torch threads {what} (default: this process's CPUs shared among "
+                        "the runs and workers on this machine, at most one per core)")
+
+
 def _add_config_args(p: argparse.ArgumentParser, what: str = "run") -> None:
     """The options that make a config, shared by ``train``, ``submit`` and ``sweep``."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
@@ -367,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="create a run and train it in the foreground")
     _add_config_args(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads_arg(t, "to train on")
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("submit", help="queue a run for the dashboard's worker (or any "
@@ -415,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
     r.add_argument("run_id", type=int)
     r.add_argument("--quiet", action="store_true")
+    _add_threads_arg(r, "to train on here")
     r.add_argument("--queue", action="store_true",
                    help="put it back in the queue for a worker instead of training it here")
     r.add_argument("--on", choices=EXECUTORS, default=Executor.LOCAL,
@@ -451,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int)
     sm.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                     help="the weights with the best val loss (default) or the last ones")
+    _add_threads_arg(sm, "to sample on")
     sm.set_defaults(func=cmd_sample)
 
     w = sub.add_parser("worker", help="train queued runs from the shared database, one at a "
@@ -463,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run whose owner has not beaten for this long becomes interrupted")
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit once the queue is empty (for batch jobs)")
+    _add_threads_arg(w, "each run trains on")
     w.set_defaults(func=cmd_worker)
 
     rk = sub.add_parser("rank", help="(internal) one torchrun rank of a run that a worker "

@@ -18,6 +18,7 @@ import threading
 from gptcore.config import TrainConfig
 from jobs import actions, runner
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
+from jobs.threads import use_threads
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,18 @@ class JobManager:
     is the device it trains runs whose config says ``auto`` on (default: the best
     one this machine has); ``dead_after_s`` is how long another owner may stay
     silent before its run counts as interrupted. ``exit_when_idle`` ends the worker
-    once the queue is empty (a batch job that drains the queue).
+    once the queue is empty (a batch job that drains the queue). ``threads`` is the torch
+    threads each run trains on (default: ``jobs.threads``' share of this machine's cores).
     """
 
     def __init__(self, store: RunStore, *, name: str | None = None, device: str | None = None,
                  dead_after_s: float = DEFAULT_DEAD_AFTER_S, exit_when_idle: bool = False,
-                 start: bool = True):
+                 threads: int | None = None, start: bool = True):
         self.store = store
         self.worker = name or worker_id()
         self.device = device
         self.dead_after_s = dead_after_s
+        self.threads = threads
         self._wake = threading.Event()
         self._shutdown = threading.Event()
         self._lock = threading.Lock()
@@ -182,6 +185,7 @@ class JobManager:
                 run_under_torchrun(self.store, run_id, nproc, stop_event=stop_event,
                                    device=self.device)
             else:
+                use_threads(self.store, self.threads, counted=True)  # here, in the run's thread
                 runner.execute_run(self.store, run_id, stop_event=stop_event,
                                    device=self.device)
         except Exception:  # noqa: BLE001 - the row already says failed; keep the worker alive

@@ -49,7 +49,7 @@ def _gone_from_this_host(worker: WorkerRecord) -> bool:
 
 
 def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: float,
-               exit_when_idle: bool) -> int:
+               exit_when_idle: bool, threads: int | None = None) -> int:
     """Train queued runs until the queue is empty (``exit_when_idle``) or a signal."""
     from gptcore.device import device_label, resolve_device
     from jobs.manager import JobManager
@@ -62,7 +62,7 @@ def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: 
         store.take_worker_name(name, host=this_host(), pid=os.getpid(),
                                dead_after_s=dead_after_s, gone=_gone_from_this_host)
     manager = JobManager(store, name=name, device=config_device, dead_after_s=dead_after_s,
-                         exit_when_idle=exit_when_idle)
+                         exit_when_idle=exit_when_idle, threads=threads)
     print(f"gptdash worker {manager.worker} on {label}: training queued runs "
           "(Ctrl-C to stop)", file=sys.stderr, flush=True)
     received: list[int] = []

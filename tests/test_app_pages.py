@@ -345,6 +345,34 @@ def test_playground_generates_text_from_a_checkpoint(trained_app):
     assert len(output) > len("The ")
 
 
+def test_playground_samples_on_its_share_of_the_cores(trained_app, monkeypatch):
+    """In the script's own thread, on jobs.threads' share of the cores (nothing trains here),
+    not on the count this process last set (one, by this module's fixture)."""
+    from gptcore import generate
+    from gptcore.device import cpu_threads, usable_cores
+    from jobs.threads import omp_limit
+
+    seen, real = [], generate.stream_text
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "stream_text", spy)
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/playground.py")
+    at.selectbox(key="play_a").set_value(ids["beta"])
+    at.text_area[0].input("The ")
+    before = torch.get_num_threads()
+    try:
+        [b for b in at.button if b.label == "Generate"][0].click().run()
+    finally:
+        torch.set_num_threads(before)  # the threads this module's training starts with
+    assert not at.exception and not at.error
+    assert seen == [cpu_threads(usable_cores(), 1, omp_limit())]
+
+
 def test_pages_start_from_the_newest_completed_runs_and_two_different_runs(trained_app):
     at, ids = trained_app  # alpha, beta completed; broken (the newest) failed at step 0
     at.run()

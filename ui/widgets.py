@@ -135,6 +135,7 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
     """
     from gptcore.generate import encode_prompt, stream_text
     from gptcore.tokenizer import get_tokenizer
+    from jobs.threads import use_threads
 
     path = run_checkpoint(run, which)
     if path is None:
@@ -149,6 +150,7 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
         encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
         box = st.empty()
         text = prompt
+        use_threads(get_store(), counted=False)  # in this script run's thread, which samples
         for piece in stream_text(model, tokenizer, prompt, sampling):
             text += piece
             box.code(text, language=None, wrap_lines=True)
