@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from gptcore.config import PRESETS, TrainConfig, field_info, preset
-from gptcore.data import BUILTIN, decode_corpus
+from gptcore.data import BUILTIN
 from gptcore.errors import GptdashError
 from jobs import actions
 from jobs.errors import USER_ERRORS
@@ -21,6 +21,7 @@ from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
 from ui.paths import shown_path
 from ui.plain_text import plain
+from ui.uploads import save_upload
 from ui.widgets import get_store, run_label, run_on_choice, user_errors
 
 store = get_store()
@@ -169,13 +170,10 @@ with form_col:
                 if is_new:
                     st.session_state.corpus_upload_id = upload.file_id
                     try:
-                        raw = upload.getvalue()
-                        if len(raw) > MAX_UPLOAD_MB * 1024**2:
+                        if upload.size > MAX_UPLOAD_MB * 1024**2:
                             raise GptdashError(f"{upload.name} is over {MAX_UPLOAD_MB} MB")
-                        decode_corpus(raw, upload.name)
-                        target = home.safe_path_in_home(Path(upload.name).name or "corpus.txt",
-                                                        home.uploads_dir())
-                        target.write_bytes(raw)
+                        # A new name when the name is taken by other text: never overwritten.
+                        target = save_upload(upload, upload.name, home.uploads_dir())
                         st.session_state.pending_corpus = str(target)
                         st.rerun()
                     except USER_ERRORS as exc:

@@ -33,6 +33,10 @@ MAX_EMB_DIM = 16384
 MAX_LAYERS = 256
 MAX_CONTEXT = 131072
 
+# Recorded beside a run's settings in its stored config (jobs.runner), not a setting:
+# the sha256 of the corpus text it trains on, so a resume refuses a corpus that changed.
+CORPUS_SHA256 = "corpus_sha256"
+
 
 def _f(default: Any, group: str, help: str, lo: float | None = None, hi: float | None = None,
        choices: tuple[str, ...] | None = None, lo_open: bool = False) -> Any:
@@ -152,10 +156,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a nested ({"model": {...}, ...}) or flat dict; unknown keys are errors."""
+        """Build from a nested ({"model": {...}, ...}) or flat dict; unknown keys are errors
+        (``CORPUS_SHA256``, which a run's stored config holds beside its settings, is skipped)."""
         if not isinstance(data, dict):
             raise GptdashError("a config must be a JSON object of field names to values")
-        flat = dict(data)
+        flat = {key: value for key, value in data.items() if key != CORPUS_SHA256}
         nested = flat.pop("model", {}) or {}
         if not isinstance(nested, dict):
             raise GptdashError("'model' in a config must be an object")

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptcore.config import TrainConfig
-from gptcore.data import load_data
+from gptcore.config import CORPUS_SHA256, TrainConfig
+from gptcore.data import BUILTIN, corpus_sha256, load_data
 from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
 from gptcore.machine import machine_fit_problem
@@ -85,9 +85,10 @@ def check_fits_device(cfg: TrainConfig) -> None:
 
 
 def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
-              executor: str = Executor.LOCAL) -> int | None:
+              executor: str = Executor.LOCAL) -> tuple[int | None, str]:
     """Everything ``create_run`` refuses, without writing: raises GptdashError for bad input,
-    else returns the parent run id that ``init_from`` names (None when it names none)."""
+    else returns the parent run id that ``init_from`` names (None when it names none) and
+    the sha256 of the corpus text."""
     cfg.validate()
     if cfg.nodes > 1 and executor == Executor.LOCAL:
         raise GptdashError(f"nodes={cfg.nodes} spreads the run over {cfg.nodes} machines of "
@@ -101,7 +102,7 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
     # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
     data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
     data.check_context(cfg.model.context_length)
-    return parent_id
+    return parent_id, data.corpus_sha256
 
 
 def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
@@ -114,9 +115,11 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     machine has, for a run queued for whichever worker claims it (that worker checks its own
     device's free memory).
     """
-    parent_id = check_run(store, cfg, check_device=check_device, executor=executor)
+    parent_id, sha256 = check_run(store, cfg, check_device=check_device, executor=executor)
+    # The corpus's content beside the settings: a resume on other text is refused.
+    config = {**cfg.to_dict(), CORPUS_SHA256: sha256}
     return store.create_run(
-        (name or "").strip() or default_name(cfg), cfg.to_dict(), tags=list(tags or []),
+        (name or "").strip() or default_name(cfg), config, tags=list(tags or []),
         notes=notes, parent_id=parent_id, status=RunStatus.QUEUED, max_steps=cfg.max_steps,
         n_params=param_count(cfg), sweep_id=sweep_id, executor=executor)
 
@@ -131,6 +134,19 @@ def has_checkpoint(run: RunRecord) -> bool:
     """Whether the run recorded a checkpoint to resume from that is still there: never a
     stray file in its folder."""
     return run.checkpoint_path is not None and checkpoint_file(run.id).is_file()
+
+
+def check_corpus_unchanged(run: RunRecord) -> None:
+    """Refuse to train a run on a corpus whose content is not the one it recorded (a file
+    edited or replaced since): it would go on with other text, and its loss jump for no
+    reason it could name. A run recorded before runs kept their corpus's sha256 passes."""
+    recorded = run.config.get(CORPUS_SHA256)
+    corpus = str(run.config.get("corpus", BUILTIN))
+    if recorded and (now := corpus_sha256(corpus)) != recorded:
+        raise GptdashError(
+            f"run {run.id}'s corpus {corpus!r} has changed since the run recorded it (sha256 "
+            f"{recorded[:12]}…, now {now[:12]}…), so it would train on different text: start "
+            "a new run on it, or restore the file")
 
 
 def can_resume(store: RunStore, run_id: int) -> bool:
@@ -150,6 +166,7 @@ def queue_resume(store: RunStore, run_id: int, *, executor: str = Executor.LOCAL
     if run.status not in RESUMABLE:
         raise GptdashError(f"run {run_id} is {run.status}; only stopped, interrupted or failed "
                            "runs can be resumed")
+    check_corpus_unchanged(run)
     # One write: queued (which clears the stop flag), with who is to take it.
     named = {"worker": job} if job is not None else {}
     store.update_run(run_id, status=RunStatus.QUEUED, executor=executor, **named)
@@ -177,6 +194,7 @@ def _plan(store: RunStore, run_id: int, device: str | None
     """The config to train (with a worker's device for ``auto``), whether it resumes, and
     the weights to start from. Every rank of a torchrun launch computes the same."""
     run = store.get_run(run_id)
+    check_corpus_unchanged(run)  # also a file changed while the run waited in the queue
     cfg = TrainConfig.from_dict(run.config).validate()
     if device and cfg.device == "auto":
         cfg = replace(cfg, device=device).validate()

@@ -198,13 +198,13 @@ def test_threads_building_the_same_token_cache_at_once_all_succeed(tmp_path):
             t.join(60)
         assert errors == [], f"attempt {attempt}: {errors[0]!r}"
         assert lengths == [len(corpus.read_bytes())] * n_threads
-        assert len(token_ids(str(corpus), "byte", cache)) == len(corpus.read_bytes())
+        assert len(token_ids(str(corpus), "byte", cache)[0]) == len(corpus.read_bytes())
 
 
 def _load_tokens(corpus: Path, cache: Path, barrier, lengths: list, errors: list) -> None:
     barrier.wait(10)
     try:
-        lengths.append(len(token_ids(str(corpus), "byte", cache)))
+        lengths.append(len(token_ids(str(corpus), "byte", cache)[0]))
     except Exception as exc:  # noqa: BLE001 - reported by the test
         errors.append(exc)
 

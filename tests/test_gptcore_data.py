@@ -15,10 +15,10 @@ def test_builtin_corpus_is_english_text_from_the_standard_library():
 
 
 def test_token_ids_are_cached_and_memory_mapped(tmp_path):
-    ids = token_ids(BUILTIN, "byte", tmp_path)
+    ids, _ = token_ids(BUILTIN, "byte", tmp_path)
     assert isinstance(ids, np.memmap)
     assert len(list(tmp_path.glob("*-byte.npy"))) == 1
-    again = token_ids(BUILTIN, "byte", tmp_path)
+    again, _ = token_ids(BUILTIN, "byte", tmp_path)
     assert np.array_equal(ids[:1000], again[:1000])
 
 

@@ -5,7 +5,7 @@ import pytest
 from test_jobs import micro
 
 from analysis.law import annealing_areas
-from gptcore.config import apply_overrides, preset
+from gptcore.config import TrainConfig, apply_overrides, preset
 from gptcore.errors import GptdashError
 from gptcore.estimate import duration_estimate
 from jobs import halving, runner
@@ -95,7 +95,7 @@ def test_submit_queues_one_run_per_config_in_the_sweep(store):
     for i, run_id in enumerate(run_ids):
         run = runs[run_id]
         assert run.status == "queued" and run.sweep_id == sweep_id
-        assert run.config == plan.configs[i].to_dict()
+        assert TrainConfig.from_dict(run.config) == plan.configs[i]
         assert run.name == f"lr sweep {plan.label(i)}"
     assert runs[run_ids[1]].name == "lr sweep lr=0.001 n_layers=2"
 

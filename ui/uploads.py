@@ -1,0 +1,60 @@
+"""Uploaded corpora: kept once per content, never overwritten.
+
+An upload streams to a temporary file in the uploads folder, in chunks, checked as
+UTF-8 text and hashed on the way, and then gets a name without replacing anything:
+its own name when that is free, the file already there when it holds the same bytes,
+else the first free ``big-2.txt``, ``big-3.txt``… A run's corpus file never changes
+under it, and a re-upload never costs the old text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from gptcore.data import TextDecoder, file_sha256
+from storage.home import safe_path_in_home
+
+CHUNK_BYTES = 1024**2
+
+
+def save_upload(source: BinaryIO, name: str, folder: Path) -> Path:
+    """Store the bytes ``source`` reads under ``name`` (a file name, no folders) in
+    ``folder``; the path it has there. A name or text it refuses raises one of
+    ``jobs.errors.USER_ERRORS``, and leaves nothing behind."""
+    target = safe_path_in_home(Path(name).name or "corpus.txt", folder)
+    text = TextDecoder(target.name)
+    sha256 = hashlib.sha256()
+    tmp = target.parent / f".{uuid.uuid4().hex}.upload"  # a name no corpus list shows
+    try:
+        with tmp.open("wb") as out:
+            while chunk := source.read(CHUNK_BYTES):
+                text.decode(chunk)
+                sha256.update(chunk)
+                out.write(chunk)
+            text.decode(b"", final=True)
+            out.flush()
+            os.fsync(out.fileno())  # whole on disk before any name points at it
+        return _place(tmp, target, sha256.hexdigest())
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, target: Path, sha256: str) -> Path:
+    """Give ``tmp`` the first of ``big.txt``, ``big-2.txt``, ``big-3.txt``… that is free or
+    holds the same bytes."""
+    size = tmp.stat().st_size
+    candidate, n = target, 1
+    while True:
+        try:
+            os.link(tmp, candidate)  # never replaces: a name taken meanwhile raises
+            return candidate
+        except FileExistsError:
+            if (candidate.is_file() and candidate.stat().st_size == size
+                    and file_sha256(candidate) == sha256):
+                return candidate
+        n += 1
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
