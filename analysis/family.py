@@ -174,21 +174,32 @@ def fit_family(curves: Sequence[Curve]) -> FamilyFit | None:
                      residual_std=math.sqrt(value / dof), fit_from=FIT_FROM)
 
 
-def forecast_with(family: FamilyFit, curve: Curve, upto_step: int) -> float | None:
-    """The final val loss of ``curve`` forecast from its evaluations up to ``upto_step``,
-    with the family's shape constants (only L0 and A fitted); None with under 2 points."""
+def _level_scale(family: FamilyFit, curve: Curve, keep: np.ndarray
+                 ) -> tuple[np.ndarray, float] | None:
+    """L0 and A of the evaluations ``keep`` selects, with the family's alpha and C, and the
+    residual sum of squares; None with under 2 of them."""
     s1_all, s2_all = areas_of(curve, family.momentum)
-    keep = curve.steps <= upto_step
-    later = keep & (curve.steps >= family.fit_from * curve.max_steps)
-    if later.sum() >= 3:  # as forecast_final does: the steep start left out while it can be
-        keep = later
     x, y = curve.steps[keep], curve.val_loss[keep]
     if x.size < 2 or np.any(s1_all[x] <= 0):
         return None
     cols = np.column_stack([np.ones(x.size), s1_all[x] ** (-family.alpha)])
-    coef, _ = _solve(cols, y + family.c * s2_all[x], np.zeros(2))
+    return _solve(cols, y + family.c * s2_all[x], np.zeros(2))
+
+
+def forecast_with(family: FamilyFit, curve: Curve, upto_step: int) -> float | None:
+    """The final val loss of ``curve`` forecast from its evaluations up to ``upto_step``,
+    with the family's shape constants (only L0 and A fitted); None with under 2 points."""
+    keep = curve.steps <= upto_step
+    later = keep & (curve.steps >= family.fit_from * curve.max_steps)
+    if later.sum() >= 3:  # as forecast_final does: the steep start left out while it can be
+        keep = later
+    fitted = _level_scale(family, curve, keep)
+    if fitted is None:
+        return None
+    (l0, a), _ = fitted
+    s1_all, s2_all = areas_of(curve, family.momentum)
     end = curve.max_steps
-    return float(loss_at(coef[0], coef[1], family.alpha, family.c, s1_all[end], s2_all[end]))
+    return float(loss_at(l0, a, family.alpha, family.c, s1_all[end], s2_all[end]))
 
 
 def divergence(curve: Curve) -> str | None:
@@ -210,14 +221,12 @@ def divergence(curve: Curve) -> str | None:
 def misfit(family: FamilyFit, curve: Curve) -> float:
     """How far ``curve`` strays from the family's law with its own L0 and A fitted: the
     root mean square of its residuals over the mean loss (a share of its loss)."""
-    s1_all, s2_all = areas_of(curve, family.momentum)
     keep = curve.steps >= family.fit_from * curve.max_steps
-    x, y = curve.steps[keep], curve.val_loss[keep]
-    if x.size < 3 or np.any(s1_all[x] <= 0):
+    fitted = _level_scale(family, curve, keep) if keep.sum() >= 3 else None
+    if fitted is None:
         return 0.0  # too little to judge by
-    cols = np.column_stack([np.ones(x.size), s1_all[x] ** (-family.alpha)])
-    _, rss = _solve(cols, y + family.c * s2_all[x], np.zeros(2))
-    return math.sqrt(rss / x.size) / float(np.mean(np.abs(y)))
+    y = curve.val_loss[keep]
+    return math.sqrt(fitted[1] / y.size) / float(np.mean(np.abs(y)))
 
 
 def far_worse(miss: float, others: Sequence[float]) -> bool:

@@ -6,7 +6,12 @@ optimizer and evaluation set (``family_key``); they may differ in learning rate,
 schedule, steps and seed. With at least one, the law's shape constants come from them
 and the forecast is calibrated; with two or more, the band's width comes from how far
 forecasts from the same share of steps missed on them, each left out in turn. Without
-any, the run is forecast from its own curve alone, "uncalibrated".
+any, the run is forecast from its own curve alone, "uncalibrated". A relative whose curve
+does not follow the law (diverged, rolled back by the guard, or far off the others' law)
+is left out of the family, and the forecast says which and why; a run whose own curve
+is such is forecast alone, with a note.
+
+``run_forecast`` is the one forecast of a run that every page and the CLI show.
 
 No torch: ``gptdash forecast`` and the pages read forecasts at once.
 """
