@@ -157,10 +157,16 @@ def cmd_forecast(args, store: RunStore) -> int:
 
     report = forecast_report(store, args.run_id, upto=args.upto)
     print(json.dumps(report))
-    how = (f"calibrated on {report['family_size']} finished relative(s)"
-           if report["calibrated"] else
-           "uncalibrated: no finished relative (same model, data, batch and optimizer); "
-           "`gptdash calibrate` queues one")
+    if report["calibrated"]:
+        how = f"calibrated on {report['family_size']} finished relative(s)"
+    elif report["family_size"] or report["left_out"]:
+        how = "uncalibrated: fitted on this run alone"
+    else:
+        how = ("uncalibrated: no finished relative (same model, data, batch and optimizer); "
+               "`gptdash calibrate` queues one")
+    how += "".join(f"; left out of the family's fit: {why}" for why in report["left_out"])
+    if report["note"]:
+        how += f"; note: {report['note']}"
     print(f"run {args.run_id}: forecast {report['predicted_final']:.4g} "
           f"({report['low']:.4g}-{report['high']:.4g}, {report['level']:.0%} band) at step "
           f"{report['max_steps']:,}; {how}", file=sys.stderr)

@@ -94,3 +94,18 @@ def test_live_shows_no_forecast_note_on_a_finished_run(home):
         assert "Forecast final val loss" in _texts(at.caption)
         assert "Note:" not in _texts(at.caption)
     store.close()
+
+
+def test_the_cli_says_which_relatives_it_left_out_and_why(home):
+    store = RunStore()
+    recorded(store, replace(CFG, lr=5e-3, min_lr=5e-4), CFG.max_steps, status="completed")
+    guarded = recorded(store, replace(CFG, lr=3e-3, min_lr=3e-4), CFG.max_steps,
+                       status="completed", level=2.05)
+    store.log_event(guarded, 120, "rollback", "rolled back to step 100 and skipped 2 batches")
+    run_id = recorded(store, CFG, 100, status="running")
+    store.close()
+    out = gptdash(home, "forecast", str(run_id))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["family_size"] == 1
+    assert ("calibrated on 1 finished relative(s); left out of the family's fit: "
+            f"#{guarded}: rolled back by the divergence guard at step 120") in out.stderr
