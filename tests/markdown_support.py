@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import re
 
+from ui.plain_text import WORD_JOINER
+
 # CommonMark: a backslash before ASCII punctuation shows the mark itself.
 _ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
 
 
-def shown(markdown: str) -> str:
-    """``markdown`` with its backslash escapes read as CommonMark reads them."""
+def parsed(markdown: str) -> str:
+    """The text Markdown's parser makes of ``markdown``: its backslash escapes read."""
     return _ESCAPED.sub(r"\1", markdown)
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of ``markdown``: ``parsed``, less the invisible word joiners
+    ``plain`` puts into URLs and shortcodes."""
+    return parsed(markdown).replace(WORD_JOINER, "")

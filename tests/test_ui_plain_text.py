@@ -4,7 +4,7 @@ import re
 
 import pandas as pd
 import pytest
-from markdown_support import shown
+from markdown_support import parsed, shown
 
 from ui.figures import hparam_figure, metric_traces
 from ui.plain_text import chart_text, plain
@@ -24,6 +24,21 @@ def test_plain_leaves_markdown_no_syntax_and_shows_the_text_as_typed(text):
     # icons, shortcodes, autolinks and HTML) begins, is escaped: nothing is left to parse.
     assert re.fullmatch(rf"(?:\\{PUNCTUATION}|(?!{PUNCTUATION}).)*", markdown, re.S), markdown
     assert shown(markdown) == text
+
+
+# The rewrites Streamlit's Markdown makes of parsed text (escapes no longer count there):
+# GFM's autolinks of URLs and e-mail addresses, :streamlit: and emoji shortcodes, arrows.
+TEXT_REWRITES = [r"(?i)(https?://|www(?=\.))[-.\w]+", r"[-.\w+]+@[-\w]+(?:\.[-\w]+)+",
+                 r":[\w+-]+:", r"(^|\s)(<->|->|<-|--|>=|<=|~=)(\s|$)"]
+
+
+@pytest.mark.parametrize("text", [*HOSTILE, "see https://x.example/a and www.b.example",
+                                  ":streamlit: :smile: :+1:", "a -> b <- c <-> d -- e >= f"])
+def test_plain_leaves_nothing_for_streamlits_rewrites_of_parsed_text(text):
+    text_node = parsed(plain(text))
+    for rewrite in TEXT_REWRITES:
+        assert not re.search(rewrite, text_node), (rewrite, text_node)
+    assert shown(plain(text)) == text
 
 
 def test_plain_writes_control_and_bidirectional_characters_as_escapes():

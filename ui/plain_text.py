@@ -19,13 +19,20 @@ from storage.names import one_line
 # syntax, Streamlit's extensions included, starts with one: escaping them all leaves
 # nothing to read as syntax.
 _MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+# Streamlit also rewrites the parsed text, where escapes no longer count: GFM links bare
+# URLs, www. and e-mail addresses, :streamlit: and emoji shortcodes become images, " -> "
+# an arrow. An invisible word joiner inside each such pattern keeps it text.
+WORD_JOINER = "\u2060"
+_REWRITTEN = re.compile(r"https?:(?=//)|\bwww(?=\.)|@|:(?=[\w+-]+:)"
+                        r"|(?:^|(?<=\s))[<>~-](?=[-<>=]+(?:\s|$))", re.IGNORECASE)
 
 
 def plain(text: object) -> str:
     r"""``text`` for a place Streamlit reads as Markdown, shown as typed: no link, image,
     emphasis, LaTeX, colour or icon, and its control characters, bidirectional ones
     included, escaped on one line (``\n``, ``\u202e``)."""
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\g<0>", one_line(str(text)))
+    joined = _REWRITTEN.sub(lambda m: m.group(0) + WORD_JOINER, one_line(str(text)))
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\g<0>", joined)
 
 
 def chart_text(text: object) -> str:

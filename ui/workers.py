@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from storage.names import one_line
 from ui.format import human_duration
 
 WORKER_COLUMNS = ["name", "state", "device", "host", "pid", "run", "last heartbeat",
@@ -31,7 +32,7 @@ def workers_table(workers: Sequence[Any], now: datetime, dead_after_s: float) ->
         age = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else None
         state = worker_state(w.status, age, dead_after_s)
         rows.append({
-            "name": w.name, "state": state, "device": w.device or "—", "host": w.host,
+            "name": one_line(w.name), "state": state, "device": w.device or "—", "host": w.host,
             "pid": w.pid,
             "run": f"#{w.current_run_id}" if w.current_run_id and state == "training" else "—",
             "last heartbeat": f"{human_duration(age)} ago" if age is not None else "never",
