@@ -6,7 +6,7 @@ import streamlit as st
 from jobs import actions
 from jobs.runner import can_resume
 from storage.names import one_line
-from storage.status import RESUMABLE, STATUSES, RunStatus
+from storage.status import ACTIVE, RESUMABLE, STATUSES, RunStatus
 from storage.tags import format_tags, parse_tags
 from ui.format import human_count, human_duration
 from ui.plain_text import plain
@@ -105,8 +105,8 @@ if b4.button("Resume", disabled=not resumable, width="stretch",
             actions.resume(store, r.id)
         st.toast(f"Queued {', '.join(f'#{r.id}' for r in resumable)} to resume")
         st.rerun()
-with b5.popover("Delete", width="stretch",
-                disabled=any(r.status == RunStatus.RUNNING for r in runs)):
+# A queued or running run is stopped first; a run resumed while this is open is refused.
+with b5.popover("Delete", width="stretch", disabled=any(r.status in ACTIVE for r in runs)):
     named = plain(", ".join(f"#{r.id} {r.name}" for r in runs))
     st.write(f"Delete {named} with their metrics, samples and checkpoints? "
              "This cannot be undone.")

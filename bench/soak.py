@@ -5,16 +5,18 @@
 Queues ``--runs`` tiny CPU runs back to back into one ``JobManager`` on a fresh
 temporary home folder (real SQLite file). While the worker trains them, a second
 thread stops some runs and deletes others at random moments (seeded), half the
-time aiming at the run being trained right now. Every run's callbacks are wrapped
+time aiming at the run being trained right now (a Delete of a run still queued or
+running is refused, and that run must go on to its end untouched). Every run's callbacks are wrapped
 with a recorder of what the trainer reported, so at the end each surviving run's
 metric rows are compared with what its trainer said. Prints one JSON line:
 
     runs, completed, stopped, cancelled, deleted, failed, rows_reported, rows_found,
     mismatched_runs, stuck_runs, seconds, worker_alive
 
-plus deleted_while_running / stopped_while_running (how many hit the run in
-training), rows_left_by_deleted and folders_left_by_deleted (what a deleted run
-left behind), action_errors (Stop or Delete calls that raised) and worker_idle.
+plus deletes_refused (Deletes of a queued or running run), stopped_while_running
+(how many Stops hit the run in training), rows_left_by_deleted and
+folders_left_by_deleted (what a deleted run left behind), action_errors (Stop or
+Delete calls that raised) and worker_idle.
 Exit status 1 when a run is stuck or mismatched, or a Stop or Delete raised.
 ``--threads`` (default 1) sets torch's CPU threads: tiny models train fastest on
 one, especially on a shared machine. ``tests/test_faults.py`` runs the same soak.
@@ -89,13 +91,14 @@ class RecordingExecute:
         self.executed: list[int] = []
         self._lock = threading.Lock()
 
-    def __call__(self, store, run_id, *, stop_event=None, extra_callbacks=None, device=None):
+    def __call__(self, store, run_id, *, claim=None, stop_event=None, extra_callbacks=None,
+                 device=None):
         recorder = MetricRecorder()
         with self._lock:
             self.recorders[run_id] = recorder
             self.executed.append(run_id)
-        return self.real(store, run_id, stop_event=stop_event, extra_callbacks=recorder,
-                         device=device)
+        return self.real(store, run_id, claim=claim, stop_event=stop_event,
+                         extra_callbacks=recorder, device=device)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class SoakResult:
     run_ids: list[int]
     stopped: dict[int, str] = field(default_factory=dict)  # run id -> status seen when stopped
     deleted: dict[int, str] = field(default_factory=dict)  # run id -> status seen when deleted
+    refused: dict[int, str] = field(default_factory=dict)  # a Delete refused: the status seen
     seconds: float = 0.0
     drained: bool = False  # every run reached a final status (or was deleted) before the timeout
     action_errors: list[str] = field(default_factory=list)  # stop/delete calls that raised
@@ -129,7 +133,8 @@ def _chaos(store: RunStore, manager: JobManager, rng: random.Random, result: Soa
             if done.wait(rng.uniform(0.05, 0.5)):
                 return
             finished = {r.id for r in store.list_runs(ids=untouched, status=FINISHED)}
-            candidates = [r for r in untouched if r not in finished]
+            # A Delete may hit a run that ended too; a Stop only one that has not.
+            candidates = [r for r in untouched if action == "delete" or r not in finished]
             if not candidates:
                 return
             current = manager.current_run
@@ -148,7 +153,8 @@ def _chaos(store: RunStore, manager: JobManager, rng: random.Random, result: Soa
                     store.delete_run(target)
                     result.deleted[target] = seen
             except USER_ERRORS:
-                pass  # cannot happen here (no one else deletes), but a gone run is not a fault
+                if action == "delete":  # the run is still queued or running: it goes on
+                    result.refused[target] = seen
             except Exception as exc:  # noqa: BLE001 - a Stop or Delete click that errors
                 result.action_errors.append(f"{action} run {target}: {exc!r}")
                 if not store.list_runs(ids=[target]):
@@ -218,7 +224,7 @@ def check(store: RunStore, manager: JobManager, executor: RecordingExecute,
         "stopped": sum(s == "stopped" for s in statuses.values()),
         "cancelled": sum(s == "cancelled" for s in statuses.values()),
         "deleted": len(result.deleted),
-        "deleted_while_running": sum(s == "running" for s in result.deleted.values()),
+        "deletes_refused": len(result.refused),
         "stopped_while_running": sum(s == "running" for s in result.stopped.values()),
         "failed": sum(s == "failed" for s in statuses.values()),
         "rows_reported": sum(len(v) for v in reported.values()),

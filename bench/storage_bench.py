@@ -68,7 +68,7 @@ def _claimer(url: str, name: str, out: mp.Queue, go: mp.Event) -> None:
     go.wait()
     mine = []
     while (got := store.claim_next_queued(name, host="bench", pid=0)) is not None:
-        mine.append(got)
+        mine.append(got.run_id)
     store.close()
     out.put(mine)
 

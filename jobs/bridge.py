@@ -8,6 +8,10 @@ lost on a normal or failed end.
 A run of a sweep created with cut=True is also compared with its sweep after the
 evaluations at its cut points (``jobs.halving``), and stopped when it is confidently
 losing.
+
+Every write carries the claim's fencing token (``storage.ownership``): once another
+process has taken the run, the next write or stop-flag poll raises ClaimLost, which ends
+the trainer without a checkpoint or a status of its own.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ HEARTBEAT_S = 5.0
 
 
 class StoreCallbacks(TrainerCallbacks):
-    """Records metrics, samples, checkpoints and status of ``run_id``."""
+    """Records metrics, samples, checkpoints and status of ``run_id``, owned by ``claim``."""
 
-    def __init__(self, store: RunStore, run_id: int, stop_event: threading.Event | None = None):
+    def __init__(self, store: RunStore, run_id: int, claim: int,
+                 stop_event: threading.Event | None = None):
         self.store = store
         self.run_id = run_id
+        self.claim = claim
         self.stop_event = stop_event or threading.Event()
         self._rows: list[tuple[str, int, float, float]] = []
         self._lock = threading.Lock()  # guards _rows and the summaries
@@ -62,14 +68,14 @@ class StoreCallbacks(TrainerCallbacks):
         # What an earlier attempt recorded past the step this one starts from died with it:
         # the curve goes on from the checkpoint (a restart from step 0 starts it afresh).
         start = info.get("start_step", 0)
-        self.store.discard_after(self.run_id, start if start > 0 else -1)
+        self.store.discard_after(self.run_id, start if start > 0 else -1, claim=self.claim)
         if start > 0:  # the best so far counts the evaluations before the checkpoint too
             vals = self.store.metrics([self.run_id], [VAL_LOSS], max_step=start)["value"]
             if vals.notna().any():
                 self._summary["best_val_loss"] = float(vals.min())
-        self.store.update_run(self.run_id, device=info["device"], n_params=info["n_params"],
-                              max_steps=info["max_steps"], last_step=start,
-                              best_val_loss=self._summary.get("best_val_loss"))
+        self.store.update_run(self.run_id, claim=self.claim, device=info["device"],
+                              n_params=info["n_params"], max_steps=info["max_steps"],
+                              last_step=start, best_val_loss=self._summary.get("best_val_loss"))
         # A resumed run was compared at the cut points it had passed.
         self._cut_at = [s for s in self._cut_at
                         if info.get("start_step", 0) < s < info["max_steps"]]
@@ -93,19 +99,19 @@ class StoreCallbacks(TrainerCallbacks):
             self._cut_due = step  # compared in flush(), once this evaluation is written
 
     def on_sample(self, step: int, prompt: str, text: str) -> None:
-        self.store.log_sample(self.run_id, step, prompt, text)
+        self.store.log_sample(self.run_id, step, prompt, text, claim=self.claim)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        self.store.update_run(self.run_id, checkpoint_path=str(path))
+        self.store.update_run(self.run_id, claim=self.claim, checkpoint_path=str(path))
 
     def on_event(self, step: int, kind: str, message: str) -> None:
         # Rare (a spike, a roll-back, a new best): written at once, so the charts show it.
-        self.store.log_event(self.run_id, step, kind, message, time.time())
+        self.store.log_event(self.run_id, step, kind, message, time.time(), claim=self.claim)
 
     def on_status(self, status: str, message: str | None = None) -> None:
         if status == RunStatus.STOPPED and self.cut_reason:
             message = self.cut_reason  # the stop was the sweep's cut, not a person's request
-        self.store.set_status(self.run_id, status,
+        self.store.set_status(self.run_id, status, claim=self.claim,
                               error=message if status != RunStatus.RUNNING else None)
 
     def flush(self) -> None:
@@ -122,7 +128,7 @@ class StoreCallbacks(TrainerCallbacks):
         # polling it at most twice a second keeps the step free of database reads.
         if now - self._last_stop_poll >= STOP_POLL_S:
             self._last_stop_poll = now
-            if self.store.stop_requested(self.run_id):
+            if self.store.stop_requested(self.run_id, claim=self.claim):
                 self.stop_event.set()
         return self.stop_event.is_set()
 
@@ -141,7 +147,8 @@ class StoreCallbacks(TrainerCallbacks):
         try:
             reason = halving.cut_reason(self.store, self.run_id, upto=step)
             if reason:
-                self.store.log_event(self.run_id, step, "early_stop", reason, time.time())
+                self.store.log_event(self.run_id, step, "early_stop", reason, time.time(),
+                                     claim=self.claim)
         except Exception:  # noqa: BLE001 - a failed comparison must not end the training
             log.warning("run %s: sweep cut check at step %s failed", self.run_id, step,
                         exc_info=True)
@@ -158,18 +165,18 @@ class StoreCallbacks(TrainerCallbacks):
                 summary = dict(self._summary)
             if rows:
                 try:
-                    self.store.log_metrics(self.run_id, rows)
+                    self.store.log_metrics(self.run_id, rows, claim=self.claim)
                 except Exception:
                     with self._lock:  # keep them for the next try rather than lose them
                         self._rows = rows + self._rows
                     raise
             trained = self._trained_before + time.monotonic() - self._attempt_start
-            self.store.update_run(self.run_id, **summary, trained_s=trained)
+            self.store.update_run(self.run_id, claim=self.claim, **summary, trained_s=trained)
             now = time.monotonic()
             if now - self._last_beat >= HEARTBEAT_S:
                 # Proof of life for whoever checks from another process or machine.
                 self._last_beat = now
-                self.store.heartbeat(self.run_id)
+                self.store.heartbeat(self.run_id, claim=self.claim)
 
     def _write_loop(self) -> None:
         while not self._closed.wait(WRITE_EVERY_S):

@@ -74,7 +74,7 @@ def cmd_rank(args, store: RunStore) -> int:
     """One torchrun rank of a claimed run (started by the worker; not for people)."""
     from jobs import runner
 
-    result = runner.execute_run(store, args.run_id, device=args.device)
+    result = runner.execute_run(store, args.run_id, claim=args.claim, device=args.device)
     return EXIT_OK if result.status != RunStatus.FAILED else EXIT_FAILED
 
 
@@ -503,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "launched")
     rk.add_argument("run_id", type=int)
     rk.add_argument("--device")
+    rk.add_argument("--claim", type=int, required=True,
+                    help="the fencing token of the worker's claim, which rank 0 writes with")
     rk.set_defaults(func=cmd_rank)
 
     rr = sub.add_parser("ray-run", help="(internal) the entrypoint of a run's Ray job")

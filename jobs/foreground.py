@@ -29,9 +29,9 @@ from storage.store import RunStore
 def train_new(store: RunStore, run_id: int, quiet: bool) -> int:
     """Claim a just-created run for this process and train it here."""
     # Claim it at once, so a dashboard or worker never picks it up.
-    claim_here(store, run_id)
+    claim = claim_here(store, run_id)
     print(f"run {run_id} created", file=sys.stderr)
-    return _train_foreground(store, run_id, quiet)
+    return _train_foreground(store, run_id, claim, quiet)
 
 
 def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
@@ -44,10 +44,10 @@ def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
     from gptcore.device import resolve_device
 
     ranks = distributed.ranks_from_env()
-    run_id = None
+    run_id = claim = None
     if ranks.is_main:
         run_id = create_run()
-        claim_here(store, run_id)
+        claim = claim_here(store, run_id)
         print(f"run {run_id} created ({ranks.world_size} processes)", file=sys.stderr)
     distributed.init(ranks, resolve_device(device))  # the same backend on every rank
     box = [run_id]
@@ -56,13 +56,13 @@ def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
     if not ranks.is_main:
         result = runner.execute_run(store, run_id)
         return EXIT_FAILED if result.status == RunStatus.FAILED else EXIT_OK
-    return _train_foreground(store, run_id, quiet)
+    return _train_foreground(store, run_id, claim, quiet)
 
 
 def cmd_resume(args: Namespace, store: RunStore) -> int:
     print(runner.queue_resume(store, args.run_id), file=sys.stderr)
-    claim_here(store, args.run_id)
-    return _train_foreground(store, args.run_id, args.quiet)
+    claim = claim_here(store, args.run_id)
+    return _train_foreground(store, args.run_id, claim, args.quiet)
 
 
 # Each means "stop cleanly, keep what you have": Ctrl-C, a supervisor's or `kill`'s
@@ -70,7 +70,7 @@ def cmd_resume(args: Namespace, store: RunStore) -> int:
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
-def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
+def _train_foreground(store: RunStore, run_id: int, claim: int, quiet: bool) -> int:
     """Train a claimed run here; Ctrl-C, SIGTERM or SIGHUP stops it within a step, with a
     checkpoint, and a second one aborts at once. Exits 128 + the signal's number then
     (130 for Ctrl-C), as a shell reports a process that a signal ended.
@@ -95,13 +95,14 @@ def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
     code = result = None
     try:
         if nproc > 1 and not ranks_from_env().enabled:
-            code = _train_children(store, run_id, nproc, stop, signalled=lambda: bool(received))
+            code = _train_children(store, run_id, nproc, claim, stop,
+                                   signalled=lambda: bool(received))
         else:
-            result = runner.execute_run(store, run_id, stop_event=stop,
+            result = runner.execute_run(store, run_id, claim=claim, stop_event=stop,
                                         extra_callbacks=None if quiet else Progress())
     except KeyboardInterrupt as exc:
         how = str(exc) or "aborted by a second Ctrl-C"
-        hint = runner.end_aborted(store, run_id, how)
+        hint = runner.end_aborted(store, run_id, how, claim)
         # On a line of its own: the terminal has echoed ^C^C (or a progress bar) on this one.
         print(f"\nrun {run_id} {how}; {hint}", file=sys.stderr)
         code = EXIT_INTERRUPTED
@@ -113,13 +114,13 @@ def _train_foreground(store: RunStore, run_id: int, quiet: bool) -> int:
     return 128 + received[0] if code == EXIT_INTERRUPTED and received else code
 
 
-def _train_children(store: RunStore, run_id: int, nproc: int, stop: threading.Event,
+def _train_children(store: RunStore, run_id: int, nproc: int, claim: int, stop: threading.Event,
                     signalled: Callable[[], bool]) -> int:
     from jobs.torchrun import LOG_NAME, run_under_torchrun
 
     print(f"training as {nproc} processes under torchrun; their output goes to "
           f"{runner.checkpoint_file(run_id).parent / LOG_NAME}", file=sys.stderr)
-    run_under_torchrun(store, run_id, nproc, stop_event=stop)
+    run_under_torchrun(store, run_id, nproc, claim=claim, stop_event=stop)
     run = store.get_run(run_id)
     result = TrainResult(status=run.status, reason=run.error, step=run.last_step,
                          best_val_loss=run.best_val_loss,

@@ -19,6 +19,8 @@ from gptcore.config import TrainConfig
 from jobs import actions, runner
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
 from jobs.threads import use_threads
+from storage.errors import ClaimLost
+from storage.queue import Claim
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,10 @@ IDLE_POLL_S = 0.5
 BEAT_S = 5.0
 
 
-def claim_here(store: RunStore, run_id: int) -> None:
-    """Mark a run as trained by this process (the CLI's foreground train and resume)."""
-    store.claim_run(run_id, worker_id(), host=this_host(), pid=os.getpid())
+def claim_here(store: RunStore, run_id: int) -> int:
+    """Take a queued run for this process (the CLI's foreground train and resume); the
+    claim's token."""
+    return store.claim_run(run_id, worker_id(), host=this_host(), pid=os.getpid())
 
 
 class JobManager:
@@ -57,7 +60,7 @@ class JobManager:
         self._wake = threading.Event()
         self._shutdown = threading.Event()
         self._lock = threading.Lock()
-        self._current: int | None = None
+        self._current: Claim | None = None
         self._stop_event: threading.Event | None = None
         self.exit_when_idle = exit_when_idle
         self.completed: list[int] = []
@@ -85,13 +88,14 @@ class JobManager:
         """Stop a running run (it saves a checkpoint) or cancel a queued one."""
         done = actions.stop(self.store, run_id)
         with self._lock:  # this worker's own run stops now, not at its next flag poll
-            if self._current == run_id and self._stop_event is not None:
+            if self.current_run == run_id and self._stop_event is not None:
                 self._stop_event.set()
         return done
 
     @property
     def current_run(self) -> int | None:
-        return self._current
+        current = self._current
+        return current.run_id if current else None
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -133,18 +137,18 @@ class JobManager:
             log.exception("could not register worker %s", self.worker)
         while not self._shutdown.is_set():
             try:
-                run_id = self.store.claim_next_queued(self.worker, host=this_host(),
-                                                      pid=os.getpid())
+                claim = self.store.claim_next_queued(self.worker, host=this_host(),
+                                                     pid=os.getpid())
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("could not read the queue")
-                run_id = None
-            if run_id is None:
+                claim = None
+            if claim is None:
                 if self.exit_when_idle:
                     return
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
                 continue
-            self._train(run_id)
+            self._train(claim)
 
     def _beat_loop(self) -> None:
         """Say this worker is alive, keep its run's heartbeat fresh, find orphaned runs."""
@@ -154,11 +158,11 @@ class JobManager:
             current = self._current
             try:
                 self.store.worker_beat(self.worker, status="training" if current else "idle",
-                                       current_run_id=current)
+                                       current_run_id=current.run_id if current else None)
                 if current is not None:
                     # Also beaten by the trainer's writer; this covers a child process
                     # (torchrun) that is slow to start writing.
-                    self.store.heartbeat(current)
+                    self.store.heartbeat(current.run_id, claim=current.token)
                 recover_interrupted(self.store, self.dead_after_s)
             except Exception:  # noqa: BLE001 - retried at the next beat
                 log.exception("worker heartbeat failed")
@@ -172,22 +176,25 @@ class JobManager:
         except Exception:  # noqa: BLE001 - the next beat says it again
             log.exception("could not record worker %s's state", self.worker)
 
-    def _train(self, run_id: int) -> None:
+    def _train(self, claim: Claim) -> None:
+        run_id = claim.run_id
         stop_event = threading.Event()
         with self._lock:
-            self._current, self._stop_event = run_id, stop_event
+            self._current, self._stop_event = claim, stop_event
         self._say(run_id)
         try:
             nproc = int(self.store.get_run(run_id).config.get("nproc", 1))
             if nproc > 1:
                 from jobs.torchrun import run_under_torchrun
 
-                run_under_torchrun(self.store, run_id, nproc, stop_event=stop_event,
-                                   device=self.device)
+                run_under_torchrun(self.store, run_id, nproc, claim=claim.token,
+                                   stop_event=stop_event, device=self.device)
             else:
                 use_threads(self.store, self.threads, counted=True)  # here, in the run's thread
-                runner.execute_run(self.store, run_id, stop_event=stop_event,
-                                   device=self.device)
+                runner.execute_run(self.store, run_id, claim=claim.token,
+                                   stop_event=stop_event, device=self.device)
+        except ClaimLost as exc:  # another process took the run; this one wrote no more
+            log.warning("run %s: %s", run_id, exc)
         except Exception:  # noqa: BLE001 - the row already says failed; keep the worker alive
             log.exception("run %s failed outside the trainer", run_id)
         finally:

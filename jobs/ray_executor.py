@@ -247,7 +247,8 @@ def run_job(store: RunStore, run_id: int, job: str) -> int:
     """
     from jobs import runner
 
-    if not store.claim_ray_run(run_id, job, host=this_host(), pid=os.getpid()):
+    claim = store.claim_ray_run(run_id, job, host=this_host(), pid=os.getpid())
+    if claim is None:
         run = store.get_run(run_id)
         print(f"gptdash: run {run_id} is {run.status} and not queued for job {job}: nothing "
               "to train", file=sys.stderr)
@@ -257,15 +258,15 @@ def run_job(store: RunStore, run_id: int, job: str) -> int:
     stop, done = threading.Event(), threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    beat = threading.Thread(target=_beat, args=(store, run_id, done), daemon=True)
+    beat = threading.Thread(target=_beat, args=(store, run_id, claim, done), daemon=True)
     beat.start()
     try:
         if _spans_workers(store.get_run(run_id).config):
             from jobs.ray_train import run_with_ray_train
 
-            status = run_with_ray_train(store, run_id, stop_event=stop)
+            status = run_with_ray_train(store, run_id, claim=claim, stop_event=stop)
         else:
-            status = runner.execute_run(store, run_id, stop_event=stop).status
+            status = runner.execute_run(store, run_id, claim=claim, stop_event=stop).status
     finally:
         done.set()
         for sig, handler in previous.items():
@@ -276,11 +277,12 @@ def run_job(store: RunStore, run_id: int, job: str) -> int:
     return EXIT_FAILED if status == RunStatus.FAILED else EXIT_OK
 
 
-def _beat(store: RunStore, run_id: int, done: threading.Event) -> None:
-    """Keep the run's heartbeat fresh while the job loads data and builds the model too."""
+def _beat(store: RunStore, run_id: int, claim: int, done: threading.Event) -> None:
+    """Keep the run's heartbeat fresh while the job loads data and builds the model too
+    (while ``claim`` owns it)."""
     while not done.wait(BEAT_S):
         try:
-            store.heartbeat(run_id)
+            store.heartbeat(run_id, claim=claim)
         except Exception:  # noqa: BLE001 - retried at the next beat
             log.exception("heartbeat of run %s failed", run_id)
 

@@ -75,9 +75,10 @@ def capacity_problem(cfg: TrainConfig, device: str, capacity: dict[str, float]) 
     return None
 
 
-def run_with_ray_train(store: RunStore, run_id: int, *,
+def run_with_ray_train(store: RunStore, run_id: int, *, claim: int,
                        stop_event: threading.Event | None = None) -> str:
     """Train a claimed run as ``nodes x nproc`` Ray Train workers; returns its final status.
+    Rank 0 writes with the caller's ``claim``; ClaimLost once another process took the run.
 
     Connects to the Ray cluster of the current job (or ``RAY_ADDRESS``) unless this process
     is connected already. ``stop_event`` set asks the run to stop, with a checkpoint.
@@ -89,16 +90,16 @@ def run_with_ray_train(store: RunStore, run_id: int, *,
         cfg = TrainConfig.from_dict(store.get_run(run_id).config).validate()
         if not ray.is_initialized():
             ray.init()
-        trainer = _trainer(store, run_id, cfg)
+        trainer = _trainer(store, run_id, cfg, claim)
     except GptdashError as exc:
-        store.set_status(run_id, RunStatus.FAILED, error=str(exc))
+        store.set_status(run_id, RunStatus.FAILED, error=str(exc), claim=claim)
         return RunStatus.FAILED
     error = _fit(trainer, store, run_id, stop_event)
     run = store.get_run(run_id)
     if run.status == RunStatus.RUNNING:  # the workers died before rank 0 could say how it ended
         status, reason = ended_without_the_run(error, run.last_step)
-        store.set_status(run_id, status, error=f"{reason}; resume it with `gptdash resume "
-                                               f"{run_id}`")
+        store.set_status(run_id, status, claim=claim,
+                         error=f"{reason}; resume it with `gptdash resume {run_id}`")
     elif error is not None:
         log.info("run %s ended %s; Ray Train then reported: %s", run_id, run.status, error)
     return store.get_run(run_id).status
@@ -113,7 +114,7 @@ def _capacity() -> dict[str, float]:
     return state.get_max_resources_from_cluster_config() or ray.cluster_resources()
 
 
-def _trainer(store: RunStore, run_id: int, cfg: TrainConfig):
+def _trainer(store: RunStore, run_id: int, cfg: TrainConfig, claim: int):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -128,7 +129,8 @@ def _trainer(store: RunStore, run_id: int, cfg: TrainConfig):
            RAY_TRAIN_ENV: "1"}
     return TorchTrainer(
         _train_worker,
-        train_loop_config={"run_id": run_id, "device": device, "cwd": os.getcwd()},
+        train_loop_config={"run_id": run_id, "claim": claim, "device": device,
+                           "cwd": os.getcwd()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=num_workers(cfg), use_gpu=use_gpu,
@@ -215,7 +217,8 @@ def _train_worker(config: dict) -> None:
         torch.cuda.set_device(get_device())  # the GPU Ray gave this worker
     store = RunStore()  # the run's database: GPTDASH_DB_URL in this worker's environment
     try:
-        result = runner.execute_run(store, config["run_id"], device=config["device"])
+        result = runner.execute_run(store, config["run_id"], claim=config["claim"],
+                                    device=config["device"])
     finally:
         store.close()
     if result.status == RunStatus.FAILED:

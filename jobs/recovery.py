@@ -6,6 +6,9 @@ set, ``jobs.ray_executor.reconcile`` goes before it: Ray knows why its job ended
 is gone when it ran on this host and its process no longer exists, or, wherever it ran,
 when its heartbeat is older than ``dead_after_s``. Kept free of torch and of the training
 code, so the CLI's light commands can use it.
+
+The same test keeps a run from getting a second owner: an interrupted run whose recorded
+owner may still be alive is not resumed (``check_owner_gone``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import os
 import socket
 from pathlib import Path
 
-from storage.store import RunStore
+from gptcore.errors import GptdashError
+from storage.queue import owner_gone
+from storage.status import RunStatus
+from storage.store import RunRecord, RunStore
 
 # A worker beats every few seconds; a minute of silence means it is gone.
 DEFAULT_DEAD_AFTER_S = 60.0
@@ -65,3 +71,26 @@ def recover_interrupted(store: RunStore,
     """
     return store.recover_orphans(host=this_host(), pid_alive=pid_alive,
                                  dead_after_s=dead_after_s)
+
+
+def check_owner_gone(run: RunRecord, dead_after_s: float = DEFAULT_DEAD_AFTER_S) -> None:
+    """GptdashError while an interrupted run's recorded owner may still be alive: its process
+    on this host exists, or, elsewhere, it was heard from within ``dead_after_s``.
+
+    Only ``interrupted`` is someone else's verdict on the owner (a stopped, failed or
+    completed run was ended by its owner itself). Its owner's writes are refused already
+    (the verdict took the next fencing token); this also keeps a second trainer from
+    starting while the first may still write its checkpoint files.
+    """
+    if run.status != RunStatus.INTERRUPTED or run.worker is None:  # no owner on record
+        return
+    if owner_gone(run, host=this_host(), pid_alive=pid_alive, dead_after_s=dead_after_s):
+        return
+    if run.owner_host == this_host() and run.owner_pid is not None:
+        raise GptdashError(f"run {run.id}'s process ({run.worker}, pid {run.owner_pid} on "
+                           "this host) is still alive and may still be training it: end that "
+                           "process before resuming the run")
+    where = f" on {run.owner_host}" if run.owner_host else ""
+    raise GptdashError(f"run {run.id}'s owner {run.worker}{where} was heard from less than "
+                       f"{dead_after_s:.0f} s ago and may still be training it: resume the "
+                       "run once it has been silent that long")

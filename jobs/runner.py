@@ -18,8 +18,9 @@ from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
 from gptcore.machine import machine_fit_problem
 from jobs.errors import USER_ERRORS
+from jobs.recovery import check_owner_gone
 from storage import home
-from storage.errors import RunMissing
+from storage.errors import ClaimLost, RunMissing
 from storage.status import RESUMABLE, Executor, RunStatus
 from storage.store import RunRecord, RunStore, remove_run_folder
 
@@ -166,6 +167,7 @@ def queue_resume(store: RunStore, run_id: int, *, executor: str = Executor.LOCAL
     if run.status not in RESUMABLE:
         raise GptdashError(f"run {run_id} is {run.status}; only stopped, interrupted or failed "
                            "runs can be resumed")
+    check_owner_gone(run)  # one owner at a time: never a second trainer beside a live one
     check_corpus_unchanged(run)
     # One write: queued (which clears the stop flag), with who is to take it.
     named = {"worker": job} if job is not None else {}
@@ -175,17 +177,19 @@ def queue_resume(store: RunStore, run_id: int, *, executor: str = Executor.LOCAL
     return f"run {run_id} has no checkpoint yet: restarting from step 0"
 
 
-def end_aborted(store: RunStore, run_id: int, how: str) -> str:
+def end_aborted(store: RunStore, run_id: int, how: str, claim: int) -> str:
     """End a run whose trainer was aborted (a second Ctrl-C): ``stopped`` when it has a
     checkpoint to resume from, else ``interrupted`` (a resume restarts it from step 0).
-    A run that had already ended keeps its status. Returns the resume hint."""
+    A run that had already ended, or that ``claim`` no longer owns, keeps its status.
+    Returns the resume hint."""
     run = store.get_run(run_id)
     hint = f"resume it with `gptdash resume {run_id}`"
     if not has_checkpoint(run):
         hint += " (no checkpoint yet: it restarts from step 0)"
     if run.status == RunStatus.RUNNING:
         status = RunStatus.STOPPED if has_checkpoint(run) else RunStatus.INTERRUPTED
-        store.set_status(run_id, status, error=f"{how} at step {run.last_step}; {hint}")
+        _unless_deleted(lambda: store.set_status(
+            run_id, status, error=f"{how} at step {run.last_step}; {hint}", claim=claim))
     return hint
 
 
@@ -203,10 +207,17 @@ def _plan(store: RunStore, run_id: int, device: str | None
     return cfg, resume, init_path
 
 
-def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | None = None,
+def execute_run(store: RunStore, run_id: int, *, claim: int | None = None,
+                stop_event: threading.Event | None = None,
                 extra_callbacks: TrainerCallbacks | None = None,
                 device: str | None = None) -> TrainResult:
     """Train a run whose row is already claimed (status running) to its end.
+
+    ``claim`` is the token the claim returned (its claimer's, under torchrun or Ray
+    Train); every write is made with it, and once another claim takes the run (or its
+    owner is declared gone) this raises ClaimLost at the next write or stop-flag poll,
+    having written nothing more, not even a failure. Left out, the run's current token
+    is taken: for a caller that claimed the run just before, in this process.
 
     A run whose folder holds a checkpoint continues from it (resume); otherwise it
     starts fresh, from ``init_from``'s weights when that is set. Every way out ends
@@ -225,7 +236,8 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         return train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
                      cache_dir=home.cache_dir(), resume=resume, init_checkpoint=init_path)
     run = store.get_run(run_id)
-    callbacks = StoreCallbacks(store, run_id, stop_event)
+    claim = run.claim_token if claim is None else claim
+    callbacks = StoreCallbacks(store, run_id, claim, stop_event)
     if extra_callbacks is not None:
         callbacks = Chain(callbacks, extra_callbacks)
     try:
@@ -234,19 +246,24 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
         result = train(cfg, checkpoint_dir=home.checkpoints_dir(run_id),
                        cache_dir=home.cache_dir(), callbacks=callbacks, resume=resume,
                        init_checkpoint=init_path)
+    except ClaimLost as exc:  # the run is another process's now: it is theirs to record
+        log.warning("run %s: %s", run_id, exc)
+        raise
     except USER_ERRORS as exc:
         reason = str(exc)
         _unless_deleted(callbacks.flush)
-        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=reason))
+        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=reason,
+                                                 claim=claim))
         result = TrainResult(status=RunStatus.FAILED, reason=reason, step=run.last_step)
     except KeyboardInterrupt as exc:  # a second Ctrl-C: the user's abort, not a crash
         how = str(exc) or "aborted by a second Ctrl-C"
-        _unless_deleted(lambda: end_aborted(store, run_id, how))
+        _unless_deleted(lambda: end_aborted(store, run_id, how, claim))
         raise
     except BaseException as exc:  # anything else must leave a consistent row too
         log.exception("run %s crashed outside the training loop", run_id)
         crash = f"{type(exc).__name__}: {exc}"
-        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=crash))
+        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=crash,
+                                                 claim=claim))
         raise
     finally:
         _unless_deleted(callbacks.close)
@@ -255,10 +272,11 @@ def execute_run(store: RunStore, run_id: int, *, stop_event: threading.Event | N
 
 
 def _unless_deleted(write) -> None:
-    """Do a write that fails only when the run was deleted meanwhile (nothing to record)."""
+    """Do a write that fails only when the run was deleted or taken over meanwhile (nothing
+    of this process's to record)."""
     try:
         write()
-    except RunMissing as exc:
+    except (RunMissing, ClaimLost) as exc:
         log.info("run gone while finishing: %s", exc)
 
 

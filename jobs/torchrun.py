@@ -28,10 +28,11 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
 
 
-def torchrun_command(run_id: int, nproc: int, device: str | None) -> list[str]:
-    """The command line that trains ``run_id`` as ``nproc`` processes on this machine."""
+def torchrun_command(run_id: int, nproc: int, device: str | None, claim: int) -> list[str]:
+    """The command line that trains ``run_id`` as ``nproc`` processes on this machine, rank 0
+    writing with the supervisor's ``claim``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "jobs", "rank", str(run_id)]
+           f"--nproc_per_node={nproc}", "-m", "jobs", "rank", str(run_id), "--claim", str(claim)]
     return cmd + (["--device", device] if device else [])
 
 
@@ -42,15 +43,16 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
-def run_under_torchrun(store: RunStore, run_id: int, nproc: int, *,
+def run_under_torchrun(store: RunStore, run_id: int, nproc: int, *, claim: int,
                        stop_event: threading.Event, device: str | None = None) -> str:
-    """Train a claimed run as ``nproc`` processes; returns the run's final status."""
+    """Train a claimed run as ``nproc`` processes; returns the run's final status. ClaimLost
+    when another process took the run meanwhile (rank 0 stopped writing then)."""
     log_path = home.checkpoints_dir(run_id) / LOG_NAME
     with open(log_path, "ab") as log:
         # A process group of its own: a terminal's Ctrl-C or hang-up reaches only this
         # supervisor, which stops the ranks through the run's flag (with a checkpoint),
         # instead of torchrun killing them mid-step.
-        proc = subprocess.Popen(torchrun_command(run_id, nproc, device), stdout=log,
+        proc = subprocess.Popen(torchrun_command(run_id, nproc, device, claim), stdout=log,
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                 process_group=0)
     stop_sent = False
@@ -60,7 +62,7 @@ def run_under_torchrun(store: RunStore, run_id: int, nproc: int, *,
             stop_sent = True
     run = store.get_run(run_id)
     if run.status == RunStatus.RUNNING:  # the ranks died before rank 0 could say how it ended
-        store.set_status(run_id, RunStatus.FAILED, error=(
+        store.set_status(run_id, RunStatus.FAILED, claim=claim, error=(
             f"the {nproc} training processes exited with code {proc.returncode} before the "
             f"run ended; the end of their output:\n{_tail(log_path)}"))
     return store.get_run(run_id).status

@@ -25,6 +25,11 @@ class RunMissing(StorageError):
     """A run id that is not in the database (deleted, or never there)."""
 
 
+class ClaimLost(StorageError):
+    """A process wrote to a run it no longer owns: another claim took it, or its owner was
+    declared gone. The process must stop writing to the run at once."""
+
+
 def missing_run(run_id: int) -> RunMissing:
     """The error for a run id that is not in the database."""
     return RunMissing(f"run {run_id} does not exist")

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.errors import missing_run
+from storage.ownership import writing
 from storage.schema import Event
 
 if TYPE_CHECKING:
@@ -28,11 +29,12 @@ class EventsMixin:
     engine: Engine
 
     def log_event(self, run_id: int, step: int, kind: str, message: str,
-                  wall_time: float | None = None) -> None:
-        """Record an event of ``kind`` (e.g. "spike") at ``step``; wall time defaults to now."""
+                  wall_time: float | None = None, *, claim: int | None = None) -> None:
+        """Record an event of ``kind`` (e.g. "spike") at ``step``; wall time defaults to now.
+        With ``claim``, only while that claim owns the run."""
         event = Event(run_id=run_id, step=step, kind=kind, message=message,
                       wall_time=time.time() if wall_time is None else wall_time)
-        with Session(self.engine) as session, session.begin():
+        with writing(self.engine, run_id, claim) as session:
             try:
                 session.add(event)
                 session.flush()

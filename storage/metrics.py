@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.errors import missing_run
+from storage.ownership import writing
 from storage.schema import Metric
 
 if TYPE_CHECKING:
@@ -56,11 +57,13 @@ class MetricsMixin:
 
     engine: Engine
 
-    def log_metrics(self, run_id: int, rows: Iterable[tuple[str, int, float, float]]) -> None:
+    def log_metrics(self, run_id: int, rows: Iterable[tuple[str, int, float, float]], *,
+                    claim: int | None = None) -> None:
         """Write ``(key, step, value, wall_time)`` rows in one transaction.
 
         A row for an existing (run, key, step) replaces it; within one call the
-        last row for a (key, step) wins.
+        last row for a (key, step) wins. With ``claim`` (the run's owner), only while that
+        claim owns the run (ClaimLost otherwise).
         """
         # Deduplicate first: one multi-row upsert may not touch the same row twice (PostgreSQL).
         latest = {(key, int(step)): (float(value), float(wall)) for key, step, value, wall in rows}
@@ -69,7 +72,7 @@ class MetricsMixin:
         params = [{"run_id": run_id, "key": key, "step": step, "value": value, "wall_time": wall}
                   for (key, step), (value, wall) in latest.items()]
         dialect = self.engine.dialect.name
-        with Session(self.engine) as session, session.begin():
+        with writing(self.engine, run_id, claim) as session:
             try:
                 if dialect in ("sqlite", "postgresql"):
                     stmt = _dialect_insert(dialect)(_metrics)

@@ -5,20 +5,25 @@ host, pid) and a heartbeat the owner renews; ``recover_orphans`` turns a run
 whose owner is gone into ``interrupted`` so it can be resumed from its last
 checkpoint (or restarted from step 0 when it saved none). Its ``finished_at`` is
 its owner's last sign of life, not the moment someone noticed.
+
+Each claim hands its owner the run's next fencing token, and declaring the owner gone
+takes the next one too, so an owner that was only slow writes nothing more once it was
+given up on (``storage.ownership``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from storage.errors import missing_run
-from storage.runs import status_changes
+from storage.errors import StorageError, missing_run
 from storage.schema import Run, utcnow
-from storage.status import Executor, RunStatus
+from storage.status import ACTIVE, Executor, RunStatus
 
 INTERRUPTED_ERROR = (
     "the server stopped while this run was training; resume it from its last checkpoint"
@@ -28,6 +33,17 @@ INTERRUPTED_NO_CHECKPOINT_ERROR = (
     "to restart from step 0"
 )
 _NO_SYNC = {"synchronize_session": False}
+# Taking the run from its owner, by a claim or by declaring the owner gone: the owner's
+# token no longer matches, so its next write is refused.
+_NEXT_TOKEN = {"claim_token": Run.claim_token + 1}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run taken by a claim, and the fencing token its owner passes with every write."""
+
+    run_id: int
+    token: int
 
 
 def _claimed(worker: str, host: str | None, pid: int | None) -> dict:
@@ -35,7 +51,31 @@ def _claimed(worker: str, host: str | None, pid: int | None) -> dict:
     now = utcnow()
     return {"status": RunStatus.RUNNING, "worker": worker, "owner_host": host,
             "owner_pid": pid, "heartbeat_at": now, "finished_at": None, "error": None,
-            "started_at": func.coalesce(Run.started_at, literal(now, Run.started_at.type))}
+            "started_at": func.coalesce(Run.started_at, literal(now, Run.started_at.type)),
+            **_NEXT_TOKEN}
+
+
+def _token(session: Session, run_id: int) -> int:
+    """The token a claim just gave the run, read in the claim's own transaction."""
+    return session.scalar(select(Run.claim_token).where(Run.id == run_id))
+
+
+def owner_gone(run: Any, *, host: str, pid_alive: Callable[[int], bool],
+               dead_after_s: float, by_pid: bool = True) -> str | None:
+    """Why the run's recorded owner is gone, for its error text; None while it may still
+    be alive. ``run`` has the runs row's owner columns and timestamps.
+
+    On ``host`` (this machine; with ``by_pid``) the owner's process decides: alive however
+    late its heartbeat, gone as soon as it has exited. Elsewhere the owner is gone once its
+    last sign of life (heartbeat, else start, else creation) is over ``dead_after_s`` old.
+    """
+    owner = run.worker or "an unknown worker"
+    if by_pid and run.owner_host == host and run.owner_pid is not None:
+        if pid_alive(run.owner_pid):
+            return None
+        return f"the process training this run ({owner}, pid {run.owner_pid} on {host}) is gone"
+    silent = (utcnow() - (run.heartbeat_at or run.started_at or run.created_at)).total_seconds()
+    return f"no heartbeat from {owner} for {silent:.0f} s" if silent > dead_after_s else None
 
 
 class QueueMixin:
@@ -44,9 +84,10 @@ class QueueMixin:
     engine: Engine
 
     def claim_next_queued(self, worker: str, *, host: str | None = None,
-                          pid: int | None = None) -> int | None:
-        """Atomically take the oldest queued local run for ``worker``; its id, or None if none
-        is queued. A run queued for Ray (``executor`` ``ray``) is its own Ray job's alone.
+                          pid: int | None = None) -> Claim | None:
+        """Atomically take the oldest queued local run for ``worker``; the claim (its id and
+        token), or None if none is queued. A run queued for Ray (``executor`` ``ray``) is its
+        own Ray job's alone.
 
         The run becomes ``running``, owned by ``worker`` on ``host`` as ``pid``,
         with a fresh heartbeat. On PostgreSQL the SELECT locks the row it picks
@@ -72,13 +113,13 @@ class QueueMixin:
                     execution_options=_NO_SYNC,
                 )
                 if result.rowcount == 1:
-                    return run_id
+                    return Claim(run_id, _token(session, run_id))
 
-    def claim_ray_run(self, run_id: int, job: str, *, host: str, pid: int) -> bool:
+    def claim_ray_run(self, run_id: int, job: str, *, host: str, pid: int) -> int | None:
         """Take a run queued for Ray by the job it names (``worker`` = the job's submission
-        id, set when it was queued); whether this call took it.
+        id, set when it was queued); the claim's token, or None when this call did not take it.
 
-        False when the run is no longer queued for that job: cancelled meanwhile, resumed as
+        None when the run is no longer queued for that job: cancelled meanwhile, resumed as
         a newer attempt, or already taken by this job's duplicate.
         """
         with Session(self.engine) as session, session.begin():
@@ -89,19 +130,26 @@ class QueueMixin:
                 .values(_claimed(job, host, pid)),
                 execution_options=_NO_SYNC,
             )
-            return result.rowcount == 1
+            return _token(session, run_id) if result.rowcount == 1 else None
 
-    def claim_run(self, run_id: int, worker: str, *, host: str, pid: int) -> None:
-        """Mark a run as ``running`` and owned by this process (a run trained in the foreground)."""
+    def claim_run(self, run_id: int, worker: str, *, host: str, pid: int) -> int:
+        """Take a queued run for this process (a run trained in the foreground); the claim's
+        token. StorageError when the run is not queued: a worker took it first, or it is
+        not waiting to be trained."""
         with Session(self.engine) as session, session.begin():
             result = session.execute(
-                update(Run).where(Run.id == run_id).values(
-                    **status_changes(RunStatus.RUNNING, None), worker=worker, owner_host=host,
-                    owner_pid=pid, heartbeat_at=utcnow()),
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                .values(_claimed(worker, host, pid)),
                 execution_options=_NO_SYNC,
             )
-            if result.rowcount != 1:
-                raise missing_run(run_id)
+            if result.rowcount == 1:
+                return _token(session, run_id)
+            row = session.execute(select(Run.status, Run.worker).where(Run.id == run_id)).first()
+        if row is None:
+            raise missing_run(run_id)
+        by = f" by {row.worker}" if row.status in ACTIVE and row.worker else ""
+        raise StorageError(f"run {run_id} is {row.status}{by}, not queued: this process "
+                           "cannot take it")
 
     def end_if_still(self, run_id: int, *, worker: str, was: str, status: str,
                      error: str) -> bool:
@@ -114,19 +162,19 @@ class QueueMixin:
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Run).where(Run.id == run_id, Run.status == was, Run.worker == worker)
-                .values(status=status, error=error, finished_at=ended),
+                .values(status=status, error=error, finished_at=ended, **_NEXT_TOKEN),
                 execution_options=_NO_SYNC,
             )
             return result.rowcount == 1
 
-    def heartbeat(self, run_id: int) -> None:
-        """The run's owner is alive now. Does nothing once the run is no longer running."""
+    def heartbeat(self, run_id: int, *, claim: int | None = None) -> None:
+        """The run's owner is alive now. Does nothing once the run is no longer running, or
+        with ``claim``, once that claim no longer owns it (a lost owner keeps no run alive)."""
+        stmt = update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+        if claim is not None:
+            stmt = stmt.where(Run.claim_token == claim)
         with Session(self.engine) as session, session.begin():
-            session.execute(
-                update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-                .values(heartbeat_at=utcnow()),
-                execution_options=_NO_SYNC,
-            )
+            session.execute(stmt.values(heartbeat_at=utcnow()), execution_options=_NO_SYNC)
 
     def queued_ids(self) -> list[int]:
         """Ids of queued runs, oldest first (the order ``claim_next_queued`` takes them)."""
@@ -139,12 +187,14 @@ class QueueMixin:
                         dead_after_s: float) -> list[int]:
         """Turn every ``running`` run whose owner is gone into ``interrupted``; return their ids.
 
-        An owner is gone when it ran on ``host`` (this machine) and its pid is no
-        longer alive, or, on any machine, when the run's last heartbeat (its
-        start if it never beat) is more than ``dead_after_s`` seconds old. Each
-        row changes only if it is still running with the heartbeat read here, so
-        a run whose owner beats meanwhile is left alone. A dead Ray job's run is left to
-        the Ray reconciler, which says why Ray's job ended, until its heartbeat is old too.
+        Gone as ``owner_gone`` says: on ``host`` (this machine) a local run's owner is gone
+        once its pid is no longer alive (a live one that is only slow to beat keeps its
+        run: interrupting it would take the run from a working trainer); elsewhere once the
+        run's last heartbeat (its start if it never beat) is more than ``dead_after_s``
+        seconds old. Each row changes only if it is still running with the heartbeat read
+        here, so a run whose owner beats meanwhile is left alone. A dead Ray job's run is
+        left to the Ray reconciler, which says why Ray's job ended, until its heartbeat is
+        old too. An interrupted run's owner, should it still live, can write no more to it.
         """
         now = utcnow()
         columns = (Run.id, Run.worker, Run.owner_host, Run.owner_pid, Run.heartbeat_at,
@@ -154,16 +204,11 @@ class QueueMixin:
                 select(*columns).where(Run.status == RunStatus.RUNNING).order_by(Run.id)).all()
         recovered = []
         for row in rows:
-            owner = row.worker or "an unknown worker"
-            last_sign = row.heartbeat_at or row.started_at or row.created_at
-            if row.executor == Executor.LOCAL and row.owner_host == host \
-                    and row.owner_pid is not None and not pid_alive(row.owner_pid):
-                cause = (f"the process training this run ({owner}, pid {row.owner_pid} on "
-                         f"{host}) is gone")
-            elif now - last_sign > timedelta(seconds=dead_after_s):
-                cause = f"no heartbeat from {owner} for {(now - last_sign).total_seconds():.0f} s"
-            else:
+            cause = owner_gone(row, host=host, pid_alive=pid_alive, dead_after_s=dead_after_s,
+                               by_pid=row.executor == Executor.LOCAL)
+            if cause is None:
                 continue
+            last_sign = row.heartbeat_at or row.started_at or row.created_at
             then = (" resume it to continue from its last checkpoint" if row.checkpoint_path
                     else " it saved no checkpoint yet: resume it to restart from step 0")
             if self._interrupt_if_unchanged(row.id, row.heartbeat_at, f"{cause};{then}",
@@ -179,7 +224,8 @@ class QueueMixin:
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING, same_beat)
-                .values(status=RunStatus.INTERRUPTED, error=error, finished_at=finished_at),
+                .values(status=RunStatus.INTERRUPTED, error=error, finished_at=finished_at,
+                        **_NEXT_TOKEN),
                 execution_options=_NO_SYNC,
             )
             return result.rowcount == 1
@@ -204,7 +250,8 @@ class QueueMixin:
                 result = session.execute(
                     update(Run)
                     .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-                    .values(status=RunStatus.INTERRUPTED, error=error, finished_at=ended),
+                    .values(status=RunStatus.INTERRUPTED, error=error, finished_at=ended,
+                            **_NEXT_TOKEN),
                     execution_options=_NO_SYNC,
                 )
                 if result.rowcount == 1:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from storage.errors import StorageError, missing_run
 from storage.home import checkpoints_dir
 from storage.names import check_name, check_notes
+from storage.ownership import check_owned, writing
 from storage.schema import (
     Event,
     Metric,
@@ -28,7 +29,7 @@ from storage.schema import (
     Worker,
     utcnow,
 )
-from storage.status import EXECUTORS, FINISHED, STATUSES, Executor, RunStatus
+from storage.status import ACTIVE, EXECUTORS, FINISHED, STATUSES, Executor, RunStatus
 from storage.tags import check_tags, format_tags
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class RunRecord:
     sweep_id: int | None
     trained_s: float | None = None
     executor: str = Executor.LOCAL  # who trains it
+    claim_token: int = 0  # the fencing token of its current claim (storage.ownership)
 
     @property
     def duration_s(self) -> float | None:
@@ -182,11 +184,12 @@ class RunsMixin:
                 raise missing_run(run_id)
             return RunRecord.from_row(run)
 
-    def update_run(self, run_id: int, **changes: Any) -> None:
+    def update_run(self, run_id: int, *, claim: int | None = None, **changes: Any) -> None:
         """Set any columns of a run, e.g. ``update_run(3, last_step=100, device="cuda")``.
 
         A ``status`` among the changes follows the rules of ``set_status``
-        (timestamps, error, stop flag) unless those columns are given too.
+        (timestamps, error, stop flag) unless those columns are given too. An owner passes
+        its ``claim``: the write is refused (ClaimLost) once another claim took the run.
         """
         unknown = sorted(set(changes) - _UPDATABLE)
         if unknown:
@@ -202,21 +205,23 @@ class RunsMixin:
         if not changes:
             self.get_run(run_id)  # still report a missing run
             return
-        self._update(run_id, **changes)
+        self._update(run_id, claim=claim, **changes)
 
-    def set_status(self, run_id: int, status: str, *, error: str | None = None) -> None:
+    def set_status(self, run_id: int, status: str, *, error: str | None = None,
+                   claim: int | None = None) -> None:
         """Move a run to ``status`` and keep its timestamps and error text consistent.
 
         ``running`` sets started_at (first time only); a finished status sets
         finished_at and ``error``; ``running`` or ``queued`` clear finished_at
         and error. ``queued`` also clears an old stop request, so a run that
-        was stopped and queued again does not stop at once.
+        was stopped and queued again does not stop at once. With ``claim``, only while
+        that claim owns the run (ClaimLost otherwise).
         """
-        self._update(run_id, **status_changes(status, error))
+        self._update(run_id, claim=claim, **status_changes(status, error))
 
-    def _update(self, run_id: int, **changes: Any) -> None:
+    def _update(self, run_id: int, *, claim: int | None = None, **changes: Any) -> None:
         stmt = update(Run).where(Run.id == run_id).values(**changes)
-        with Session(self.engine) as session, session.begin():
+        with writing(self.engine, run_id, claim) as session:
             result = session.execute(stmt, execution_options={"synchronize_session": False})
             if result.rowcount != 1:
                 raise missing_run(run_id)
@@ -324,14 +329,25 @@ class RunsMixin:
     def delete_run(self, run_id: int) -> None:
         """Delete a run with its metrics, samples, events and checkpoint folder.
 
-        Runs resumed or fine-tuned from it stay, with ``parent_id`` set to NULL;
-        a worker training it keeps its row, with no current run.
+        A run that is queued or running is refused (StorageError), checked in the same
+        transaction as the delete, so a resume that lands after someone confirmed a
+        delete is never deleted. Runs resumed or fine-tuned from it stay, with
+        ``parent_id`` set to NULL.
         """
         metrics = Metric.__table__
         no_sync = {"synchronize_session": False}
         with Session(self.engine) as session, session.begin():
-            if session.get(Run, run_id) is None:
-                raise missing_run(run_id)
+            # A write first: it locks the row (the database, on SQLite) until the delete
+            # commits, so its status cannot change between this check and the delete.
+            ended = session.execute(update(Run).where(Run.id == run_id,
+                                                      Run.status.not_in(list(ACTIVE)))
+                                    .values(status=Run.status), execution_options=no_sync)
+            if ended.rowcount != 1:
+                status = session.scalar(select(Run.status).where(Run.id == run_id))
+                if status is None:
+                    raise missing_run(run_id)
+                raise StorageError(f"run {run_id} is {status}: stop it (a queued run is "
+                                   "cancelled) before deleting it")
             # Explicit deletes, so this works even where foreign keys are not enforced.
             session.execute(delete(Sample).where(Sample.run_id == run_id))
             session.execute(delete(Event).where(Event.run_id == run_id))
@@ -343,12 +359,13 @@ class RunsMixin:
             session.execute(delete(Run).where(Run.id == run_id), execution_options=no_sync)
         remove_run_folder(run_id)
 
-    def discard_after(self, run_id: int, step: int) -> None:
+    def discard_after(self, run_id: int, step: int, *, claim: int | None = None) -> None:
         """Delete the run's metrics, samples and events past ``step``: what an attempt that
         died recorded after the checkpoint its next attempt starts from (all of them for
-        ``step=-1``, a restart from step 0, whose summaries start over too)."""
+        ``step=-1``, a restart from step 0, whose summaries start over too). With ``claim``,
+        only while that claim owns the run."""
         metrics = Metric.__table__
-        with Session(self.engine) as session, session.begin():
+        with writing(self.engine, run_id, claim) as session:
             session.execute(delete(metrics).where(metrics.c.run_id == run_id,
                                                   metrics.c.step > step))
             session.execute(delete(Sample).where(Sample.run_id == run_id, Sample.step > step))
@@ -362,10 +379,15 @@ class RunsMixin:
         """Ask the trainer of this run to stop at its next poll."""
         self._update(run_id, stop_requested=True)
 
-    def stop_requested(self, run_id: int) -> bool:
-        """Whether a stop was requested. A run deleted while training also reads as stopped."""
+    def stop_requested(self, run_id: int, *, claim: int | None = None) -> bool:
+        """Whether a stop was requested. A run deleted while training also reads as stopped.
+
+        With ``claim`` (its trainer's poll), ClaimLost once another claim took the run.
+        """
         with Session(self.engine) as session:
             flag = session.scalar(select(Run.stop_requested).where(Run.id == run_id))
+            if flag is not None and claim is not None:
+                check_owned(session, run_id, claim)
         return True if flag is None else bool(flag)
 
 

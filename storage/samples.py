@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.errors import missing_run
+from storage.ownership import writing
 from storage.schema import Sample, utcnow
 
 if TYPE_CHECKING:
@@ -25,9 +26,11 @@ class SamplesMixin:
 
     engine: Engine
 
-    def log_sample(self, run_id: int, step: int, prompt: str, text: str) -> None:
-        """Record text generated from ``prompt`` at ``step``."""
-        with Session(self.engine) as session, session.begin():
+    def log_sample(self, run_id: int, step: int, prompt: str, text: str, *,
+                   claim: int | None = None) -> None:
+        """Record text generated from ``prompt`` at ``step`` (with ``claim``, only while that
+        claim owns the run)."""
+        with writing(self.engine, run_id, claim) as session:
             try:
                 session.add(Sample(run_id=run_id, step=step, prompt=prompt, text=text,
                                    created_at=utcnow()))

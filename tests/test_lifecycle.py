@@ -166,7 +166,8 @@ def test_a_display_whose_terminal_closed_does_not_fail_the_run(store):
     claim(store, run_id)
     assert runner.execute_run(store, run_id, extra_callbacks=_GoneTerminal()).status == (
         RunStatus.COMPLETED)
-    chain = Chain(StoreCallbacks(store, run_id), _GoneTerminal())
+    chain = Chain(StoreCallbacks(store, run_id, store.get_run(run_id).claim_token),
+                  _GoneTerminal())
     chain.on_metrics(1, {"lr": 1.0})
     assert chain.other is None
     chain.close()

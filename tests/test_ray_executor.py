@@ -387,7 +387,7 @@ def test_migration_0005_gives_older_runs_the_local_executor(tmp_path: Path) -> N
     store = RunStore(url)  # SQLite is upgraded in place as it opens
     try:
         assert store.get_run(1).executor == Executor.LOCAL
-        assert store.claim_next_queued("w") == 1  # an older queued run is a plain worker's
+        assert store.claim_next_queued("w").run_id == 1  # an older queued run is a plain worker's
     finally:
         store.close()
 
@@ -397,7 +397,7 @@ def test_a_plain_worker_never_claims_a_ray_run(store: RunStore) -> None:
     on_ray = store.create_run("on ray", {}, executor=Executor.RAY)
     store.update_run(on_ray, worker="gptdash-run-1-1")
     local = store.create_run("local", {})
-    assert store.claim_next_queued("w", host="h", pid=1) == local
+    assert store.claim_next_queued("w", host="h", pid=1).run_id == local
     assert store.claim_next_queued("w", host="h", pid=1) is None
     assert store.get_run(on_ray).status == RunStatus.QUEUED
     # Only the job the row names takes it, once.

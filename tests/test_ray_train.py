@@ -56,11 +56,17 @@ def _claimed_run(store, cfg: TrainConfig, executor: str = Executor.RAY) -> int:
     return run_id
 
 
+def _claim(store, run_id: int) -> int:
+    """The token of the claim ``_claimed_run`` made."""
+    return store.get_run(run_id).claim_token
+
+
 def _in_background(store, run_id: int, stop_event: threading.Event):
     """run_with_ray_train in a thread; returns the thread and the list its status lands in."""
     out: list[str] = []
+    claim = _claim(store, run_id)
     thread = threading.Thread(target=lambda: out.append(
-        run_with_ray_train(store, run_id, stop_event=stop_event)), daemon=True)
+        run_with_ray_train(store, run_id, claim=claim, stop_event=stop_event)), daemon=True)
     thread.start()
     return thread, out
 
@@ -80,7 +86,7 @@ def test_two_ray_train_workers_match_one_process_with_the_same_global_batch(
     assert needs_ray_train(cfg) and num_workers(cfg) == 2
     run_id = _claimed_run(store, cfg)
 
-    assert run_with_ray_train(store, run_id) == RunStatus.COMPLETED
+    assert run_with_ray_train(store, run_id, claim=_claim(store, run_id)) == RunStatus.COMPLETED
 
     run = store.get_run(run_id)
     assert (run.status, run.last_step, run.device) == (RunStatus.COMPLETED, STEPS, "cpu x2")
@@ -150,7 +156,7 @@ def test_a_run_the_cluster_can_never_hold_fails_at_once_saying_what_to_change(ra
     cpus = int(ray.cluster_resources()["CPU"])  # 2 on the session's head
     run_id = _claimed_run(store, two_rank_config(nproc=cpus + 1))
 
-    assert run_with_ray_train(store, run_id) == RunStatus.FAILED
+    assert run_with_ray_train(store, run_id, claim=_claim(store, run_id)) == RunStatus.FAILED
 
     assert store.get_run(run_id).error == (
         f"nodes 1 x nproc {cpus + 1} is {cpus + 1} Ray Train workers, one CPU each, but the Ray "

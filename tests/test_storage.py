@@ -266,14 +266,14 @@ def test_stop_request(store: RunStore) -> None:
 
 
 def test_deleted_run_reads_as_stop_requested(store: RunStore) -> None:
-    run_id = store.create_run("r", {}, status="running")
+    run_id = store.create_run("r", {}, status="stopped")
     store.delete_run(run_id)
     assert store.stop_requested(run_id) is True
 
 
 def test_delete_run(store: RunStore, home: Path) -> None:
-    parent = store.create_run("parent", {})
-    child = store.create_run("child", {}, parent_id=parent)
+    parent = store.create_run("parent", {}, status="completed")
+    child = store.create_run("child", {}, parent_id=parent, status="failed")
     other = store.create_run("other", {})
     for run_id in (parent, other):
         store.log_metrics(run_id, [("loss", s, 1.0, 0.0) for s in range(10)])
@@ -303,11 +303,11 @@ def test_claim_next_queued_takes_oldest(store: RunStore) -> None:
     first, second = store.create_run("a", {}), store.create_run("b", {})
     store.create_run("done", {}, status="completed")
     assert store.queued_ids() == [first, second]
-    assert store.claim_next_queued("host:1") == first
+    assert store.claim_next_queued("host:1").run_id == first
     run = store.get_run(first)
     assert (run.status, run.worker) == ("running", "host:1") and run.started_at is not None
     assert store.queued_ids() == [second]
-    assert store.claim_next_queued("host:1") == second
+    assert store.claim_next_queued("host:1").run_id == second
     assert store.claim_next_queued("host:1") is None
 
 

@@ -68,8 +68,8 @@ def test_claim_from_threads_never_duplicates(store: RunStore) -> None:
 
     def claim_all(pid: int) -> list[int]:
         claimed = []
-        while (run_id := store.claim_next_queued(f"t{pid}", host="h", pid=pid)) is not None:
-            claimed.append(run_id)
+        while (claim := store.claim_next_queued(f"t{pid}", host="h", pid=pid)) is not None:
+            claimed.append(claim.run_id)
         return claimed
 
     with ThreadPoolExecutor(4) as pool:
@@ -87,8 +87,8 @@ def _claim_in_process(url: str, worker: str, start: multiprocessing.Event,
     store = RunStore(url)
     start.wait()
     claimed = []
-    while (run_id := store.claim_next_queued(worker)) is not None:
-        claimed.append(run_id)
+    while (claim := store.claim_next_queued(worker)) is not None:
+        claimed.append(claim.run_id)
     store.close()
     results.put((worker, claimed))
 

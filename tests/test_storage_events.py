@@ -44,7 +44,7 @@ def test_log_event_for_missing_run(store: RunStore) -> None:
 
 
 def test_deleting_a_run_deletes_its_events(store: RunStore) -> None:
-    gone, kept = store.create_run("gone", {}), store.create_run("kept", {})
+    gone, kept = store.create_run("gone", {}, status="completed"), store.create_run("kept", {})
     store.log_event(gone, 1, "spike", "x")
     store.log_event(kept, 1, "spike", "y")
     store.delete_run(gone)

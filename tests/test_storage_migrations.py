@@ -106,7 +106,7 @@ def test_runs_table_without_autoincrement_gets_it_and_stops_reusing_ids(tmp_path
     try:
         assert "AUTOINCREMENT" in _runs_ddl(path)
         assert _rows(path) == before  # every row and id kept
-        first = store.create_run("new", {})
+        first = store.create_run("new", {}, status="completed")
         assert first == 4  # past the highest id left
         store.delete_run(first)
         assert store.create_run("newer", {}) == first + 1  # the deleted id is not handed out again

@@ -34,13 +34,13 @@ def test_claim_next_queued_records_owner_and_heartbeat(store: RunStore) -> None:
     store.set_status(first, "failed", error="old")
     store.set_status(first, "queued")
 
-    assert store.claim_next_queued("w1", host=HOST, pid=41) == first
+    assert store.claim_next_queued("w1", host=HOST, pid=41).run_id == first
     run = store.get_run(first)
     assert (run.status, run.worker, run.owner_host, run.owner_pid) == ("running", "w1", HOST, 41)
     assert run.heartbeat_at is not None and run.started_at is not None
     assert (run.finished_at, run.error) == (None, None)
     # Without host and pid (the old signature) the run is still claimed.
-    assert store.claim_next_queued("w2") == second
+    assert store.claim_next_queued("w2").run_id == second
     assert (store.get_run(second).worker, store.get_run(second).owner_pid) == ("w2", None)
     assert store.claim_next_queued("w1", host=HOST, pid=41) is None
 
@@ -51,7 +51,7 @@ def test_claim_keeps_the_first_start_time(store: RunStore) -> None:
     started = store.get_run(run_id).started_at
     store.set_status(run_id, "interrupted")
     store.set_status(run_id, "queued")
-    assert store.claim_next_queued("w", host=HOST, pid=1) == run_id
+    assert store.claim_next_queued("w", host=HOST, pid=1).run_id == run_id
     assert store.get_run(run_id).started_at == started
 
 
@@ -164,7 +164,7 @@ def test_claim_skips_a_run_another_claimer_holds_locked(store: RunStore) -> None
         other.execute(text("SELECT id FROM runs WHERE id = :id FOR UPDATE"), {"id": first})
         claim = pool.submit(store.claim_next_queued, "w", host=HOST, pid=1)
         try:
-            assert claim.result(timeout=10) == second  # skipped, not waited for
+            assert claim.result(timeout=10).run_id == second  # skipped, not waited for
         finally:
             other.rollback()  # a claim that waits for the lock would then go on
-    assert store.claim_next_queued("w", host=HOST, pid=1) == first
+    assert store.claim_next_queued("w", host=HOST, pid=1).run_id == first

@@ -58,7 +58,7 @@ def test_worker_beat_rejects_unknown_status_and_worker(store: RunStore) -> None:
 
 
 def test_deleting_its_run_clears_the_workers_current_run(store: RunStore) -> None:
-    run_id = store.create_run("r", {})
+    run_id = store.create_run("r", {}, status="completed")
     store.register_worker("w", host="h", pid=1, device=None)
     store.worker_beat("w", status="training", current_run_id=run_id)
     store.delete_run(run_id)
