@@ -254,7 +254,8 @@ def test_a_run_whose_job_ended_stays_running_while_its_trainer_may_live(
         f"run {away}: Ray job {away_job} ended (FAILED); marked interrupted"]
 
 
-def test_a_run_that_ignores_its_stop_has_its_job_stopped_after_the_grace(on_ray, ray_cluster):
+def test_a_run_that_ignores_its_stop_has_its_job_stopped_after_the_grace(on_ray, ray_cluster,
+                                                                          monkeypatch):
     run_id = on_ray.create_run("hung", {}, executor=Executor.RAY)
     job = a_job_named_by(on_ray, run_id, "sleep 120")  # a trainer that never polls its flag
     assert on_ray.claim_ray_run(run_id, job, host="elsewhere", pid=1)
@@ -268,6 +269,7 @@ def test_a_run_that_ignores_its_stop_has_its_job_stopped_after_the_grace(on_ray,
     assert reconcile(on_ray, stops=stops) == [
         f"run {run_id} did not stop within 1 s of its Stop: stopped its Ray job {job}"]
     wait_for(lambda: status() == "STOPPED", "Ray to stop the job")
+    monkeypatch.setattr(ray_executor, "TRAINER_QUIET_S", 0.0)  # its trainer beats no more
     assert reconcile(on_ray) == [
         f"run {run_id}: Ray job {job} ended (STOPPED); marked interrupted"]
     assert on_ray.get_run(run_id).status == RunStatus.INTERRUPTED
