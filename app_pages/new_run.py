@@ -13,6 +13,7 @@ from jobs import actions
 from jobs.errors import USER_ERRORS
 from jobs.sweeps import measured_pace, submit_repeats
 from storage import home
+from storage.names import NAME_MAX
 from storage.status import RunStatus
 from storage.tags import parse_tags
 from ui.config_diff import config_from_upload, config_json_bytes
@@ -208,7 +209,7 @@ with summary_col:
         if "max_steps" not in problems and "lr" not in problems:
             st.plotly_chart(lr_schedule_figure(cfg), key="lr_preview")
     name = st.text_input("Run name", placeholder="optional; a name is made from the config",
-                         max_chars=200)
+                         max_chars=NAME_MAX)
     tags = st.text_input("Tags", placeholder="comma-separated, e.g. baseline, lr-sweep")
     notes = st.text_area("Notes", height=80)
     repeats = st.number_input("Repeat with N seeds", 1, 100, 1, key="repeat_seeds",

@@ -5,7 +5,7 @@ import streamlit as st
 
 from jobs import actions
 from jobs.runner import can_resume
-from storage.names import one_line
+from storage.names import NAME_MAX, one_line
 from storage.status import ACTIVE, RESUMABLE, STATUSES, RunStatus
 from storage.tags import format_tags, parse_tags
 from ui.format import human_count, human_duration
@@ -124,7 +124,7 @@ if len(runs) == 1:
     run = runs[0]
     with st.form(f"edit_{run.id}"):
         st.caption(f"Edit run #{run.id}")
-        new_name = st.text_input("Name", value=run.name, max_chars=200)
+        new_name = st.text_input("Name", value=run.name, max_chars=NAME_MAX)
         new_tags = st.text_input("Tags (comma-separated)", value=format_tags(run.tags))
         new_notes = st.text_area("Notes", value=run.notes)
         if st.form_submit_button("Save"):

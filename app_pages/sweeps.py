@@ -23,7 +23,7 @@ from jobs.sweeps import (
     plan_sweep,
     submit_sweep,
 )
-from storage.names import one_line
+from storage.names import NAME_MAX, one_line
 from storage.status import ACTIVE, Executor, RunStatus
 from ui.compute import last_values
 from ui.live import LastBuilt
@@ -111,7 +111,7 @@ if grids or ranges or seeds:
         problem = str(exc)
 
 with summary_col:
-    name = st.text_input("Sweep name", key="sweep_name", max_chars=200,
+    name = st.text_input("Sweep name", key="sweep_name", max_chars=NAME_MAX,
                          placeholder="optional; named after the swept settings")
     cut = st.checkbox("Early cut (successive halving)", key="sweep_cut",
                       help="At a quarter and at half of max_steps, stop a run whose forecast "
