@@ -227,8 +227,8 @@ def _forecast(run: RunRecord, steps: list[int], losses: list[float], upto: int |
     if upto is None and run.status == RunStatus.COMPLETED:
         forecast = replace(forecast, note=None)  # a finished run has no decay still to come
     if astray is not None:
-        forecast = replace(forecast, note=f"this run's curve does not follow the law ({astray}), "
-                                          "so it is fitted alone and its forecast is a poor guide")
+        forecast = replace(forecast, note=f"this run's curve does not follow the law: {astray}; "
+                                          "it is fitted alone and its forecast is a poor guide")
     if family is not None:
         # Uncalibrated, a forecast still says how many relatives it had (and did not use).
         forecast = replace(forecast, left_out=family.left_out,
