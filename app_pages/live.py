@@ -28,10 +28,8 @@ import streamlit as st
 
 from analysis.forecast import Forecast, eta_to_loss
 from gptcore.metric_keys import (
-    EVAL_TIME_MS,
     GRAD_NORM,
     LR,
-    STEP_TIME_MS,
     TOKENS_PER_SEC,
     TRAIN_LOSS,
     VAL_LOSS,
@@ -44,6 +42,7 @@ from storage.status import ACTIVE, Executor, RunStatus
 from storage.store import RunRecord
 from storage.tags import format_tags
 from ui.ended import ENDED_BY, why_it_ended
+from ui.eta import run_eta, run_pace
 from ui.events import event_traces, events_table
 from ui.figures import PALETTE
 from ui.forecast_view import (
@@ -52,14 +51,7 @@ from ui.forecast_view import (
     forecast_traces,
     try_forecast,
 )
-from ui.format import (
-    PACE_WINDOW,
-    eta_seconds,
-    human_duration,
-    progress_fraction,
-    recent_eval_seconds,
-    recent_seconds_per_step,
-)
+from ui.format import human_duration, progress_fraction
 from ui.live import (
     LastBuilt,
     LiveCharts,
@@ -137,19 +129,9 @@ def _refresh(series: LiveSeries) -> None:
         series.append(store.metrics([run_id], KEYS, after_step=series.cursor - 50))
 
 
-def recent_times_ms(r: RunRecord, key: str) -> list[float]:
-    """The run's newest values of a timing metric (step_time_ms, eval_time_ms), enough for
-    its recent pace."""
-    every = int(r.config.get("eval_interval" if key == EVAL_TIME_MS else "log_interval") or 1)
-    rows = store.metrics([run_id], [key], after_step=r.last_step - (PACE_WINDOW + 1) * every)
-    return rows["value"].tolist()
-
-
 def eta(r: RunRecord) -> float | None:
-    """Seconds left: the steps to go at the recent pace, and the evaluations to go."""
-    return eta_seconds(r.last_step, r.max_steps, recent_times_ms(r, STEP_TIME_MS),
-                       eval_interval=int(r.config.get("eval_interval") or 0),
-                       eval_s=recent_eval_seconds(recent_times_ms(r, EVAL_TIME_MS)))
+    """Seconds left: the steps, evaluations and saves to go at what the run has spent."""
+    return run_eta(store, r, time.time())
 
 
 def status(r: RunRecord, series: LiveSeries) -> None:
@@ -271,8 +253,8 @@ def forecast_panel(r: RunRecord, series: LiveSeries, forecast: Forecast | None,
                              format="%.3f", key=f"eta_target_{run_id}",
                              placeholder="e.g. 2.0")
     if target is not None:
-        pace = (recent_seconds_per_step(recent_times_ms(r, STEP_TIME_MS))
-                if r.status in ACTIVE else None)
+        measured = run_pace(store, r) if r.status in ACTIVE else None
+        pace = measured.mean_step_s if measured else None
         # The step is kept until the fit or the target changes: finding it scans every step
         # to max_steps, which on a long run is not a per-tick job.
         step = _kept("eta", LastBuilt).get((id(forecast), target),

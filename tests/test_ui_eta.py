@@ -1,81 +1,131 @@
-"""The Live page's ETA: steps to go at the recent pace plus evaluations to go, steady
-through evaluations, checkpoint saves and the time between a stop and a resume."""
+"""The Live page's ETA: the steps to go at the run's wall time per step (every cost between
+two reports included: saves, writes), plus the evaluations to go at their measured cost,
+steady through evaluations, checkpoint saves and the time between a stop and a resume."""
 
+import pandas as pd
 import pytest
 
-from ui.format import eta_seconds, evals_left, recent_eval_seconds, recent_seconds_per_step
+from ui.eta import Pace, eta_seconds, evals_between, measured_pace, pace_window
 
-MAX_STEPS, LOG_EVERY, EVAL_EVERY = 1000, 10, 100
-STEP_S, EVAL_S, CHECKPOINT_S, PAUSE_S, PAUSE_AT = 0.1, 20.0, 1.0, 3600.0, 300
+MAX_STEPS, LOG_EVERY, EVAL_EVERY, CKPT_EVERY = 400, 10, 50, 200
+# A tiny CPU run as the issue measured it: 26.8 ms a step, 60 ms of wall time per step.
+STEP_S, REPORT_S = 0.0268, 0.12  # a step; the writes after each report, untimed by the step
+EVAL_S, AFTER_EVAL_S = 0.45, 0.4  # an evaluation with its sample; best.pt and the flush
+SAVE_S, STARTUP_S = 0.5, 3.0  # latest.pt; a resumed process's start-up
+PAUSE_AT, PAUSE_S = 300, 3600.0  # stopped at step 300, resumed an hour later
 
 
 def simulated_run():
-    """(step, wall seconds since the start, step_time_ms so far, eval_time_ms so far) at
-    each report of a run that evaluates every 100 steps (and at 0), saves a checkpoint
-    after each evaluation, and was stopped at step 300 and resumed an hour later."""
-    # The trainer evaluates at step 0, before its first step.
-    wall, step_times, eval_times, views = EVAL_S, [], [1000 * EVAL_S], []
-    for step in range(LOG_EVERY, MAX_STEPS + 1, LOG_EVERY):
-        interval = LOG_EVERY * STEP_S
-        if (step - LOG_EVERY) % EVAL_EVERY == 0 and step > LOG_EVERY:
-            interval += CHECKPOINT_S  # the save lands in the next interval's time
-        if step - LOG_EVERY == PAUSE_AT:
-            wall += PAUSE_S
-            interval += 2.0  # the resumed process warms up
-        wall += interval
-        step_times.append(1000 * interval / LOG_EVERY)
-        views.append((step, wall, list(step_times), list(eval_times)))
+    """[(wall time of a report, step rows so far, eval rows so far, true seconds left)] at
+    each report of a run recorded as the trainer and its bridge record it."""
+    steps, evals, views, ends = [], [], [], []
+    wall = STARTUP_S + EVAL_S
+    evals.append((0, 1000 * EVAL_S))
+    wall += AFTER_EVAL_S
+    interval = 0.0
+    for step in range(1, MAX_STEPS + 1):
+        wall += STEP_S
+        interval += STEP_S
+        if step % LOG_EVERY == 0:
+            steps.append((step, 1000 * interval / LOG_EVERY, wall))
+            views.append((wall, list(steps), list(evals)))
+            wall += REPORT_S
+            interval = 0.0
         if step % EVAL_EVERY == 0:
             wall += EVAL_S
-            eval_times.append(1000 * EVAL_S)
-    return views
+            evals.append((step, 1000 * EVAL_S))
+            wall += AFTER_EVAL_S
+        if step % CKPT_EVERY == 0 or step == MAX_STEPS:
+            wall += SAVE_S
+        if step == PAUSE_AT:
+            wall += PAUSE_S + STARTUP_S
+            ends.append(wall)  # no one can foresee the pause: the truth leaves it out
+    end = wall
+    out = []
+    for now, step_rows, eval_rows in views:
+        left = end - now - (PAUSE_S + STARTUP_S if now < ends[0] else 0.0)
+        out.append((now, frame(step_rows, ("step", "value", "wall_time")),
+                    frame(eval_rows, ("step", "value")), left))
+    return out
 
 
-def true_seconds_left(step: int) -> float:
-    evals = MAX_STEPS // EVAL_EVERY - step // EVAL_EVERY
-    return (MAX_STEPS - step) * STEP_S + evals * (EVAL_S + CHECKPOINT_S)
+def frame(rows, columns) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(columns))
 
 
-def test_the_eta_stays_near_the_truth_through_evaluations_and_a_pause():
-    for step, _wall, step_times, eval_times in simulated_run():
-        if step >= 900:
-            break  # a few seconds left: relative errors mean little
-        eta = eta_seconds(step, MAX_STEPS, step_times, eval_interval=EVAL_EVERY,
-                          eval_s=recent_eval_seconds(eval_times))
-        assert eta == pytest.approx(true_seconds_left(step), rel=0.15), step
+def page_eta(now, step_rows, eval_rows):
+    return eta_seconds(step_rows, eval_rows, max_steps=MAX_STEPS, eval_interval=EVAL_EVERY,
+                       checkpoint_interval=CKPT_EVERY, now=now)
 
 
-def test_the_old_elapsed_over_steps_eta_swung_where_this_one_does_not():
-    """What the page showed before: elapsed wall time over steps done, times steps to go."""
-    old, new = [], []
-    for step, wall, step_times, eval_times in simulated_run():
-        if 100 <= step < 900:
-            old.append((MAX_STEPS - step) * wall / step / true_seconds_left(step))
-            new.append(eta_seconds(step, MAX_STEPS, step_times, eval_interval=EVAL_EVERY,
-                                   eval_s=recent_eval_seconds(eval_times))
-                       / true_seconds_left(step))
-    assert max(old) > 5 * min(old)  # from about right to many times too long after the pause
-    assert max(new) < 1.2 * min(new)
+def test_the_eta_lands_near_the_truth_from_a_quarter_of_the_run_on():
+    # Until the first save (at 200) is measured, it counts as nothing: up to 10% short.
+    for now, step_rows, eval_rows, left in simulated_run():
+        step = int(step_rows["step"].max())
+        if MAX_STEPS // 4 <= step <= 0.9 * MAX_STEPS:
+            assert page_eta(now, step_rows, eval_rows) == pytest.approx(
+                left, rel=0.15 if step <= 200 else 0.05), step
 
 
-def test_an_eval_spike_in_one_interval_does_not_move_the_pace():
-    steady = [100.0] * 30
-    assert recent_seconds_per_step(steady) == pytest.approx(0.1)
-    assert recent_seconds_per_step([*steady, 2500.0]) == pytest.approx(0.1)
-    assert recent_seconds_per_step([*steady[:-1], 2500.0, 100.0]) == pytest.approx(0.1)
+def test_the_step_time_alone_came_out_far_too_short():
+    """What the page showed before: the median step time times the steps to go, plus the
+    evaluations; the saves and writes between steps were left out."""
+    now, step_rows, eval_rows, left = simulated_run()[9]  # step 100, a quarter of the run
+    median_step_s = step_rows["value"].median() / 1000
+    evals = evals_between(100, MAX_STEPS, MAX_STEPS, EVAL_EVERY)
+    old = (MAX_STEPS - 100) * median_step_s + evals * EVAL_S
+    assert old < 0.65 * left
+    assert page_eta(now, step_rows, eval_rows) == pytest.approx(left, rel=0.1)
 
 
-def test_no_pace_yet_means_no_eta():
-    assert eta_seconds(0, 100, []) is None
-    assert eta_seconds(None, 100, [100.0]) is None
-    assert eta_seconds(10, 100, [float("nan")]) is None
-    assert eta_seconds(120, 100, [100.0]) == 0.0
-    assert recent_eval_seconds([]) is None
+def test_a_stop_and_resume_gap_is_not_averaged_in():
+    views = simulated_run()
+    now, step_rows, eval_rows, left = views[32]  # step 330: the hour-long gap is behind it
+    pace = measured_pace(step_rows, eval_rows, EVAL_EVERY, CKPT_EVERY)
+    assert pace.step_s < 0.1  # an hour over the 10 steps of that gap would be 360 s a step
+    assert page_eta(now, step_rows, eval_rows) == pytest.approx(left, rel=0.1)
 
 
-@pytest.mark.parametrize("step, max_steps, every, left", [
-    (0, 30, 10, 3), (5, 30, 10, 3), (10, 30, 10, 2), (0, 25, 10, 3), (30, 30, 10, 0),
-    (29, 30, 10, 1), (3, 30, 0, 0),
+def test_the_eta_counts_down_between_reports():
+    now, step_rows, eval_rows, _ = simulated_run()[19]
+    at_report = page_eta(now, step_rows, eval_rows)
+    assert page_eta(now + 2.0, step_rows, eval_rows) == pytest.approx(at_report - 2.0)
+    assert page_eta(now + 1e6, step_rows, eval_rows) == 0.0
+
+
+def test_no_pace_before_two_reports():
+    _, step_rows, eval_rows, _ = simulated_run()[0]
+    assert page_eta(100.0, step_rows, eval_rows) is None
+    assert page_eta(100.0, step_rows.iloc[:0], eval_rows) is None
+
+
+def test_the_pace_counts_steps_evaluations_and_saves_on_the_trainers_schedule():
+    pace = Pace(step_s=0.1, eval_s=5.0, save_s=2.0, eval_interval=50, checkpoint_interval=200)
+    assert pace.mean_step_s == pytest.approx(0.1 + 5.0 / 50 + 2.0 / 200)
+    # From the report at 10 to step 100: the evaluation at 50.
+    assert pace.seconds_between(10, 100, 400) == pytest.approx(90 * 0.1 + 5.0)
+    # From 200 to the end: evaluations at 200, 250, ..., 400, saves at 200 and at the end.
+    assert pace.seconds_between(200, 400, 400) == pytest.approx(200 * 0.1 + 5 * 5.0 + 2 * 2.0)
+    assert pace.seconds_between(410, 400, 420) == 0.0
+
+
+def test_each_kind_of_gap_measures_its_own_cost():
+    _, step_rows, eval_rows, _ = simulated_run()[-1]
+    pace = measured_pace(step_rows, eval_rows, EVAL_EVERY, CKPT_EVERY)
+    assert pace.step_s == pytest.approx(STEP_S + REPORT_S / LOG_EVERY)
+    assert pace.eval_s == pytest.approx(EVAL_S + AFTER_EVAL_S)
+    assert pace.save_s == pytest.approx(SAVE_S)
+
+
+@pytest.mark.parametrize("step, target, max_steps, every, left", [
+    (0, 30, 30, 10, 4), (5, 30, 30, 10, 3), (10, 30, 30, 10, 3), (0, 25, 25, 10, 4),
+    (30, 30, 30, 10, 0), (29, 30, 30, 10, 1), (3, 30, 30, 0, 1), (0, 15, 30, 10, 2),
 ])
-def test_evals_left_follows_the_trainers_schedule(step, max_steps, every, left):
-    assert evals_left(step, max_steps, every) == left
+def test_evals_between_follows_the_trainers_schedule(step, target, max_steps, every, left):
+    assert evals_between(step, target, max_steps, every) == left
+
+
+def test_the_window_holds_each_cost_that_comes_round():
+    assert pace_window(10, 50, 200) == 200
+    assert pace_window(10, 500, 200) == 1000
+    assert pace_window(50, 10, 100) == 1000

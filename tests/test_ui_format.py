@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ui.format import eta_seconds, human_bytes_mb, human_count, human_duration, progress_fraction
+from ui.format import human_bytes_mb, human_count, human_duration, progress_fraction
 
 
 @pytest.mark.parametrize("n, text", [
@@ -27,14 +27,6 @@ def test_human_duration(s, text):
 ])
 def test_human_bytes_mb(mb, text):
     assert human_bytes_mb(mb) == text
-
-
-def test_eta_seconds():
-    assert eta_seconds(100, 500, [500.0]) == pytest.approx(200.0)
-    assert eta_seconds(100, 500, [500.0], eval_interval=100, eval_s=10.0) == pytest.approx(240)
-    assert eta_seconds(600, 500, [500.0]) == 0.0
-    assert eta_seconds(None, 500, [500.0]) is None
-    assert eta_seconds(10, 500, []) is None
 
 
 def test_progress_fraction():

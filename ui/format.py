@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Sequence
 
 DASH = "—"
 
@@ -64,50 +62,6 @@ def human_bytes_mb(mb: float | None) -> str:
         return f"{mb:.0f} MB"
     gb = mb / 1024
     return f"{gb:.1f} GB" if gb < 1024 else f"{gb / 1024:.1f} TB"
-
-
-PACE_WINDOW = 20  # the logging intervals a run's recent pace is taken over
-
-
-def recent_seconds_per_step(step_times_ms: Sequence[float]) -> float | None:
-    """A run's recent pace in seconds per step, or None before it has one.
-
-    ``step_times_ms`` are the run's ``step_time_ms`` metrics in step order: each the mean
-    time of the steps of one logging interval, timed by the trainer within one attempt and
-    after any evaluation. The pace is the median of the last ``PACE_WINDOW`` of them, so an
-    evaluation or a checkpoint save, a queue wait or the days between a stop and a resume
-    neither swing it nor stretch it, as elapsed time over steps done did.
-    """
-    recent = [t for t in list(step_times_ms)[-PACE_WINDOW:] if not _missing(t) and t > 0]
-    return statistics.median(recent) / 1000 if recent else None
-
-
-def evals_left(step: int, max_steps: int, eval_interval: int) -> int:
-    """Evaluations still to come after ``step``: each multiple of eval_interval up to
-    max_steps, and one at max_steps (the trainer's schedule)."""
-    if step >= max_steps or eval_interval <= 0:
-        return 0
-    n = max_steps // eval_interval - step // eval_interval
-    return n + (1 if max_steps % eval_interval else 0)
-
-
-def eta_seconds(step: int | None, max_steps: int | None, step_times_ms: Sequence[float], *,
-                eval_interval: int = 0, eval_s: float | None = None) -> float | None:
-    """Seconds left: the steps to go at the run's recent pace (``recent_seconds_per_step``)
-    plus the evaluations to go at ``eval_s`` each (``recent_eval_seconds``); None before
-    there is a pace to go by."""
-    pace = recent_seconds_per_step(step_times_ms)
-    if step is None or max_steps is None or pace is None:
-        return None
-    evals = evals_left(step, max_steps, eval_interval) * eval_s if eval_s else 0.0
-    return max(0.0, (max_steps - step) * pace + evals)
-
-
-def recent_eval_seconds(eval_times_ms: Sequence[float]) -> float | None:
-    """The median time of the run's recent evaluations (its ``eval_time_ms`` metrics, each
-    an evaluation with its text sample), or None before one has been timed."""
-    recent = [t for t in list(eval_times_ms)[-PACE_WINDOW:] if not _missing(t) and t >= 0]
-    return statistics.median(recent) / 1000 if recent else None
 
 
 def progress_fraction(step: int | None, max_steps: int | None) -> float:
