@@ -7,12 +7,14 @@ import pytest
 
 from gptcore.config import PRESETS, TrainConfig
 from ui.figures import (
+    MIN_X_SPAN,
     PALETTE,
     hparam_figure,
     lr_schedule_figure,
     metric_figure,
     run_colors,
     x_axis_frame,
+    x_axis_range,
 )
 
 
@@ -171,12 +173,30 @@ def test_a_run_with_one_point_gets_a_marker_and_sensible_axes_not_minus_one_to_o
     fig = metric_figure(one, title="Tokens per second")
     assert fig.data[0].mode == "lines+markers"  # a lone point draws no line
     # Steps from 0 over a few integers; the value with room around it, not value-1..value+1.
-    assert list(fig.layout.xaxis.range) == [0, 10]
+    x_low, x_high = fig.layout.xaxis.range
+    assert x_low < 0 and x_high > 10  # the marker at step 0 is inside, not on the edge
+    assert fig.data[0].cliponaxis is False  # drawn whole where a live window ends at it
     low, high = fig.layout.yaxis.range
     assert 30_000 < low < 48134.5 < high < 60_000
     lr = metric_figure(one.assign(key="lr", value=5e-4), title="Learning rate")
     low, high = lr.layout.yaxis.range
     assert 0 < low < 5e-4 < high < 1e-3
+
+
+def test_a_run_of_a_few_steps_gets_whole_step_ticks_not_fractions():
+    """A one-step run: losses at 0, val loss at 0 and 1; plotly's own range 0..1 ticked
+    "0, 200m, 400m, 600m, 800m, 1"."""
+    df = pd.DataFrame([{"run_id": 1, "key": k, "step": s, "value": 5.0 - s, "wall_time": 0.0}
+                       for k, steps in (("train/loss", [0]), ("val/loss", [0, 1]))
+                       for s in steps])
+    low, high = metric_figure(df, title="Loss").layout.xaxis.range
+    assert low < 0 < 1 < high and high - low >= MIN_X_SPAN
+    # A live window of the last 200 steps when the newest step is 1.
+    live = metric_figure(df, title="Loss", x_range=(0, 1)).layout.xaxis.range
+    assert list(live) == [0, MIN_X_SPAN]
+    assert x_axis_range((100, 300)) == [100, 300]  # a wide window is left as it is
+    many = metrics()
+    assert metric_figure(many, title="t").layout.xaxis.range is None  # autoscale
 
 
 def test_ticks_read_as_few_digit_si_and_integer_steps_hover_as_integers():
@@ -200,6 +220,15 @@ def test_hparam_points_and_their_labels_sit_inside_the_plot_not_on_its_edge():
     assert x_low < 0.001 and x_high > 0.003
     y_low, y_high = fig.layout.yaxis.range
     assert y_low < 3.59 and y_high > 4.56 + 0.1  # room above the top point for its label
+
+
+def test_a_whole_numbered_hyperparameter_ticks_at_its_values_not_halfway():
+    """Two seeds, 1337 and 1338: plotly's own ticks read "1,337.5" between them."""
+    points = pd.DataFrame({"name": ["a", "b"], "seed": [1337, 1338], "loss": [2.0, 2.1]})
+    axis = hparam_figure(points, "seed", "loss").layout.xaxis
+    assert list(axis.tickvals) == [1337, 1338] and list(axis.ticktext) == ["1337", "1338"]
+    lrs = pd.DataFrame({"name": ["a", "b"], "lr": [1e-3, 3e-3], "loss": [2.0, 2.1]})
+    assert hparam_figure(lrs, "lr", "loss").layout.xaxis.tickvals is None
 
 
 def test_the_lr_preview_ticks_read_as_decimals_not_exponents():

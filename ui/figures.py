@@ -27,8 +27,11 @@ _LEGEND_ON_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor":
 # never "2,394.5" or "48.1345k"; small values (losses, learning rates) keep plotly's own.
 SI_TICKS = ".3~s"
 SI_FROM = 1e4
-# A one-point curve: at least this many steps shown, from 0, never plotly's -1..1.
+# A curve of one point or a few steps: at least this many steps shown, from 0, so ticks
+# are whole steps (never plotly's -1..1 or "0, 200m, ... 1").
 MIN_X_SPAN = 10
+EDGE_PAD = 0.03  # of an axis's span, each side: a marker at the end is drawn whole
+MAX_VALUE_TICKS = 8  # a hyperparameter tried at more values gets plotly's own ticks
 
 
 def run_colors(run_ids: list[int]) -> dict[int, str]:
@@ -128,13 +131,23 @@ def axis_formats(values: pd.Series, *, log: bool, x: bool) -> dict:
         if top >= SI_FROM:
             formats["tickformat"] = SI_TICKS
     lo, hi = float(finite.min()), float(finite.max())
-    if lo == hi and not log:
-        if x:
-            formats["range"] = [min(0.0, lo), max(MIN_X_SPAN, 2 * hi)]
-        else:
+    if x and not log and (lo == hi or (whole and hi - lo < MIN_X_SPAN)):
+        # A few steps: plotly would tick 0, 0.2, ... 1 ("200m"); steps are whole numbers.
+        formats["range"] = _few_steps_range(lo, hi)
+    elif lo == hi and not log:
+        if not x:
             pad = abs(lo) * 0.2 or 1.0
             formats["range"] = [lo - pad, lo + pad] if lo > 0 else [lo - pad, pad]
     return formats
+
+
+def _few_steps_range(lo: float, hi: float) -> list[float]:
+    """An x-range at least MIN_X_SPAN wide from 0 (or ``lo``, when below 0), so its ticks
+    fall on whole numbers, padded so a marker at either end is not cut at the edge."""
+    low = min(0.0, lo)
+    high = max(low + MIN_X_SPAN, 2 * hi if lo == hi else hi)
+    pad = EDGE_PAD * (high - low)
+    return [low - pad, high + pad]
 
 
 def metric_traces(df: pd.DataFrame, *, names: dict[int, str] | None = None, x: str = "step",
@@ -166,10 +179,11 @@ def metric_traces(df: pd.DataFrame, *, names: dict[int, str] | None = None, x: s
                                "line": line, "opacity": SHADOW_OPACITY, "showlegend": False,
                                "legendgroup": name, "hoverinfo": "skip"})
                 ys = ema(ys, smoothing)
-            # A lone point draws no line: give it a marker, or the chart looks empty.
-            mode = "lines" if len(xs) > 1 else "lines+markers"
-            traces.append({"type": kind, "x": xs, "y": ys, "mode": mode, "name": name,
-                           "line": line, "legendgroup": name})
+            # A lone point draws no line: give it a marker, or the chart looks empty; drawn
+            # whole even where it sits on the plot's edge (a live window ends at it).
+            lone = {"mode": "lines+markers", "cliponaxis": False} if len(xs) == 1 else {}
+            traces.append({"type": kind, "x": xs, "y": ys, "mode": "lines", "name": name,
+                           "line": line, "legendgroup": name, **lone})
     return traces
 
 
@@ -177,7 +191,10 @@ def x_axis_range(x_range: tuple[float, float] | None, log_x: bool = False) -> li
     """A plotly x-axis range for ``x_range`` (None: plotly autoscales)."""
     if x_range is None:
         return None
-    return _axis_range(float(x_range[0]), float(x_range[1]), log_x)
+    lo, hi = float(x_range[0]), float(x_range[1])
+    if not log_x:  # a window of a few steps would tick fractions of a step
+        hi = max(hi, lo + MIN_X_SPAN)
+    return _axis_range(lo, hi, log_x)
 
 
 def x_axis_frame(
@@ -256,7 +273,8 @@ def hparam_figure(points: pd.DataFrame, param: str, metric: str) -> go.Figure:
         log = bool(len(known) and (known > 0).all() and known.max() / known.min() > 100)
         if len(known):
             fig.update_xaxes(type="log" if log else "linear",
-                             range=padded_range(known.min(), known.max(), log=log, pad=0.12))
+                             range=padded_range(known.min(), known.max(), log=log, pad=0.12),
+                             **whole_ticks(known))
     ys = pd.to_numeric(points[metric], errors="coerce").dropna()
     if len(ys):
         low, high = padded_range(ys.min(), ys.max(), log=False, pad=0.1)
@@ -264,6 +282,16 @@ def hparam_figure(points: pd.DataFrame, param: str, metric: str) -> go.Figure:
     fig.update_xaxes(title_text=param)
     fig.update_yaxes(title_text=metric)
     return fig
+
+
+def whole_ticks(values: pd.Series) -> dict:
+    """Ticks at the values themselves for a whole-numbered hyperparameter tried at a few
+    values (seeds, layers, batch sizes), so none reads "1,337.5"; else plotly's own."""
+    distinct = np.unique(values.to_numpy(dtype=float))
+    if len(distinct) > MAX_VALUE_TICKS or not np.all(distinct == np.round(distinct)):
+        return {}
+    return {"tickmode": "array", "tickvals": distinct.tolist(),
+            "ticktext": [f"{int(v):d}" for v in distinct]}
 
 
 def padded_range(low: float, high: float, *, log: bool, pad: float) -> list[float]:

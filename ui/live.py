@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from storage.status import ACTIVE
 from ui.downsample import DEFAULT_BY, group_ids, minmax_downsample
-from ui.figures import metric_figure, metric_traces, x_axis_range
+from ui.figures import axis_formats, metric_figure, metric_traces, x_axis_range
 
 METRIC_COLUMNS = ("run_id", "key", "step", "value", "wall_time")
 LIVE_REFRESH_S = 2.0
@@ -207,7 +207,9 @@ class LiveCharts:
                     for prop in _CHANGING:
                         if prop in new:
                             trace[prop] = new[prop]
-                old.layout.xaxis.range = x_axis_range(x_range)
+                # A few steps keep a whole-step range of their own (ui.figures.axis_formats).
+                old.layout.xaxis.range = (x_axis_range(x_range) or axis_formats(
+                    part["step"], log=False, x=True).get("range"))
             self.updates += 1
             return old
         self.builds += 1
