@@ -1,5 +1,9 @@
 """analysis.family: the law's shape fitted on a family, and bands from its own misses."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -154,3 +158,11 @@ def test_a_band_from_few_misses_is_never_wider_than_twice_the_largest():
     # One miss of 1%: a Student-t with one degree of freedom made it ±6.3%.
     assert band_half_width([0.01], 0.9) == pytest.approx(0.02)
     assert band_half_width([0.01, -0.03, 0.02], 0.9) <= 0.06
+
+
+def test_the_family_does_not_import_the_forecast():
+    # They imported each other; the law both fit lives in analysis.law.
+    code = "import sys, analysis.family; print('analysis.forecast' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
