@@ -9,25 +9,30 @@ from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from storage.schema import utcnow
 from ui.ray_cluster import jobs_table, nodes_table
 from ui.widgets import get_store
-from ui.workers import workers_table
+from ui.workers import ENDED_STATES, workers_table
 
 store = get_store()
 JOBS_SHOWN = 50  # a long-lived cluster keeps every job it ever ran
 
 st.title("Workers")
-st.caption("The dashboard's own worker thread and every `gptdash worker` that reaches this "
-           "database. A worker silent for over a minute is shown as lost; its run becomes "
-           "interrupted and can be resumed on any worker.")
+st.caption("The worker process that `gptdash serve` starts beside the dashboard, and every "
+           "`gptdash worker` that reaches this database. A worker silent for over a minute is "
+           "lost; its run becomes interrupted and can be resumed on any worker.")
 
 
 @st.fragment(run_every=5.0)
 def workers_panel() -> None:
     table = workers_table(store.workers(), utcnow(), DEFAULT_DEAD_AFTER_S)
-    if table.empty:
-        st.info("No worker has started yet: `gptdash serve` starts one, and "
-                "`gptdash worker` starts more on any machine.")
-        return
-    st.dataframe(table, hide_index=True, width="stretch", placeholder="—")
+    gone = table["state"].isin(ENDED_STATES)
+    if gone.all():
+        st.info(f"{'No worker is running' if len(table) else 'No worker has started yet'}: "
+                "`gptdash serve` starts one, and `gptdash worker` starts more on any machine.")
+    # Every worker that ever ran keeps its row: the ones gone are shown only on request.
+    show_gone = gone.any() and st.toggle(f"Show stopped and lost workers ({int(gone.sum())})",
+                                         key="workers_show_gone")
+    shown = table if show_gone else table[~gone]
+    if not shown.empty:
+        st.dataframe(shown, hide_index=True, width="stretch", placeholder="—")
     queued = store.queued_ids()
     st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}" if queued else "Queue: empty")
 

@@ -196,10 +196,39 @@ def test_workers_page_with_a_ray_address_leading_nowhere_says_so_in_one_line(hom
 
 def test_workers_page_without_a_ray_address_has_no_ray_section(home, monkeypatch):
     monkeypatch.delenv("GPTDASH_RAY_ADDRESS", raising=False)
+    store = RunStore()
+    store.register_worker("box:1", host="box", pid=1, device="cpu")
     with _page("app_pages/workers.py") as at:
         at.run()
         assert not at.exception
+        assert [t.value for t in at.title] == ["Workers"]
+        [table] = at.dataframe
+        assert table.value["name"].tolist() == ["box:1"]  # the workers' own section is there
+        assert "worker process that `gptdash serve` starts" in _texts(at.caption)
         assert "Ray cluster" not in _texts(at.subheader) and not at.warning
+    store.close()
+
+
+def test_workers_page_shows_live_workers_and_the_gone_ones_only_on_request(home):
+    store = RunStore()
+    for name in ("now", "stopped", "silent"):
+        store.register_worker(name, host="box", pid=1, device="cpu")
+    store.worker_stopped("stopped")
+    with store.engine.begin() as conn:  # silent for an hour: lost
+        conn.execute(text("UPDATE workers SET heartbeat_at = :t WHERE name = 'silent'"),
+                     {"t": datetime.now(UTC) - timedelta(hours=1)})
+    with _page("app_pages/workers.py") as at:
+        at.run()
+        assert "thread" not in _texts(at.caption)  # the worker is a process of its own
+        assert at.dataframe[0].value["name"].tolist() == ["now"]
+        at.toggle(key="workers_show_gone").set_value(True).run()
+        assert at.toggle(key="workers_show_gone").label == "Show stopped and lost workers (2)"
+        assert sorted(at.dataframe[0].value["name"]) == ["now", "silent", "stopped"]
+    store.worker_stopped("now")
+    with _page("app_pages/workers.py") as at:
+        at.run()
+        assert "No worker is running" in _texts(at.info) and not at.dataframe
+    store.close()
 
 
 def test_live_page_shows_a_ray_runs_latest_job_and_its_log_tail(on_cluster):

@@ -13,6 +13,9 @@ from ui.format import human_duration
 
 WORKER_COLUMNS = ["name", "state", "device", "host", "pid", "run", "last heartbeat",
                   "up for"]
+# Workers that are gone: every restart of `gptdash serve` and every `gptdash worker` ever
+# started leaves one, so the view shows them only on request.
+ENDED_STATES = ("stopped", "lost")
 
 
 def worker_state(status: str, heartbeat_age_s: float | None, dead_after_s: float) -> str:
@@ -37,8 +40,8 @@ def workers_table(workers: Sequence[Any], now: datetime, dead_after_s: float) ->
             "run": f"#{w.current_run_id}" if w.current_run_id and state == "training" else "—",
             "last heartbeat": f"{human_duration(age)} ago" if age is not None else "never",
             "up for": human_duration((now - w.started_at).total_seconds())
-            if w.started_at and state not in ("stopped", "lost") else "—",
-            "_order": (state in ("stopped", "lost"), age if age is not None else float("inf")),
+            if w.started_at and state not in ENDED_STATES else "—",
+            "_order": (state in ENDED_STATES, age if age is not None else float("inf")),
         })
     rows.sort(key=lambda r: r["_order"])
     return pd.DataFrame([{k: r[k] for k in WORKER_COLUMNS} for r in rows],
