@@ -177,3 +177,19 @@ def test_the_sidebar_learns_what_workers_train_from_the_workers_table(store):
         session.execute(update(Worker).where(Worker.name == "gone")
                         .values(heartbeat_at=utcnow() - timedelta(hours=1)))
     assert training_now(store) == ([running], 3)  # busy, killed, idle are alive
+
+
+def test_the_sidebar_counts_a_run_its_worker_has_claimed_before_its_next_beat(store):
+    """"Worker idle · Queue: #2" stood beside run 2 training: its worker's row said idle
+    until its next beat. A run whose worker is lost is trained by nobody."""
+    from ui.widgets import training_now
+
+    claimed = store.create_run("claimed", micro().to_dict(), status=RunStatus.QUEUED)
+    stranded = store.create_run("stranded", micro().to_dict(), status=RunStatus.QUEUED)
+    for name, run_id in (("w1", claimed), ("w2", stranded)):
+        store.register_worker(name, host="h", pid=1, device="cpu")  # idle
+        store.claim_run(run_id, name, host="h", pid=1)
+    with Session(store.engine) as session, session.begin():
+        session.execute(update(Worker).where(Worker.name == "w2")
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    assert training_now(store) == ([claimed], 1)

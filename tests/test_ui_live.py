@@ -4,7 +4,6 @@ import pytest
 
 from ui.live import (
     LIVE_REFRESH_S,
-    SIDEBAR_REFRESH_S,
     LastBuilt,
     LiveCharts,
     LiveSeries,
@@ -163,11 +162,12 @@ def test_live_views_refresh_only_active_runs_in_visible_tabs():
     assert refresh_every("running", visible=False) is None
 
 
-def test_sidebar_keeps_refreshing_while_a_run_trains():
-    # "Training now … step 0/3000" stayed at step 0: the sidebar must refresh while training.
-    assert sidebar_refresh_every(3) == SIDEBAR_REFRESH_S
-    assert sidebar_refresh_every(None) is None  # an idle worker costs no refreshes
-    assert sidebar_refresh_every(3, visible=False) is None
+def test_sidebar_refreshes_on_lives_beat_while_a_run_trains_or_waits():
+    # "Training now … step 0/3000" stayed at step 0: the sidebar must refresh while training,
+    # and as often as Live (it read 150 beside Live's 200), and while runs wait to start.
+    assert sidebar_refresh_every(True) == LIVE_REFRESH_S
+    assert sidebar_refresh_every(False) is None  # an idle worker costs no refreshes
+    assert sidebar_refresh_every(True, visible=False) is None
 
 
 def marker(xs, text: str, name: str = "spike") -> dict:

@@ -17,8 +17,6 @@ from ui.figures import axis_formats, metric_figure, metric_traces, x_axis_range
 
 METRIC_COLUMNS = ("run_id", "key", "step", "value", "wall_time")
 LIVE_REFRESH_S = 2.0
-# The sidebar only names the run and its step: a slower beat is plenty.
-SIDEBAR_REFRESH_S = 5.0
 T = TypeVar("T")
 # Trace properties besides x and y that an overlay's new data may change (hover texts).
 _CHANGING = ("text", "customdata", "mode")  # mode: a lone point's marker goes with more
@@ -244,7 +242,7 @@ def refresh_every(status: str, visible: bool = True) -> float | None:
     return LIVE_REFRESH_S if status in ACTIVE and visible else None
 
 
-def sidebar_refresh_every(current_run: int | None, visible: bool = True) -> float | None:
-    """How often the sidebar's "Training now" line refreshes: while the worker trains and
-    the tab is visible."""
-    return SIDEBAR_REFRESH_S if current_run is not None and visible else None
+def sidebar_refresh_every(busy: bool, visible: bool = True) -> float | None:
+    """How often the sidebar's "Training now" line refreshes: on the Live page's beat (so
+    the two show one step) while a run trains or waits in the queue, in a visible tab."""
+    return LIVE_REFRESH_S if busy and visible else None

@@ -25,7 +25,7 @@ from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
 from ui.paths import shown_path
 from ui.plain_text import plain
-from ui.workers import worker_state
+from ui.workers import ENDED_STATES, worker_state
 
 if TYPE_CHECKING:
     from gptcore.sampling import SamplingConfig
@@ -59,21 +59,18 @@ def training_now(store: RunStore) -> tuple[list[int], int]:
     """The runs training now: those live workers train (from the workers table) and those
     Ray jobs train (which have no worker row); and how many workers are alive (beating
     within the timeout, not stopped)."""
-    now, runs, alive = utcnow(), [], 0
+    now, gone, alive = utcnow(), set(), 0
     for w in store.workers():
         age = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else None
-        state = worker_state(w.status, age, DEFAULT_DEAD_AFTER_S)
-        if state in ("stopped", "lost"):
-            continue
-        alive += 1
-        if state == "training" and w.current_run_id is not None:
-            runs.append(w.current_run_id)
-    # A worker killed mid-run says "training" until its silence counts as lost; its run,
-    # marked interrupted meanwhile, is trained by nobody.
-    runs = [r for r in runs if store.get_run(r).status == RunStatus.RUNNING]
-    runs += [r.id for r in store.list_runs(status=RunStatus.RUNNING)
-             if r.executor == Executor.RAY]
-    return sorted(set(runs)), alive
+        if worker_state(w.status, age, DEFAULT_DEAD_AFTER_S) in ENDED_STATES:
+            gone.add(w.name)
+        else:
+            alive += 1
+    # The run rows are the truth: a worker's own row says "idle" until its next beat after
+    # a claim, and Ray jobs and `gptdash train` have none. A run whose worker has gone
+    # (killed mid-run, not yet marked interrupted) is trained by nobody.
+    runs = [r.id for r in store.list_runs(status=RunStatus.RUNNING) if r.worker not in gone]
+    return sorted(runs), alive
 
 
 @contextlib.contextmanager
@@ -205,14 +202,16 @@ def sidebar(store: RunStore) -> None:
 
 def _worker_status(store: RunStore, visible: bool) -> None:
     """What the workers train (the step kept current while they train) and the queue."""
-    training, _ = training_now(store)
+    busy = bool(training_now(store)[0] or store.queued_ids())
 
-    @st.fragment(run_every=sidebar_refresh_every(training[0] if training else None, visible))
+    # On Live's beat while anything trains or waits, so both show the same step and a
+    # queued run is seen to start; an idle worker with an empty queue costs no refreshes.
+    @st.fragment(run_every=sidebar_refresh_every(busy, visible))
     def worker_status() -> None:
         current, alive = training_now(store)
-        if training and not current:
-            st.rerun()  # the workers went idle: redraw the page once, without the timer
         queued = store.queued_ids()
+        if busy and not (current or queued):
+            st.rerun()  # all done: redraw the page once, without the timer
         if current:
             st.caption("Training now")
             for run in (store.get_run(run_id) for run_id in current):
