@@ -22,7 +22,7 @@ from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
 from ui.paths import shown_path
 from ui.plain_text import plain
-from ui.uploads import save_upload
+from ui.uploads import renamed_note, save_upload
 from ui.widgets import get_store, run_label, run_on_choice, user_errors
 
 store = get_store()
@@ -176,9 +176,12 @@ with form_col:
                         # A new name when the name is taken by other text: never overwritten.
                         target = save_upload(upload, upload.name, home.uploads_dir())
                         st.session_state.pending_corpus = str(target)
+                        st.session_state.corpus_note = renamed_note(upload.name, target)
                         st.rerun()
                     except USER_ERRORS as exc:
                         st.error(plain(exc))  # it may quote the file's name
+                if note := st.session_state.pop("corpus_note", None):
+                    st.info(plain(note))  # once, in the run after the upload
 
 cfg, problems = form_problems(values, TrainConfig())
 for name, message in problems.items():

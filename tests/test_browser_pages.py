@@ -182,3 +182,21 @@ def test_a_run_with_one_point_has_sensible_axes_and_says_when_a_chart_is_empty(
     box = page.locator('[data-testid="stAlert"]').filter(has_text="Why it ended")
     assert "stopped by the user" in box.inner_text()  # the reason inside the box
     screenshot(page, "live_one_point")
+
+
+def test_a_corpus_uploaded_again_under_its_name_with_other_text_keeps_both(
+        page: Page, server: str, home: Path) -> None:
+    first, second = b"The text a run trained on.\n" * 300, b"Other text, same name.\n" * 50
+    open_page(page, f"{server}/")
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(
+        has_text="Upload a UTF-8 text corpus").locator('input[type="file"]')
+    for raw in (first, second):
+        rerun(page, lambda raw=raw: uploader.set_input_files(
+            files=[{"name": "big.txt", "mimeType": "text/plain", "buffer": raw}]))
+    note = page.locator('[data-testid="stAlert"]').filter(has_text="already holds other text")
+    note.wait_for()
+    assert "this upload is uploads/big-2.txt" in note.inner_text()
+    assert (home / "uploads" / "big.txt").read_bytes() == first  # never overwritten
+    assert (home / "uploads" / "big-2.txt").read_bytes() == second
+    chosen = page.get_by_role("combobox", name="corpus").input_value()
+    assert chosen.startswith("uploads/big-2.txt"), chosen  # the form takes the new one

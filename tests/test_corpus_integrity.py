@@ -15,7 +15,7 @@ from jobs import actions, runner
 from jobs.manager import claim_here
 from storage import home as home_folder
 from storage.status import RunStatus
-from ui.uploads import CHUNK_BYTES, save_upload
+from ui.uploads import CHUNK_BYTES, renamed_note, save_upload
 
 TEXT_A = "The first corpus, the one the run trained on.\n" * 400
 TEXT_B = "A second text that happens to have the same file name.\n" * 30
@@ -39,6 +39,10 @@ def test_an_upload_of_a_taken_name_with_other_text_gets_a_new_name_and_keeps_bot
     assert first.read_text() == TEXT_A and second.read_text() == TEXT_B
     third = _upload("Yet another text.\n")
     assert third.name == "big-3.txt" and first.read_text() == TEXT_A
+    assert renamed_note("big.txt", first) is None
+    assert renamed_note("big.txt", second) == ("uploads/big.txt already holds other text and "
+                                               "is kept as it was: this upload is "
+                                               "uploads/big-2.txt")
 
 
 def test_the_same_text_uploaded_again_is_not_stored_twice(home):

@@ -25,7 +25,7 @@ def save_upload(source: BinaryIO, name: str, folder: Path) -> Path:
     """Store the bytes ``source`` reads under ``name`` (a file name, no folders) in
     ``folder``; the path it has there. A name or text it refuses raises one of
     ``jobs.errors.USER_ERRORS``, and leaves nothing behind."""
-    target = safe_path_in_home(Path(name).name or "corpus.txt", folder)
+    target = safe_path_in_home(_file_name(name), folder)
     text = TextDecoder(target.name)
     sha256 = hashlib.sha256()
     tmp = target.parent / f".{uuid.uuid4().hex}.upload"  # a name no corpus list shows
@@ -41,6 +41,20 @@ def save_upload(source: BinaryIO, name: str, folder: Path) -> Path:
         return _place(tmp, target, sha256.hexdigest())
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def renamed_note(name: str, saved: Path) -> str | None:
+    """What to tell the person who uploaded ``name`` when it was kept as ``saved``, under
+    another name (that name held other text); None when it kept its own."""
+    asked = _file_name(name)
+    if saved.name == asked:
+        return None
+    return (f"uploads/{asked} already holds other text and is kept as it was: this upload is "
+            f"uploads/{saved.name}")
+
+
+def _file_name(name: str) -> str:
+    return Path(name).name or "corpus.txt"
 
 
 def _place(tmp: Path, target: Path, sha256: str) -> Path:
