@@ -71,3 +71,16 @@ def test_list_shows_an_old_rows_bidi_controls_escaped(store, capsys):
     out = capsys.readouterr().out
     assert "\u202e" not in out and "\u2066" not in out
     assert out.splitlines()[-1].endswith(r"report\u202egpj.exe  [a\u2066b]")
+
+
+def test_a_sweep_with_a_bad_tag_writes_neither_its_sweep_nor_its_runs(store):
+    from gptcore.config import apply_overrides, preset
+    from jobs.sweeps import plan_sweep, submit_sweep
+
+    base = apply_overrides(preset("tiny"), {"device": "cpu", "max_steps": 20})
+    plan = plan_sweep(base, ["lr=1e-3,3e-3"], [])
+    with pytest.raises(StorageError, match="tag 't\\\\nag' holds a control character"):
+        submit_sweep(store, plan, tags=["fine", "t\nag"])
+    with pytest.raises(StorageError, match="notes hold a bidirectional control"):
+        submit_sweep(store, plan, notes="\u202e")
+    assert store.list_sweeps() == [] and store.list_runs() == []
