@@ -17,12 +17,14 @@ from sqlalchemy.exc import (
     ArgumentError,
     DataError,
     IntegrityError,
+    InterfaceError,
     NoSuchModuleError,
     NotSupportedError,
+    OperationalError,
     ProgrammingError,
 )
 
-from storage.errors import StorageError, database_error, shown_url
+from storage.errors import DatabaseUnavailable, StorageError, database_error, shown_url
 
 EXAMPLES = "sqlite:////path/to/gptdash.db or postgresql+psycopg://user@host/dbname"
 # What the code itself did wrong (a bad statement or value) or expects (a duplicate row
@@ -62,7 +64,32 @@ def translate_errors(engine: Engine) -> None:
         if (context.is_pre_ping or not isinstance(context.original_exception, Exception)
                 or isinstance(context.sqlalchemy_exception, _NOT_THE_DATABASE)):
             return
-        raise database_error(url, problem(url, context.original_exception)) from None
+        error = database_error(url, problem(url, context.original_exception))
+        if is_unavailable(url, context.sqlalchemy_exception, context.is_disconnect):
+            raise DatabaseUnavailable(str(error)) from None
+        raise error from None
+
+
+# What a PostgreSQL server that is down, restarting or unreachable makes the driver say;
+# a wrong password or database name is not among them (nobody fixes those by waiting).
+_NOT_TRANSIENT = ("password", "authentication", "does not exist", "permission denied",
+                  "no pg_hba.conf entry")
+
+
+def is_unavailable(url: URL, exc: BaseException | None, is_disconnect: bool = False) -> bool:
+    """Whether ``exc`` means the database is away for now rather than wrong for good.
+
+    SQLite: a lock held past the busy timeout. PostgreSQL: a refused, reset or dropped
+    connection, or a server that is shutting down or starting up.
+    """
+    if is_disconnect:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    lowered = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
+    if url.get_backend_name() == "sqlite":
+        return "locked" in lowered or "busy" in lowered
+    return not any(word in lowered for word in _NOT_TRANSIENT)
 
 
 def problem(url: URL, exc: BaseException) -> str:

@@ -30,6 +30,11 @@ class ClaimLost(StorageError):
     declared gone. The process must stop writing to the run at once."""
 
 
+class DatabaseUnavailable(StorageError):
+    """The database did not answer for now (server down or restarting, a connection reset,
+    a lock held past the busy timeout): the same statement may work in a moment."""
+
+
 def missing_run(run_id: int) -> RunMissing:
     """The error for a run id that is not in the database."""
     return RunMissing(f"run {run_id} does not exist")

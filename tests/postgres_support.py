@@ -40,6 +40,7 @@ class PostgresServer:
 
     folder: Path
     port: int
+    options: str = ""
 
     def __post_init__(self) -> None:
         self._names = count(1)
@@ -67,6 +68,21 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         """Drop a database, closing any connection a test left open to it."""
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def halt(self) -> None:
+        """Shut the server down at once, keeping its data (``resume`` starts it again)."""
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast", "-w",
+              "stop"])
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port and data."""
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data"), "-o", self.options,
+              "-l", str(self.folder / "server.log"), "-w", "start"])
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut, the server is back in ~1 s."""
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data"), "-o", self.options,
+              "-l", str(self.folder / "server.log"), "-m", "fast", "-w", "restart"])
 
     def stop(self) -> None:
         """Shut the server down at once and remove its folder."""
@@ -96,6 +112,7 @@ def start_server(*, durable: bool = False) -> PostgresServer:
         options = f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1"
         if not durable:
             options += f" {_FAST}"
+        server.options = options
         _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options,
               "-l", str(folder / "server.log"), "-w", "start"])
     except BaseException:
