@@ -153,9 +153,10 @@ diff = differing_params(flat) if len(flat) > 1 else pd.DataFrame()
 if diff.empty:
     st.caption("Pick at least two runs with different settings to see what differs.")
 else:
-    # The parameter names in full (grad_accum_steps, early_stopping_patience), never cut.
-    st.dataframe(diff, column_config={
-        "_index": st.column_config.TextColumn("parameter", width="medium")})
+    # A run a row, a parameter a column: five runs as columns were wider than the page at
+    # 1400 px and cut the fifth; rows take any number of runs.
+    st.dataframe(diff.T, column_config={
+        "_index": st.column_config.TextColumn("run", width="medium")})
 
 st.subheader("Val loss against a hyperparameter")
 if diff.empty:

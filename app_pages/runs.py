@@ -47,8 +47,10 @@ table = pd.DataFrame({
     "params": [human_count(n) for n in frame["n_params"]],
     "device": frame["device"],
 })
-if table["worker"].isna().all():
-    table = table.drop(columns="worker")  # one machine, no named workers: a column of blanks
+if table["worker"].nunique() < 2:
+    # One worker (or none named) says nothing row by row, and its column pushed the table
+    # past the page at 1400 px ("devi" for device).
+    table = table.drop(columns="worker")
 # The selection holds row positions. Rows that moved (a run added, deleted or filtered
 # out) would make a kept selection point at runs the user never ticked, so the table then
 # gets a new key, which clears it; positions are only ever read against the rows shown.
@@ -65,7 +67,9 @@ event = st.dataframe(
         "created": st.column_config.DatetimeColumn(format="MMM D, HH:mm"),
         "tokens": st.column_config.NumberColumn(format="compact"),
         "best val": st.column_config.NumberColumn(format="%.4f"),
-        "train loss": st.column_config.NumberColumn(format="%.4f"),
+        "train loss": st.column_config.NumberColumn("train", format="%.4f",
+                                                    help="The last train loss"),
+        "tags": st.column_config.TextColumn(width=110),  # a long list ends in "…"
     },
 )
 selected = [shown_ids[i] for i in event.selection.rows if 0 <= i < len(shown_ids)]

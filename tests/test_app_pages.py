@@ -194,6 +194,9 @@ def test_runs_page_lists_every_run_with_its_status(trained_app):
     statuses = dict(zip(table["name"], table["status"], strict=True))
     assert statuses == {"alpha": "completed", "beta": "completed", "broken": "failed"}
     assert "3 run(s)" in _texts(at.caption)
+    # One worker trained them all: its column would say nothing row by row, and pushed
+    # the table past the page at 1400 px.
+    assert "worker" not in table.columns
 
 
 def test_live_page_explains_why_a_failed_run_ended(trained_app):
@@ -317,8 +320,11 @@ def test_compare_page_overlays_runs_and_lists_the_differing_lr(trained_app):
     assert {trace["name"] for trace in curves["data"]} == {"alpha", "beta"}
     assert curves["layout"]["title"]["text"] == "val/loss"
     diff = at.dataframe[0].value
-    assert "lr" in diff.index
-    assert "emb_dim" not in diff.index  # only what differs is listed
+    # A run a row, a differing parameter a column: five runs as columns were wider than the
+    # page at 1400 px and cut the fifth.
+    assert list(diff.index) == [f"#{ids['alpha']} alpha", f"#{ids['beta']} beta"]
+    assert "lr" in diff.columns
+    assert "emb_dim" not in diff.columns  # only what differs is listed
 
 
 def test_compute_page_plots_the_finished_runs_and_says_why_no_law_fits(trained_app):
