@@ -87,41 +87,58 @@ def saves_between(step: int, target: int, max_steps: int, checkpoint_interval: i
 
 def measured_pace(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, eval_interval: int,
                   checkpoint_interval: int) -> Pace | None:
-    """The run's pace from its ``step_time_ms`` rows (step, value, wall_time) and its
+    """The run's pace from its ``step_time_ms`` rows (step, wall_time) and its
     ``eval_time_ms`` rows (step, value); None before two reports of one attempt.
 
     Between two consecutive reports the run trained their steps and paid whatever came
     at the first of them: an evaluation, a checkpoint save. Reports with neither between
-    them give the wall time per step (their median, so one stalled interval does not swing
-    it); those with an evaluation, what one costs beyond its steps; those with a save, what
-    a save costs. A gap that a stop and a resume (or a dead worker) left is skipped.
+    them give the wall time per step (their mean: a stall is time spent too); those with an
+    evaluation, what one costs beyond its steps; those with a save, what a save costs. A gap
+    of more than PAUSE_S beyond its steps and evaluations (a stop and a resume, a dead
+    worker, a machine asleep) is skipped.
     """
     evals = eval_rows[["step", "value"]].dropna().sort_values("step")
     eval_ms = evals.set_index("step")["value"]
-    rows = step_rows.sort_values("step")[["step", "value", "wall_time"]].to_numpy(float)
+    rows = step_rows.sort_values("step")[["step", "wall_time"]].to_numpy(float)
+    pairs = []  # (first step, steps, wall seconds, evaluation seconds) between two reports
+    for (s0, w0), (s1, w1) in zip(rows[:-1], rows[1:], strict=True):
+        if s1 > s0 and math.isfinite(w0) and math.isfinite(w1):
+            evaluated = eval_ms[(eval_ms.index >= s0) & (eval_ms.index < s1)].sum() / 1000
+            pairs.append((s0, s1 - s0, w1 - w0, float(evaluated)))
+    rates = [wall / n for _, n, wall, evaluated in pairs if not evaluated]
+    if not rates:
+        return None
+    typical = statistics.median(rates)
     plain, with_eval, with_save = [], [], []
-    for (s0, _, w0), (s1, step_ms, w1) in zip(rows[:-1], rows[1:], strict=True):
-        if s1 <= s0 or not all(math.isfinite(v) for v in (w0, w1, step_ms)):
-            continue
-        evaluated = float(eval_ms[(eval_ms.index >= s0) & (eval_ms.index < s1)].sum()) / 1000
-        if w1 - w0 - evaluated - (s1 - s0) * step_ms / 1000 > PAUSE_S:
-            continue
-        pair = (s1 - s0, w1 - w0, evaluated > 0)
+    for s0, n, wall, evaluated in pairs:
+        if wall - evaluated - n * typical > PAUSE_S:
+            continue  # a stop and a resume, a machine asleep: not what the run spends
         if checkpoint_interval > 0 and s0 % checkpoint_interval == 0:
-            with_save.append(pair)
+            with_save.append((n, wall, evaluated))
         else:
-            (with_eval if evaluated > 0 else plain).append(pair)
+            (with_eval if evaluated else plain).append((n, wall, evaluated))
     if not plain:
         return None
-    step_s = statistics.median(wall / n for n, wall, _ in plain)
+    # The mean, not the median: stalls inside some intervals (the writer thread, the
+    # collector, a busy machine) are part of what the run spends.
+    step_s = sum(wall for _, wall, _ in plain) / sum(n for n, _, _ in plain)
     recent = [t for t in evals["value"].tolist()[-EVAL_WINDOW:] if t >= 0]
-    eval_s = statistics.median(recent) / 1000 if recent else 0.0
-    if with_eval:
-        eval_s = statistics.fmean(wall - n * step_s for n, wall, _ in with_eval)
-    save_s = (statistics.fmean(wall - n * step_s - (eval_s if ev else 0.0)
-                               for n, wall, ev in with_save) if with_save else 0.0)
-    return Pace(step_s=step_s, eval_s=max(eval_s, 0.0), save_s=max(save_s, 0.0),
-                eval_interval=eval_interval, checkpoint_interval=checkpoint_interval)
+    # An evaluation as timed (its sample included), and what came with it (best.pt, the
+    # flush): the rest of its interval beyond the steps, on average.
+    with_eval_s = _beyond(with_eval, step_s, 0.0)
+    eval_s = (statistics.median(recent) / 1000 if recent else 0.0) + with_eval_s
+    save_s = _beyond(with_save, step_s, with_eval_s)
+    return Pace(step_s=step_s, eval_s=eval_s, save_s=save_s, eval_interval=eval_interval,
+                checkpoint_interval=checkpoint_interval)
+
+
+def _beyond(pairs: list[tuple[int, float, float]], step_s: float, with_eval_s: float) -> float:
+    """The mean time of these (steps, wall, evaluation seconds) intervals beyond their steps,
+    their evaluations and ``with_eval_s`` for what comes with an evaluation; at least 0."""
+    if not pairs:
+        return 0.0
+    return max(0.0, statistics.fmean(wall - n * step_s - ev - (with_eval_s if ev else 0.0)
+                                     for n, wall, ev in pairs))
 
 
 def eta_seconds(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, *, max_steps: int,
