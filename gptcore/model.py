@@ -143,15 +143,25 @@ class GPTModel(nn.Module):
                 label_smoothing: float = 0.0):
         """Without targets: logits (B, T, vocab_size). With targets: the mean loss.
 
-        The loss path keeps the padded head (cheaper, and padded ids are never targets);
-        logits handed out are cut to the real vocabulary so sampling never yields a pad id.
+        Logits handed out are cut to the real vocabulary so sampling never yields a pad id.
+        The loss keeps the padded matmul (fast tile sizes) but gives the padded ids no
+        probability: they are never targets, and weights that never saw them (GPT-2's, from a
+        Hugging Face folder) would otherwise lose most of their mass to them.
         """
         h = self.hidden(idx)
         logits = self.out_head(h)
+        v = self.vocab_size
         if targets is None:
-            return logits[..., : self.vocab_size]
+            return logits[..., :v]
+        targets = targets.reshape(-1)
+        if logits.size(-1) > v and label_smoothing:
+            # Smoothing spreads mass over every class: over the real ones only (a copy).
+            return F.cross_entropy(logits[..., :v].reshape(-1, v), targets,
+                                   label_smoothing=label_smoothing)
+        if logits.size(-1) > v:
+            logits[..., v:] = float("-inf")  # in place: the matmul's backward needs no output
         # Under autocast cross_entropy runs in fp32 by itself; no extra fp32 copy of the logits.
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets,
                                label_smoothing=label_smoothing)
 
 

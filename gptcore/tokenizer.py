@@ -53,7 +53,7 @@ class GPT2Tokenizer:
     def __init__(self, ranks_path: Path):
         import tiktoken
 
-        ranks = _load_ranks(ranks_path)
+        ranks = load_ranks(ranks_path)
         self._enc = tiktoken.Encoding(
             name="gpt2-local",
             pat_str=GPT2_PATTERN,
@@ -73,7 +73,7 @@ class GPT2Tokenizer:
         return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self.n_vocab])
 
 
-def _load_ranks(path: Path) -> dict[bytes, int]:
+def load_ranks(path: Path) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     for line in path.read_bytes().splitlines():
         if line:

@@ -45,6 +45,7 @@ from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, peak_flops
 from gptcore.generate import SamplingConfig, sample_text
 from gptcore.guard import Anomaly, Guard, check_finite
+from gptcore.hf import load_hf_weights
 from gptcore.metric_keys import (
     EVAL_TIME_MS,
     GRAD_NORM,
@@ -176,6 +177,9 @@ class Trainer:
                      if self.device.type == "cuda" else None)
 
     def _load_init_weights(self, path: Path) -> None:
+        if path.is_dir():  # init_from=hf:DIR, a Hugging Face GPT-2 folder
+            load_hf_weights(self.model, path)
+            return
         payload = load_checkpoint(path)
         try:
             self.model.load_state_dict(payload["model"])

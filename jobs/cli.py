@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gptcore.config import PRESETS, TrainConfig, apply_overrides, parse_set_args, preset
 from gptcore.errors import GptdashError
+from gptcore.hf import with_hf_shape
 from jobs.errors import USER_ERRORS
 from jobs.exit_codes import (
     EXIT_BAD_INPUT,
@@ -49,7 +50,11 @@ def _load_config(args) -> TrainConfig:
             raise GptdashError(f"config file {args.config!r} does not exist")
         loaded = TrainConfig.from_json(path.read_text(encoding="utf-8", errors="replace"))
         cfg = apply_overrides(cfg, loaded.flat()) if args.preset else loaded
-    return apply_overrides(cfg, parse_set_args(args.set or [])).validate()
+    cfg = apply_overrides(cfg, parse_set_args(args.set or []))
+    cfg, note = with_hf_shape(cfg)  # init_from=hf:DIR: the folder's shape and tokenizer
+    if note:
+        print(f"gptdash: {note}", file=sys.stderr)
+    return cfg.validate()
 
 
 def cmd_train(args, store: RunStore) -> int:
@@ -211,6 +216,16 @@ def cmd_sample(args, store: RunStore) -> int:
 
     use_threads(store, args.threads, counted=False)
     return sample(args, store)
+
+
+def cmd_export(args, store: RunStore) -> int:
+    from jobs.export import export_run  # imports torch: only this command pays for it
+
+    files = export_run(store, args.run_id, args.folder, which=args.checkpoint, fmt=args.format)
+    print(f"run {args.run_id} exported to {Path(args.folder).expanduser()}: "
+          f"{', '.join(p.name for p in files)}; load it with "
+          "transformers' AutoModelForCausalLM.from_pretrained", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_ray_run(args, store: RunStore) -> int:
@@ -485,6 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the weights with the best val loss (default) or the last ones")
     _add_threads_arg(sm, "to sample on")
     sm.set_defaults(func=cmd_sample)
+
+    ex = sub.add_parser("export", help="write a run's weights as a Hugging Face GPT-2 folder "
+                        "(config.json, model.safetensors, tokenizer, README.md)")
+    ex.add_argument("run_id", type=int)
+    ex.add_argument("folder", metavar="DIR", help="a new or empty folder")
+    ex.add_argument("--format", default="hf",
+                    help="hf (the default): a folder transformers loads; gguf: says how to "
+                         "convert one with llama.cpp")
+    ex.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                    help="the weights with the best val loss (default) or the last ones")
+    ex.set_defaults(func=cmd_export)
 
     w = sub.add_parser("worker", help="train queued runs from the shared database, one at a "
                        "time, until Ctrl-C / SIGTERM")

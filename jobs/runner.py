@@ -16,6 +16,7 @@ from gptcore.config import CORPUS_SHA256, TrainConfig
 from gptcore.data import BUILTIN, corpus_sha256, load_data
 from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
+from gptcore.hf import shape_problem
 from gptcore.machine import machine_fit_problem
 from jobs.errors import USER_ERRORS
 from jobs.recovery import check_owner_gone
@@ -53,11 +54,18 @@ def resolve_init_from(store: RunStore, init_from: str) -> tuple[Path | None, int
     """``init_from`` as (checkpoint path, parent run id).
 
     ``7`` is run 7's best checkpoint, ``7:latest`` its last one, ``7:best`` the same as
-    ``7``; anything else is a checkpoint file.
+    ``7``; ``hf:DIR`` a Hugging Face GPT-2 folder (checked in full: a bad one is refused
+    here, before any run row exists); anything else is a checkpoint file.
     """
+    from gptcore.hf import check_hf_folder, hf_folder
+
     value = init_from.strip()
     if not value:
         return None, None
+    folder = hf_folder(value)
+    if folder is not None:
+        check_hf_folder(folder)
+        return folder, None
     run_part, _, which = value.partition(":")
     if run_part.isdigit() and which in ("", "best", "latest"):
         parent = store.get_run(int(run_part))
@@ -100,6 +108,8 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
     elif problem := machine_fit_problem(cfg):  # torch-free: no device here could hold it
         raise GptdashError(problem)
     _, parent_id = resolve_init_from(store, cfg.init_from)
+    if problem := shape_problem(cfg):  # a config that did not take the folder's shape
+        raise GptdashError(problem)
     # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
     data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
     data.check_context(cfg.model.context_length)

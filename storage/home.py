@@ -67,6 +67,11 @@ def cache_dir() -> Path:
     return _subdir("cache")
 
 
+def exports_dir() -> Path:
+    """Runs exported for Hugging Face transformers from the dashboard: ``artifacts/exports``."""
+    return _subdir("exports")
+
+
 def data_dir() -> Path:
     """Text corpora the user drops in by hand: ``artifacts/data``."""
     return _subdir("data")
