@@ -20,6 +20,7 @@ from gptcore.estimate import (
     duration_estimate,
     eval_flops,
     flops_per_token,
+    training_flops,
 )
 from gptcore.metric_keys import EVAL_TIME_MS, TOKENS_PER_SEC, VAL_LOSS
 from jobs import ray_executor, runner
@@ -28,7 +29,7 @@ from storage.status import ACTIVE, Executor, RunStatus
 from storage.tags import check_tags
 
 if TYPE_CHECKING:
-    from storage.store import RunStore
+    from storage.store import RunRecord, RunStore
 
 # Training FLOP/s assumed when this database has no finished run to measure: the order
 # of magnitude of a laptop CPU on the tiny preset. A GPU is 100-1000x faster, so the
@@ -90,10 +91,25 @@ def measured_pace(store: RunStore) -> MachinePace | None:
         evals = store.metrics([run.id], [EVAL_TIME_MS])
         eval_rate = (eval_flops(cfg) / (float(evals["value"].median()) / 1000)
                      if not evals.empty and evals["value"].median() > 0 else None)
-        return MachinePace(train_flops_per_s=float(tps["value"].median()) * flops_per_token(cfg),
-                           eval_flops_per_s=eval_rate, startup_s=_startup_s(store, run),
-                           run_id=run.id)
+        startup = _startup_s(store, run)
+        train_s = _training_seconds(cfg, run, startup, float(evals["value"].sum()) / 1000)
+        # What the run spent per step, everything between steps included (saves, writes,
+        # stalls): the median tokens/s saw only the steps, and New run's estimates came out
+        # a quarter short. A run with no time recorded falls back to it.
+        train_rate = (training_flops(cfg, run.last_step) / train_s if train_s
+                      else float(tps["value"].median()) * flops_per_token(cfg))
+        return MachinePace(train_flops_per_s=train_rate, eval_flops_per_s=eval_rate,
+                           startup_s=startup, run_id=run.id)
     return None
+
+
+def _training_seconds(cfg: TrainConfig, run: RunRecord, startup_s: float,
+                      evals_s: float) -> float | None:
+    """Seconds a finished run spent on its training steps: its recorded training time less
+    its start-up, its evaluations and its checkpoint saves; None when it recorded none."""
+    saves = duration_estimate(cfg, MachinePace(train_flops_per_s=1.0)).checkpoint_s
+    left = (run.duration_s or 0.0) - startup_s - evals_s - saves
+    return left if run.last_step > 0 and left > 0 else None
 
 
 def _startup_s(store: RunStore, run) -> float:

@@ -81,6 +81,26 @@ def test_the_pace_is_measured_from_the_newest_finished_run(store):
     assert pace.run_id == run_id  # the New run page names it
 
 
+def test_the_training_pace_is_what_the_run_spent_per_step_not_its_median_step(store):
+    """New run's estimates were a quarter short: the median tokens/s sees only the steps,
+    not the saves, writes and stalls between them that the run's own time holds."""
+    run_id = store.create_run("measured", TINY.to_dict(), status=RunStatus.RUNNING,
+                              max_steps=400)
+    started = store.get_run(run_id).started_at.timestamp()
+    store.log_metrics(run_id, [
+        ("val/loss", 0, 5.0, started + 8.0), ("eval_time_ms", 0, 2000.0, started + 8.0),
+        *[("eval_time_ms", s, 1000.0, 0.0) for s in range(50, 401, 50)],
+        ("tokens_per_sec", 10, 5000.0, 0.0)])
+    store.update_run(run_id, last_step=400, trained_s=100.0)
+    store.set_status(run_id, RunStatus.COMPLETED)
+    pace = measured_pace(store)
+    saves = duration_estimate(TINY, MachinePace(train_flops_per_s=1.0)).checkpoint_s
+    train_s = 100.0 - 6.0 - (2.0 + 8 * 1.0) - saves  # less start-up, evaluations, saves
+    assert pace.train_flops_per_s == pytest.approx(training_flops(TINY, 400) / train_s)
+    # So the estimate of the same run is the time it took.
+    assert duration_estimate(TINY, pace).total_s == pytest.approx(100.0, rel=0.02)
+
+
 def test_a_run_without_timings_falls_back_to_the_default_start_up(store):
     run_id = store.create_run("old", TINY.to_dict(), status=RunStatus.RUNNING, max_steps=400)
     store.log_metrics(run_id, [("tokens_per_sec", 10, 5000.0, 0.0)])
