@@ -5,7 +5,7 @@ steady through evaluations, checkpoint saves and the time between a stop and a r
 import pandas as pd
 import pytest
 
-from ui.eta import Pace, eta_seconds, evals_between, measured_pace, pace_window
+from ui.eta import Pace, eta_seconds, evals_between, pace_from_reports, pace_window
 
 MAX_STEPS, LOG_EVERY, EVAL_EVERY, CKPT_EVERY = 400, 10, 50, 200
 # A tiny CPU run as the issue measured it: 26.8 ms a step, 60 ms of wall time per step.
@@ -81,7 +81,7 @@ def test_the_step_time_alone_came_out_far_too_short():
 def test_a_stop_and_resume_gap_is_not_averaged_in():
     views = simulated_run()
     now, step_rows, eval_rows, left = views[32]  # step 330: the hour-long gap is behind it
-    pace = measured_pace(step_rows, eval_rows, EVAL_EVERY, CKPT_EVERY)
+    pace = pace_from_reports(step_rows, eval_rows, EVAL_EVERY, CKPT_EVERY)
     assert pace.step_s < 0.1  # an hour over the 10 steps of that gap would be 360 s a step
     assert page_eta(now, step_rows, eval_rows) == pytest.approx(left, rel=0.1)
 
@@ -111,7 +111,7 @@ def test_the_pace_counts_steps_evaluations_and_saves_on_the_trainers_schedule():
 
 def test_each_kind_of_gap_measures_its_own_cost():
     _, step_rows, eval_rows, _ = simulated_run()[-1]
-    pace = measured_pace(step_rows, eval_rows, EVAL_EVERY, CKPT_EVERY)
+    pace = pace_from_reports(step_rows, eval_rows, EVAL_EVERY, CKPT_EVERY)
     assert pace.step_s == pytest.approx(STEP_S + REPORT_S / LOG_EVERY)
     assert pace.eval_s == pytest.approx(EVAL_S + AFTER_EVAL_S)
     assert pace.save_s == pytest.approx(SAVE_S)

@@ -85,8 +85,8 @@ def saves_between(step: int, target: int, max_steps: int, checkpoint_interval: i
             + (1 if target == max_steps else 0))
 
 
-def measured_pace(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, eval_interval: int,
-                  checkpoint_interval: int) -> Pace | None:
+def pace_from_reports(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, eval_interval: int,
+                      checkpoint_interval: int) -> Pace | None:
     """The run's pace from its ``step_time_ms`` rows (step, wall_time) and its
     ``eval_time_ms`` rows (step, value); None before two reports of one attempt.
 
@@ -144,10 +144,10 @@ def _beyond(pairs: list[tuple[int, float, float]], step_s: float, with_eval_s: f
 def eta_seconds(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, *, max_steps: int,
                 eval_interval: int, checkpoint_interval: int, now: float) -> float | None:
     """Seconds left at wall time ``now`` for a run of ``max_steps`` that recorded these
-    ``step_time_ms`` and ``eval_time_ms`` rows (see ``measured_pace``): from its last report,
-    the steps and evaluations to go, less the time gone since that report. None before the
-    run has a pace."""
-    pace = measured_pace(step_rows, eval_rows, eval_interval, checkpoint_interval)
+    ``step_time_ms`` and ``eval_time_ms`` rows (see ``pace_from_reports``): from its last
+    report, the steps, evaluations and saves to go, less the time gone since that report.
+    None before the run has a pace."""
+    pace = pace_from_reports(step_rows, eval_rows, eval_interval, checkpoint_interval)
     if pace is None:
         return None
     last = step_rows.loc[step_rows["step"].idxmax()]
@@ -174,8 +174,8 @@ def _timing_rows(store: RunStore, run: RunRecord) -> tuple[pd.DataFrame, pd.Data
 
 
 def run_pace(store: RunStore, run: RunRecord) -> Pace | None:
-    """``measured_pace`` of a run from its rows in the store."""
-    return measured_pace(*_timing_rows(store, run), **_intervals(run))
+    """``pace_from_reports`` of a run from its rows in the store."""
+    return pace_from_reports(*_timing_rows(store, run), **_intervals(run))
 
 
 def run_eta(store: RunStore, run: RunRecord, now: float) -> float | None:
