@@ -132,7 +132,8 @@ class TrainConfig:
     # fine-tuning
     init_from: str = _f("", "fine-tune",
                         "Start from a finished run's weights: a run id (its best checkpoint; "
-                        "'7:latest' for its last), or a checkpoint file.")
+                        "'7:latest' for its last), a checkpoint file, or hf:DIR, a Hugging "
+                        "Face GPT-2 folder (its shape and tokenizer come with it).")
     freeze_embeddings: bool = _f(False, "fine-tune", "Fine-tune: keep embeddings fixed.")
     freeze_blocks: int = _f(0, "fine-tune", "Fine-tune: keep the first N blocks fixed.", 0,
                             MAX_LAYERS)

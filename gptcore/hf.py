@@ -139,8 +139,12 @@ def with_hf_shape(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
 
 
 def shape_problem(cfg: TrainConfig) -> str | None:
-    """Why ``cfg``'s shape cannot start from its ``init_from`` folder (it differs), or None."""
-    adopted, note = with_hf_shape(cfg)
+    """Why ``cfg`` cannot start from its ``init_from`` folder (the folder's config is not one
+    gptdash can start from, or the shape differs), or None; its weights are not read."""
+    try:
+        _, note = with_hf_shape(cfg)
+    except GptdashError as exc:
+        return str(exc)
     if note is None:
         return None
     return (f"init_from {cfg.init_from.strip()}: {note.replace('comes from', 'is that of')}; "

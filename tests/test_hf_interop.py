@@ -9,56 +9,30 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads them
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import pytest
+import torch
+from hf_support import make_pretrained, micro, write_corpus
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, pipeline
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    pipeline,
-)
-
-from gptcore.checkpoint import model_from_checkpoint  # noqa: E402
-from gptcore.config import ModelConfig, TrainConfig, apply_overrides  # noqa: E402
-from gptcore.errors import GptdashError  # noqa: E402
-from gptcore.hf import hf_settings, load_hf_weights, with_hf_shape  # noqa: E402
-from gptcore.metric_keys import VAL_LOSS  # noqa: E402
-from gptcore.model import GPTModel  # noqa: E402
-from gptcore.tokenizer import get_tokenizer  # noqa: E402
-from jobs import runner  # noqa: E402
-from jobs.cli import main  # noqa: E402
-from jobs.export import export_run  # noqa: E402
-from jobs.manager import claim_here  # noqa: E402
+from gptcore.checkpoint import model_from_checkpoint
+from gptcore.config import ModelConfig, TrainConfig
+from gptcore.errors import GptdashError
+from gptcore.hf import hf_settings, load_hf_weights, with_hf_shape
+from gptcore.metric_keys import VAL_LOSS
+from gptcore.model import GPTModel
+from gptcore.tokenizer import get_tokenizer
+from jobs import runner
+from jobs.cli import main
+from jobs.export import export_run
+from jobs.manager import claim_here
 
 TOL = 1e-4
-CORPUS = ("The quick brown fox jumps over the lazy dog. Models in and out of gptdash: "
-          "start from GPT-2 weights, fine-tune them, and hand the result to transformers. ")
-
-
-def make_pretrained(folder: Path, *, vocab: int = 50257, pickle_file: bool = False,
-                    **overrides) -> GPT2LMHeadModel:
-    """A tiny GPT-2 with random weights (not the near-zero init: biases and norms matter),
-    saved by transformers as a pretrained folder would be."""
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=32, vocab_size=vocab,
-                        **overrides)
-    model = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    model.save_pretrained(folder)
-    if pickle_file:  # the older format: pytorch_model.bin, opened with weights_only
-        (folder / "model.safetensors").unlink()
-        torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    return model
 
 
 def gptdash_model(folder: Path) -> GPTModel:
@@ -82,17 +56,7 @@ def pretrained(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS * 60, encoding="utf-8")
-    return path
-
-
-def micro(**overrides) -> TrainConfig:
-    base = TrainConfig(
-        model=ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2),
-        max_steps=6, batch_size=4, lr=3e-3, warmup_steps=1, min_lr=3e-4, eval_interval=3,
-        eval_iters=2, log_interval=3, checkpoint_interval=3, sample_tokens=4, device="cpu")
-    return apply_overrides(base, overrides)
+    return write_corpus(tmp_path / "corpus.txt")
 
 
 def train(store, cfg: TrainConfig) -> int:
@@ -145,6 +109,23 @@ def test_the_run_takes_the_folders_shape_and_says_so(pretrained):
     assert note is not None and "n_layers 2 (not 4)" in note and "emb_dim 32 (not 128)" in note
     assert "\n" not in note
     assert with_hf_shape(cfg) == (cfg, None)  # nothing left to say once it agrees
+
+
+def test_submit_takes_the_folders_shape_without_torch_or_transformers(tmp_path, pretrained):
+    """`gptdash submit --set init_from=hf:DIR` says which settings the folder replaced, and
+    answers at once: checking a safetensors folder reads its header, not the weights."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    code = ("import sys\nfrom jobs.cli import main\n"
+            f"code = main(['submit', '--set', 'init_from=hf:{pretrained}', '--set', "
+            f"'corpus={corpus}'])\n"
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    env = {**os.environ, "GPTDASH_HOME": str(tmp_path)}
+    env.pop("GPTDASH_DB_URL", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "0 False False", out.stderr
+    assert f"the model's shape comes from {pretrained}: " in out.stderr
+    assert "n_layers 2 (not 4)" in out.stderr and "tokenizer gpt2 (not byte)" in out.stderr
 
 
 def test_a_config_whose_shape_disagrees_is_refused_before_a_row(store, pretrained, corpus):
