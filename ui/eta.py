@@ -21,8 +21,10 @@ import pandas as pd
 from gptcore.metric_keys import EVAL_TIME_MS, STEP_TIME_MS
 from storage.store import RunRecord, RunStore
 
-# The recent evaluations whose median is an evaluation's cost.
+# The recent evaluations whose median is an evaluation's cost, and the recent intervals
+# between reports whose mean is the wall time per step.
 EVAL_WINDOW = 20
+RECENT_INTERVALS = 10
 # A gap between two reports this much longer than the steps in it is the run waiting (a
 # stop and a later resume, a worker that died and another that took over), not training.
 PAUSE_S = 30.0
@@ -87,7 +89,7 @@ def saves_between(step: int, target: int, max_steps: int, checkpoint_interval: i
 
 def pace_from_reports(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, eval_interval: int,
                       checkpoint_interval: int) -> Pace | None:
-    """The run's pace from its ``step_time_ms`` rows (step, wall_time) and its
+    """The run's pace from its ``step_time_ms`` rows (step, value, wall_time) and its
     ``eval_time_ms`` rows (step, value); None before two reports of one attempt.
 
     Between two consecutive reports the run trained their steps and paid whatever came
@@ -99,46 +101,55 @@ def pace_from_reports(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, eval_int
     """
     evals = eval_rows[["step", "value"]].dropna().sort_values("step")
     eval_ms = evals.set_index("step")["value"]
-    rows = step_rows.sort_values("step")[["step", "wall_time"]].to_numpy(float)
-    pairs = []  # (first step, steps, wall seconds, evaluation seconds) between two reports
-    for (s0, w0), (s1, w1) in zip(rows[:-1], rows[1:], strict=True):
-        if s1 > s0 and math.isfinite(w0) and math.isfinite(w1):
+    rows = step_rows.sort_values("step")[["step", "value", "wall_time"]].to_numpy(float)
+    # (first step, steps, wall seconds, seconds the steps timed, evaluation seconds)
+    pairs = []
+    for (s0, _, w0), (s1, step_ms, w1) in zip(rows[:-1], rows[1:], strict=True):
+        if s1 > s0 and all(math.isfinite(v) for v in (w0, w1, step_ms)):
             evaluated = eval_ms[(eval_ms.index >= s0) & (eval_ms.index < s1)].sum() / 1000
-            pairs.append((s0, s1 - s0, w1 - w0, float(evaluated)))
-    rates = [wall / n for _, n, wall, evaluated in pairs if not evaluated]
+            pairs.append((s0, s1 - s0, w1 - w0, (s1 - s0) * step_ms / 1000, float(evaluated)))
+    rates = [wall / n for _, n, wall, _, evaluated in pairs if not evaluated]
     if not rates:
         return None
     typical = statistics.median(rates)
     plain, with_eval, with_save = [], [], []
-    for s0, n, wall, evaluated in pairs:
+    for s0, n, wall, timed, evaluated in pairs:
         if wall - evaluated - n * typical > PAUSE_S:
             continue  # a stop and a resume, a machine asleep: not what the run spends
         if checkpoint_interval > 0 and s0 % checkpoint_interval == 0:
-            with_save.append((n, wall, evaluated))
+            with_save.append((n, wall, timed, evaluated))
         else:
-            (with_eval if evaluated else plain).append((n, wall, evaluated))
+            (with_eval if evaluated else plain).append((n, wall, timed, evaluated))
     if not plain:
         return None
     # The mean, not the median: stalls inside some intervals (the writer thread, the
-    # collector, a busy machine) are part of what the run spends.
-    step_s = sum(wall for _, wall, _ in plain) / sum(n for n, _, _ in plain)
-    recent = [t for t in evals["value"].tolist()[-EVAL_WINDOW:] if t >= 0]
-    # An evaluation as timed (its sample included), and what came with it (best.pt, the
-    # flush): the rest of its interval beyond the steps, on average.
-    with_eval_s = _beyond(with_eval, step_s, 0.0)
-    eval_s = (statistics.median(recent) / 1000 if recent else 0.0) + with_eval_s
-    save_s = _beyond(with_save, step_s, with_eval_s)
+    # collector) are part of what the run spends. Over the recent ones: a machine that got
+    # busier or quieter trains at its new pace from now on.
+    recent = plain[-RECENT_INTERVALS:]
+    steps = sum(p[0] for p in recent)
+    step_s = sum(p[1] for p in recent) / steps
+    untimed_s = sum(p[1] - p[2] for p in recent) / steps  # the writes between steps
+    # An evaluation as timed (its sample included), and what comes with it (best.pt, the
+    # flush): what its interval holds beyond its timed steps, their writes and itself.
+    timed_evals = [t for t in evals["value"].tolist()[-EVAL_WINDOW:] if t >= 0]
+    with_eval_s = _beyond(with_eval, untimed_s, 0.0)
+    eval_s = (statistics.median(timed_evals) / 1000 if timed_evals else 0.0) + with_eval_s
+    save_s = _beyond(with_save, untimed_s, with_eval_s)
     return Pace(step_s=step_s, eval_s=eval_s, save_s=save_s, eval_interval=eval_interval,
                 checkpoint_interval=checkpoint_interval)
 
 
-def _beyond(pairs: list[tuple[int, float, float]], step_s: float, with_eval_s: float) -> float:
-    """The mean time of these (steps, wall, evaluation seconds) intervals beyond their steps,
-    their evaluations and ``with_eval_s`` for what comes with an evaluation; at least 0."""
-    if not pairs:
+def _beyond(pairs: list[tuple[int, float, float, float]], untimed_s: float,
+            with_eval_s: float) -> float:
+    """The mean time of these (steps, wall, timed steps, evaluation seconds) intervals beyond
+    their steps as timed, ``untimed_s`` a step of writes, their evaluations and
+    ``with_eval_s`` for what comes with an evaluation; at least 0."""
+    recent = pairs[-EVAL_WINDOW:]
+    if not recent:
         return 0.0
-    return max(0.0, statistics.fmean(wall - n * step_s - ev - (with_eval_s if ev else 0.0)
-                                     for n, wall, ev in pairs))
+    return max(0.0, statistics.fmean(
+        wall - timed - n * untimed_s - ev - (with_eval_s if ev else 0.0)
+        for n, wall, timed, ev in recent))
 
 
 def eta_seconds(step_rows: pd.DataFrame, eval_rows: pd.DataFrame, *, max_steps: int,
