@@ -17,9 +17,10 @@ import threading
 
 from gptcore.config import TrainConfig
 from jobs import actions, runner
+from jobs.outage import Outage
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
 from jobs.threads import use_threads
-from storage.errors import ClaimLost
+from storage.errors import ClaimLost, DatabaseUnavailable
 from storage.queue import Claim
 from storage.store import RunStore
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 # SELECT of at most one id; the claim writes only when a run is waiting.
 IDLE_POLL_S = 0.5
 BEAT_S = 5.0
+# While the database is away the queue is looked at less and less often, up to a beat apart.
+MAX_RETRY_S = BEAT_S
 
 
 def claim_here(store: RunStore, run_id: int) -> int:
@@ -64,6 +67,10 @@ class JobManager:
         self._stop_event: threading.Event | None = None
         self.exit_when_idle = exit_when_idle
         self.completed: list[int] = []
+        # Both threads meet an outage; the first to fail and the first to succeed say so.
+        self._outage = Outage(log)
+        self._outage_lock = threading.Lock()
+        self._registered = threading.Event()  # beats update the row registering made
         self.interrupted_on_start = recover_interrupted(store, dead_after_s)
         self._thread = threading.Thread(target=self._loop, name="gptdash-worker", daemon=True)
         self._beat_thread = threading.Thread(target=self._beat_loop, name="gptdash-beat",
@@ -114,6 +121,8 @@ class JobManager:
             self._thread.join(timeout)
         try:
             self.store.worker_stopped(self.worker)
+        except DatabaseUnavailable as exc:  # the Workers view sees its beats stop instead
+            log.warning("could not record worker %s as stopped: %s", self.worker, exc)
         except Exception:  # noqa: BLE001 - a database gone at shutdown must not hang it
             log.exception("could not record worker %s as stopped", self.worker)
 
@@ -121,6 +130,19 @@ class JobManager:
         """Block until the worker ends (``gptdash worker`` in the foreground)."""
         while self._thread.is_alive():
             self._thread.join(0.5)
+
+    # ---- the database going away and coming back ------------------------------------------
+    def _db_failed(self, exc: DatabaseUnavailable) -> None:
+        """One line for the whole outage, whichever thread meets it first."""
+        current = self.current_run
+        doing = (f"run {current} trains on" if current is not None else
+                 f"worker {self.worker} waits for it")
+        with self._outage_lock:
+            self._outage.failed(exc, doing)
+
+    def _db_answered(self) -> None:
+        with self._outage_lock:
+            self._outage.back()
 
     # ---- the worker -------------------------------------------------------------------------
     def _register(self) -> None:
@@ -130,15 +152,41 @@ class JobManager:
         self.store.register_worker(self.worker, host=this_host(), pid=os.getpid(),
                                    device=label)
 
+    def _pause(self, retry_s: float) -> float:
+        """Wait ``retry_s`` (or until woken) for the database; the next wait, doubled up to a
+        beat, so an outage is not a busy loop."""
+        self._wake.wait(retry_s)
+        self._wake.clear()
+        return min(retry_s * 2, MAX_RETRY_S)
+
+    def _register_when_up(self) -> None:
+        """Register this worker, waiting out an outage (or until shut down)."""
+        retry_s = IDLE_POLL_S
+        while not self._shutdown.is_set():
+            try:
+                self._register()
+            except DatabaseUnavailable as exc:
+                self._db_failed(exc)
+                retry_s = self._pause(retry_s)
+                continue
+            except Exception:  # noqa: BLE001 - the Workers view lacks it; training still works
+                log.exception("could not register worker %s", self.worker)
+            self._registered.set()
+            return
+
     def _loop(self) -> None:
-        try:
-            self._register()
-        except Exception:  # noqa: BLE001 - the Workers view lacks it; training still works
-            log.exception("could not register worker %s", self.worker)
+        self._register_when_up()
+        retry_s = IDLE_POLL_S
         while not self._shutdown.is_set():
             try:
                 claim = self.store.claim_next_queued(self.worker, host=this_host(),
                                                      pid=os.getpid())
+                self._db_answered()
+                retry_s = IDLE_POLL_S
+            except DatabaseUnavailable as exc:  # said once; looked at less often while away
+                self._db_failed(exc)
+                retry_s = self._pause(retry_s)
+                continue
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("could not read the queue")
                 claim = None
@@ -155,6 +203,8 @@ class JobManager:
         # Several beats fit in the timeout, so one late beat never makes a run look dead.
         every = min(BEAT_S, self.dead_after_s / 4)
         while not self._shutdown.wait(every):
+            if not self._registered.is_set():
+                continue
             current = self._current
             try:
                 self.store.worker_beat(self.worker, status="training" if current else "idle",
@@ -164,6 +214,9 @@ class JobManager:
                     # (torchrun) that is slow to start writing.
                     self.store.heartbeat(current.run_id, claim=current.token)
                 recover_interrupted(self.store, self.dead_after_s)
+                self._db_answered()
+            except DatabaseUnavailable as exc:  # said once per outage; the next beat retries
+                self._db_failed(exc)
             except Exception:  # noqa: BLE001 - retried at the next beat
                 log.exception("worker heartbeat failed")
 
@@ -173,6 +226,8 @@ class JobManager:
         try:
             self.store.worker_beat(self.worker, status="training" if current else "idle",
                                    current_run_id=current)
+        except DatabaseUnavailable as exc:  # the next beat says it again
+            self._db_failed(exc)
         except Exception:  # noqa: BLE001 - the next beat says it again
             log.exception("could not record worker %s's state", self.worker)
 
@@ -195,6 +250,9 @@ class JobManager:
                                    stop_event=stop_event, device=self.device)
         except ClaimLost as exc:  # another process took the run; this one wrote no more
             log.warning("run %s: %s", run_id, exc)
+        except DatabaseUnavailable as exc:  # its row stays running: recovery marks it
+            self._db_failed(exc)
+            log.warning("run %s ended: the database was unreachable", run_id)
         except Exception:  # noqa: BLE001 - the row already says failed; keep the worker alive
             log.exception("run %s failed outside the trainer", run_id)
         finally:
