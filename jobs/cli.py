@@ -72,7 +72,7 @@ def cmd_train(args, store: RunStore) -> int:
     if ranks_from_env().enabled:  # started by hand under torchrun
         return train_as_rank(store, cfg.device, create, args.quiet)
     use_threads(store, args.threads, counted=False)  # its run is not claimed yet
-    return train_new(store, create(), args.quiet)
+    return train_new(store, create(), args.quiet, args.threads)
 
 
 def cmd_rank(args, store: RunStore) -> int:

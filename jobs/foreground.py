@@ -14,7 +14,7 @@ from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
 
-from gptcore.callbacks import TrainResult
+from gptcore.callbacks import TrainerCallbacks, TrainResult
 from gptcore.distributed import ranks_from_env
 from gptcore.errors import GptdashError
 from gptcore.metric_keys import TRAIN_LOSS
@@ -22,16 +22,17 @@ from jobs import runner
 from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from jobs.manager import claim_here
 from jobs.progress import Progress
+from jobs.threads import ThreadShare
 from storage.status import RunStatus
 from storage.store import RunStore
 
 
-def train_new(store: RunStore, run_id: int, quiet: bool) -> int:
+def train_new(store: RunStore, run_id: int, quiet: bool, threads: int | None = None) -> int:
     """Claim a just-created run for this process and train it here."""
     # Claim it at once, so a dashboard or worker never picks it up.
     claim = claim_here(store, run_id)
     print(f"run {run_id} created", file=sys.stderr)
-    return _train_foreground(store, run_id, claim, quiet)
+    return _train_foreground(store, run_id, claim, quiet, threads)
 
 
 def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
@@ -62,7 +63,7 @@ def train_as_rank(store: RunStore, device: str, create_run: Callable[[], int],
 def cmd_resume(args: Namespace, store: RunStore) -> int:
     print(runner.queue_resume(store, args.run_id), file=sys.stderr)
     claim = claim_here(store, args.run_id)
-    return _train_foreground(store, args.run_id, claim, args.quiet)
+    return _train_foreground(store, args.run_id, claim, args.quiet, args.threads)
 
 
 # Each means "stop cleanly, keep what you have": Ctrl-C, a supervisor's or `kill`'s
@@ -70,7 +71,8 @@ def cmd_resume(args: Namespace, store: RunStore) -> int:
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
-def _train_foreground(store: RunStore, run_id: int, claim: int, quiet: bool) -> int:
+def _train_foreground(store: RunStore, run_id: int, claim: int, quiet: bool,
+                      threads: int | None = None) -> int:
     """Train a claimed run here; Ctrl-C, SIGTERM or SIGHUP stops it within a step, with a
     checkpoint, and a second one aborts at once. Exits 128 + the signal's number then
     (130 for Ctrl-C), as a shell reports a process that a signal ended.
@@ -99,7 +101,7 @@ def _train_foreground(store: RunStore, run_id: int, claim: int, quiet: bool) -> 
                                    signalled=lambda: bool(received))
         else:
             result = runner.execute_run(store, run_id, claim=claim, stop_event=stop,
-                                        extra_callbacks=None if quiet else Progress())
+                                        extra_callbacks=_listener(store, quiet, threads))
     except KeyboardInterrupt as exc:
         how = str(exc) or "aborted by a second Ctrl-C"
         hint = runner.end_aborted(store, run_id, how, claim)
@@ -112,6 +114,13 @@ def _train_foreground(store: RunStore, run_id: int, claim: int, quiet: bool) -> 
     if result is not None:
         code = _summarise(store, run_id, result, interrupted=stop.is_set() and bool(received))
     return 128 + received[0] if code == EXIT_INTERRUPTED and received else code
+
+
+def _listener(store: RunStore, quiet: bool, threads: int | None) -> TrainerCallbacks | None:
+    """Who hears the run besides the database: the progress bar unless ``quiet``, and, unless
+    ``--threads`` fixed them, what keeps its torch threads at its share of the machine."""
+    display = None if quiet else Progress()
+    return display if threads else ThreadShare(store, display)
 
 
 def _train_children(store: RunStore, run_id: int, nproc: int, claim: int, stop: threading.Event,

@@ -19,7 +19,7 @@ from gptcore.config import TrainConfig
 from jobs import actions, runner
 from jobs.outage import Outage
 from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
-from jobs.threads import use_threads
+from jobs.threads import ThreadShare, use_threads
 from storage.errors import ClaimLost, DatabaseUnavailable
 from storage.queue import Claim
 from storage.store import RunStore
@@ -247,7 +247,9 @@ class JobManager:
             else:
                 use_threads(self.store, self.threads, counted=True)  # here, in the run's thread
                 runner.execute_run(self.store, run_id, claim=claim.token,
-                                   stop_event=stop_event, device=self.device)
+                                   stop_event=stop_event, device=self.device,
+                                   extra_callbacks=None if self.threads else
+                                   ThreadShare(self.store))
         except ClaimLost as exc:  # another process took the run; this one wrote no more
             log.warning("run %s: %s", run_id, exc)
         except DatabaseUnavailable as exc:  # its row stays running: recovery marks it

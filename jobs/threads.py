@@ -8,18 +8,25 @@ may run on (the physical cores of its CPU affinity) shared evenly among the proc
 host that train or sample, at least one each and no more than ``OMP_NUM_THREADS`` where set.
 
 Those processes are this host's live workers, busy or idle (each may start a run at any
-moment), the runs trained in a terminal, and the one asking. The share is taken when a run
-starts and each time a page or ``gptdash sample`` samples: a run already training keeps its
-threads when another starts beside it.
+moment), the runs trained in a terminal, and the one asking. A training run takes its share
+again every few seconds (``ThreadShare``), so two runs started together, or one started
+beside another, settle on an even split; a page or ``gptdash sample`` takes it each time it
+samples.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
+from gptcore.callbacks import TrainerCallbacks
+from jobs.errors import USER_ERRORS
 from jobs.recovery import pid_alive, this_host
 from storage.status import RunStatus
 from storage.store import RunStore
+
+log = logging.getLogger(__name__)
 
 
 def trainers_here(store: RunStore) -> int:
@@ -57,3 +64,54 @@ def omp_limit() -> int | None:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):  # unset, or a nested list such as "4,2"
         return None
+
+
+# How often a training run takes its share again: another run that starts beside it (or ends)
+# changes the share within this long. Two indexed SELECTs each time.
+RESHARE_S = 5.0
+
+
+class ThreadShare(TrainerCallbacks):
+    """Keeps a run's torch threads at its share while it trains, so runs started together or
+    one beside another settle on an even split within ``RESHARE_S``: ``should_stop`` is polled
+    after every step in the thread that trains, where torch takes the count.
+
+    ``display`` (the CLI's progress bar) hears every hook as it would without this.
+    """
+
+    def __init__(self, store: RunStore, display: TrainerCallbacks | None = None):
+        self.store, self.display = store, display
+        self._next_at = 0.0
+
+    def should_stop(self) -> bool:
+        if time.monotonic() >= self._next_at:
+            self._next_at = time.monotonic() + RESHARE_S
+            try:
+                use_threads(self.store, counted=True)
+            except USER_ERRORS as exc:  # the database is away: keep the threads it has
+                log.warning("could not count the runs on this host: %s", exc)
+        return bool(self.display and self.display.should_stop())
+
+    def on_start(self, info):
+        if self.display:
+            self.display.on_start(info)
+
+    def on_metrics(self, step, metrics):
+        if self.display:
+            self.display.on_metrics(step, metrics)
+
+    def on_sample(self, step, prompt, text):
+        if self.display:
+            self.display.on_sample(step, prompt, text)
+
+    def on_checkpoint(self, step, path):
+        if self.display:
+            self.display.on_checkpoint(step, path)
+
+    def on_event(self, step, kind, message):
+        if self.display:
+            self.display.on_event(step, kind, message)
+
+    def on_status(self, status, message=None):
+        if self.display:
+            self.display.on_status(status, message)

@@ -76,6 +76,40 @@ def test_trainers_here_counts_live_workers_and_terminal_runs_each_once(store):
         other.wait()
 
 
+def test_a_training_run_takes_its_share_again_when_another_starts_beside_it(store,
+                                                                           monkeypatch):
+    import threading
+
+    import torch
+
+    from jobs import threads
+    from jobs.threads import ThreadShare, omp_limit
+
+    monkeypatch.setattr(threads, "RESHARE_S", 0.0)
+    run_id = store.create_run("mine", {}, max_steps=10)
+    store.claim_run(run_id, "me", host=this_host(), pid=os.getpid())
+    share, seen = ThreadShare(store), []
+    other = subprocess.Popen(["sleep", "60"])
+
+    def train():  # the thread that trains polls should_stop after every step
+        assert share.should_stop() is False
+        seen.append(torch.get_num_threads())
+        store.register_worker("beside", host=this_host(), pid=other.pid, device="cpu")
+        share.should_stop()
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    try:
+        thread = threading.Thread(target=train)
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(before)
+        other.kill()
+        other.wait()
+    assert seen == [cpu_threads(CORES, 1, omp_limit()), cpu_threads(CORES, 2, omp_limit())]
+
+
 TRAIN = ["train", "--preset", "tiny", *MICRO, "--set", "max_steps=2", "--set",
          "checkpoint_interval=2", "--quiet"]
 
