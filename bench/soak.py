@@ -6,9 +6,9 @@ Queues ``--runs`` tiny CPU runs back to back into one ``JobManager`` on a fresh
 temporary home folder (real SQLite file). While the worker trains them, a second
 thread stops some runs and deletes others at random moments (seeded), half the
 time aiming at the run being trained right now (a Delete of a run still queued or
-running is refused, and that run must go on to its end untouched). Every run's callbacks are wrapped
-with a recorder of what the trainer reported, so at the end each surviving run's
-metric rows are compared with what its trainer said. Prints one JSON line:
+running is refused, and the run is stopped instead, as the Runs page asks). Every
+run's callbacks are wrapped with a recorder of what the trainer reported, so at the
+end each surviving run's metric rows are compared with what its trainer said. Prints one JSON line:
 
     runs, completed, stopped, cancelled, deleted, failed, rows_reported, rows_found,
     mismatched_runs, stuck_runs, seconds, worker_alive
@@ -25,6 +25,7 @@ one, especially on a shared machine. ``tests/test_faults.py`` runs the same soak
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -153,8 +154,11 @@ def _chaos(store: RunStore, manager: JobManager, rng: random.Random, result: Soa
                     store.delete_run(target)
                     result.deleted[target] = seen
             except USER_ERRORS:
-                if action == "delete":  # the run is still queued or running: it goes on
+                if action == "delete":  # still queued or running: stopped, as the page asks
                     result.refused[target] = seen
+                    with contextlib.suppress(*USER_ERRORS):  # it may have ended meanwhile
+                        manager.stop(target)
+                        result.stopped[target] = seen
             except Exception as exc:  # noqa: BLE001 - a Stop or Delete click that errors
                 result.action_errors.append(f"{action} run {target}: {exc!r}")
                 if not store.list_runs(ids=[target]):

@@ -24,6 +24,9 @@ from storage.store import RunRecord, RunStore
 
 # A worker beats every few seconds; a minute of silence means it is gone.
 DEFAULT_DEAD_AFTER_S = 60.0
+# Owners beat every 5 s: one heard from within three beats may still be at work, whatever
+# silence the process that declared it gone allowed it.
+FRESH_BEAT_S = 15.0
 
 
 def this_host() -> str:
@@ -73,7 +76,7 @@ def recover_interrupted(store: RunStore,
                                  dead_after_s=dead_after_s)
 
 
-def check_owner_gone(run: RunRecord, dead_after_s: float = DEFAULT_DEAD_AFTER_S) -> None:
+def check_owner_gone(run: RunRecord, dead_after_s: float = FRESH_BEAT_S) -> None:
     """GptdashError while an interrupted run's recorded owner may still be alive: its process
     on this host exists, or, elsewhere, it was heard from within ``dead_after_s``.
 

@@ -5,12 +5,15 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from gptcore.config import apply_overrides, preset
 from jobs import runner
+from jobs.recovery import FRESH_BEAT_S
+from storage.schema import utcnow
 from storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +69,9 @@ def test_three_workers_train_twelve_runs_once_each_and_a_killed_workers_run_resu
         assert f"no heartbeat from {owner}" in killed.error
         _wait_for(lambda: all(store.get_run(i).status == "completed" for i in short_ids),
                   240, "the short runs to complete")
+        # A resume waits until the owner may no longer be at work (jobs.recovery).
+        _wait_for(lambda: utcnow() - killed.heartbeat_at > timedelta(seconds=FRESH_BEAT_S),
+                  30, "the killed worker's last beat to age")
         steps_before = store.last_step(long_id, "train/loss")
         runner.queue_resume(store, long_id)  # what the Runs page's Resume does
         resumed = _wait_for(lambda: (r := store.get_run(long_id)).status == "running"
