@@ -9,9 +9,10 @@ import streamlit as st
 from gptcore.errors import GptdashError
 from jobs.errors import USER_ERRORS
 from jobs.serve import PASSWORD_ENV, check_bind, password_ok
+from storage.errors import DatabaseUnavailable
 from ui import login_throttle
 from ui.plain_text import plain
-from ui.widgets import get_store, sidebar
+from ui.widgets import database_away, get_store, sidebar
 
 # A local icon: a Material or emoji page_icon makes the browser fetch it from a CDN.
 ICON = Path(__file__).parent / "ui" / "assets" / "icon.png"
@@ -66,5 +67,7 @@ if locked:
 try:
     sidebar(get_store())
     page.run()
-except USER_ERRORS as exc:  # e.g. the database is unreachable: one line, not a traceback
+except DatabaseUnavailable as exc:  # one box, gone by itself once the database answers
+    database_away(exc)
+except USER_ERRORS as exc:  # e.g. a wrong database URL: one line, not a traceback
     st.error(plain(exc))

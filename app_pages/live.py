@@ -63,7 +63,14 @@ from ui.live import (
 from ui.paths import shown_path
 from ui.plain_text import plain
 from ui.ray_cluster import job_summary
-from ui.widgets import empty_state, get_store, pick_run, tab_visible, user_errors
+from ui.widgets import (
+    empty_state,
+    get_store,
+    pick_run,
+    rerun_if_database_away,
+    tab_visible,
+    user_errors,
+)
 
 store = get_store()
 CHARTS = {  # title -> metric keys
@@ -300,6 +307,11 @@ def samples() -> None:
 @st.fragment(run_every=tick_every)
 def live() -> None:
     """One tick: the run's row, the rows new since the last tick, and what they change."""
+    with rerun_if_database_away():
+        tick()
+
+
+def tick() -> None:
     r = store.get_run(run_id)
     if r.status != run.status and r.status not in ACTIVE:
         st.rerun()  # the run ended: redraw the whole page once, without the timer

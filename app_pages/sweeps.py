@@ -38,7 +38,14 @@ from ui.sweeps import (
     sweep_table,
     swept_params,
 )
-from ui.widgets import get_store, run_on_choice, tab_visible, training_now, user_errors
+from ui.widgets import (
+    get_store,
+    rerun_if_database_away,
+    run_on_choice,
+    tab_visible,
+    training_now,
+    user_errors,
+)
 
 store = get_store()
 FIELDS = list(field_info())
@@ -190,6 +197,11 @@ def _forecast(run_id: int) -> Forecast | None:
 @st.fragment(run_every=sweep_refresh_every([r.status for r in first_runs], tab_visible()))
 def results() -> None:
     """The sweep's runs, their losses and forecasts, read afresh on every tick."""
+    with rerun_if_database_away():
+        results_tick()
+
+
+def results_tick() -> None:
     runs = store.list_runs(sweep_id=sweep.id)
     active = [r for r in runs if r.status in ACTIVE]
     if was_active and not active:

@@ -8,7 +8,7 @@ from jobs.errors import USER_ERRORS
 from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from storage.schema import utcnow
 from ui.ray_cluster import jobs_table, nodes_table
-from ui.widgets import get_store
+from ui.widgets import get_store, rerun_if_database_away
 from ui.workers import ENDED_STATES, workers_table
 
 store = get_store()
@@ -22,7 +22,10 @@ st.caption("The worker process that `gptdash serve` starts beside the dashboard,
 
 @st.fragment(run_every=5.0)
 def workers_panel() -> None:
-    table = workers_table(store.workers(), utcnow(), DEFAULT_DEAD_AFTER_S)
+    with rerun_if_database_away():
+        workers = store.workers()
+        queued = store.queued_ids()
+    table = workers_table(workers, utcnow(), DEFAULT_DEAD_AFTER_S)
     gone = table["state"].isin(ENDED_STATES)
     if gone.all():
         st.info(f"{'No worker is running' if len(table) else 'No worker has started yet'}: "
@@ -33,7 +36,6 @@ def workers_panel() -> None:
     shown = table if show_gone else table[~gone]
     if not shown.empty:
         st.dataframe(shown, hide_index=True, width="stretch", placeholder="—")
-    queued = store.queued_ids()
     st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}" if queued else "Queue: empty")
 
 

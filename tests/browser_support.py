@@ -58,18 +58,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_process(home: Path, log_path: Path, *, prefix: Sequence[str] = ()
-                      ) -> Iterator[tuple[subprocess.Popen, str]]:
+def streamlit_process(home: Path, log_path: Path, *, prefix: Sequence[str] = (),
+                      db_url: str | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run ``gptdash serve`` on a free local port with ``home`` as GPTDASH_HOME: the pages'
     Streamlit server and a training worker beside it, as a user runs the dashboard.
 
     ``prefix`` goes before the command (``taskset -c 0`` pins it and its children to a
     core; taskset execs, so the process is still the supervisor). Yields the supervisor's
     process and the base URL once the server answers its health check; stops it after
-    (the worker stops its run with a checkpoint first).
+    (the worker stops its run with a checkpoint first). ``db_url`` is its GPTDASH_DB_URL
+    (default: none, the home folder's SQLite file).
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "GPTDASH_DB_URL"}
+    if db_url is not None:
+        env["GPTDASH_DB_URL"] = db_url
     # One torch thread: on a small machine shared with the browser, spinning
     # intra-op threads make every training step many times slower.
     env.update(GPTDASH_HOME=str(home), OMP_NUM_THREADS="1")

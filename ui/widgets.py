@@ -18,6 +18,7 @@ from jobs.ray_cluster import cluster_address
 from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from jobs.runner import run_checkpoint
 from storage import home
+from storage.errors import DatabaseUnavailable
 from storage.names import one_line
 from storage.schema import utcnow
 from storage.status import Executor, RunStatus
@@ -46,6 +47,8 @@ export default function ({ setStateValue }) {
 """
 _visibility = st.components.v2.component("gptdash_visibility", js=_VISIBILITY_JS)
 _VISIBLE = "_gptdash_tab_visible"
+# While the database is away, a page looks this often whether it answers again.
+DATABASE_RETRY_S = 2.0
 
 
 @st.cache_resource(show_spinner=False)
@@ -79,8 +82,40 @@ def user_errors() -> Iterator[None]:
     a message may quote what someone typed."""
     try:
         yield
+    except DatabaseUnavailable:
+        raise  # the page's one box says it (app.py), not one box per widget
     except USER_ERRORS as exc:
         st.error(plain(exc))
+
+
+@contextlib.contextmanager
+def rerun_if_database_away() -> Iterator[None]:
+    """Around a fragment's body: a database that is away for now reruns the whole page,
+    which app.py shows as one ``st.error`` until the database answers
+    (``database_away``). A fragment's timed rerun runs only the fragment,
+    out of reach of app.py's catch; without this it would show a traceback every tick."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        st.rerun()
+
+
+def database_away(exc: DatabaseUnavailable) -> None:
+    """The page's one box while the database is away, and a quiet look every
+    ``DATABASE_RETRY_S`` that reruns the page once it answers: nobody reloads anything."""
+    st.error(f"{plain(exc)}\n\nThis page comes back by itself when the database answers.")
+
+    @st.fragment(run_every=DATABASE_RETRY_S)
+    def look_again() -> None:
+        try:
+            get_store().queued_ids()
+        except DatabaseUnavailable:
+            return
+        except USER_ERRORS:
+            pass  # something else is wrong now: the page's rerun says what
+        st.rerun()
+
+    look_again()
 
 
 def empty_state(message: str) -> None:
@@ -208,13 +243,15 @@ def _worker_status(store: RunStore, visible: bool) -> None:
     # queued run is seen to start; an idle worker with an empty queue costs no refreshes.
     @st.fragment(run_every=sidebar_refresh_every(busy, visible))
     def worker_status() -> None:
-        current, alive = training_now(store)
-        queued = store.queued_ids()
+        with rerun_if_database_away():
+            current, alive = training_now(store)
+            queued = store.queued_ids()
+            runs = [store.get_run(run_id) for run_id in current]
         if busy and not (current or queued):
             st.rerun()  # all done: redraw the page once, without the timer
         if current:
             st.caption("Training now")
-            for run in (store.get_run(run_id) for run_id in current):
+            for run in runs:
                 st.text(f"#{run.id} {one_line(run.name)}\n"
                         f"step {run.last_step:,}/{run.max_steps:,}")
         elif not alive:
