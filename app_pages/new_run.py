@@ -9,6 +9,8 @@ import streamlit as st
 from gptcore.config import PRESETS, TrainConfig, field_info, preset
 from gptcore.data import BUILTIN
 from gptcore.errors import GptdashError
+from gptcore.hf import shape_problem, with_hf_shape
+from gptcore.hf_cache import cached_gpt2_folders, hf_cache_dir
 from jobs import actions
 from jobs.errors import USER_ERRORS
 from jobs.sweeps import measured_pace, submit_repeats
@@ -109,6 +111,26 @@ with c4:
         except GptdashError as exc:
             st.error(plain(exc))
 
+with st.expander("Start from GPT-2 weights (a Hugging Face folder on this machine)"):
+    cached = [str(p) for p in cached_gpt2_folders()]
+    st.caption(f"GPT-2 models in the Hugging Face cache ({shown_path(hf_cache_dir())}) are "
+               "listed; any folder with config.json and model.safetensors (or "
+               "pytorch_model.bin) works. Nothing is downloaded.")
+    h1, h2 = st.columns(2)
+    picked = h1.selectbox("In the cache", cached, index=None, key="hf_pick",
+                          format_func=shown_path, placeholder="none found" if not cached
+                          else "pick a cached model")
+    typed = h2.text_input("Or a folder", key="hf_path", placeholder="/path/to/gpt2")
+    if st.button("Use these weights", disabled=not (typed.strip() or picked)):
+        with user_errors():
+            adopted, note = with_hf_shape(replace(st.session_state.form_base,
+                                                  init_from=f"hf:{typed.strip() or picked}"))
+            load_base(adopted)
+            st.session_state.hf_note = note or "the form already has the folder's shape"
+            st.rerun()
+    if hf_note := st.session_state.pop("hf_note", None):
+        st.info(plain(hf_note))  # it quotes a path
+
 base: TrainConfig = st.session_state.form_base
 if "pending_corpus" in st.session_state:
     # A corpus was just uploaded: select it (before the widget exists in this run).
@@ -184,6 +206,8 @@ with form_col:
                     st.info(plain(note))  # once, in the run after the upload
 
 cfg, problems = form_problems(values, TrainConfig())
+if cfg is not None and (hf_problem := shape_problem(cfg)):  # init_from=hf:DIR's shape
+    problems.setdefault("init_from", hf_problem)
 for name, message in problems.items():
     if name in slots:
         slots[name].error(plain(message))  # it may quote what was typed
