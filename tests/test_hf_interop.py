@@ -24,6 +24,7 @@ from gptcore.checkpoint import model_from_checkpoint
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.hf import hf_settings, load_hf_weights, with_hf_shape
+from gptcore.hf_cache import cached_gpt2_folders, hf_cache_dir
 from gptcore.metric_keys import VAL_LOSS
 from gptcore.model import GPTModel
 from gptcore.tokenizer import get_tokenizer
@@ -71,17 +72,34 @@ def val_losses(store, run_id: int) -> list[float]:
 
 
 # ---- in: a GPT-2 folder as the start of a run ------------------------------------------------
-@pytest.mark.parametrize("kind", ["safetensors", "pickle", "untied-relu"])
+@pytest.mark.parametrize("kind", ["safetensors", "pickle", "sharded", "untied-relu"])
 def test_logits_equal_transformers_on_the_same_folder(tmp_path, kind):
     extra = {"tie_word_embeddings": False, "activation_function": "relu"} \
         if kind == "untied-relu" else {}
     reference = make_pretrained(tmp_path, pickle_file=kind == "pickle", **extra)
+    if kind == "sharded":  # as gpt2-xl-sized folders come: an index and its shards
+        (tmp_path / "model.safetensors").unlink()
+        reference.save_pretrained(tmp_path, max_shard_size="1MB")
+        assert (tmp_path / "model.safetensors.index.json").is_file()
     x = ids(50257)
     with torch.no_grad():
         expected = reference(x).logits
         got = gptdash_model(tmp_path)(x)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() <= TOL
+
+
+def test_new_run_lists_the_gpt2_models_in_the_hugging_face_cache(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    gpt2 = hub / "models--gpt2" / "snapshots" / "607a30d783dfa663caf39e06633721c8d4cfcd7e"
+    make_pretrained(gpt2)
+    other = hub / "models--meta-llama--Llama-3.2-1B" / "snapshots" / "4e20de3"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text('{"model_type": "llama"}')
+    (hub / "models--gpt2" / "refs").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    assert hf_cache_dir() == hub
+    assert cached_gpt2_folders() == [gpt2]
 
 
 def test_the_loss_gives_padded_ids_no_probability(pretrained):
