@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit once the queue is empty (for batch jobs)")
     _add_threads_arg(w, "each run trains on")
-    w.set_defaults(func=cmd_worker)
+    w.set_defaults(func=cmd_worker, waits_for_database=True)
 
     rk = sub.add_parser("rank", help="(internal) one torchrun rank of a run that a worker "
                         "launched")
@@ -607,7 +607,12 @@ def _main(argv: list[str] | None) -> int:
     try:
         if not getattr(args, "needs_store", True):
             return args.func(args)
-        store = RunStore()
+        if getattr(args, "waits_for_database", False):
+            from jobs.worker import store_when_up
+
+            store = store_when_up()  # a worker waits out an outage; other commands say it
+        else:
+            store = RunStore()
         # Before anything reads or changes runs: a run whose process is gone is not
         # "running", whether or not a dashboard was ever started. Ray first: it knows why.
         for line in reconcile(store):

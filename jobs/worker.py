@@ -8,19 +8,45 @@ as stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import sys
 import threading
+import time
 
 from gptcore.errors import GptdashError
 from jobs.exit_codes import EXIT_INTERRUPTED, EXIT_OK
+from jobs.outage import Outage
 from jobs.recovery import pid_alive, this_host
+from storage.errors import DatabaseUnavailable
 from storage.store import RunStore
 from storage.workers import WorkerRecord
 
+log = logging.getLogger(__name__)
+
 _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
+# A worker started while the database is away looks again after this long, doubling to the max.
+FIRST_RETRY_S, MAX_RETRY_S = 0.5, 5.0
+
+
+def store_when_up() -> RunStore:
+    """The store, once the database answers. A worker started while it is away (a machine
+    booting before its database, ``gptdash serve`` restarting its worker mid-outage) says so
+    in one line and starts when it is back, instead of exiting."""
+    outage = Outage(log)
+    retry_s = FIRST_RETRY_S
+    while True:
+        try:
+            store = RunStore()
+        except DatabaseUnavailable as exc:
+            outage.failed(exc, "the worker starts when it answers")
+            time.sleep(retry_s)
+            retry_s = min(retry_s * 2, MAX_RETRY_S)
+            continue
+        outage.back()
+        return store
 
 
 def pin_device(device: str) -> str | None:

@@ -94,3 +94,26 @@ def test_cli_says_one_line_when_the_database_is_away(own_postgres: PostgresServe
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("gptdash: database ") and "PostgreSQL is running" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_worker_started_while_the_database_is_away_waits_for_it(own_postgres: PostgresServer,
+                                                                outage_url: str,
+                                                                tmp_path):
+    own_postgres.halt()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--exit-when-idle"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "GPTDASH_DB_URL": outage_url,
+                                                "GPTDASH_HOME": str(tmp_path)})
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()[0]  # waiting, not exited
+    finally:
+        own_postgres.resume()
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    lines = output.strip().splitlines()
+    assert sum("database unreachable since" in line for line in lines) == 1, output
+    assert "the worker starts when it answers" in lines[0]
+    assert sum("database back after" in line for line in lines) == 1, output
+    assert "the queue is empty" in lines[-1]
+    assert "Traceback" not in output
