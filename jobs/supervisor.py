@@ -14,6 +14,7 @@ No torch, no Streamlit: the children import what they need.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from jobs.outage import Outage
+from storage.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
@@ -90,7 +95,8 @@ def _kill_group(pid: int) -> None:
 @dataclass
 class Periodic:
     """A check the supervisor runs every ``every_s`` seconds beside its children (the Ray
-    reconciler): ``call`` returns lines to say; an error is said once, not at every turn."""
+    reconciler): ``call`` returns lines to say; an error is said once, not at every turn, and
+    a database outage in one line when it starts and one when it ends."""
 
     name: str
     every_s: float
@@ -114,6 +120,7 @@ class Supervisor:
     def _run_periodic(self) -> None:
         due = {check.name: 0.0 for check in self.periodic}
         failing: dict[str, str] = {}
+        outages = {check.name: Outage(log) for check in self.periodic}
         while not self._done.wait(POLL_S):
             for check in self.periodic:
                 if time.monotonic() < due[check.name]:
@@ -123,6 +130,10 @@ class Supervisor:
                     for line in check.call():
                         self._say(line)
                     failing.pop(check.name, None)
+                    outages[check.name].back()
+                except DatabaseUnavailable as exc:  # the next turn tries again
+                    outages[check.name].failed(
+                        exc, f"the {check.name} skips its turns until it answers")
                 except Exception as exc:  # noqa: BLE001 - the next turn tries again
                     problem = f"the {check.name} failed: {exc}"
                     if failing.get(check.name) != problem:

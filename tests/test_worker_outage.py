@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from jobs.manager import JobManager
+from jobs.recovery import recover_interrupted
+from jobs.supervisor import Periodic, Supervisor
 from storage.store import RunStore
 from tests.postgres_support import PostgresServer, start_server
 
@@ -117,3 +121,29 @@ def test_worker_started_while_the_database_is_away_waits_for_it(own_postgres: Po
     assert sum("database back after" in line for line in lines) == 1, output
     assert "the queue is empty" in lines[-1]
     assert "Traceback" not in output
+
+
+def test_serve_skips_its_checks_during_an_outage_in_one_line(own_postgres: PostgresServer,
+                                                              outage_url: str,
+                                                              caplog: pytest.LogCaptureFixture):
+    store = RunStore(outage_url)
+    recovery = Periodic("recovery pass", 0.2,
+                        lambda: [f"run {i} interrupted" for i in recover_interrupted(store)])
+    said: list[str] = []
+    supervisor = Supervisor([], say=said.append, periodic=[recovery])
+    caplog.set_level(logging.INFO)
+    timers = [threading.Timer(0.5, own_postgres.halt), threading.Timer(4.0, own_postgres.resume),
+              threading.Timer(7.0, os.kill, (os.getpid(), signal.SIGTERM))]
+    for timer in timers:
+        timer.start()
+    try:
+        assert supervisor.run() == 0
+    finally:
+        for timer in timers:
+            timer.join()
+        store.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("database unreachable since" in m for m in messages) == 1, messages
+    assert any("the recovery pass skips its turns" in m for m in messages), messages
+    assert sum("database back after" in m for m in messages) == 1, messages
+    assert said == []  # no "the recovery pass failed: ..." line
