@@ -71,7 +71,11 @@ class JobManager:
         self._outage = Outage(log)
         self._outage_lock = threading.Lock()
         self._registered = threading.Event()  # beats update the row registering made
-        self.interrupted_on_start = recover_interrupted(store, dead_after_s)
+        try:
+            self.interrupted_on_start = recover_interrupted(store, dead_after_s)
+        except DatabaseUnavailable as exc:  # the beats look for orphans once it answers
+            self._db_failed(exc)
+            self.interrupted_on_start = []
         self._thread = threading.Thread(target=self._loop, name="gptdash-worker", daemon=True)
         self._beat_thread = threading.Thread(target=self._beat_loop, name="gptdash-beat",
                                              daemon=True)
