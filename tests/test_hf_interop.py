@@ -72,7 +72,8 @@ def val_losses(store, run_id: int) -> list[float]:
 
 
 # ---- in: a GPT-2 folder as the start of a run ------------------------------------------------
-@pytest.mark.parametrize("kind", ["safetensors", "pickle", "sharded", "untied-relu"])
+@pytest.mark.parametrize("kind", ["safetensors", "pickle", "sharded", "hub-layout",
+                                  "untied-relu"])
 def test_logits_equal_transformers_on_the_same_folder(tmp_path, kind):
     extra = {"tie_word_embeddings": False, "activation_function": "relu"} \
         if kind == "untied-relu" else {}
@@ -81,6 +82,12 @@ def test_logits_equal_transformers_on_the_same_folder(tmp_path, kind):
         (tmp_path / "model.safetensors").unlink()
         reference.save_pretrained(tmp_path, max_shard_size="1MB")
         assert (tmp_path / "model.safetensors.index.json").is_file()
+    if kind == "hub-layout":  # as the gpt2 repository's file: GPT2Model's names, mask buffers
+        weights = {k.removeprefix("transformer."): v
+                   for k, v in load_file(tmp_path / "model.safetensors").items()
+                   if k != "lm_head.weight"}
+        weights.update({f"h.{i}.attn.bias": torch.ones(1, 1, 32, 32) for i in range(2)})
+        save_file(weights, tmp_path / "model.safetensors")
     x = ids(50257)
     with torch.no_grad():
         expected = reference(x).logits
