@@ -62,7 +62,9 @@ def hf_folder(init_from: str) -> Path | None:
 def hf_settings(folder: Path) -> dict[str, Any]:
     """The settings a run takes from a GPT-2 folder's ``config.json``: its shape and tokenizer.
 
-    Refuses, in one line naming the file, a folder that is not a GPT-2 gptdash can be."""
+    Refuses, in one line naming the file, a folder that is not a GPT-2 gptdash's model can
+    hold (another architecture, a feed-forward width, activation, norm epsilon, attention
+    scale or vocabulary ours does not have)."""
     if not folder.is_dir():
         raise GptdashError(f"init_from hf:{folder} is not a folder: give a folder holding "
                            f"{CONFIG_NAME} and {SAFETENSORS_NAME} (or {PICKLE_NAME})")
