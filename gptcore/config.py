@@ -147,6 +147,10 @@ class TrainConfig:
                     "Train); each trains on its own batch_size sequences.", 1, 64)
     nodes: int = _f(1, "system", "Machines of a Ray cluster to spread the run over (--on ray), "
                     "nproc processes on each; 1 is one machine.", 1, 1024)
+    max_auto_resumes: int = _f(-1, "system", "Times the run resumes by itself from its last "
+                               "checkpoint when its worker, machine or Ray job is lost; -1 "
+                               "leaves it to the worker (--auto-resume, 3 unless set), 0 "
+                               "never.", -1, 1000)
 
     # ---- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -32,11 +32,11 @@ from jobs.exit_codes import (
 )
 from jobs.ray_cluster import RAY_ADDRESS_ENV, cluster_address
 from storage.names import one_line
-from storage.status import EXECUTORS, Executor, RunStatus
+from storage.status import DEFAULT_AUTO_RESUMES, EXECUTORS, Executor, RunStatus
 from storage.tags import format_tags, parse_tags
 
 if TYPE_CHECKING:
-    from storage.store import RunStore
+    from storage.store import RunRecord, RunStore
 
 
 def _load_config(args) -> TrainConfig:
@@ -267,11 +267,20 @@ def cmd_show(args, store: RunStore) -> int:
             "best_val_loss": r.best_val_loss, "last_train_loss": r.last_train_loss,
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,
             "worker": r.worker, "executor": r.executor, "sweep_id": r.sweep_id,
+            "attempt": _attempt(r),
+            "resumes_by_itself_after": str(r.resume_after) if r.resume_after else None,
             "events": [{"step": int(e.step), "kind": e.kind, "message": e.message}
                        for e in store.event_rows([r.id])],
             "config": r.config}
     print(json.dumps(info, indent=2, default=str))
     return EXIT_OK
+
+
+def _attempt(run: RunRecord) -> str:
+    """Which try at training the run this is, and how many were automatic resumes."""
+    limit = ("the worker's limit" if run.max_auto_resumes is None
+             else f"at most {run.max_auto_resumes}")
+    return f"{run.attempts} (automatic resumes: {run.auto_resumes} of {limit})"
 
 
 def cmd_stop(args, store: RunStore) -> int:
@@ -310,7 +319,8 @@ def cmd_worker(args, store: RunStore) -> int:
     from jobs.worker import run_worker
 
     return run_worker(store, name=args.name, device=args.device, dead_after_s=args.dead_after,
-                      exit_when_idle=args.exit_when_idle, threads=args.threads)
+                      exit_when_idle=args.exit_when_idle, threads=args.threads,
+                      auto_resume=args.auto_resume)
 
 
 def cmd_db_upgrade(args) -> int:
@@ -334,7 +344,8 @@ def cmd_db_upgrade(args) -> int:
 def cmd_serve(args, store: RunStore) -> int:
     from jobs.serve import serve
 
-    return serve(store, args.address, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    return serve(store, args.address, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                 auto_resume=args.auto_resume)
 
 
 def _status(value: str) -> str:
@@ -375,6 +386,25 @@ def _add_threads_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--threads", type=_threads, metavar="N",
                    help=f"torch threads {what} (default: this process's CPUs shared among "
                         "the runs and workers on this machine, at most one per core)")
+
+
+def _auto_resumes(value: str) -> int:
+    """A count of automatic resumes for ``--auto-resume``: 0 or more (argparse error else)."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count: give 0 (off) or more")
+    return count
+
+
+def _add_auto_resume_arg(p: argparse.ArgumentParser) -> None:
+    """``--auto-resume``: the default limit of a run's automatic resumes."""
+    p.add_argument("--auto-resume", type=_auto_resumes, default=DEFAULT_AUTO_RESUMES,
+                   metavar="N", help="resume a run whose worker, machine or Ray job was lost "
+                   "from its last checkpoint by itself, up to N times (default "
+                   f"{DEFAULT_AUTO_RESUMES}; 0: never); a run's own max_auto_resumes wins")
 
 
 def _add_config_args(p: argparse.ArgumentParser, what: str = "run") -> None:
@@ -523,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-idle", action="store_true",
                    help="exit once the queue is empty (for batch jobs)")
     _add_threads_arg(w, "each run trains on")
+    _add_auto_resume_arg(w)
     w.set_defaults(func=cmd_worker, waits_for_database=True)
 
     rk = sub.add_parser("rank", help="(internal) one torchrun rank of a run that a worker "
@@ -553,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(with --tls-key): off loopback, so the password is not sent in clear")
     sv.add_argument("--tls-key", metavar="PEM", help="the certificate's private key, "
                     "unencrypted")
+    _add_auto_resume_arg(sv)
     sv.set_defaults(func=cmd_serve)
     return p
 

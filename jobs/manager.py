@@ -18,10 +18,17 @@ import threading
 from gptcore.config import TrainConfig
 from jobs import actions, runner
 from jobs.outage import Outage
-from jobs.recovery import DEFAULT_DEAD_AFTER_S, recover_interrupted, this_host, worker_id
+from jobs.recovery import (
+    DEFAULT_DEAD_AFTER_S,
+    pid_alive,
+    recover_interrupted,
+    this_host,
+    worker_id,
+)
 from jobs.threads import ThreadShare, use_threads
 from storage.errors import ClaimLost, DatabaseUnavailable
 from storage.queue import Claim
+from storage.status import DEFAULT_AUTO_RESUMES
 from storage.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -50,16 +57,20 @@ class JobManager:
     silent before its run counts as interrupted. ``exit_when_idle`` ends the worker
     once the queue is empty (a batch job that drains the queue). ``threads`` is the torch
     threads each run trains on (default: ``jobs.threads``' share of this machine's cores).
+    ``auto_resume`` is how often a run whose owner was lost resumes by itself when its
+    config leaves that to the worker (``max_auto_resumes`` -1).
     """
 
     def __init__(self, store: RunStore, *, name: str | None = None, device: str | None = None,
                  dead_after_s: float = DEFAULT_DEAD_AFTER_S, exit_when_idle: bool = False,
-                 threads: int | None = None, start: bool = True):
+                 threads: int | None = None, auto_resume: int = DEFAULT_AUTO_RESUMES,
+                 start: bool = True):
         self.store = store
         self.worker = name or worker_id()
         self.device = device
         self.dead_after_s = dead_after_s
         self.threads = threads
+        self.auto_resume = auto_resume
         self._wake = threading.Event()
         self._shutdown = threading.Event()
         self._lock = threading.Lock()
@@ -184,7 +195,7 @@ class JobManager:
         while not self._shutdown.is_set():
             try:
                 claim = self.store.claim_next_queued(self.worker, host=this_host(),
-                                                     pid=os.getpid())
+                                                     pid=os.getpid()) or self._auto_resume()
                 self._db_answered()
                 retry_s = IDLE_POLL_S
             except DatabaseUnavailable as exc:  # said once; looked at less often while away
@@ -201,6 +212,12 @@ class JobManager:
                 self._wake.clear()
                 continue
             self._train(claim)
+
+    def _auto_resume(self) -> Claim | None:
+        """An interrupted run whose automatic resume is due, taken as a queued one is."""
+        return self.store.claim_auto_resume(
+            self.worker, host=this_host(), pid=os.getpid(), default_limit=self.auto_resume,
+            pid_alive=pid_alive, dead_after_s=self.dead_after_s)
 
     def _beat_loop(self) -> None:
         """Say this worker is alive, keep its run's heartbeat fresh, find orphaned runs."""

@@ -20,7 +20,8 @@ that ended while its run was still training leaves the run ``interrupted`` once 
 trainer is gone too (a trainer that outlived its job must never meet a resumed one), one
 that ended before it started training ``failed``, each with Ray's reason; a queued run whose
 job is missing gets it submitted; a run still training 30 s after its Stop has its job
-stopped.
+stopped. An interrupted run resumes by itself as a new job once its back-off has passed, up
+to its limit of automatic resumes (``storage.queue``), as a plain worker resumes a local one.
 
 Ray is imported only through ``jobs.ray_cluster`` and only when a cluster is asked
 something; an unset address costs nothing and an unreachable one a short TCP timeout.
@@ -57,8 +58,9 @@ from jobs.ray_cluster import _client as job_client  # the probed JobSubmissionCl
 from jobs.ray_secrets import db_env
 from jobs.recovery import pid_alive, this_host
 from storage import home
+from storage.queue import RESTART_HINT, RESUME_HINT, auto_resume_plan
 from storage.schema import utcnow
-from storage.status import ACTIVE, EXECUTORS, Executor, RunStatus
+from storage.status import ACTIVE, DEFAULT_AUTO_RESUMES, EXECUTORS, Executor, RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunRecord, RunStore
@@ -305,12 +307,14 @@ class StopWatch:
         self.since = {r: t for r, t in self.since.items() if r in run_ids}
 
 
-def reconcile(store: RunStore, *, stops: StopWatch | None = None) -> list[str]:
-    """Settle the runs queued for or trained on Ray with what their jobs did; one line per
+def reconcile(store: RunStore, *, stops: StopWatch | None = None,
+              auto_resume: int = DEFAULT_AUTO_RESUMES) -> list[str]:
+    """Settle the runs queued for or trained on Ray with what their jobs did, and resume the
+    interrupted ones that are due (``auto_resume`` times, unless a run says); one line per
     change, for the user.
 
-    Cheap and silent where there is nothing to do: no address set or no active ray run
-    costs one query; an unreachable cluster changes nothing (the rows' heartbeats still
+    Cheap and silent where there is nothing to do: no address set or no active or due ray
+    run costs two queries; an unreachable cluster changes nothing (the rows' heartbeats still
     show a dead owner to ``recover_interrupted``).
     """
     if cluster_address() is None:
@@ -318,7 +322,11 @@ def reconcile(store: RunStore, *, stops: StopWatch | None = None) -> list[str]:
     runs = [r for r in store.list_runs(status=tuple(ACTIVE)) if r.executor == Executor.RAY]
     if stops is not None:
         stops.keep_only({r.id for r in runs if r.stop_requested})
-    if not runs:
+    now = utcnow()
+    due = [r for r in store.list_runs(status=RunStatus.INTERRUPTED)
+           if r.executor == Executor.RAY and r.resume_after is not None
+           and r.resume_after <= now]
+    if not runs and not due:
         return []
     try:
         cluster = connect()
@@ -334,7 +342,34 @@ def reconcile(store: RunStore, *, stops: StopWatch | None = None) -> list[str]:
             line = f"run {run.id}: {exc}"
         if line:
             lines.append(line)
+    for run in sorted(due, key=lambda r: r.resume_after):
+        if line := _auto_resume(store, cluster, known, run, auto_resume):
+            lines.append(line)
     return lines
+
+
+def _auto_resume(store: RunStore, cluster: RayCluster, known: dict[str, RayJob],
+                 run: RunRecord, default_limit: int) -> str | None:
+    """Resume an interrupted ray run whose back-off has passed as a new job, within its
+    limit (its own, else ``default_limit``); a line when something changed."""
+    limit = default_limit if run.max_auto_resumes is None else run.max_auto_resumes
+    if run.auto_resumes >= limit:
+        if store.give_up_auto_resume(run.id, limit):
+            return f"run {run.id}: not resumed automatically, its limit of {limit} is used"
+        return None
+    if trainer_may_live(run):  # a second trainer must not start beside it
+        return None
+    job = cluster.next_job(run.id, known)
+    if not store.queue_auto_resume(run.id, run.claim_token, job, limit):
+        return None  # another reconciler took it first
+    try:
+        cluster.submit(store, store.get_run(run.id))
+    except GptdashError as exc:
+        store.end_if_still(run.id, worker=job, was=RunStatus.QUEUED, status=RunStatus.FAILED,
+                           error=f"not submitted to Ray: {exc}")
+        return f"run {run.id}: {exc}"
+    return (f"run {run.id} resumes by itself (automatic resume {run.auto_resumes + 1} of "
+            f"{limit}) as Ray job {job}")
 
 
 def _settle(store: RunStore, cluster: RayCluster, known: dict[str, RayJob], run: RunRecord,
@@ -355,6 +390,7 @@ def _settle(store: RunStore, cluster: RayCluster, known: dict[str, RayJob], run:
         status = RunStatus.INTERRUPTED if job.status == "STOPPED" else RunStatus.FAILED
         error = (f"its Ray job {named} ended ({job.status}) before it started training: "
                  f"{_reason(job)}")
+        resume_after = None  # a job stopped before it trained was stopped by a person
     else:
         if job is None:  # not one of this cluster's jobs: its heartbeat tells
             return None
@@ -367,11 +403,13 @@ def _settle(store: RunStore, cluster: RayCluster, known: dict[str, RayJob], run:
         if trainer_may_live(run):  # a resume now would start a second trainer beside it
             return None
         status = RunStatus.INTERRUPTED
-        then = ("resume it to continue from its last checkpoint" if run.checkpoint_path
-                else "it saved no checkpoint yet: resume it to restart from step 0")
+        resume_after, why_not = auto_resume_plan(run.auto_resumes, run.max_auto_resumes,
+                                                 run.stop_requested)
+        then = RESUME_HINT if run.checkpoint_path else RESTART_HINT
         error = (f"its Ray job {named} ended ({job.status}) while the run was training; "
-                 f"{then}. Ray: {_reason(job)}")
-    if store.end_if_still(run.id, worker=named, was=run.status, status=status, error=error):
+                 f"{why_not + '; ' if why_not else ''}{then}. Ray: {_reason(job)}")
+    if store.end_if_still(run.id, worker=named, was=run.status, status=status, error=error,
+                          resume_after=resume_after):
         return f"run {run.id}: Ray job {named} ended ({job.status}); marked {status}"
     return None
 

@@ -132,7 +132,8 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     return store.create_run(
         (name or "").strip() or default_name(cfg), config, tags=list(tags or []),
         notes=notes, parent_id=parent_id, status=RunStatus.QUEUED, max_steps=cfg.max_steps,
-        n_params=param_count(cfg), sweep_id=sweep_id, executor=executor)
+        n_params=param_count(cfg), sweep_id=sweep_id, executor=executor,
+        max_auto_resumes=None if cfg.max_auto_resumes < 0 else cfg.max_auto_resumes)
 
 
 def checkpoint_file(run_id: int) -> Path:

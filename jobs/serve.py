@@ -29,6 +29,7 @@ from jobs.ray_cluster import cluster_address
 from jobs.ray_executor import StopWatch, reconcile
 from jobs.recovery import recover_interrupted
 from jobs.supervisor import Child, Periodic, Supervisor
+from storage.status import DEFAULT_AUTO_RESUMES
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -145,15 +146,18 @@ def _runs_left_behind(store: RunStore) -> str:
     if not found:
         return ""
     ids = ", ".join(f"#{i}" for i in found)
-    return (f"; run(s) {ids} marked interrupted (resume from the Runs page or with "
-            "`gptdash resume RUN`)")
+    return (f"; run(s) {ids} marked interrupted (each resumes by itself from its last "
+            "checkpoint within its limit of automatic resumes; else resume it from the Runs "
+            "page or with `gptdash resume RUN`)")
 
 
 def children(store: RunStore, address: str, port: int,
-             tls: tuple[Path, Path] | None = None) -> list[Child]:
+             tls: tuple[Path, Path] | None = None,
+             auto_resume: int = DEFAULT_AUTO_RESUMES) -> list[Child]:
     """The worker, then the server: started in this order and stopped in this order, so
     the run saves its checkpoint while the pages can still show it."""
-    worker = Child("training worker", [sys.executable, "-m", "jobs", "worker"], cwd=str(ROOT),
+    worker = Child("training worker", [sys.executable, "-m", "jobs", "worker",
+                                       "--auto-resume", str(auto_resume)], cwd=str(ROOT),
                    stop_timeout_s=WORKER_STOP_S, on_death=lambda: _runs_left_behind(store))
     server = Child("dashboard server",
                    [sys.executable, "-m", "streamlit", *streamlit_args(address, port, tls)],
@@ -162,10 +166,11 @@ def children(store: RunStore, address: str, port: int,
 
 
 def serve(store: RunStore, address: str, port: int, tls_cert: str | None = None,
-          tls_key: str | None = None) -> int:
+          tls_key: str | None = None, auto_resume: int = DEFAULT_AUTO_RESUMES) -> int:
     """Supervise the training worker and the pages' server until Ctrl-C, SIGTERM or SIGHUP;
     returns an exit code (0). With ``tls_cert`` and ``tls_key`` (PEM files) the pages are
-    served over HTTPS only.
+    served over HTTPS only. ``auto_resume`` is the worker's (and the Ray reconciler's)
+    default limit of a run's automatic resumes.
 
     On the way out the worker stops its run with a checkpoint, so it can be resumed; if
     this process is killed outright, its children die with it.
@@ -180,12 +185,14 @@ def serve(store: RunStore, address: str, port: int, tls_cert: str | None = None,
               "that does", file=sys.stderr, flush=True)
     scheme = "http" if tls is None else "https"
     print(f"gptdash: serving on {scheme}://{address}:{port}", file=sys.stderr, flush=True)
-    return Supervisor(children(store, address, port, tls), periodic=checks(store)).run()
+    return Supervisor(children(store, address, port, tls, auto_resume),
+                      periodic=checks(store, auto_resume)).run()
 
 
-def checks(store: RunStore) -> list[Periodic]:
+def checks(store: RunStore, auto_resume: int = DEFAULT_AUTO_RESUMES) -> list[Periodic]:
     """What the supervisor checks beside its children: the Ray reconciler, with a cluster."""
     if cluster_address() is None:
         return []
     stops = StopWatch()
-    return [Periodic("Ray reconciler", RECONCILE_S, lambda: reconcile(store, stops=stops))]
+    return [Periodic("Ray reconciler", RECONCILE_S,
+                     lambda: reconcile(store, stops=stops, auto_resume=auto_resume))]

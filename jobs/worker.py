@@ -21,6 +21,7 @@ from jobs.exit_codes import EXIT_INTERRUPTED, EXIT_OK
 from jobs.outage import Outage
 from jobs.recovery import pid_alive, this_host
 from storage.errors import DatabaseUnavailable
+from storage.status import DEFAULT_AUTO_RESUMES
 from storage.store import RunStore
 from storage.workers import WorkerRecord
 
@@ -75,8 +76,10 @@ def _gone_from_this_host(worker: WorkerRecord) -> bool:
 
 
 def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: float,
-               exit_when_idle: bool, threads: int | None = None) -> int:
-    """Train queued runs until the queue is empty (``exit_when_idle``) or a signal."""
+               exit_when_idle: bool, threads: int | None = None,
+               auto_resume: int = DEFAULT_AUTO_RESUMES) -> int:
+    """Train queued runs until the queue is empty (``exit_when_idle``) or a signal; resume
+    runs whose owner was lost by themselves, ``auto_resume`` times unless a run says."""
     from gptcore.device import device_label, resolve_device
     from jobs.manager import JobManager
 
@@ -88,7 +91,8 @@ def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: 
         store.take_worker_name(name, host=this_host(), pid=os.getpid(),
                                dead_after_s=dead_after_s, gone=_gone_from_this_host)
     manager = JobManager(store, name=name, device=config_device, dead_after_s=dead_after_s,
-                         exit_when_idle=exit_when_idle, threads=threads)
+                         exit_when_idle=exit_when_idle, threads=threads,
+                         auto_resume=auto_resume)
     print(f"gptdash worker {manager.worker} on {label}: training queued runs "
           "(Ctrl-C to stop)", file=sys.stderr, flush=True)
     received: list[int] = []

@@ -20,6 +20,7 @@ from storage.errors import StorageError, missing_run
 from storage.home import checkpoints_dir
 from storage.names import check_name, check_notes
 from storage.ownership import check_owned, writing
+from storage.queue import AUTO_RESUME_EVENT
 from storage.schema import (
     Event,
     Metric,
@@ -74,6 +75,10 @@ class RunRecord:
     trained_s: float | None = None
     executor: str = Executor.LOCAL  # who trains it
     claim_token: int = 0  # the fencing token of its current claim (storage.ownership)
+    attempts: int = 0  # claims: tries at training it
+    auto_resumes: int = 0  # of them, automatic resumes after its owner was lost
+    max_auto_resumes: int | None = None  # its own limit; None: the claiming worker's
+    resume_after: datetime | None = None  # interrupted: when it resumes by itself; None: never
 
     @property
     def duration_s(self) -> float | None:
@@ -109,6 +114,7 @@ def status_changes(status: str, error: str | None) -> dict[str, Any]:
         "status": status,
         "error": error,
         "finished_at": now if status in FINISHED else None,
+        "resume_after": None,  # only a lost owner's run resumes by itself (storage.queue)
     }
     if status == RunStatus.RUNNING:
         # Only the first start counts, so a resumed run keeps its original start time.
@@ -136,10 +142,13 @@ class RunsMixin:
         n_params: int | None = None,
         sweep_id: int | None = None,
         executor: str = Executor.LOCAL,
+        max_auto_resumes: int | None = None,
     ) -> int:
         """Insert a run and return its id. A run created as ``running`` starts its clock now.
 
         ``executor`` ``ray`` keeps it from plain workers (``storage.status.Executor``).
+        ``max_auto_resumes``: how often it may resume by itself after its owner is lost
+        (None: as often as the worker that finds it allows; ``storage.queue``).
         """
         check_status(status)
         if executor not in EXECUTORS:
@@ -157,6 +166,7 @@ class RunsMixin:
             parent_id=parent_id,
             sweep_id=sweep_id,
             executor=executor,
+            max_auto_resumes=max_auto_resumes,
             status=status,
             max_steps=max_steps,
             n_params=n_params,
@@ -366,10 +376,17 @@ class RunsMixin:
         only while that claim owns the run."""
         metrics = Metric.__table__
         with writing(self.engine, run_id, claim) as session:
+            # The note of an automatic resume is this attempt's, not the dead one's: it moves
+            # to the step the attempt starts from.
+            session.execute(update(Event).where(Event.run_id == run_id, Event.step > step,
+                                                Event.kind == AUTO_RESUME_EVENT)
+                            .values(step=max(step, 0)),
+                            execution_options={"synchronize_session": False})
             session.execute(delete(metrics).where(metrics.c.run_id == run_id,
                                                   metrics.c.step > step))
             session.execute(delete(Sample).where(Sample.run_id == run_id, Sample.step > step))
-            session.execute(delete(Event).where(Event.run_id == run_id, Event.step > step))
+            session.execute(delete(Event).where(Event.run_id == run_id, Event.step > step,
+                                                Event.kind != AUTO_RESUME_EVENT))
             if step < 0:
                 session.execute(update(Run).where(Run.id == run_id).values(
                     last_step=0, tokens_seen=0, best_val_loss=None, last_train_loss=None),

@@ -151,6 +151,13 @@ class Run(Base):
     # declaring its owner gone; an owner writes only while the row still carries its own
     # (storage.ownership), so a process that lost the run can write nothing more to it.
     claim_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Runs resume themselves (storage.queue): each claim is an attempt; a run whose owner was
+    # lost is resumed automatically after ``resume_after`` (NULL: never), up to
+    # ``max_auto_resumes`` times (NULL: the claiming worker's default, ``--auto-resume``).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_auto_resumes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resume_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Metric(Base):

@@ -30,6 +30,10 @@ FINISHED: frozenset[RunStatus] = frozenset(STATUSES) - ACTIVE
 RESUMABLE: frozenset[RunStatus] = frozenset(
     {RunStatus.STOPPED, RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.INTERRUPTED})
 
+# How often a run whose worker, machine or Ray job was lost resumes by itself when neither
+# the run (``max_auto_resumes``) nor its worker (``--auto-resume``) says (storage.queue).
+DEFAULT_AUTO_RESUMES = 3
+
 WORKER_STATUSES = ("idle", "training", "stopped")
 
 

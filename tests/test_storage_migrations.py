@@ -262,3 +262,33 @@ def test_opening_a_database_at_head_is_fast_and_loads_neither_alembic_nor_pandas
     out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_revision_0007_counts_an_earlier_claim_as_one_attempt_and_schedules_nothing(
+        backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path / '0006.db'}")
+    engine = make_engine(url)
+    try:
+        upgrade(engine, to="0006")
+        with engine.begin() as connection:
+            for name, started in (("trained", "CURRENT_TIMESTAMP"), ("never started", "NULL")):
+                connection.execute(text(
+                    "INSERT INTO runs (name, status, config, tags, notes, created_at, started_at,"
+                    " stop_requested, last_step, max_steps, tokens_seen, executor, claim_token)"
+                    f" VALUES (:name, 'interrupted', '{{}}', '[]', '', CURRENT_TIMESTAMP, "
+                    f"{started}, false, 7, 10, 0, 'local', 3)"), {"name": name})
+        assert upgrade(engine) == ("0006", HEAD)
+        assert _differences(engine) == []
+    finally:
+        engine.dispose()
+    store = RunStore(url)
+    try:
+        trained, never = sorted(store.list_runs(), key=lambda r: r.id)
+        assert (trained.attempts, never.attempts) == (1, 0)
+        for run in (trained, never):  # an old interrupted run waits for a person, as it did
+            assert (run.auto_resumes, run.max_auto_resumes, run.resume_after,
+                    run.claim_token) == (0, None, None, 3)
+    finally:
+        store.close()
