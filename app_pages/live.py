@@ -38,6 +38,7 @@ from jobs import actions, ray_cluster
 from jobs.calibration import submit_calibration
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import run_forecast
+from jobs.recovery import attempt_summary
 from storage.status import ACTIVE, Executor, RunStatus
 from storage.store import RunRecord
 from storage.tags import format_tags
@@ -157,6 +158,9 @@ def status(r: RunRecord, series: LiveSeries) -> None:
         st.caption(plain(who))  # a worker's name, as its owner typed it
     if r.tags:
         st.caption(f"Tags: {plain(format_tags(r.tags))}")
+    if r.attempts > 1 or r.resume_after is not None:  # what an automatic resume did
+        summary = attempt_summary(r)
+        st.caption(plain(summary[0].upper() + summary[1:]))
     if r.status in ACTIVE:
         if st.button("Stop this run", type="secondary",
                      help="Saves a checkpoint and stops within a step; resume it later."):

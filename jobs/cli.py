@@ -36,7 +36,7 @@ from storage.status import DEFAULT_AUTO_RESUMES, EXECUTORS, Executor, RunStatus
 from storage.tags import format_tags, parse_tags
 
 if TYPE_CHECKING:
-    from storage.store import RunRecord, RunStore
+    from storage.store import RunStore
 
 
 def _load_config(args) -> TrainConfig:
@@ -257,6 +257,8 @@ def cmd_list(args, store: RunStore) -> int:
 
 
 def cmd_show(args, store: RunStore) -> int:
+    from jobs.recovery import attempt_summary
+
     r = store.get_run(args.run_id)
     info = {"id": r.id, "name": r.name, "status": r.status, "tags": list(r.tags),
             "notes": r.notes,
@@ -267,20 +269,12 @@ def cmd_show(args, store: RunStore) -> int:
             "best_val_loss": r.best_val_loss, "last_train_loss": r.last_train_loss,
             "error": r.error, "checkpoint": r.checkpoint_path, "parent_id": r.parent_id,
             "worker": r.worker, "executor": r.executor, "sweep_id": r.sweep_id,
-            "attempt": _attempt(r),
-            "resumes_by_itself_after": str(r.resume_after) if r.resume_after else None,
+            "attempt": attempt_summary(r),
             "events": [{"step": int(e.step), "kind": e.kind, "message": e.message}
                        for e in store.event_rows([r.id])],
             "config": r.config}
     print(json.dumps(info, indent=2, default=str))
     return EXIT_OK
-
-
-def _attempt(run: RunRecord) -> str:
-    """Which try at training the run this is, and how many were automatic resumes."""
-    limit = ("the worker's limit" if run.max_auto_resumes is None
-             else f"at most {run.max_auto_resumes}")
-    return f"{run.attempts} (automatic resumes: {run.auto_resumes} of {limit})"
 
 
 def cmd_stop(args, store: RunStore) -> int:

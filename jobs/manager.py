@@ -6,7 +6,9 @@ picked up, and no run is trained twice. ``gptdash worker`` runs one (and
 ``gptdash serve`` supervises one such process beside the pages), anywhere that
 reaches the database. Each worker records itself in the ``workers`` table and
 beats every few seconds; each beat also marks runs whose owner is gone as
-``interrupted``. The worker never touches Streamlit.
+``interrupted``, and an idle worker takes such a run up again once its back-off has passed
+(within its limit of automatic resumes, ``storage.queue``). The worker never touches
+Streamlit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from jobs import actions, runner
 from jobs.outage import Outage
 from jobs.recovery import (
     DEFAULT_DEAD_AFTER_S,
+    FRESH_BEAT_S,
     pid_alive,
     recover_interrupted,
     this_host,
@@ -214,10 +217,11 @@ class JobManager:
             self._train(claim)
 
     def _auto_resume(self) -> Claim | None:
-        """An interrupted run whose automatic resume is due, taken as a queued one is."""
+        """An interrupted run whose automatic resume is due, taken as a queued one is (its
+        owner gone by the test a manual resume makes, ``jobs.recovery.check_owner_gone``)."""
         return self.store.claim_auto_resume(
             self.worker, host=this_host(), pid=os.getpid(), default_limit=self.auto_resume,
-            pid_alive=pid_alive, dead_after_s=self.dead_after_s)
+            pid_alive=pid_alive, dead_after_s=FRESH_BEAT_S)
 
     def _beat_loop(self) -> None:
         """Say this worker is alive, keep its run's heartbeat fresh, find orphaned runs."""

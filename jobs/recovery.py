@@ -76,6 +76,17 @@ def recover_interrupted(store: RunStore,
                                  dead_after_s=dead_after_s)
 
 
+def attempt_summary(run: RunRecord) -> str:
+    """Which try at training the run this is, how many were automatic resumes after its
+    owner was lost, and, while one is due, when it resumes by itself."""
+    limit = ("the worker's limit" if run.max_auto_resumes is None
+             else f"at most {run.max_auto_resumes}")
+    text = f"attempt {run.attempts} (automatic resumes: {run.auto_resumes} of {limit})"
+    if run.status == RunStatus.INTERRUPTED and run.resume_after is not None:
+        text += f"; resumes by itself after {run.resume_after:%H:%M:%S} UTC"
+    return text
+
+
 def check_owner_gone(run: RunRecord, dead_after_s: float = FRESH_BEAT_S) -> None:
     """GptdashError while an interrupted run's recorded owner may still be alive: its process
     on this host exists, or, elsewhere, it was heard from within ``dead_after_s``.

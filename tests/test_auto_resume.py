@@ -13,23 +13,19 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
+from worker_support import MICRO, ROOT, end_workers, start_worker, wait_for
 
 from gptcore.config import apply_overrides, preset
 from jobs import runner
-from jobs.recovery import recover_interrupted
+from jobs.recovery import attempt_summary, recover_interrupted
 from storage.queue import AUTO_RESUME_BACKOFF_S, AUTO_RESUME_EVENT
 from storage.schema import utcnow
 from storage.status import RunStatus
 from storage.store import RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
 HOST = "this-host"
-MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "batch_size": 8,
-         "eval_interval": 10, "eval_iters": 2, "sample_tokens": 8, "warmup_steps": 2,
-         "device": "cpu", "log_interval": 5, "checkpoint_interval": 10, "max_steps": 100_000}
 
 
 def _dead(pid: int) -> bool:
@@ -127,57 +123,40 @@ def test_only_a_lost_owners_run_resumes_by_itself(store):
     assert _take(store) is None
 
 
+def test_the_attempt_line_says_which_try_and_when_the_next_one_comes(store):
+    run_id = _orphan(store, max_auto_resumes=2)
+    run = store.get_run(run_id)
+    assert attempt_summary(run) == (
+        "attempt 1 (automatic resumes: 0 of at most 2); resumes by itself after "
+        f"{run.resume_after:%H:%M:%S} UTC")
+    _due(store, run_id)
+    _take(store)
+    assert attempt_summary(store.get_run(run_id)) == (
+        "attempt 2 (automatic resumes: 1 of at most 2)")
+    left_to_worker = store.create_run("r2", {})
+    assert attempt_summary(store.get_run(left_to_worker)) == (
+        "attempt 0 (automatic resumes: 0 of the worker's limit)")
+
+
 # ---- real workers, killed ----------------------------------------------------------------
-def _start_worker(name: str, home: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "GPTDASH_HOME": str(home), "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("GPTDASH_DB_URL", None)
-    with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--name", name,
-                                 "--dead-after", "4", "--threads", "1"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait_for(predicate, timeout: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; workers said:\n{log.read_text()}")
-
-
-def _end(workers: list[subprocess.Popen]) -> None:
-    for proc in workers:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in workers:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _submit(store: RunStore, name: str, **overrides) -> int:
-    cfg = apply_overrides(preset("tiny"), {**MICRO, **overrides})
+    cfg = apply_overrides(preset("tiny"), {**MICRO, "max_steps": 100_000, **overrides})
     return runner.create_run(store, cfg, name=name, check_device=False)
 
 
 def test_a_run_whose_worker_is_killed_resumes_itself_up_to_its_limit(home, store):
     log = home / "workers.log"
     run_id = _submit(store, "long", max_auto_resumes=1)
-    workers = {name: _start_worker(name, home, log) for name in ("w1", "w2")}
+    workers = {name: start_worker(name, home, log) for name in ("w1", "w2")}
     try:
-        first = _wait_for(lambda: (r := store.get_run(run_id)).last_step >= 25
+        first = wait_for(lambda: (r := store.get_run(run_id)).last_step >= 25
                           and r.checkpoint_path and r, 120, "the run to pass a checkpoint", log)
         workers[first.worker].send_signal(signal.SIGKILL)
         workers[first.worker].wait()
         killed_at = time.monotonic()
         # The other worker finds the dead pid at its next beat and, after the back-off,
         # takes the run up again from its last checkpoint: nobody presses Resume.
-        second = _wait_for(lambda: (r := store.get_run(run_id)).auto_resumes == 1
+        second = wait_for(lambda: (r := store.get_run(run_id)).auto_resumes == 1
                            and r.status == "running" and r.last_step >= 35 and r, 60,
                            "the run to resume itself", log)
         waited = time.monotonic() - killed_at
@@ -194,7 +173,7 @@ def test_a_run_whose_worker_is_killed_resumes_itself_up_to_its_limit(home, store
         shown = subprocess.run([sys.executable, "-m", "jobs", "show", str(run_id)], cwd=ROOT,
                                env={**os.environ, "GPTDASH_HOME": str(home)},
                                capture_output=True, text=True, check=True).stdout
-        assert '"attempt": "2 (automatic resumes: 1 of at most 1)"' in shown
+        assert '"attempt": "attempt 2 (automatic resumes: 1 of at most 1)"' in shown
         assert "the previous attempt ended: the process training this run" in shown
 
         # Its one automatic resume is used: killed again, it waits for a person.
@@ -206,28 +185,28 @@ def test_a_run_whose_worker_is_killed_resumes_itself_up_to_its_limit(home, store
         assert "not resumed automatically: it resumed by itself 1 time(s), its limit of 1" in (
             run.error)
     finally:
-        _end(list(workers.values()))
+        end_workers(list(workers.values()))
 
 
 def test_a_run_a_person_stopped_never_resumes_by_itself(home, store):
     log = home / "workers.log"
     stopped = _submit(store, "stopped")
     asked = _submit(store, "stop asked, then its worker was killed")
-    w1 = _start_worker("w1", home, log)
+    w1 = start_worker("w1", home, log)
     workers = [w1]
     try:
-        _wait_for(lambda: store.get_run(stopped).last_step >= 5, 120, "the first run", log)
+        wait_for(lambda: store.get_run(stopped).last_step >= 5, 120, "the first run", log)
         store.request_stop(stopped)
-        _wait_for(lambda: store.get_run(asked).last_step >= 5, 60, "the second run", log)
+        wait_for(lambda: store.get_run(asked).last_step >= 5, 60, "the second run", log)
         # Killed right after the Stop, before its trainer (which looks twice a second, then
         # saves a checkpoint) could end the run.
         store.request_stop(asked)
         w1.send_signal(signal.SIGKILL)
         w1.wait()
-        workers.append(_start_worker("w2", home, log))
-        _wait_for(lambda: store.get_run(asked).status == "interrupted", 60,
+        workers.append(start_worker("w2", home, log))
+        wait_for(lambda: store.get_run(asked).status == "interrupted", 60,
                   "the killed worker's run to be marked interrupted", log)
-        _wait_for(lambda: any(w.name == "w2" and w.status == "idle" for w in store.workers()),
+        wait_for(lambda: any(w.name == "w2" and w.status == "idle" for w in store.workers()),
                   60, "the second worker to start", log)
         time.sleep(AUTO_RESUME_BACKOFF_S[0] + 3)  # past the first back-off: nothing resumes
         assert store.get_run(stopped).status == "stopped"
@@ -235,4 +214,4 @@ def test_a_run_a_person_stopped_never_resumes_by_itself(home, store):
         assert (run.status, run.auto_resumes, run.resume_after) == ("interrupted", 0, None)
         assert "not resumed automatically: a stop was asked of it" in run.error
     finally:
-        _end(workers)
+        end_workers(workers)
