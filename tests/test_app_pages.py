@@ -295,6 +295,17 @@ def test_live_page_shows_tags_as_everywhere_else(empty_app, home):
     store.close()
 
 
+def test_live_page_says_which_attempt_a_run_that_resumed_itself_is(empty_app, home):
+    store = RunStore()
+    run_id = _running_run(store, "resumed")
+    store.update_run(run_id, attempts=2, auto_resumes=1, max_auto_resumes=3)
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    assert "Attempt 2 (automatic resumes: 1 of at most 3)" in _texts(at.caption)
+    store.close()
+
+
 def test_live_charts_turned_off_before_the_first_metrics_still_show_them(empty_app, home):
     store = RunStore()
     run_id = _running_run(store, "slow start")
