@@ -455,3 +455,33 @@ def test_a_dead_ray_jobs_run_waits_for_the_reconciler_until_its_heartbeat_is_old
     assert store.recover_orphans(host="here", pid_alive=gone, dead_after_s=60) == [local]
     assert store.get_run(on_ray).status == RunStatus.RUNNING
     assert store.recover_orphans(host="here", pid_alive=gone, dead_after_s=0) == [on_ray]
+
+
+def test_a_killed_jobs_run_resumes_itself_as_a_new_job(on_ray, ray_cluster, capsys):
+    code, out, err = gptdash(capsys, "submit", *MICRO, "--set", "max_steps=40",
+                             "--set", "eval_interval=10", "--set", "checkpoint_interval=10",
+                             "--on", "ray")
+    assert code == 0, err
+    run_id = int(out)
+    wait_for(lambda: on_ray.get_run(run_id).last_step >= 15, "its job to train a while")
+    run = on_ray.get_run(run_id)
+    os.kill(entrypoint_pid(run_id, run.worker), signal.SIGKILL)
+    wait_for(lambda: job_status(ray_cluster.address, run.worker)() == "FAILED",
+             "Ray to see its job fail")
+    code, out, err = gptdash(capsys, "list")
+    assert f"run {run_id}: Ray job {run.worker} ended (FAILED); marked interrupted" in err
+    dead = on_ray.get_run(run_id)
+    assert dead.status == RunStatus.INTERRUPTED and dead.resume_after is not None
+    on_ray.update_run(run_id, resume_after=dead.finished_at)  # its back-off has passed
+
+    code, out, err = gptdash(capsys, "list")  # nobody resumes it: the reconciler does
+    resumed = on_ray.get_run(run_id)
+    assert (f"run {run_id} resumes by itself (automatic resume 1 of 3) as Ray job "
+            f"{resumed.worker}") in err
+    assert resumed.worker != run.worker and resumed.auto_resumes == 1
+    wait_for(status_is(on_ray, run_id, *FINISHED), "the resumed run to end")
+    assert on_ray.get_run(run_id).status == RunStatus.COMPLETED
+    assert train_steps(on_ray, run_id) == list(range(40))
+    (note,) = [e for e in on_ray.event_rows([run_id]) if e.kind == "auto_resume"]
+    assert note.message.startswith(f"attempt 2, automatic resume 1 of 3: the previous attempt "
+                                   f"ended: its Ray job {run.worker} ended (FAILED)")
