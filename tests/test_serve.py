@@ -136,7 +136,8 @@ def test_serve_killed_with_9_takes_its_children_along_and_the_run_resumes(tmp_pa
     assert store.get_run(long_id).status == "stopped"
 
 
-def test_a_worker_killed_with_9_is_restarted_its_run_interrupted_and_the_queue_trains(tmp_path):
+def test_a_worker_killed_with_9_is_restarted_the_queue_trains_and_its_run_resumes_itself(
+        tmp_path):
     store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
     log = tmp_path / "serve.log"
     server = _start_server(tmp_path, _free_port(), log)
@@ -153,6 +154,11 @@ def test_a_worker_killed_with_9_is_restarted_its_run_interrupted_and_the_queue_t
         done = _wait_for(lambda: store.get_run(short_id).status == "completed",
                          what="the queued run to train on the restarted worker")
         assert done and store.get_run(short_id).last_step == 20
+        # Then, with nobody pressing Resume, the long run goes on from its last checkpoint.
+        resumed = _wait_for(lambda: (r := store.get_run(long_id)).status == "running"
+                            and r.auto_resumes == 1 and r.last_step > run.last_step and r,
+                            what="the killed worker's run to resume itself")
+        assert resumed.attempts == 2
         new_worker, same_pages = _worker_and_server(server)
         assert new_worker != worker and same_pages == pages
     finally:
