@@ -98,6 +98,13 @@ class GPTModel(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim)
         self.out_head = nn.Linear(cfg.emb_dim, vocab, bias=False)
+        # The loss's bias over the padded head: 0 for real ids, -inf for the padding, so the
+        # padded ids take no probability. Added inside the matmul (addmm), it costs nothing;
+        # not saved in checkpoints.
+        pad = torch.zeros(vocab)
+        pad[cfg.vocab_size:] = float("-inf")
+        self.register_buffer("pad_bias", pad if vocab > cfg.vocab_size else None,
+                             persistent=False)
         if cfg.tie_weights:
             # One matrix maps ids to vectors and vectors back to ids (GPT-2, Press & Wolf 2017).
             self.out_head.weight = self.tok_emb.weight
@@ -149,17 +156,16 @@ class GPTModel(nn.Module):
         Hugging Face folder) would otherwise lose most of their mass to them.
         """
         h = self.hidden(idx)
-        logits = self.out_head(h)
         v = self.vocab_size
         if targets is None:
-            return logits[..., :v]
+            return self.out_head(h)[..., :v]
         targets = targets.reshape(-1)
-        if logits.size(-1) > v and label_smoothing:
+        if self.pad_bias is not None and label_smoothing:
             # Smoothing spreads mass over every class: over the real ones only (a copy).
-            return F.cross_entropy(logits[..., :v].reshape(-1, v), targets,
+            logits = self.out_head(h)[..., :v]
+            return F.cross_entropy(logits.reshape(-1, v), targets,
                                    label_smoothing=label_smoothing)
-        if logits.size(-1) > v:
-            logits[..., v:] = float("-inf")  # in place: the matmul's backward needs no output
+        logits = F.linear(h, self.out_head.weight, self.pad_bias)
         # Under autocast cross_entropy runs in fp32 by itself; no extra fp32 copy of the logits.
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets,
                                label_smoothing=label_smoothing)
