@@ -12,12 +12,21 @@ losing.
 Every write carries the claim's fencing token (``storage.ownership``): once another
 process has taken the run, the next write or stop-flag poll raises ClaimLost, which ends
 the trainer without a checkpoint or a status of its own.
+
+A database outage does not end the run. Every write goes through an ``Outbox`` (in order;
+in memory up to a bound, then a spool file in the run's folder) and is written, exactly
+once, when the database answers again, the run's heartbeat first; training and
+checkpoints go on meanwhile. One line says when the outage began and one when it ended.
+A stop request cannot be seen while the database is away; a run whose outage outlasts
+``outage_limit_s()`` stops with a checkpoint, recorded ``stopped`` with why once the
+database is back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -26,6 +35,10 @@ from typing import Any
 from gptcore.callbacks import TrainerCallbacks
 from gptcore.metric_keys import TOKENS_SEEN, TRAIN_LOSS, VAL_LOSS
 from jobs import halving
+from jobs.outage import Outage
+from jobs.outbox import Op, Outbox
+from storage import home
+from storage.errors import ClaimLost, DatabaseUnavailable
 from storage.status import RunStatus
 from storage.store import RunStore
 
@@ -34,6 +47,20 @@ log = logging.getLogger(__name__)
 WRITE_EVERY_S = 1.0
 STOP_POLL_S = 0.5
 HEARTBEAT_S = 5.0
+RETRY_MAX_S = 5.0  # the longest wait between tries while the database is away
+OUTAGE_LIMIT_S = 15 * 60.0
+
+
+def outage_limit_s() -> float:
+    """How long a run trains on without its database before it stops with a checkpoint:
+    ``GPTDASH_OUTAGE_LIMIT_S``, default 15 minutes."""
+    raw = os.environ.get("GPTDASH_OUTAGE_LIMIT_S")
+    try:
+        return float(raw) if raw else OUTAGE_LIMIT_S
+    except ValueError:
+        log.warning("GPTDASH_OUTAGE_LIMIT_S=%r is not a number of seconds; using %.0f",
+                    raw, OUTAGE_LIMIT_S)
+        return OUTAGE_LIMIT_S
 
 
 class StoreCallbacks(TrainerCallbacks):
@@ -59,6 +86,13 @@ class StoreCallbacks(TrainerCallbacks):
         self._cut_at = self._cut_points()  # steps still to compare with the sweep at
         self._cut_due: int | None = None  # an evaluation step to compare once it is written
         self.cut_reason: str | None = None
+        self.outage_reason: str | None = None  # why the run stopped itself in an outage
+        self._outbox = Outbox(home.checkpoints_dir(run_id) / "outbox.jsonl")
+        self._outage = Outage(log)
+        self._outage_limit_s = outage_limit_s()
+        self._next_try = 0.0  # monotonic time of the next try while the database is away
+        self._tries = 0  # failed tries in this outage, for the back-off
+        self._lost: ClaimLost | None = None  # the run became another process's
         self._writer = threading.Thread(target=self._write_loop, name=f"metrics-writer-{run_id}",
                                         daemon=True)
         self._writer.start()
@@ -98,38 +132,62 @@ class StoreCallbacks(TrainerCallbacks):
             self._cut_at = [s for s in self._cut_at if s > step]
             self._cut_due = step  # compared in flush(), once this evaluation is written
 
+    # Rare writes (a sample, a checkpoint, a spike, a new best, a status) are written at
+    # once, so the pages show them; behind any metric rows still waiting, to keep the order.
     def on_sample(self, step: int, prompt: str, text: str) -> None:
-        self.store.log_sample(self.run_id, step, prompt, text, claim=self.claim)
+        self._queue_rows()
+        self._outbox.put("sample", step=step, prompt=prompt, text=text)
+        self._write()
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        self.store.update_run(self.run_id, claim=self.claim, checkpoint_path=str(path))
+        self._queue_rows()
+        self._outbox.put("update", fields={"checkpoint_path": str(path)})
+        self._write()
 
     def on_event(self, step: int, kind: str, message: str) -> None:
-        # Rare (a spike, a roll-back, a new best): written at once, so the charts show it.
-        self.store.log_event(self.run_id, step, kind, message, time.time(), claim=self.claim)
+        self._queue_rows()
+        self._outbox.put("event", step=step, kind=kind, message=message, wall_time=time.time())
+        self._write()
 
     def on_status(self, status: str, message: str | None = None) -> None:
         if status == RunStatus.STOPPED and self.cut_reason:
             message = self.cut_reason  # the stop was the sweep's cut, not a person's request
-        self.store.set_status(self.run_id, status, claim=self.claim,
-                              error=message if status != RunStatus.RUNNING else None)
+        elif status == RunStatus.STOPPED and self.outage_reason:
+            message = self.outage_reason
+        self._queue_rows()
+        self._outbox.put("status", status=str(status),
+                         error=message if status != RunStatus.RUNNING else None)
+        self._write()
 
     def flush(self) -> None:
-        self._write()
-        if self._cut_due is not None:
+        # The sweep's cut reads this evaluation from the database: it must be written first.
+        self._write(block=self._cut_due is not None)
+        if self._cut_due is not None and not self._outage.down:
             step, self._cut_due = self._cut_due, None
             self._check_cut(step)
 
     def should_stop(self) -> bool:
+        if self._lost is not None:
+            raise self._lost
         if self.stop_event.is_set():
             return True
         now = time.monotonic()
         # The stop flag lives on the run row (so the CLI and other processes can set it);
         # polling it at most twice a second keeps the step free of database reads.
-        if now - self._last_stop_poll >= STOP_POLL_S:
+        if now - self._last_stop_poll >= STOP_POLL_S and not self._outage.down:
             self._last_stop_poll = now
-            if self.store.stop_requested(self.run_id, claim=self.claim):
-                self.stop_event.set()
+            try:
+                if self.store.stop_requested(self.run_id, claim=self.claim):
+                    self.stop_event.set()
+            except DatabaseUnavailable as exc:
+                self._went_away(exc)
+        if self._outage.down and self._outage.down_for() > self._outage_limit_s:
+            minutes = self._outage_limit_s / 60
+            self.outage_reason = (
+                f"the database was unreachable for over {minutes:g} min (GPTDASH_OUTAGE_LIMIT_S)"
+                "; stopped with a checkpoint: resume it to continue")
+            log.warning("run %s: %s", self.run_id, self.outage_reason)
+            self.stop_event.set()
         return self.stop_event.is_set()
 
     # ---- the sweep's cut ------------------------------------------------------------------
@@ -158,38 +216,109 @@ class StoreCallbacks(TrainerCallbacks):
             self.stop_event.set()
 
     # ---- writing ------------------------------------------------------------------------
-    def _write(self) -> None:
-        with self._write_lock:
-            with self._lock:
-                rows, self._rows = self._rows, []
-                summary = dict(self._summary)
-            if rows:
-                try:
-                    self.store.log_metrics(self.run_id, rows, claim=self.claim)
-                except Exception:
-                    with self._lock:  # keep them for the next try rather than lose them
-                        self._rows = rows + self._rows
-                    raise
+    def _queue_rows(self) -> None:
+        """Move the metric rows reported so far, and the summaries, behind what is queued."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+            summary = dict(self._summary)
+        if rows:
+            self._outbox.put("metrics", rows=[list(row) for row in rows])
             trained = self._trained_before + time.monotonic() - self._attempt_start
-            self.store.update_run(self.run_id, claim=self.claim, **summary, trained_s=trained)
-            now = time.monotonic()
-            if now - self._last_beat >= HEARTBEAT_S:
-                # Proof of life for whoever checks from another process or machine.
-                self._last_beat = now
+            self._outbox.put("update", fields={**summary, "trained_s": trained})
+
+    def _write(self, *, block: bool = False, wait: bool = False) -> None:
+        """Write what is queued, in order. While the database is away the writes stay
+        queued (tried again with back-off) and training goes on; ``wait``: until written.
+
+        Unless ``block`` or ``wait``, a write already under way (the writer thread's,
+        perhaps waiting on a locked database) takes what was queued: the training step does
+        not wait for it."""
+        if not self._write_lock.acquire(blocking=block or wait):
+            self._queue_rows()
+            return
+        try:
+            self._queue_rows()
+            while True:
+                if self._lost is not None:
+                    raise self._lost
+                if self._try_write() or not wait:
+                    return
+                time.sleep(max(0.05, self._next_try - time.monotonic()))
+        finally:
+            self._write_lock.release()
+
+    def _try_write(self) -> bool:
+        """One try at writing everything queued; whether it all went (caller holds the
+        write lock)."""
+        if self._outage.down and time.monotonic() < self._next_try:
+            return False
+        try:
+            if self._outage.down:
+                # Proof of life first: whoever looked while we were away sees we trained on.
+                self.claim = self.store.beat_after_outage(self.run_id, self.claim)
+                self._last_beat = time.monotonic()
+            written = self._outbox.drain(self._apply)
+            if time.monotonic() - self._last_beat >= HEARTBEAT_S:
+                self._last_beat = time.monotonic()
                 self.store.heartbeat(self.run_id, claim=self.claim)
+        except DatabaseUnavailable as exc:
+            self._went_away(exc)
+            return False
+        except ClaimLost as exc:
+            self._lost = exc
+            self.stop_event.set()
+            raise
+        if self._outage.down:
+            took = self._outage.back(f"run {self.run_id}: {written} rows written")
+            self._outbox.put("event", step=self._summary.get("last_step", 0), kind="outage",
+                             message=f"database unreachable for {took:.1f} s; trained on, "
+                                     f"{written} rows kept and written",
+                             wall_time=time.time())
+            return self._try_write()
+        return True
+
+    def _went_away(self, exc: DatabaseUnavailable) -> None:
+        first = self._outage.failed(
+            exc, f"run {self.run_id} trains on, {self._outbox.pending()} rows kept; "
+                 "a stop request cannot be seen until it is back")
+        self._tries = 0 if first else self._tries + 1
+        self._next_try = time.monotonic() + min(RETRY_MAX_S, 0.5 * 2 ** self._tries)
+
+    def _apply(self, op: Op) -> None:
+        """One queued write, made so that doing it twice records it once."""
+        a = op.args
+        if op.kind == "metrics":
+            self.store.log_metrics(self.run_id, [tuple(row) for row in a["rows"]],
+                                   claim=self.claim)
+        elif op.kind == "update":
+            self.store.update_run(self.run_id, claim=self.claim, **a["fields"])
+        elif op.kind == "sample":
+            self.store.log_sample(self.run_id, a["step"], a["prompt"], a["text"],
+                                  claim=self.claim, once=True)
+        elif op.kind == "event":
+            self.store.log_event(self.run_id, a["step"], a["kind"], a["message"],
+                                 a["wall_time"], claim=self.claim, once=True)
+        elif op.kind == "status":
+            self.store.set_status(self.run_id, a["status"], claim=self.claim, error=a["error"])
+        else:
+            raise ValueError(f"unknown outbox write {op.kind!r}")
 
     def _write_loop(self) -> None:
         while not self._closed.wait(WRITE_EVERY_S):
             try:
                 self._write()
-            except Exception:  # noqa: BLE001 - retried at the next tick and at flush()
+            except Exception:  # noqa: BLE001 - a lost claim is raised to the trainer
                 pass
 
     def close(self) -> None:
-        """Stop the writer thread after a last write."""
+        """Stop the writer thread after a last write, waiting for a database that is away
+        (the run's last rows and its final status must not be lost)."""
         self._closed.set()
         self._writer.join(timeout=5)
-        self._write()
+        if self._outage.down or self._outbox.pending():
+            log.warning("run %s: waiting for the database to write its last %d rows",
+                        self.run_id, self._outbox.pending())
+        self._write(wait=True)
 
 
 class Chain(TrainerCallbacks):

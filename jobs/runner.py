@@ -248,9 +248,8 @@ def execute_run(store: RunStore, run_id: int, *, claim: int | None = None,
                      cache_dir=home.cache_dir(), resume=resume, init_checkpoint=init_path)
     run = store.get_run(run_id)
     claim = run.claim_token if claim is None else claim
-    callbacks = StoreCallbacks(store, run_id, claim, stop_event)
-    if extra_callbacks is not None:
-        callbacks = Chain(callbacks, extra_callbacks)
+    recorder = StoreCallbacks(store, run_id, claim, stop_event)
+    callbacks = recorder if extra_callbacks is None else Chain(recorder, extra_callbacks)
     try:
         cfg, resume, init_path = _plan(store, run_id, device)
         check_fits_device(cfg)  # this worker's device, which may not be the submitter's
@@ -262,9 +261,8 @@ def execute_run(store: RunStore, run_id: int, *, claim: int | None = None,
         raise
     except USER_ERRORS as exc:
         reason = str(exc)
-        _unless_deleted(callbacks.flush)
-        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=reason,
-                                                 claim=claim))
+        # Through the recorder, so a database that is away gets it when it is back.
+        _unless_deleted(lambda: recorder.on_status(RunStatus.FAILED, reason))
         result = TrainResult(status=RunStatus.FAILED, reason=reason, step=run.last_step)
     except KeyboardInterrupt as exc:  # a second Ctrl-C: the user's abort, not a crash
         how = str(exc) or "aborted by a second Ctrl-C"
@@ -273,8 +271,7 @@ def execute_run(store: RunStore, run_id: int, *, claim: int | None = None,
     except BaseException as exc:  # anything else must leave a consistent row too
         log.exception("run %s crashed outside the training loop", run_id)
         crash = f"{type(exc).__name__}: {exc}"
-        _unless_deleted(lambda: store.set_status(run_id, RunStatus.FAILED, error=crash,
-                                                 claim=claim))
+        _unless_deleted(lambda: recorder.on_status(RunStatus.FAILED, crash))
         raise
     finally:
         _unless_deleted(callbacks.close)

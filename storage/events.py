@@ -29,12 +29,20 @@ class EventsMixin:
     engine: Engine
 
     def log_event(self, run_id: int, step: int, kind: str, message: str,
-                  wall_time: float | None = None, *, claim: int | None = None) -> None:
+                  wall_time: float | None = None, *, claim: int | None = None,
+                  once: bool = False) -> None:
         """Record an event of ``kind`` (e.g. "spike") at ``step``; wall time defaults to now.
-        With ``claim``, only while that claim owns the run."""
+        With ``claim``, only while that claim owns the run. ``once``: not again when the same
+        event (same wall time too) is there already, as after a retried write."""
         event = Event(run_id=run_id, step=step, kind=kind, message=message,
                       wall_time=time.time() if wall_time is None else wall_time)
         with writing(self.engine, run_id, claim) as session:
+            if once and session.scalar(
+                    select(Event.id).where(Event.run_id == run_id, Event.step == step,
+                                           Event.kind == kind, Event.message == message,
+                                           Event.wall_time == event.wall_time)
+                    .limit(1)) is not None:
+                return
             try:
                 session.add(event)
                 session.flush()

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import ClaimLost, StorageError, missing_run
-from storage.schema import Run
-from storage.status import ACTIVE
+from storage.schema import Run, utcnow
+from storage.status import ACTIVE, RunStatus
 
 
 @contextmanager
@@ -60,3 +60,38 @@ def not_owned(session: Session, run_id: int) -> StorageError:
     by = f" under {row.worker}" if row.status in ACTIVE and row.worker else ""
     return ClaimLost(f"run {run_id} is no longer this process's: it is {row.status}{by} now; "
                      "this process writes nothing more to it")
+
+
+class OwnershipMixin:
+    """What an owner does to keep its run through a database outage."""
+
+    engine: Engine
+
+    def beat_after_outage(self, run_id: int, claim: int) -> int:
+        """The first write of an owner whose database was away: its heartbeat, and the token
+        it owns the run by now.
+
+        While ``claim`` still owns the run this is a heartbeat and returns ``claim``. A process
+        that looked while the owner was silent may have declared it gone (``interrupted``,
+        which takes the next token) although it trained on: when nobody has claimed the run
+        since (its token is exactly one on, still ``interrupted``), the owner takes it back,
+        ``running`` again under the token after that, which is returned. Otherwise the run
+        is someone else's (ClaimLost) or gone (RunMissing).
+        """
+        now = utcnow()
+        with Session(self.engine) as session, session.begin():
+            beat = session.execute(
+                update(Run).where(Run.id == run_id, Run.claim_token == claim,
+                                  Run.status == RunStatus.RUNNING)
+                .values(heartbeat_at=now), execution_options={"synchronize_session": False})
+            if beat.rowcount == 1:
+                return claim
+            back = session.execute(
+                update(Run).where(Run.id == run_id, Run.claim_token == claim + 1,
+                                  Run.status == RunStatus.INTERRUPTED)
+                .values(status=RunStatus.RUNNING, heartbeat_at=now, error=None,
+                        finished_at=None, claim_token=Run.claim_token + 1),
+                execution_options={"synchronize_session": False})
+            if back.rowcount == 1:
+                return claim + 2
+            raise not_owned(session, run_id)

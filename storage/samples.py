@@ -27,10 +27,16 @@ class SamplesMixin:
     engine: Engine
 
     def log_sample(self, run_id: int, step: int, prompt: str, text: str, *,
-                   claim: int | None = None) -> None:
+                   claim: int | None = None, once: bool = False) -> None:
         """Record text generated from ``prompt`` at ``step`` (with ``claim``, only while that
-        claim owns the run)."""
+        claim owns the run). ``once``: not again when the same sample is there already (a
+        write retried after its connection dropped may have committed)."""
         with writing(self.engine, run_id, claim) as session:
+            if once and session.scalar(
+                    select(Sample.id).where(Sample.run_id == run_id, Sample.step == step,
+                                            Sample.prompt == prompt, Sample.text == text)
+                    .limit(1)) is not None:
+                return
             try:
                 session.add(Sample(run_id=run_id, step=step, prompt=prompt, text=text,
                                    created_at=utcnow()))

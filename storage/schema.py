@@ -297,7 +297,11 @@ def make_engine(url: str) -> Engine:
     parsed = parse_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _json_dumps}
     if parsed.get_backend_name() != "sqlite":
+        # A dropped connection is noticed before use and replaced (a restarted server);
+        # an unreachable host is given up on after 10 s rather than waited on for ever.
         kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": 10}
     else:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         if parsed.database in (None, "", ":memory:"):

@@ -16,6 +16,7 @@ from storage.events import EVENT_COLUMNS, EventsMixin
 from storage.home import db_url
 from storage.metrics import METRIC_COLUMNS, MetricsMixin
 from storage.migrate import ensure_schema
+from storage.ownership import OwnershipMixin
 from storage.queue import INTERRUPTED_ERROR, QueueMixin
 from storage.runs import RUNS_FRAME_COLUMNS, RunRecord, RunsMixin, remove_run_folder
 from storage.samples import SAMPLE_COLUMNS, SamplesMixin
@@ -38,7 +39,7 @@ __all__ = [
 
 
 class RunStore(RunsMixin, QueueMixin, MetricsMixin, SamplesMixin, EventsMixin, SweepsMixin,
-               WorkersMixin):
+               WorkersMixin, OwnershipMixin):
     """The gptdash database (SQLite by default, PostgreSQL by URL) behind one object."""
 
     def __init__(self, url: str | None = None) -> None:
