@@ -356,6 +356,8 @@ class Trainer:
         except GptdashError as exc:
             return self._finish("failed", f"{exc} (at step {self.step})")
         except Exception as exc:  # noqa: BLE001 - any crash must end as a readable failed run
+            if getattr(exc, "abandons_run", False):
+                raise  # a callback says the run is no longer this trainer's: nothing to record
             log.exception("training crashed")
             if "out of memory" in str(exc).lower():
                 return self._finish("failed", oom_message(self.cfg))

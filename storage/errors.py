@@ -29,6 +29,10 @@ class ClaimLost(StorageError):
     """A process wrote to a run it no longer owns: another claim took it, or its owner was
     declared gone. The process must stop writing to the run at once."""
 
+    # gptcore's trainer (which imports no storage) ends at once on an exception that says
+    # this, without logging a crash or recording a status.
+    abandons_run = True
+
 
 class DatabaseUnavailable(StorageError):
     """The database did not answer for now (server down or restarting, a connection reset,

@@ -111,7 +111,7 @@ def test_a_claim_waits_for_an_owners_write_in_flight_then_its_next_write_is_refu
 
 
 def test_a_trainer_whose_claim_was_taken_stops_at_once_writing_nothing_more(
-        store: RunStore) -> None:
+        store: RunStore, caplog: pytest.LogCaptureFixture) -> None:
     # Trains until told otherwise, with no evaluation or checkpoint on its way.
     cfg = micro(max_steps=100_000, eval_interval=100_000, checkpoint_interval=100_000,
                 log_interval=1)
@@ -147,6 +147,8 @@ def test_a_trainer_whose_claim_was_taken_stops_at_once_writing_nothing_more(
         taken.last_step, taken.trained_s, taken.heartbeat_at)
     assert _rows(store, run_id) == rows
     assert run.checkpoint_path is None and not runner.checkpoint_file(run_id).exists()
+    # Losing the run is not a crash of the trainer's: no "training crashed" traceback.
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
 
 
 def test_torchrun_rank_0_writes_with_its_supervisors_claim() -> None:
