@@ -138,6 +138,24 @@ def test_the_attempt_line_says_which_try_and_when_the_next_one_comes(store):
         "attempt 0 (automatic resumes: 0 of the worker's limit)")
 
 
+def test_a_run_whose_corpus_changed_fails_at_its_automatic_resume_rather_than_looping(
+        store, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The text the run trained on.\n" * 400)
+    run_id = _submit(store, "changed corpus", corpus=str(corpus))
+    store.claim_run(run_id, "w-dead", host=HOST, pid=999_999)
+    assert store.recover_orphans(host=HOST, pid_alive=_dead, dead_after_s=60) == [run_id]
+    corpus.write_text("Other text under the same name.\n" * 400)
+    _due(store, run_id)
+
+    claim = _take(store)
+    assert runner.execute_run(store, run_id, claim=claim.token).status == RunStatus.FAILED
+    run = store.get_run(run_id)
+    assert (run.status, run.resume_after) == ("failed", None)
+    assert run.error.startswith(f"run {run_id}'s corpus") and "has changed" in run.error
+    assert _take(store) is None  # failed on its own: never taken up again
+
+
 # ---- real workers, killed ----------------------------------------------------------------
 def _submit(store: RunStore, name: str, **overrides) -> int:
     cfg = apply_overrides(preset("tiny"), {**MICRO, "max_steps": 100_000, **overrides})
