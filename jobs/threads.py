@@ -16,17 +16,14 @@ samples.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
+import threading
 
 from gptcore.callbacks import TrainerCallbacks
 from jobs.errors import USER_ERRORS
 from jobs.recovery import pid_alive, this_host
 from storage.status import RunStatus
 from storage.store import RunStore
-
-log = logging.getLogger(__name__)
 
 
 def trainers_here(store: RunStore) -> int:
@@ -50,12 +47,17 @@ def use_threads(store: RunStore, requested: int | None = None, *, counted: bool)
     """
     import torch
 
-    from gptcore.device import cpu_threads, usable_cores
-
-    n = requested or cpu_threads(usable_cores(), trainers_here(store) + (0 if counted else 1),
-                                 limit=omp_limit())
+    n = requested or fair_share(store, counted=counted)
     torch.set_num_threads(n)
     return n
+
+
+def fair_share(store: RunStore, *, counted: bool) -> int:
+    """This process's share of the cores by the rule above (without ``--threads``)."""
+    from gptcore.device import cpu_threads, usable_cores
+
+    return cpu_threads(usable_cores(), trainers_here(store) + (0 if counted else 1),
+                       limit=omp_limit())
 
 
 def omp_limit() -> int | None:
@@ -73,23 +75,37 @@ RESHARE_S = 5.0
 
 class ThreadShare(TrainerCallbacks):
     """Keeps a run's torch threads at its share while it trains, so runs started together or
-    one beside another settle on an even split within ``RESHARE_S``: ``should_stop`` is polled
-    after every step in the thread that trains, where torch takes the count.
+    one beside another settle on an even split within ``RESHARE_S``.
 
+    A thread of its own counts the trainers here (a database read, which may wait on a
+    database that is away); ``should_stop``, polled after every step in the thread that
+    trains (where torch takes the count), only applies the latest count.
     ``display`` (the CLI's progress bar) hears every hook as it would without this.
     """
 
     def __init__(self, store: RunStore, display: TrainerCallbacks | None = None):
         self.store, self.display = store, display
-        self._next_at = 0.0
+        self._share: int | None = None  # the latest count, from the counting thread
+        self._applied: int | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._count, name="thread-share", daemon=True).start()
+
+    def _count(self) -> None:
+        while True:
+            try:
+                self._share = fair_share(self.store, counted=True)
+            except USER_ERRORS:  # the database is away (the run says so): keep the threads
+                pass
+            if self._done.wait(RESHARE_S):
+                return
 
     def should_stop(self) -> bool:
-        if time.monotonic() >= self._next_at:
-            self._next_at = time.monotonic() + RESHARE_S
-            try:
-                use_threads(self.store, counted=True)
-            except USER_ERRORS as exc:  # the database is away: keep the threads it has
-                log.warning("could not count the runs on this host: %s", exc)
+        share = self._share
+        if share is not None and share != self._applied:
+            import torch
+
+            torch.set_num_threads(share)
+            self._applied = share
         return bool(self.display and self.display.should_stop())
 
     def on_start(self, info):
@@ -113,5 +129,7 @@ class ThreadShare(TrainerCallbacks):
             self.display.on_event(step, kind, message)
 
     def on_status(self, status, message=None):
+        if status != RunStatus.RUNNING:
+            self._done.set()
         if self.display:
             self.display.on_status(status, message)

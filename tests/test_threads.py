@@ -8,6 +8,7 @@ hide the rule: the processes here start without it, as a user's do.
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from test_cli import MICRO, ROOT
@@ -85,18 +86,26 @@ def test_a_training_run_takes_its_share_again_when_another_starts_beside_it(stor
     from jobs import threads
     from jobs.threads import ThreadShare, omp_limit
 
-    monkeypatch.setattr(threads, "RESHARE_S", 0.0)
+    monkeypatch.setattr(threads, "RESHARE_S", 0.05)
     run_id = store.create_run("mine", {}, max_steps=10)
     store.claim_run(run_id, "me", host=this_host(), pid=os.getpid())
     share, seen = ThreadShare(store), []
     other = subprocess.Popen(["sleep", "60"])
+    alone, beside = cpu_threads(CORES, 1, omp_limit()), cpu_threads(CORES, 2, omp_limit())
+
+    def settle(expected: int) -> None:  # steps go on; the count arrives from its own thread
+        deadline = time.monotonic() + 10
+        while True:
+            assert share.should_stop() is False
+            if torch.get_num_threads() == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        seen.append(torch.get_num_threads())
 
     def train():  # the thread that trains polls should_stop after every step
-        assert share.should_stop() is False
-        seen.append(torch.get_num_threads())
+        settle(alone)
         store.register_worker("beside", host=this_host(), pid=other.pid, device="cpu")
-        share.should_stop()
-        seen.append(torch.get_num_threads())
+        settle(beside)
 
     before = torch.get_num_threads()
     try:
@@ -105,9 +114,10 @@ def test_a_training_run_takes_its_share_again_when_another_starts_beside_it(stor
         thread.join()
     finally:
         torch.set_num_threads(before)
+        share.on_status("completed")  # its counting thread ends with the run
         other.kill()
         other.wait()
-    assert seen == [cpu_threads(CORES, 1, omp_limit()), cpu_threads(CORES, 2, omp_limit())]
+    assert seen == [alone, beside]
 
 
 TRAIN = ["train", "--preset", "tiny", *MICRO, "--set", "max_steps=2", "--set",
