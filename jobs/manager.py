@@ -151,12 +151,12 @@ class JobManager:
 
     # ---- the database going away and coming back ------------------------------------------
     def _db_failed(self, exc: DatabaseUnavailable) -> None:
-        """One line for the whole outage, whichever thread meets it first."""
+        """One line for the whole outage, whichever thread meets it first; none while a run
+        trains (its trainer says it, with the rows it keeps)."""
         current = self.current_run
-        doing = (f"run {current} trains on" if current is not None else
-                 f"worker {self.worker} waits for it")
         with self._outage_lock:
-            self._outage.failed(exc, doing)
+            self._outage.failed(exc, f"worker {self.worker} waits for it",
+                                quiet=current is not None)
 
     def _db_answered(self) -> None:
         with self._outage_lock:

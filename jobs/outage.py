@@ -40,6 +40,7 @@ class Outage:
         self.log = logger
         self.since: float | None = None  # wall time of the first failure of this outage
         self._started = 0.0  # monotonic time of the same
+        self._said = False  # whether this outage's first line was logged
 
     @property
     def down(self) -> bool:
@@ -49,11 +50,15 @@ class Outage:
         """Seconds since the outage began (0 while the database answers)."""
         return time.monotonic() - self._started if self.since is not None else 0.0
 
-    def failed(self, exc: DatabaseUnavailable, doing: str = "") -> bool:
-        """Note a failed call; the first of an outage is logged. True when it was the first."""
+    def failed(self, exc: DatabaseUnavailable, doing: str = "", *, quiet: bool = False) -> bool:
+        """Note a failed call; the first of an outage is logged (unless ``quiet``: someone
+        else in the process says it). True when it was the first."""
         if self.since is not None:
             return False
         self.since, self._started = time.time(), time.monotonic()
+        self._said = not quiet
+        if quiet:
+            return True
         clock = datetime.fromtimestamp(self.since).strftime("%H:%M:%S")
         self.log.warning("database unreachable since %s (%s)%s", clock, reason(exc),
                          f"; {doing}" if doing else "")
@@ -66,5 +71,7 @@ class Outage:
             return None
         took = self.down_for()
         self.since = None
+        if not self._said:
+            return took
         self.log.warning("database back after %.1f s%s", took, f"; {done}" if done else "")
         return took

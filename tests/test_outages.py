@@ -296,3 +296,55 @@ def test_a_run_declared_gone_while_cut_off_is_taken_back_by_its_trainer_not_left
     run = pg_store.get_run(run_id)
     assert run.status == "completed" and run.error is None
     assert recorded(pg_store, run_id) == expected
+
+
+def test_one_line_each_way_even_where_several_parts_of_a_process_meet_the_outage(caplog):
+    from jobs.outage import Outage
+    from storage.errors import DatabaseUnavailable
+
+    caplog.set_level(logging.INFO)
+    down = DatabaseUnavailable("database x: connection failed: Connection refused; check")
+    trainer, worker = Outage(logging.getLogger("trainer")), Outage(logging.getLogger("worker"))
+    assert trainer.failed(down, "run 3 trains on") and worker.failed(down, "w", quiet=True)
+    assert not trainer.failed(down, "run 3 trains on")  # later tries say nothing
+    assert trainer.back("run 3: 12 rows written") is not None and worker.back() is not None
+    assert [r.getMessage().split(" since ")[0].split(" after ")[0] for r in caplog.records] == [
+        "database unreachable", "database back"]
+    assert "(connection refused); run 3 trains on" in caplog.records[0].getMessage()
+
+
+@pytest.mark.slow
+def test_a_worker_trains_its_run_through_a_postgresql_stop_and_says_it_in_two_lines(
+        own_pg, pg_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    run_id = runner.create_run(pg_store, config(), name="under a worker")
+    env = {**os.environ, "GPTDASH_DB_URL": pg_store.engine.url.render_as_string(False),
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--name", "w1",
+                                   "--exit-when-idle"], cwd=root, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while pg_store.get_run(run_id).last_step < 60:
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+            time.sleep(0.1)
+        own_pg.halt()
+        time.sleep(4)
+        own_pg.resume()
+        assert worker.wait(120) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    run = pg_store.get_run(run_id)
+    assert (run.status, run.last_step) == ("completed", STEPS), run.error
+    assert list(pg_store.metrics([run_id], ["train/loss"])["step"]) == list(range(STEPS))
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert text.count("database unreachable since") == 1, text
+    assert text.count("database back after") == 1, text
