@@ -35,6 +35,9 @@ from storage.names import one_line
 from storage.status import DEFAULT_AUTO_RESUMES, EXECUTORS, Executor, RunStatus
 from storage.tags import format_tags, parse_tags
 
+# The largest id a run or sweep can have: their id columns are 32-bit INTEGERs on PostgreSQL.
+MAX_RECORD_ID = 2**31 - 1
+
 if TYPE_CHECKING:
     from storage.store import RunStore
 
@@ -243,7 +246,8 @@ def cmd_list(args, store: RunStore) -> int:
     runs = store.list_runs(status=args.status, tag=args.tag, text=args.text,
                            sweep_id=args.sweep)
     if not runs:
-        print("no runs" if args.sweep is not None or args.status or args.tag or args.text
+        filtered = any(f is not None for f in (args.sweep, args.status, args.tag, args.text))
+        print("no runs" if filtered
               else "no runs yet: start one with `gptdash train --preset tiny`")
         return EXIT_OK
     print(f"{'id':>4}  {'status':<11} {'steps':>13}  {'best val':>8}  name")
@@ -375,6 +379,19 @@ def _threads(value: str) -> int:
     return threads
 
 
+def _record_id(value: str) -> int:
+    """A run or sweep id as the database can hold one (a 32-bit INTEGER on PostgreSQL), so
+    an id past it gets one line that says so, not the database's overflow error."""
+    try:
+        record_id = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if abs(record_id) > MAX_RECORD_ID:
+        raise argparse.ArgumentTypeError(f"{value} is past the largest id, {MAX_RECORD_ID}: "
+                                         "no run or sweep has it")
+    return record_id
+
+
 def _add_threads_arg(p: argparse.ArgumentParser, what: str) -> None:
     """``--threads``: the torch threads of a process that trains or samples."""
     p.add_argument("--threads", type=_threads, metavar="N",
@@ -469,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     fc = sub.add_parser("forecast", help="a run's forecast final val loss as one JSON line")
-    fc.add_argument("run_id", type=int)
+    fc.add_argument("run_id", type=_record_id)
     fc.add_argument("--upto", type=int, metavar="STEP",
                     help="use only the evaluations up to this step (to check the forecast "
                          "against a finished run)")
@@ -477,13 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cb = sub.add_parser("calibrate", help="queue a short relative of a run that calibrates "
                                           "its forecast family")
-    cb.add_argument("run_id", type=int)
+    cb.add_argument("run_id", type=_record_id)
     cb.add_argument("--steps", type=int, metavar="N",
                     help="steps of the calibration run (default: half the run's)")
     cb.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser("resume", help="continue a stopped or interrupted run")
-    r.add_argument("run_id", type=int)
+    r.add_argument("run_id", type=_record_id)
     r.add_argument("--quiet", action="store_true")
     _add_threads_arg(r, "to train on here")
     r.add_argument("--queue", action="store_true",
@@ -498,22 +515,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "running, completed, stopped, failed or interrupted)")
     ls.add_argument("--tag")
     ls.add_argument("--text")
-    ls.add_argument("--sweep", type=int, metavar="SWEEP_ID", help="only the runs of this sweep")
+    ls.add_argument("--sweep", type=_record_id, metavar="SWEEP_ID",
+                    help="only the runs of this sweep")
     ls.set_defaults(func=cmd_list)
 
     s = sub.add_parser("show", help="a run's details and config as JSON")
-    s.add_argument("run_id", type=int)
+    s.add_argument("run_id", type=_record_id)
     s.set_defaults(func=cmd_show)
 
     st = sub.add_parser("stop", help="ask a running run to stop (or cancel a queued one)")
-    st.add_argument("run_id", type=int, nargs="?")
-    st.add_argument("--sweep", type=int, metavar="SWEEP_ID",
+    st.add_argument("run_id", type=_record_id, nargs="?")
+    st.add_argument("--sweep", type=_record_id, metavar="SWEEP_ID",
                     help="instead of one run: cancel the sweep's queued runs and stop its "
                          "running ones")
     st.set_defaults(func=cmd_stop)
 
     sm = sub.add_parser("sample", help="generate text from a run's checkpoint")
-    sm.add_argument("run_id", type=int)
+    sm.add_argument("run_id", type=_record_id)
     sm.add_argument("--prompt", required=True)
     sm.add_argument("--max-new-tokens", type=int, default=200)
     sm.add_argument("--temperature", type=float, default=0.8)
@@ -527,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a run's weights as a Hugging Face GPT-2 folder "
                         "(config.json, model.safetensors, tokenizer, README.md)")
-    ex.add_argument("run_id", type=int)
+    ex.add_argument("run_id", type=_record_id)
     ex.add_argument("folder", metavar="DIR", help="a new or empty folder")
     ex.add_argument("--format", default="hf",
                     help="hf (the default): a folder transformers loads; gguf: says how to "
@@ -552,14 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     rk = sub.add_parser("rank", help="(internal) one torchrun rank of a run that a worker "
                         "launched")
-    rk.add_argument("run_id", type=int)
+    rk.add_argument("run_id", type=_record_id)
     rk.add_argument("--device")
     rk.add_argument("--claim", type=int, required=True,
                     help="the fencing token of the worker's claim, which rank 0 writes with")
     rk.set_defaults(func=cmd_rank)
 
     rr = sub.add_parser("ray-run", help="(internal) the entrypoint of a run's Ray job")
-    rr.add_argument("run_id", type=int)
+    rr.add_argument("run_id", type=_record_id)
     rr.add_argument("--job", required=True, help="the job's submission id")
     rr.set_defaults(func=cmd_ray_run)
 

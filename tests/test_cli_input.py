@@ -90,6 +90,19 @@ def test_every_usage_error_is_one_line_without_the_usage(home, gptdash, args, fr
     refused(gptdash(*args), *fragments)
 
 
+@pytest.mark.parametrize("args", [["show", "99999999999999999999999"],
+                                  ["stop", "--sweep", "2147483648"],
+                                  ["resume", "--", "-2147483649"]])
+def test_an_id_past_what_the_database_holds_is_refused_as_such(home, gptdash, args):
+    refused(gptdash(*args), "is past the largest id, 2147483647: no run or sweep has it")
+
+
+def test_list_filtered_to_nothing_does_not_say_there_are_no_runs_yet(home, gptdash):
+    assert gptdash("submit", *MICRO, "--set", "max_steps=5").returncode == 0
+    out = gptdash("list", "--tag", "")
+    assert (out.returncode, out.stdout) == (0, "no runs\n")
+
+
 def test_a_config_that_nests_too_deeply_is_one_line(home, gptdash, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 300_000 + "]" * 300_000)  # 600 KB: past Python's recursion limit
