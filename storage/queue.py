@@ -10,18 +10,12 @@ Each claim hands its owner the run's next fencing token, and declaring the owner
 takes the next one too, so an owner that was only slow writes nothing more once it was
 given up on (``storage.ownership``).
 
-Runs resume themselves: declaring a run's owner gone also schedules it (``resume_after``,
-after a back-off that grows with each automatic resume), unless a stop was asked of it or
-its own limit is used up; then a free worker takes it as it takes a queued run
-(``claim_auto_resume``; a run on Ray gets a new job, ``queue_auto_resume``), with an
-``auto_resume`` event that says which attempt this is and why the last one ended. Only
-this verdict schedules a resume: a run stopped, cancelled, failed or completed by its own
-trainer, or aborted by a person, never resumes by itself.
+Declaring a run's owner gone also schedules its automatic resume (``auto_resume_plan``;
+``storage.auto_resume`` takes it up).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +25,7 @@ from sqlalchemy import Engine, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError, missing_run
-from storage.schema import Event, Run, utcnow
+from storage.schema import Run, utcnow
 from storage.status import ACTIVE, Executor, RunStatus
 
 INTERRUPTED_ERROR = (
@@ -46,7 +40,6 @@ RESTART_HINT = "it saved no checkpoint yet: resume it to restart from step 0"
 # The wait before the 1st, 2nd, 3rd and later automatic resume of a run. The first leaves
 # a trainer that only lost the database (and trains on) time to take its run back.
 AUTO_RESUME_BACKOFF_S = (10.0, 30.0, 90.0)
-AUTO_RESUME_EVENT = "auto_resume"
 _NO_SYNC = {"synchronize_session": False}
 # Taking the run from its owner, by a claim or by declaring the owner gone: the owner's
 # token no longer matches, so its next write is refused.
@@ -61,7 +54,7 @@ class Claim:
     token: int
 
 
-def _claimed(worker: str, host: str | None, pid: int | None) -> dict:
+def claimed(worker: str, host: str | None, pid: int | None) -> dict:
     """The column values of a run that ``worker`` (``host``, ``pid``) has just taken."""
     now = utcnow()
     return {"status": RunStatus.RUNNING, "worker": worker, "owner_host": host,
@@ -81,26 +74,19 @@ def auto_resume_plan(auto_resumes: int, max_auto_resumes: int | None,
     if stop_requested:
         return None, "not resumed automatically: a stop was asked of it"
     if max_auto_resumes is not None and auto_resumes >= max_auto_resumes:
-        return None, f"not resumed automatically: {_used(auto_resumes, max_auto_resumes)}"
+        return None, f"not resumed automatically: {used_up(auto_resumes, max_auto_resumes)}"
     wait = AUTO_RESUME_BACKOFF_S[min(auto_resumes, len(AUTO_RESUME_BACKOFF_S) - 1)]
     return utcnow() + timedelta(seconds=wait), ""
 
 
-def _used(auto_resumes: int, limit: int) -> str:
+def used_up(auto_resumes: int, limit: int) -> str:
+    """Why a run with ``auto_resumes`` of ``limit`` automatic resumes gets no more."""
     if limit == 0:
         return "automatic resumes are off for it (max_auto_resumes 0)"
     return f"it resumed by itself {auto_resumes} time(s), its limit of {limit}"
 
 
-def _ended_because(error: str | None) -> str:
-    """The reason an attempt ended, from the error its verdict left (hints dropped)."""
-    text = error or "its owner was lost"
-    for hint in (RESUME_HINT, RESTART_HINT):
-        text = text.removesuffix(f"; {hint}")
-    return text
-
-
-def _token(session: Session, run_id: int) -> int:
+def current_token(session: Session, run_id: int) -> int:
     """The token a claim just gave the run, read in the claim's own transaction."""
     return session.scalar(select(Run.claim_token).where(Run.id == run_id))
 
@@ -154,11 +140,11 @@ class QueueMixin:
                     update(Run)
                     .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
                            Run.executor == Executor.LOCAL)
-                    .values(_claimed(worker, host, pid)),
+                    .values(claimed(worker, host, pid)),
                     execution_options=_NO_SYNC,
                 )
                 if result.rowcount == 1:
-                    return Claim(run_id, _token(session, run_id))
+                    return Claim(run_id, current_token(session, run_id))
 
     def claim_ray_run(self, run_id: int, job: str, *, host: str, pid: int) -> int | None:
         """Take a run queued for Ray by the job it names (``worker`` = the job's submission
@@ -172,10 +158,10 @@ class QueueMixin:
                 update(Run)
                 .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
                        Run.executor == Executor.RAY, Run.worker == job)
-                .values(_claimed(job, host, pid)),
+                .values(claimed(job, host, pid)),
                 execution_options=_NO_SYNC,
             )
-            return _token(session, run_id) if result.rowcount == 1 else None
+            return current_token(session, run_id) if result.rowcount == 1 else None
 
     def claim_run(self, run_id: int, worker: str, *, host: str, pid: int) -> int:
         """Take a queued run for this process (a run trained in the foreground); the claim's
@@ -184,11 +170,11 @@ class QueueMixin:
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED)
-                .values(_claimed(worker, host, pid)),
+                .values(claimed(worker, host, pid)),
                 execution_options=_NO_SYNC,
             )
             if result.rowcount == 1:
-                return _token(session, run_id)
+                return current_token(session, run_id)
             row = session.execute(select(Run.status, Run.worker).where(Run.id == run_id)).first()
         if row is None:
             raise missing_run(run_id)
@@ -278,98 +264,6 @@ class QueueMixin:
                 update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING, same_beat)
                 .values(status=RunStatus.INTERRUPTED, error=error, finished_at=finished_at,
                         resume_after=resume_after, **_NEXT_TOKEN),
-                execution_options=_NO_SYNC,
-            )
-            return result.rowcount == 1
-
-    def claim_auto_resume(self, worker: str, *, host: str, pid: int, default_limit: int,
-                          pid_alive: Callable[[int], bool], dead_after_s: float
-                          ) -> Claim | None:
-        """Take the interrupted local run that has waited longest for its automatic resume,
-        as ``claim_next_queued`` takes a queued one (the claim, or None).
-
-        Its owner must be gone by ``owner_gone``'s test as this worker sees it. A run whose
-        limit (its own, else ``default_limit``) is used up is not taken: its schedule is
-        dropped and its error says so. The take is a compare-and-set on the run's token, so
-        of workers racing for one run exactly one takes it, and records the ``auto_resume``
-        event in the same transaction.
-        """
-        for row in self._due_auto_resumes(Executor.LOCAL):
-            limit = default_limit if row.max_auto_resumes is None else row.max_auto_resumes
-            if row.auto_resumes >= limit:
-                self._give_up_auto_resume(row, _used(row.auto_resumes, limit))
-                continue
-            if owner_gone(row, host=host, pid_alive=pid_alive,
-                          dead_after_s=dead_after_s) is None:
-                continue  # its owner may still live: a second trainer must not start beside it
-            if self._take_auto_resume(row, limit, _claimed(worker, host, pid)):
-                with Session(self.engine) as session:
-                    return Claim(row.id, _token(session, row.id))
-        return None
-
-    def queue_auto_resume(self, run_id: int, token: int, job: str, limit: int) -> bool:
-        """Queue an interrupted Ray run for its new job ``job`` as an automatic resume,
-        if it is still due with ``token`` (compare-and-set); whether this call did."""
-        for row in self._due_auto_resumes(Executor.RAY, run_id=run_id):
-            if row.claim_token == token and row.auto_resumes < limit:
-                return self._take_auto_resume(
-                    row, limit, {"status": RunStatus.QUEUED, "worker": job, "error": None,
-                                 "finished_at": None, "resume_after": None})
-        return False
-
-    def give_up_auto_resume(self, run_id: int, limit: int) -> bool:
-        """Drop the schedule of an interrupted run whose ``limit`` is used up (its error says
-        so); whether this call did."""
-        for row in self._due_auto_resumes(run_id=run_id):
-            if row.auto_resumes >= limit:
-                return self._give_up_auto_resume(row, _used(row.auto_resumes, limit))
-        return False
-
-    def _due_auto_resumes(self, executor: str | None = None, *,
-                          run_id: int | None = None) -> list[Any]:
-        """Interrupted runs whose automatic resume is due, longest waiting first."""
-        stmt = (select(Run.id, Run.claim_token, Run.worker, Run.owner_host, Run.owner_pid,
-                       Run.heartbeat_at, Run.started_at, Run.created_at, Run.error,
-                       Run.last_step, Run.attempts, Run.auto_resumes, Run.max_auto_resumes)
-                .where(Run.status == RunStatus.INTERRUPTED, Run.resume_after <= utcnow())
-                .order_by(Run.resume_after, Run.id).limit(20))
-        if executor is not None:
-            stmt = stmt.where(Run.executor == executor)
-        if run_id is not None:
-            stmt = stmt.where(Run.id == run_id)
-        with Session(self.engine) as session:
-            return list(session.execute(stmt).all())
-
-    def _take_auto_resume(self, row: Any, limit: int, values: dict) -> bool:
-        """Move a due run (as read in ``row``) on with ``values`` and one more automatic
-        resume, if nothing changed it since; with its ``auto_resume`` event."""
-        message = (f"attempt {row.attempts + 1}, automatic resume {row.auto_resumes + 1} of "
-                   f"{limit}: the previous attempt ended: {_ended_because(row.error)}")
-        with Session(self.engine) as session, session.begin():
-            result = session.execute(
-                update(Run).where(Run.id == row.id, Run.claim_token == row.claim_token,
-                                  Run.status == RunStatus.INTERRUPTED,
-                                  Run.resume_after.is_not(None))
-                .values(auto_resumes=Run.auto_resumes + 1, stop_requested=False, **values),
-                execution_options=_NO_SYNC,
-            )
-            if result.rowcount != 1:
-                return False
-            # At the step the last attempt reached; the attempt moves it to the step it
-            # starts from (RunStore.discard_after).
-            session.add(Event(run_id=row.id, step=row.last_step, kind=AUTO_RESUME_EVENT,
-                              message=message, wall_time=time.time()))
-            return True
-
-    def _give_up_auto_resume(self, row: Any, why_not: str) -> bool:
-        note = f"not resumed automatically: {why_not}"
-        error = f"{row.error}; {note}" if row.error else note
-        with Session(self.engine) as session, session.begin():
-            result = session.execute(
-                update(Run).where(Run.id == row.id, Run.claim_token == row.claim_token,
-                                  Run.status == RunStatus.INTERRUPTED,
-                                  Run.resume_after.is_not(None))
-                .values(resume_after=None, error=error),
                 execution_options=_NO_SYNC,
             )
             return result.rowcount == 1

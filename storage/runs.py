@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Row, String, cast, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from storage.auto_resume import AUTO_RESUME_EVENT
 from storage.errors import StorageError, missing_run
 from storage.home import checkpoints_dir
 from storage.names import check_name, check_notes
 from storage.ownership import check_owned, writing
-from storage.queue import AUTO_RESUME_EVENT
 from storage.schema import (
     Event,
     Metric,

@@ -1,8 +1,8 @@
 """RunStore: every read and write of runs, metrics, samples, events, sweeps and workers.
 
 RunStore is composed of one part per concept (``storage/runs.py``,
-``metrics.py``, ``samples.py``, ``events.py``, ``queue.py``, ``workers.py``,
-``sweeps.py``). Each method opens its own short Session and closes it, so one
+``metrics.py``, ``samples.py``, ``events.py``, ``queue.py``, ``auto_resume.py``,
+``workers.py``, ``sweeps.py``). Each method opens its own short Session and closes it, so one
 store object can be shared by the training thread (the one writer) and any
 number of page threads (readers) without sharing a session between threads.
 
@@ -12,6 +12,7 @@ every CLI command opens a RunStore, and ``gptdash list`` should answer at once.
 
 from __future__ import annotations
 
+from storage.auto_resume import AutoResumeMixin
 from storage.events import EVENT_COLUMNS, EventsMixin
 from storage.home import db_url
 from storage.metrics import METRIC_COLUMNS, MetricsMixin
@@ -38,8 +39,8 @@ __all__ = [
 ]
 
 
-class RunStore(RunsMixin, QueueMixin, MetricsMixin, SamplesMixin, EventsMixin, SweepsMixin,
-               WorkersMixin, OwnershipMixin):
+class RunStore(RunsMixin, QueueMixin, AutoResumeMixin, MetricsMixin, SamplesMixin, EventsMixin,
+               SweepsMixin, WorkersMixin, OwnershipMixin):
     """The gptdash database (SQLite by default, PostgreSQL by URL) behind one object."""
 
     def __init__(self, url: str | None = None) -> None:

@@ -20,7 +20,8 @@ from worker_support import MICRO, ROOT, end_workers, start_worker, wait_for
 from gptcore.config import apply_overrides, preset
 from jobs import runner
 from jobs.recovery import attempt_summary, recover_interrupted
-from storage.queue import AUTO_RESUME_BACKOFF_S, AUTO_RESUME_EVENT
+from storage.auto_resume import AUTO_RESUME_EVENT
+from storage.queue import AUTO_RESUME_BACKOFF_S
 from storage.schema import utcnow
 from storage.status import RunStatus
 from storage.store import RunStore
