@@ -180,9 +180,12 @@ def queue_resume(store: RunStore, run_id: int, *, executor: str = Executor.LOCAL
                            "runs can be resumed")
     check_owner_gone(run)  # one owner at a time: never a second trainer beside a live one
     check_corpus_unchanged(run)
-    # One write: queued (which clears the stop flag), with who is to take it.
+    # One write: queued (which clears the stop flag), with who is to take it. A person's
+    # resume gives the run its automatic resumes afresh: their limit stops a crash loop,
+    # not a run someone chose to go on with.
     named = {"worker": job} if job is not None else {}
-    store.update_run(run_id, status=RunStatus.QUEUED, executor=executor, **named)
+    store.update_run(run_id, status=RunStatus.QUEUED, executor=executor, auto_resumes=0,
+                     **named)
     if has_checkpoint(run):
         return f"run {run_id} resumes from its last checkpoint"
     return f"run {run_id} has no checkpoint yet: restarting from step 0"

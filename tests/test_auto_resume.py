@@ -157,6 +157,21 @@ def test_a_run_whose_corpus_changed_fails_at_its_automatic_resume_rather_than_lo
     assert _take(store) is None  # failed on its own: never taken up again
 
 
+def test_a_persons_resume_gives_the_run_its_automatic_resumes_afresh(store):
+    run_id = _orphan(store, max_auto_resumes=1)
+    _due(store, run_id)
+    _take(store)
+    assert store.recover_orphans(host=HOST, pid_alive=_dead, dead_after_s=60) == [run_id]
+    assert store.get_run(run_id).resume_after is None  # its one automatic resume is used
+
+    store.update_run(run_id, heartbeat_at=utcnow() - timedelta(minutes=1))  # long silent
+    runner.queue_resume(store, run_id)  # Resume on the Runs page
+    store.claim_run(run_id, "w-again", host=HOST, pid=999_997)
+    assert store.recover_orphans(host=HOST, pid_alive=_dead, dead_after_s=60) == [run_id]
+    run = store.get_run(run_id)
+    assert (run.attempts, run.auto_resumes) == (3, 0) and run.resume_after is not None
+
+
 # ---- real workers, killed ----------------------------------------------------------------
 def _submit(store: RunStore, name: str, **overrides) -> int:
     cfg = apply_overrides(preset("tiny"), {**MICRO, "max_steps": 100_000, **overrides})
