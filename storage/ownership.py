@@ -90,7 +90,8 @@ class OwnershipMixin:
                 update(Run).where(Run.id == run_id, Run.claim_token == claim + 1,
                                   Run.status == RunStatus.INTERRUPTED)
                 .values(status=RunStatus.RUNNING, heartbeat_at=now, error=None,
-                        finished_at=None, claim_token=Run.claim_token + 1),
+                        finished_at=None, resume_after=None,
+                        claim_token=Run.claim_token + 1),
                 execution_options={"synchronize_session": False})
             if back.rowcount == 1:
                 return claim + 2

@@ -295,6 +295,7 @@ def test_a_run_declared_gone_while_cut_off_is_taken_back_by_its_trainer_not_left
     assert result.status == "completed"
     run = pg_store.get_run(run_id)
     assert run.status == "completed" and run.error is None
+    assert run.resume_after is None  # no automatic resume left scheduled for it
     assert recorded(pg_store, run_id) == expected
 
 
