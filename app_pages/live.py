@@ -112,7 +112,7 @@ if arrived_for in {r.id for r in runs}:
 default_id = running[0] if running else runs[0].id
 run = pick_run("Run", runs, key="live_pick", default_id=default_id)
 run_id = run.id
-tick_every = refresh_every(run.status, tab_visible())
+tick_every = refresh_every(run.status, tab_visible(), resume_due=run.resume_after is not None)
 
 
 def _kept(name: str, make):
@@ -170,7 +170,7 @@ def status(r: RunRecord, series: LiveSeries) -> None:
     if r.status in ENDED_BY and (r.error or r.status == RunStatus.CANCELLED):
         box = st.error if r.status == RunStatus.FAILED else (
             st.info if r.status == RunStatus.CANCELLED else st.warning)
-        box(why_it_ended(r.status, r.error))
+        box(why_it_ended(r.status, r.error, resume_due=r.resume_after is not None))
 
 
 def loss_overlays(series: LiveSeries, events: pd.DataFrame,

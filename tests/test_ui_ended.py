@@ -17,3 +17,10 @@ def test_a_cancelled_run_says_cancelled_not_stopped():
     assert "cancelled" in text and "stopped" not in text
     # The reason recorded for a cancelled run says nothing more: not said twice.
     assert why_it_ended(RunStatus.CANCELLED, "cancelled before it started") == text
+
+
+def test_an_interrupted_run_due_to_resume_by_itself_is_not_sent_to_runs():
+    text = why_it_ended(RunStatus.INTERRUPTED, "the process training this run is gone",
+                        resume_due=True)
+    assert "resumes by itself" in text and "resume it from Runs" not in text
+    assert "resume it from Runs" in why_it_ended(RunStatus.INTERRUPTED, "gone")

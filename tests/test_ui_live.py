@@ -162,6 +162,13 @@ def test_live_views_refresh_only_active_runs_in_visible_tabs():
     assert refresh_every("running", visible=False) is None
 
 
+def test_live_view_of_a_run_due_to_resume_by_itself_keeps_refreshing():
+    # Killed worker: the page showed "interrupted ... resumes by itself after 04:27:49" and
+    # still did a minute after the run was training again.
+    assert refresh_every("interrupted", resume_due=True) == LIVE_REFRESH_S
+    assert refresh_every("interrupted", visible=False, resume_due=True) is None
+
+
 def test_sidebar_refreshes_on_lives_beat_while_a_run_trains_or_waits():
     # "Training now … step 0/3000" stayed at step 0: the sidebar must refresh while training,
     # and as often as Live (it read 150 beside Live's 200), and while runs wait to start.

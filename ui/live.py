@@ -233,13 +233,15 @@ def trained_by(worker: str | None, device: str | None, host: str | None) -> str 
     return " ".join(parts)
 
 
-def refresh_every(status: str, visible: bool = True) -> float | None:
+def refresh_every(status: str, visible: bool = True, *,
+                  resume_due: bool = False) -> float | None:
     """How often a live view of a run in ``status`` reruns; None: it does not.
 
-    A run that has ended changes no more, and a hidden tab shows nothing: neither
-    costs the server a refresh.
+    A run that has ended changes no more, unless it is to resume by itself
+    (``resume_due``: an interrupted run waiting for its automatic resume), and a hidden tab
+    shows nothing: neither costs the server a refresh.
     """
-    return LIVE_REFRESH_S if status in ACTIVE and visible else None
+    return LIVE_REFRESH_S if (status in ACTIVE or resume_due) and visible else None
 
 
 def sidebar_refresh_every(busy: bool, visible: bool = True) -> float | None:
