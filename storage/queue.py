@@ -16,9 +16,10 @@ Declaring a run's owner gone also schedules its automatic resume (``auto_resume_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, case, func, literal, select, update
@@ -109,6 +110,20 @@ def owner_gone(run: Any, *, host: str, pid_alive: Callable[[int], bool],
     return f"no heartbeat from {owner} for {silent:.0f} s" if silent > dead_after_s else None
 
 
+def last_sign_of_life(heartbeat_at: datetime | None, checkpoint_path: str | None,
+                      fallback: datetime) -> datetime:
+    """When a dead owner was last known to work on its run: its last heartbeat (else
+    ``fallback``), or its last checkpoint's write where that came later (the owner beats
+    every few seconds; one saved after the last beat was part of the run's time, and the
+    run must not seem to end before its own ``latest.pt``)."""
+    last = heartbeat_at or fallback
+    try:
+        saved = datetime.fromtimestamp(os.stat(checkpoint_path).st_mtime, UTC)
+    except (OSError, TypeError, ValueError):  # none yet, or on a folder this host lacks
+        return last
+    return max(last, saved)
+
+
 class QueueMixin:
     """Claims, ownership and heartbeats of runs."""
 
@@ -189,9 +204,15 @@ class QueueMixin:
         whether it did. A run that moved on meanwhile (it ended, or was queued again for
         someone else) is left alone. A run that was training ends at its owner's last
         heartbeat, as ``recover_orphans`` ends it."""
-        now = literal(utcnow(), Run.finished_at.type)
-        ended = func.coalesce(Run.heartbeat_at, now) if was == RunStatus.RUNNING else now
+        now = utcnow()
         with Session(self.engine) as session, session.begin():
+            ended = now
+            if was == RunStatus.RUNNING:
+                row = session.execute(select(Run.heartbeat_at, Run.checkpoint_path)
+                                      .where(Run.id == run_id)).first()
+                if row is not None:
+                    ended = min(last_sign_of_life(row.heartbeat_at, row.checkpoint_path, now),
+                                now)
             result = session.execute(
                 update(Run).where(Run.id == run_id, Run.status == was, Run.worker == worker)
                 .values(status=status, error=error, finished_at=ended,
@@ -242,7 +263,8 @@ class QueueMixin:
                                by_pid=row.executor == Executor.LOCAL)
             if cause is None:
                 continue
-            last_sign = row.heartbeat_at or row.started_at or row.created_at
+            last_sign = last_sign_of_life(row.heartbeat_at, row.checkpoint_path,
+                                          row.started_at or row.created_at)
             resume_after, why_not = auto_resume_plan(row.auto_resumes, row.max_auto_resumes,
                                                      row.stop_requested)
             then = RESUME_HINT if row.checkpoint_path else RESTART_HINT

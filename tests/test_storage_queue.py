@@ -168,3 +168,23 @@ def test_claim_skips_a_run_another_claimer_holds_locked(store: RunStore) -> None
         finally:
             other.rollback()  # a claim that waits for the lock would then go on
     assert store.claim_next_queued("w", host=HOST, pid=1).run_id == first
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_dead_owners_run_ends_no_earlier_than_its_last_checkpoint(store: RunStore,
+                                                                    tmp_path) -> None:
+    import os
+    import time
+
+    run_id = store.create_run("r", {}, max_steps=10)
+    store.claim_next_queued("w-elsewhere", host="elsewhere", pid=1)
+    _age(store, run_id, 30)  # its last beat, 30 s ago
+    latest = tmp_path / "latest.pt"
+    latest.write_bytes(b"weights")
+    saved_at = time.time() - 4  # saved after that beat, 4 s ago
+    os.utime(latest, (saved_at, saved_at))
+    store.update_run(run_id, checkpoint_path=str(latest))
+    assert store.recover_orphans(host="here", pid_alive=_alive(), dead_after_s=10) == [run_id]
+    run = store.get_run(run_id)
+    assert run.status == "interrupted"
+    assert run.finished_at.timestamp() >= saved_at - 1e-3  # not at the beat before it
