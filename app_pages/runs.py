@@ -117,13 +117,16 @@ with b5.popover("Delete", width="stretch", disabled=any(r.status in ACTIVE for r
              "This cannot be undone.")
     # Keyed by the runs it names: a click made on another selection finds no such button.
     if st.button("Yes, delete", type="primary", key=f"delete_{'_'.join(map(str, selected))}"):
-        with user_errors():
+        deleted = False
+        with user_errors():  # a run resumed since this opened is refused: say so, here
             for r in runs:
                 store.delete_run(r.id)
             st.toast(f"Deleted {named}")
+            deleted = True
         # A new table key: the old selection's positions would now point at other runs.
         st.session_state.runs_table_gen = st.session_state.get("runs_table_gen", 0) + 1
-        st.rerun()
+        if deleted:  # a rerun would wipe the refusal before anyone could read it
+            st.rerun()
 
 if len(runs) == 1:
     run = runs[0]

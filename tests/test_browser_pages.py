@@ -107,6 +107,29 @@ def test_delete_removes_only_the_ticked_run_then_clears_the_selection(
     screenshot(page, "runs_after_delete")
 
 
+def test_a_delete_confirmed_after_the_run_was_resumed_says_it_was_refused(
+        page: Page, server: str, store: RunStore) -> None:
+    run_id = store.create_run("del-resumed", preset("tiny").to_dict(),
+                              status=RunStatus.STOPPED, max_steps=10)
+    open_page(page, f"{server}/runs")
+    search = page.get_by_role("textbox", name="Search", exact=True)
+    search.fill("del-resumed")
+    rerun(page, lambda: search.press("Enter"))
+    tick_row(page, 0)
+    rerun(page, lambda: page.get_by_role("button", name="Delete").click())
+    confirm = page.get_by_role("button", name="Yes, delete")
+    # Resumed from elsewhere while the confirmation is open (no trainer: nothing moves).
+    store.update_run(run_id, status=RunStatus.RUNNING)
+    rerun(page, lambda: confirm.click())
+
+    assert store.get_run(run_id).status == RunStatus.RUNNING  # not deleted
+    # The refusal stays on the page: it used to be wiped by a rerun, so the click looked
+    # like a delete that did nothing.
+    page.get_by_text(f"run {run_id} is running: stop it").wait_for(timeout=5_000)
+    screenshot(page, "runs_delete_refused")
+    store.update_run(run_id, status=RunStatus.STOPPED)
+
+
 @pytest.fixture(scope="module")
 def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server that asks for a password (GPTDASH_PASSWORD), on its own home."""
