@@ -1,7 +1,7 @@
 """Fault injection: a run trained through PostgreSQL restarts and a `kill -9` of its worker,
 beside the same run undisturbed (issue 24).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/fault_injection.py [--steps 500] [--every 20]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/fault_injection.py [--steps 2000] [--every 20]
 
 Two throw-away PostgreSQL 15 servers (as the tests start them), each upgraded to the latest
 schema, each with two real `gptdash worker` processes (one torch thread each) and its own
@@ -16,10 +16,11 @@ The two run side by side so that both see the same load on a shared machine. At 
 disturbed run's rows are compared with the undisturbed run's: metric (key, step) pairs lost or
 extra, rows duplicated (metrics, samples and events counted per (kind, step); the outage and
 auto_resume events are the disturbance's own and left out), final statuses, the median of the
-``tokens_per_sec`` rows (each logging interval's throughput, so the restart gap of the killed
-attempt is in none of them) and tokens per trained second (``runs.trained_s``, which holds the
-steps the killed attempt trained past its checkpoint twice, so they are counted), the lines
-'Traceback' in each side's worker output, and the machine's load (``uptime``) before and after.
+``tokens_per_sec`` rows logged while both runs trained (each logging interval's throughput,
+so the restart gap of the killed attempt is in none of them) and tokens per trained second
+(``runs.trained_s``, which holds the steps the killed attempt trained past its checkpoint
+twice, so they are counted), the lines 'Traceback' in each side's worker output, and the
+machine's load (``uptime``) before and after.
 
 Metric rows cannot be duplicated by construction (their primary key is (run, key, step) and
 a write is an upsert), so the metric check is for lost and extra pairs; samples and events
@@ -127,16 +128,16 @@ def restart_every(server: PostgresServer, every: float, done: threading.Event,
 
 def kill_at_midpoint(side: Side, steps: int, checkpoint_interval: int, done: threading.Event,
                      timeout: float) -> dict:
-    """SIGKILL the worker training the run once it passed its midpoint and a checkpoint
-    there; then how long until it trained again under the other worker."""
+    """SIGKILL the worker training the run halfway between the first checkpoint past its
+    midpoint and the next (so the resumed attempt trains some steps again); then how long
+    until it trained again under the other worker."""
     deadline = time.monotonic() + timeout
-    mid = steps // 2
+    target = -(-steps // 2 // checkpoint_interval) * checkpoint_interval + checkpoint_interval // 2
     while not done.is_set() and time.monotonic() < deadline:
         run = look(side)
         if run is not None and run.status in FINISHED:
             return {"killed": False}
-        if run is not None and run.status == "running" and run.last_step >= mid + 5 and (
-                run.last_step // checkpoint_interval * checkpoint_interval >= mid):
+        if run is not None and run.status == "running" and run.last_step >= target:
             break
         time.sleep(0.2)
     else:
@@ -169,9 +170,9 @@ def recorded(side: Side) -> dict:
     store, run_id = side.store, side.run_id
     run = store.get_run(run_id)
     metrics = store.metrics([run_id])
-    events = [(e.kind, e.step) for e in store.event_rows([run_id])
-              if e.kind not in DISTURBANCE_EVENTS]
-    tps = list(metrics[metrics["key"] == TOKENS_PER_SEC]["value"])
+    rows = store.event_rows([run_id])
+    events = [(e.kind, e.step) for e in rows if e.kind not in DISTURBANCE_EVENTS]
+    tps = metrics[metrics["key"] == TOKENS_PER_SEC]
     losses = metrics[metrics["key"].isin([TRAIN_LOSS, VAL_LOSS])]
     log = side.log.read_text()
     return {
@@ -182,11 +183,11 @@ def recorded(side: Side) -> dict:
                            strict=True)),
         "samples": Counter(store.samples(run_id)["step"]),
         "events": Counter(events),
-        "outage_events": sum(e.kind == "outage" for e in store.event_rows([run_id])),
-        "resumed_from_step": [e.step for e in store.event_rows([run_id])
-                              if e.kind == AUTO_RESUME_EVENT],
+        "event_messages": [(e.kind, e.step, e.message) for e in rows],
+        "outage_events": sum(e.kind == "outage" for e in rows),
+        "resumed_from_step": [e.step for e in rows if e.kind == AUTO_RESUME_EVENT],
         "tokens_seen": run.tokens_seen,
-        "tokens_per_sec_median": statistics.median(tps) if tps else None,
+        "tokens_per_sec": list(zip(tps["wall_time"], tps["value"], strict=True)),
         "trained_s": run.trained_s,
         "tracebacks": log.count("Traceback"),
         "outage_lines": log.count("database unreachable since"),
@@ -196,6 +197,17 @@ def recorded(side: Side) -> dict:
 
 def duplicated(counts: Counter) -> int:
     return sum(n - 1 for n in counts.values() if n > 1)
+
+
+def side_by_side(quiet: list, noisy: list, near: float = 5.0) -> tuple[float, float]:
+    """The median ``tokens_per_sec`` of each run over the intervals both trained in at once
+    (a row of the other run within ``near`` seconds): a run that trained alone, while the
+    other had ended or was waiting to resume, had the machine's cores less shared."""
+    def together(rows: list, other: list) -> float:
+        times = [t for t, _ in other]
+        return statistics.median(v for t, v in rows if any(abs(t - u) <= near for u in times))
+
+    return together(quiet, noisy), together(noisy, quiet)
 
 
 def per_trained_s(result: dict, steps: int, retrained: int) -> float | None:
@@ -211,24 +223,32 @@ def compare(quiet: dict, noisy: dict, steps: int, retrained: int) -> dict:
             if n > 0}
     extra = [k for k in noisy["pairs"] if k not in quiet["pairs"]]
     samples_lost = sum((quiet["samples"] - noisy["samples"]).values())
-    events_lost = sum((quiet["events"] - noisy["events"]).values())
-    # Beyond what the undisturbed run has at the same step: an extra copy is a duplicate.
+    events_lost = quiet["events"] - noisy["events"]
+    # More copies of a (kind, step) than the undisturbed run has: a duplicate; a (kind, step)
+    # it does not have at all: extra (the resumed attempt saw something else).
     samples_dup = sum((noisy["samples"] - quiet["samples"]).values())
-    events_dup = sum((noisy["events"] - quiet["events"]).values())
-    a, b = quiet["tokens_per_sec_median"], noisy["tokens_per_sec_median"]
+    more = noisy["events"] - quiet["events"]
+    events_dup = Counter({k: n for k, n in more.items() if k in quiet["events"]})
+    events_extra = Counter({k: n for k, n in more.items() if k not in quiet["events"]})
+    differ = set(events_lost) | set(more)
+    a, b = side_by_side(quiet["tokens_per_sec"], noisy["tokens_per_sec"])
     c, d = per_trained_s(quiet, steps, 0), per_trained_s(noisy, steps, retrained)
     return {
         "metric_rows": sum(quiet["pairs"].values()),
         "metric_rows_lost": sum(lost.values()), "metric_rows_extra": len(extra),
         "metric_rows_duplicated": duplicated(noisy["pairs"]),
         "samples_lost": samples_lost, "samples_duplicated": samples_dup,
-        "events_lost": events_lost, "events_duplicated": events_dup,
+        "events_lost": sum(events_lost.values()), "events_duplicated": sum(events_dup.values()),
+        "events_extra": sum(events_extra.values()),
+        "events_differing": sorted(m for r in (quiet, noisy) for m in r["event_messages"]
+                                   if m[:2] in differ),
         "lost_examples": sorted(lost)[:5], "extra_examples": sorted(extra)[:5],
         # Not a target: whether the resumed attempt retraced the undisturbed run's losses.
         "losses_differing": sum(abs(v - noisy["losses"].get(k, float("nan"))) > 1e-6 * abs(v)
                                 or k not in noisy["losses"] for k, v in quiet["losses"].items()),
         "not_completed": sum(r["status"] != "completed" for r in (quiet, noisy)),
-        "tokens_per_sec_ratio": round(b / a, 3) if a and b else None,
+        "tokens_per_sec_median": [round(a), round(b)],
+        "tokens_per_sec_ratio": round(b / a, 3),
         "tokens_per_trained_s": [round(c or 0), round(d or 0)], "retrained_steps": retrained,
         "tokens_per_trained_s_ratio": round(d / c, 3) if c and d else None,
     }
@@ -251,10 +271,12 @@ def table(summary: dict) -> str:
          f"{summary['metric_rows_duplicated']} / {summary['samples_duplicated']}"
          f" / {summary['events_duplicated']}"),
         ("samples / events lost", "-", f"{summary['samples_lost']} / {summary['events_lost']}"),
+        ("events the undisturbed run has not", "-", summary["events_extra"]),
         ("loss values unlike the undisturbed run's (same seed)", "-",
          summary["losses_differing"]),
-        ("tokens/s (median of intervals)", round(q["tokens_per_sec_median"] or 0),
-         f"{round(n['tokens_per_sec_median'] or 0)} ({summary['tokens_per_sec_ratio']}x)"),
+        ("tokens/s (median of the intervals both trained in at once)",
+         summary["tokens_per_sec_median"][0],
+         f"{summary['tokens_per_sec_median'][1]} ({summary['tokens_per_sec_ratio']}x)"),
         ("tokens per trained second", summary["tokens_per_trained_s"][0],
          f"{summary['tokens_per_trained_s'][1]} ({summary['tokens_per_trained_s_ratio']}x;"
          f" {summary['retrained_steps']} steps trained twice)"),
@@ -272,9 +294,9 @@ def table(summary: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=500,
-                        help="max_steps of the tiny run (500: about 3 minutes on a busy 2-core "
-                             "box)")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="max_steps of the tiny run (2000: about 2.5 minutes side by side "
+                             "on an idle 2-core box; several times that on a busy one)")
     parser.add_argument("--every", type=float, default=20.0,
                         help="seconds between PostgreSQL restarts")
     parser.add_argument("--checkpoint-interval", type=int, default=100)
@@ -330,7 +352,8 @@ def main() -> int:
         })
         for name, result in results.items():
             summary[name] = {k: v for k, v in result.items()
-                             if k not in ("pairs", "losses", "samples", "events")}
+                             if k not in ("pairs", "losses", "samples", "events",
+                                          "event_messages", "tokens_per_sec")}
     finally:
         done.set()
         for side in sides:
