@@ -141,11 +141,13 @@ class TokenData:
     corpus_sha256: str  # the text they are the ids of
 
     def check_context(self, context_length: int) -> None:
-        for split, ids in (("training", self.train), ("validation", self.val)):
+        # A bigger validation share takes tokens from training, and the other way round.
+        for split, ids, share in (("training", self.train, "lower"),
+                                  ("validation", self.val, "raise")):
             if len(ids) <= context_length + 1:
                 raise GptdashError(
                     f"the corpus has {len(ids)} {split} tokens, too few for context_length "
-                    f"{context_length}: lower context_length (or raise val_fraction), "
+                    f"{context_length}: lower context_length (or {share} val_fraction), "
                     "or use a longer corpus")
 
     def batch(self, split: str, batch_size: int, context_length: int,

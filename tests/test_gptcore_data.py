@@ -63,3 +63,16 @@ def test_corpus_too_short_for_context(tmp_path):
     data = load_data(str(f), "byte", 0.1, tmp_path)
     with pytest.raises(GptdashError, match="too few for context_length 64"):
         data.check_context(64)
+
+
+@pytest.mark.parametrize("val_fraction, split, hint", [
+    (0.1, "training", "lower val_fraction"),  # more training tokens: a smaller val share
+    (0.01, "validation", "raise val_fraction"),
+])
+def test_a_split_too_short_says_which_way_to_move_val_fraction(tmp_path, val_fraction,
+                                                               split, hint):
+    f = tmp_path / "short.txt"
+    f.write_text("x" * (20 if split == "training" else 2000))
+    data = load_data(str(f), "byte", val_fraction, tmp_path)
+    with pytest.raises(GptdashError, match=f"{split} tokens.*{hint}"):
+        data.check_context(64)
