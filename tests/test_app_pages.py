@@ -174,6 +174,13 @@ def test_every_page_renders_on_an_empty_database_and_says_what_to_do(empty_app):
         assert links and "New run" in links[0].proto.label, f"{page} links to New run"
 
 
+def test_workers_page_says_a_lost_workers_run_resumes_by_itself(empty_app):
+    # It said the run "can be resumed on any worker", as before runs resumed themselves.
+    captions = _texts(_open(empty_app, "app_pages/workers.py").caption)
+    assert "resumes by itself from its last checkpoint" in captions
+    assert "can be resumed on any worker" not in captions
+
+
 # ---- pages with runs in the database ----------------------------------------------------------
 
 def test_every_page_renders_with_runs_present(trained_app):
