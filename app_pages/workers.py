@@ -17,8 +17,9 @@ JOBS_SHOWN = 50  # a long-lived cluster keeps every job it ever ran
 st.title("Workers")
 st.caption("The worker process that `gptdash serve` starts beside the dashboard, and every "
            "`gptdash worker` that reaches this database. A worker whose process is gone, or "
-           "that falls silent, is lost; its run becomes interrupted and resumes by itself from its last checkpoint on a "
-           "free worker, up to its limit of automatic resumes (else resume it from Runs).")
+           "that falls silent, is lost; its run becomes interrupted and resumes by itself "
+           "from its last checkpoint on a free worker, up to its limit of automatic resumes "
+           "(else resume it from Runs).")
 
 
 @st.fragment(run_every=5.0)
