@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from gptcore.errors import GptdashError
 
 MAX_NEW_TOKENS = 4096
+MAX_SEED = 2**31 - 1  # as a run's seed and the pages' seed fields
 
 
 @dataclass
@@ -31,4 +32,6 @@ class SamplingConfig:
             raise GptdashError(f"top-k must be 0 (off) or positive, not {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise GptdashError(f"top-p must be in (0, 1], not {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise GptdashError(f"seed must be between 0 and {MAX_SEED}, not {self.seed}")
         return self

@@ -56,7 +56,9 @@ def test_sampling_never_yields_a_padded_id():
      ("x" * 40, SamplingConfig(), "longer than this model's context of 32"),
      ("hi", SamplingConfig(max_new_tokens=10**9), "max new tokens must be between"),
      ("hi", SamplingConfig(top_p=0), "top-p"),
-     ("hi", SamplingConfig(temperature=-1), "temperature")],
+     ("hi", SamplingConfig(temperature=-1), "temperature"),
+     # torch's ValueError "Overflow when unpacking long long" came out as a traceback
+     ("hi", SamplingConfig(seed=10**23), "seed must be between 0 and 2147483647")],
 )
 def test_bad_sampling_input_is_a_clear_error(model, prompt, cfg, message):
     with pytest.raises(GptdashError, match=message):
