@@ -49,7 +49,7 @@ def _load_config(args) -> TrainConfig:
         if path.is_dir():
             raise GptdashError(f"--config {args.config!r} is a directory: give the JSON file "
                                "in it (as the dashboard downloads)")
-        if not path.is_file():
+        if not path.exists():  # a pipe (--config <(...)) or /dev/stdin is read like a file
             raise GptdashError(f"config file {args.config!r} does not exist")
         loaded = TrainConfig.from_json(path.read_text(encoding="utf-8", errors="replace"))
         cfg = apply_overrides(cfg, loaded.flat()) if args.preset else loaded

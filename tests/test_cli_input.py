@@ -120,6 +120,18 @@ def test_a_config_that_is_a_directory_says_so(home, gptdash, tmp_path):
     nothing_written(home)
 
 
+def test_a_config_from_a_pipe_is_read(home):
+    # `--config <(jq ... base.json)` or `--config /dev/stdin` hands over a pipe, not a
+    # regular file: it used to be refused as "does not exist".
+    env = {**os.environ, "GPTDASH_HOME": str(home)}
+    env.pop("GPTDASH_DB_URL", None)
+    out = subprocess.run([sys.executable, "-m", "jobs", "submit", "--config", "/dev/stdin"],
+                         cwd=ROOT, env=env, input='{"max_steps": ', capture_output=True,
+                         text=True, timeout=60)
+    refused(out, "config is not valid JSON")
+    nothing_written(home)
+
+
 def test_forecast_of_a_missing_run_answers_before_loading_scipy_or_pandas(home):
     db(home).close()
     out = python_in(home, "import sys\nfrom jobs.cli import main\ncode = main(['forecast', '7'])\n"
