@@ -19,7 +19,7 @@ from ui.events import CROWDING, event_traces, events_table, is_loss
 from ui.figures import X_TITLES, hparam_figure, metric_figure, run_colors, x_axis_frame
 from ui.forecast_view import forecast_table, forecast_traces, try_forecast
 from ui.groups import grouped_figure, seed_groups
-from ui.plain_text import chart_text, plain
+from ui.plain_text import chart_text, no_bidi, plain
 from ui.samples import sample_steps, samples_at
 from ui.widgets import empty_state, get_store, sample_from_run
 
@@ -232,4 +232,5 @@ else:
                     st.caption("No samples.")
                 for _, sample in shown.iterrows():
                     st.caption(f"step {int(sample['step']):,}")
-                    st.code(sample["prompt"] + sample["text"], language=None, wrap_lines=True)
+                    st.code(no_bidi(sample["prompt"] + sample["text"]), language=None,
+                            wrap_lines=True)

@@ -62,7 +62,7 @@ from ui.live import (
     view_range,
 )
 from ui.paths import shown_path
-from ui.plain_text import plain
+from ui.plain_text import no_bidi, plain
 from ui.ray_cluster import job_summary
 from ui.widgets import (
     empty_state,
@@ -305,7 +305,7 @@ def samples() -> None:
     shown = frame[frame["step"] <= chosen].head(3)  # newest first
     for _, row in shown.iterrows():
         st.caption(f"step {row['step']:,}")
-        st.code(row["prompt"] + row["text"], language=None, wrap_lines=True)
+        st.code(no_bidi(row["prompt"] + row["text"]), language=None, wrap_lines=True)
 
 
 @st.fragment(run_every=tick_every)

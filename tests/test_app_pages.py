@@ -374,6 +374,21 @@ def test_playground_generates_text_from_a_checkpoint(trained_app):
     assert len(output) > len("The ")
 
 
+def test_playground_shows_a_prompts_bidirectional_control_escaped(trained_app):
+    # "The \u202erev" came back as "The ver…": the rest of the sample read backwards.
+    at, ids = trained_app
+    at.run()
+    _open(at, "app_pages/playground.py")
+    at.selectbox(key="play_a").set_value(ids["beta"])
+    at.text_area[0].input("The \u202erev")
+    at.number_input[1].set_value(5)  # max new tokens
+    [generate] = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert not at.exception and not at.error
+    output = at.code[0].value
+    assert output.startswith("The \\u202erev") and "\u202e" not in output
+
+
 def test_playground_samples_on_its_share_of_the_cores(trained_app, monkeypatch):
     """In the script's own thread, on jobs.threads' share of the cores (nothing trains here),
     not on the count this process last set (one, by this module's fixture)."""

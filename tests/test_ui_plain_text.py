@@ -7,7 +7,7 @@ import pytest
 from markdown_support import parsed, shown
 
 from ui.figures import hparam_figure, metric_traces
-from ui.plain_text import chart_text, plain
+from ui.plain_text import chart_text, no_bidi, plain
 
 HOSTILE = ["![t](http://203.0.113.9/t.png)", "[x](http://203.0.113.9/)", "$x^2$", "$$y$$",
            ":red[boom]", ":blue-badge[b]", ":material/home:", ":smile:", "<b>x</b>",
@@ -67,3 +67,9 @@ def test_run_names_reach_plotly_escaped():
                            "best val loss": [2.0, 2.1]})
     fig = hparam_figure(points, "lr", "best val loss")
     assert list(fig.data[0].text) == ["&lt;b&gt;x&lt;/b&gt;", "**bold**"]
+
+
+def test_a_sample_keeps_its_lines_but_not_its_bidirectional_controls():
+    # Playground showed a prompt "... \u202erev :red[x]" as "... [x]der: ver".
+    shown = no_bidi("a \u202erev\nline2 \u2067x")
+    assert shown == "a \\u202erev\nline2 \\u2067x"

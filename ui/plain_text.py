@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 
-from storage.names import one_line
+from storage.names import BIDI_CONTROLS, one_line
 
 # CommonMark lets a backslash escape any ASCII punctuation, and every piece of Markdown
 # syntax, Streamlit's extensions included, starts with one: escaping them all leaves
@@ -39,3 +39,11 @@ def chart_text(text: object) -> str:
     """``text`` for a Plotly trace name, hover text or label, shown as typed: tags and
     entities escaped, and control characters too (``one_line``)."""
     return html.escape(one_line(str(text)), quote=False)
+
+
+def no_bidi(text: str) -> str:
+    r"""``text`` of several lines (a prompt and its sample) for st.code, with its
+    bidirectional controls written as escapes (``\u202e``), so no part of it reads backwards;
+    newlines stay."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if c in BIDI_CONTROLS else c
+                   for c in text)

@@ -25,7 +25,7 @@ from storage.status import Executor, RunStatus
 from storage.store import RunRecord, RunStore
 from ui.live import sidebar_refresh_every
 from ui.paths import shown_path
-from ui.plain_text import plain
+from ui.plain_text import no_bidi, plain
 from ui.workers import ENDED_STATES, worker_state
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
         use_threads(get_store(), counted=False)  # in this script run's thread, which samples
         for piece in stream_text(model, tokenizer, prompt, sampling):
             text += piece
-            box.code(text, language=None, wrap_lines=True)
+            box.code(no_bidi(text), language=None, wrap_lines=True)
 
 
 def run_on_choice(key: str) -> str:
