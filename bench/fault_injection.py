@@ -26,6 +26,9 @@ Metric rows cannot be duplicated by construction (their primary key is (run, key
 a write is an upsert), so the metric check is for lost and extra pairs; samples and events
 have no such key, and there a row written twice would show.
 
+``--control`` disturbs neither run: how far the tokens/s of two identical runs side by side
+differ on this machine, the noise the disturbed run's ratio is to be read against.
+
 Prints one JSON line and writes a markdown table to ``--report``. Exit status 1 when a row is
 lost or duplicated, a run ends other than completed, or a worker printed a traceback.
 """
@@ -305,6 +308,9 @@ def main() -> int:
     parser.add_argument("--report", type=Path,
                         default=Path(tempfile.gettempdir()) / "gptdash-fault-injection.md",
                         help="where the markdown table goes")
+    parser.add_argument("--control", action="store_true",
+                        help="disturb neither run: the tokens/s two identical runs side by side "
+                             "differ by on this machine")
     parser.add_argument("--keep", action="store_true", help="keep the homes and worker logs")
     args = parser.parse_args()
 
@@ -326,12 +332,16 @@ def main() -> int:
         deadline = time.monotonic() + args.timeout
         restarter = threading.Thread(target=restart_every, daemon=True,
                                      args=(noisy.server, args.every, done, restarts))
-        restarter.start()
-        kill = kill_at_midpoint(noisy, args.steps, args.checkpoint_interval, done, args.timeout)
+        kill = {"killed": False}
+        if not args.control:
+            restarter.start()
+            kill = kill_at_midpoint(noisy, args.steps, args.checkpoint_interval, done,
+                                    args.timeout)
         for side in sides:
             wait_finished(side, deadline)
         done.set()
-        restarter.join(60)
+        if restarter.is_alive():
+            restarter.join(60)
         seconds = time.monotonic() - began
         for side in sides:
             for proc in side.workers.values():
@@ -345,7 +355,8 @@ def main() -> int:
                      if kill["killed"] and resumed_from else 0)
         summary = compare(results["undisturbed"], results["disturbed"], args.steps, retrained)
         summary.update({
-            "steps": args.steps, "restart_every_s": args.every, "restarts": len(restarts),
+            "steps": args.steps, "control": args.control, "restart_every_s": args.every,
+            "restarts": len(restarts),
             "restart_s_median": round(statistics.median(restarts), 2) if restarts else None,
             **kill, "seconds": round(seconds, 1), "load_before": load_before,
             "load_after": uptime(), "logs": str(root) if args.keep else None,
