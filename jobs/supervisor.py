@@ -198,7 +198,8 @@ class Supervisor:
     def stop_all(self) -> None:
         """Stop the children in order, each with SIGTERM, then SIGKILL after its timeout."""
         for child in self.children:
-            proc, child.proc = child.proc, None
+            # child.proc stays set while it stops, so a second signal kills it at once.
+            proc = child.proc
             if proc is None:
                 continue
             if proc.poll() is None:
@@ -211,3 +212,4 @@ class Supervisor:
                     proc.kill()
                     proc.wait()
             _kill_group(proc.pid)
+            child.proc = None
