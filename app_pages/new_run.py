@@ -24,7 +24,7 @@ from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
 from ui.paths import shown_path
 from ui.plain_text import plain
-from ui.uploads import renamed_note, save_upload
+from ui.uploads import page_corpus_problem, renamed_note, save_upload
 from ui.widgets import get_store, run_label, run_on_choice, user_errors
 
 store = get_store()
@@ -208,6 +208,9 @@ with form_col:
 cfg, problems = form_problems(values, TrainConfig())
 if cfg is not None and (hf_problem := shape_problem(cfg)):  # init_from=hf:DIR's shape
     problems.setdefault("init_from", hf_problem)
+if cfg is not None and (corpus_problem := page_corpus_problem(
+        cfg.corpus, {str(r.config.get("corpus")) for r in runs})):
+    problems.setdefault("corpus", corpus_problem)  # e.g. a path named by an uploaded config
 for name, message in problems.items():
     if name in slots:
         slots[name].error(plain(message))  # it may quote what was typed

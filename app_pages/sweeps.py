@@ -38,6 +38,7 @@ from ui.sweeps import (
     sweep_table,
     swept_params,
 )
+from ui.uploads import page_corpus_problem
 from ui.widgets import (
     get_store,
     rerun_if_database_away,
@@ -137,6 +138,11 @@ with summary_col:
                               random=int(n_random), seed=int(seed), seeds=seeds, pace=rate)
         except USER_ERRORS as exc:
             problem = str(exc)
+    if plan is not None and not problem:  # a grid may name a corpus: the pages' own only
+        known = {str(r.config.get("corpus")) for r in store.list_runs()}
+        problem = next(filter(None, (page_corpus_problem(c, known)
+                                     for c in {cfg.corpus for cfg in plan.configs})), None)
+        plan = None if problem else plan
     if plan is not None and cut and not problem:
         problem = cut_problem(plan)
         plan = None if problem else plan

@@ -687,3 +687,24 @@ def test_a_sweep_without_results_says_so_instead_of_drawing_empty_axes(home):
         assert not at.get("plotly_chart")  # no empty axes
         assert "nothing to chart" in _texts(at.info)
         assert "2 cancelled" in _texts(at.markdown)
+
+
+def test_the_pages_train_on_no_file_outside_the_corpora_they_offer(empty_app, home, tmp_path):
+    # Any file the server can read, named in a sweep's settings (or an uploaded config),
+    # would be trained on and could be sampled back by whoever reaches the pages.
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"
+    secret.write_text("the server's own text, not the user's\n" * 400)
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/sweeps.py")
+    at.text_area(key="sweep_overrides").input(f"max_steps=20\ncorpus={secret}").run()
+    at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3").run()
+    assert "is not one the pages offer" in _texts(at.error)
+    assert [b for b in at.button if b.label == "Start sweep"][0].disabled
+    # A file put in the home's data folder is offered, and so is the sweep.
+    data = home / "data"
+    data.mkdir(exist_ok=True)
+    (data / "mine.txt").write_text(secret.read_text())
+    at.text_area(key="sweep_overrides").input(f"max_steps=20\ncorpus={data / 'mine.txt'}").run()
+    assert not at.error
+    assert not [b for b in at.button if b.label == "Start sweep"][0].disabled

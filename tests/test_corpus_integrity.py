@@ -169,3 +169,21 @@ def test_gptdash_resume_refuses_a_corpus_file_edited_in_place(store, home):
         assert len(lines) == 1 and lines[0].startswith(f"gptdash: run {run_id}'s corpus")
         assert "has changed since the run recorded it" in lines[0]
         assert store.get_run(run_id) == before  # nothing written: still stopped, as it was
+
+
+def test_the_pages_offer_builtin_uploads_data_and_recorded_corpora_only(home, tmp_path):
+    from ui.uploads import page_corpus_problem
+
+    uploads, data = home / "uploads", home / "data"
+    for folder in (uploads, data):
+        folder.mkdir(exist_ok=True)
+    assert page_corpus_problem("builtin", set()) is None
+    assert page_corpus_problem(str(uploads / "a.txt"), set()) is None
+    assert page_corpus_problem(str(data / "sub" / "b.txt"), set()) is None
+    assert page_corpus_problem("/etc/passwd", {"/home/me/corpus.txt"})
+    assert page_corpus_problem("/home/me/corpus.txt", {"/home/me/corpus.txt"}) is None
+    escape = str(uploads / ".." / ".." / "elsewhere.txt")
+    assert "is not one the pages offer" in page_corpus_problem(escape, set())
+    link = uploads / "link.txt"
+    link.symlink_to("/etc/passwd")
+    assert page_corpus_problem(str(link), set())  # a link out of uploads/ leads nowhere

@@ -15,8 +15,10 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from gptcore.data import TextDecoder, file_sha256
+from gptcore.data import BUILTIN, TextDecoder, file_sha256
+from storage import home
 from storage.home import safe_path_in_home
+from ui.paths import shown_path
 
 CHUNK_BYTES = 1024**2
 
@@ -72,3 +74,26 @@ def _place(tmp: Path, target: Path, sha256: str) -> Path:
                 return candidate
         n += 1
         candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+
+
+def page_corpus_problem(corpus: str, known: set[str]) -> str | None:
+    """Why a run started from the pages may not train on ``corpus``, or None.
+
+    The pages may be open to a network (behind a password): whoever fills the form must not
+    be able to train on, and then sample back, any file the server can read. So a page
+    offers the built-in text, the files in ``uploads/`` and ``data/``, and the corpora of
+    runs already recorded (their paths were chosen from the command line); any other path
+    (typed into an uploaded JSON config or a sweep's grid) is refused. The command line,
+    run by someone on the machine itself, takes any path.
+    """
+    if corpus == BUILTIN or corpus in known:
+        return None
+    try:
+        resolved = Path(corpus).resolve()
+    except (OSError, RuntimeError, ValueError):
+        resolved = None
+    folders = (home.uploads_dir(), home.data_dir())
+    if resolved is not None and any(resolved.is_relative_to(f.resolve()) for f in folders):
+        return None
+    return (f"corpus {shown_path(corpus)!r} is not one the pages offer: upload it here, or put "
+            f"it in {home.data_dir()}, or start the run with `gptdash submit --set corpus=...`")
