@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -190,7 +191,7 @@ def recorded(side: Side) -> dict:
         "outage_events": sum(e.kind == "outage" for e in rows),
         "resumed_from_step": [e.step for e in rows if e.kind == AUTO_RESUME_EVENT],
         "tokens_seen": run.tokens_seen,
-        "tokens_per_sec": list(zip(tps["wall_time"], tps["value"], strict=True)),
+        "tokens_per_sec": list(zip(tps["wall_time"], tps["value"], tps["step"], strict=True)),
         "trained_s": run.trained_s,
         "tracebacks": log.count("Traceback"),
         "outage_lines": log.count("database unreachable since"),
@@ -202,13 +203,17 @@ def duplicated(counts: Counter) -> int:
     return sum(n - 1 for n in counts.values() if n > 1)
 
 
-def side_by_side(quiet: list, noisy: list, near: float = 5.0) -> tuple[float, float]:
+def side_by_side(quiet: list, noisy: list, near: float = 5.0,
+                 steps: range = range(2**31)) -> tuple[float, float]:
     """The median ``tokens_per_sec`` of each run over the intervals both trained in at once
     (a row of the other run within ``near`` seconds): a run that trained alone, while the
-    other had ended or was waiting to resume, had the machine's cores less shared."""
+    other had ended or was waiting to resume, had the machine's cores less shared. Only the
+    intervals that end in ``steps``."""
     def together(rows: list, other: list) -> float:
-        times = [t for t, _ in other]
-        return statistics.median(v for t, v in rows if any(abs(t - u) <= near for u in times))
+        times = [t for t, _, _ in other]
+        both = [v for t, v, step in rows
+                if step in steps and any(abs(t - u) <= near for u in times)]
+        return statistics.median(both) if both else math.nan
 
     return together(quiet, noisy), together(noisy, quiet)
 
@@ -235,6 +240,10 @@ def compare(quiet: dict, noisy: dict, steps: int, retrained: int) -> dict:
     events_extra = Counter({k: n for k, n in more.items() if k not in quiet["events"]})
     differ = set(events_lost) | set(more)
     a, b = side_by_side(quiet["tokens_per_sec"], noisy["tokens_per_sec"])
+    # Before the kill and after the resume apart: is the resumed attempt slower?
+    cut = noisy["resumed_from_step"][0] if noisy["resumed_from_step"] else steps // 2
+    halves = [side_by_side(quiet["tokens_per_sec"], noisy["tokens_per_sec"], steps=part)
+              for part in (range(cut + 1), range(cut + 1, steps + 1))]
     c, d = per_trained_s(quiet, steps, 0), per_trained_s(noisy, steps, retrained)
     return {
         "metric_rows": sum(quiet["pairs"].values()),
@@ -252,6 +261,7 @@ def compare(quiet: dict, noisy: dict, steps: int, retrained: int) -> dict:
         "not_completed": sum(r["status"] != "completed" for r in (quiet, noisy)),
         "tokens_per_sec_median": [round(a), round(b)],
         "tokens_per_sec_ratio": round(b / a, 3),
+        "tokens_per_sec_ratio_before_after_resume": [round(y / x, 3) for x, y in halves],
         "tokens_per_trained_s": [round(c or 0), round(d or 0)], "retrained_steps": retrained,
         "tokens_per_trained_s_ratio": round(d / c, 3) if c and d else None,
     }
