@@ -33,14 +33,15 @@ class EventsMixin:
                   once: bool = False) -> None:
         """Record an event of ``kind`` (e.g. "spike") at ``step``; wall time defaults to now.
         With ``claim``, only while that claim owns the run. ``once``: not again when the same
-        event (same wall time too) is there already, as after a retried write."""
+        event (kind and message at that step) is there already: a write retried after its
+        connection dropped, or a resumed attempt's evaluation at its checkpoint's step, which
+        the attempt before it had made (and reported the same new best of) after saving."""
         event = Event(run_id=run_id, step=step, kind=kind, message=message,
                       wall_time=time.time() if wall_time is None else wall_time)
         with writing(self.engine, run_id, claim) as session:
             if once and session.scalar(
                     select(Event.id).where(Event.run_id == run_id, Event.step == step,
-                                           Event.kind == kind, Event.message == message,
-                                           Event.wall_time == event.wall_time)
+                                           Event.kind == kind, Event.message == message)
                     .limit(1)) is not None:
                 return
             try:

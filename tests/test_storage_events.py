@@ -59,3 +59,18 @@ def test_event_count_moves_with_each_event_and_counts_only_the_runs_asked(store)
     store.log_event(a, 3, "rollback", "back to step 3")  # an older step: still counted
     store.log_event(b, 1, "best_checkpoint", "val 2.0")
     assert store.event_count([a]) == 2 and store.event_count([a, b]) == 3
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_an_event_written_once_is_not_doubled_by_a_retry_or_a_resumed_evaluation(store):
+    run_id = store.create_run("r", {}, max_steps=2000)
+    best = "val loss 1.4302 at step 1000 is the best so far; saved best.pt"
+    store.log_event(run_id, 1000, "best_checkpoint", best, 100.0, once=True)
+    # The attempt resumed from step 1000's checkpoint evaluates step 1000 again, later.
+    store.log_event(run_id, 1000, "best_checkpoint", best, 160.0, once=True)
+    store.log_event(run_id, 1000, "spike", "loss 9.1 at step 1000", 161.0, once=True)
+    events = store.events([run_id])
+    assert list(zip(events["kind"], events["step"], strict=True)) == [
+        ("best_checkpoint", 1000), ("spike", 1000)]
+    store.log_event(run_id, 1000, "spike", "loss 9.1 at step 1000", 170.0)  # not once: kept
+    assert len(store.events([run_id])) == 3
