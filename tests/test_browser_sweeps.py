@@ -85,7 +85,10 @@ def test_a_three_run_sweep_trains_and_shows_on_sweeps_and_compute(tmp_path: Path
         assert dict(traces) == {"final": 3, "best": 1}
         screenshot(page, "sweeps", readme=True)
 
-        # Every run has ended: the page stops refreshing itself.
+        # Every run has ended: the page stops refreshing itself. (The sidebar and the results
+        # may each see the end in the same tick and redraw the page once: let that pass.)
+        page.wait_for_timeout(2_500)
+        wait_rendered(page)
         before = page.evaluate("window.__gptdashRuns")
         page.wait_for_timeout(5_000)
         assert page.evaluate("window.__gptdashRuns") == before

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from markdown_support import shown
 from sqlalchemy import event, inspect, text
 from streamlit.testing.v1 import AppTest
 
@@ -230,7 +231,7 @@ def test_the_pages_show_one_error_box_for_a_bad_database(tmp_path, monkeypatch):
         sys.modules["__main__"] = main
     assert not at.exception, [e.value for e in at.exception]
     [box] = at.error
-    _assert_one_line(box.value, names=f"database sqlite:///{path}: ")
+    _assert_one_line(shown(box.value), names=f"database sqlite:///{path}: ")
 
 
 def test_a_home_folder_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path):
@@ -257,7 +258,8 @@ def test_a_database_deleted_while_the_pages_are_open_is_one_error_box(home):
         at.switch_page("app_pages/runs.py").run()
         assert not at.exception, [e.value for e in at.exception]
         [box] = at.error
-        _assert_one_line(box.value, names=f"database sqlite:///{home / 'gptdash.db'}: ")
+        _assert_one_line(shown(box.value),
+                         names=f"database sqlite:///{home / 'gptdash.db'}: ")
     finally:
         get_store().close()
         st.cache_resource.clear()
