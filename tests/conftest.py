@@ -140,6 +140,20 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one module alone, whose tests stop, restart and start it
+    (database outages) without disturbing the session's server."""
+    try:
+        server = start_server()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     """A real local Ray head (127.0.0.1, 2 CPUs, free ports) for the whole session, stopped

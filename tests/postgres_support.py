@@ -65,6 +65,17 @@ class PostgresServer:
         self.admin(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY")
         return name
 
+    def database_at_head(self) -> str:
+        """The URL of a new database that `gptdash db upgrade` brought to the schema head."""
+        from storage.migrate import upgrade
+        from storage.schema import make_engine
+
+        url = self.url(self.create_database())
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        return url
+
     def drop_database(self, name: str) -> None:
         """Drop a database, closing any connection a test left open to it."""
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

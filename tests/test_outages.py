@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres_support import PostgresServer, start_server
+from postgres_support import PostgresServer
 from tcp_proxy import TcpProxy
 
 from gptcore.callbacks import TrainerCallbacks
@@ -103,29 +103,18 @@ def undisturbed(store: RunStore, cfg: TrainConfig) -> dict:
     return recorded(store, run_id)
 
 
-@pytest.fixture(scope="module")
-def own_pg() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for this module alone: its tests restart it."""
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def own_pg(own_postgres: PostgresServer) -> PostgresServer:
+    return own_postgres
 
 
 @pytest.fixture
-def pg_store(own_pg: PostgresServer, home: Path) -> Iterator[RunStore]:
-    from storage.migrate import upgrade
-    from storage.schema import make_engine
-
-    name = own_pg.create_database()
-    engine = make_engine(own_pg.url(name))
-    upgrade(engine)
-    engine.dispose()
-    store = RunStore(own_pg.url(name))
+def pg_store(own_postgres: PostgresServer, home: Path) -> Iterator[RunStore]:
+    url = own_postgres.database_at_head()
+    store = RunStore(url)
     yield store
     store.close()
-    own_pg.drop_database(name)
+    own_postgres.drop_database(store.engine.url.database)
 
 
 def outage_lines(caplog) -> tuple[list[str], list[str]]:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,31 +20,15 @@ from jobs.manager import JobManager
 from jobs.recovery import recover_interrupted
 from jobs.supervisor import Periodic, Supervisor
 from storage.store import RunStore
-from tests.postgres_support import PostgresServer, start_server
+from tests.postgres_support import PostgresServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def own_postgres() -> Iterator[PostgresServer]:
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def outage_url(own_postgres: PostgresServer) -> str:
     """A database at the schema head on the module's own server."""
-    from storage.migrate import upgrade
-    from storage.schema import make_engine
-
-    url = own_postgres.url(own_postgres.create_database())
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    return url
+    return own_postgres.database_at_head()
 
 
 def _wait_for(predicate, timeout_s: float) -> bool:
