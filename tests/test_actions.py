@@ -193,3 +193,19 @@ def test_the_sidebar_counts_a_run_its_worker_has_claimed_before_its_next_beat(st
         session.execute(update(Worker).where(Worker.name == "w2")
                         .values(heartbeat_at=utcnow() - timedelta(hours=1)))
     assert training_now(store) == ([claimed], 1)
+
+
+def test_the_sidebar_keeps_watching_while_a_run_is_due_to_resume_by_itself(store):
+    """After a kill -9 the sidebar said "Worker idle" beside the run that had resumed: with
+    nothing running or queued it had stopped refreshing, and the run was only interrupted."""
+    from ui.widgets import resumes_due
+
+    due = store.create_run("due", micro().to_dict(), status=RunStatus.QUEUED)
+    stopped = store.create_run("stopped", micro().to_dict(), status=RunStatus.QUEUED)
+    for run_id in (due, stopped):
+        store.claim_run(run_id, "w", host="h", pid=1)
+    store.end_if_still(due, worker="w", was=RunStatus.RUNNING, status=RunStatus.INTERRUPTED,
+                       error="gone", resume_after=utcnow() + timedelta(seconds=10))
+    store.end_if_still(stopped, worker="w", was=RunStatus.RUNNING,
+                       status=RunStatus.INTERRUPTED, error="gone")  # no automatic resume
+    assert resumes_due(store) == [due]

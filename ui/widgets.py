@@ -76,6 +76,12 @@ def training_now(store: RunStore) -> tuple[list[int], int]:
     return sorted(runs), alive
 
 
+def resumes_due(store: RunStore) -> list[int]:
+    """Interrupted runs that a free worker will resume by themselves (``resume_after`` set)."""
+    return [r.id for r in store.list_runs(status=RunStatus.INTERRUPTED)
+            if r.resume_after is not None]
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Show a GptdashError as a readable message instead of a traceback; as plain text, for
@@ -237,7 +243,8 @@ def sidebar(store: RunStore) -> None:
 
 def _worker_status(store: RunStore, visible: bool) -> None:
     """What the workers train (the step kept current while they train) and the queue."""
-    busy = bool(training_now(store)[0] or store.queued_ids())
+    # A run due to resume by itself counts: the sidebar must see it start training again.
+    busy = bool(training_now(store)[0] or store.queued_ids() or resumes_due(store))
 
     # On Live's beat while anything trains or waits, so both show the same step and a
     # queued run is seen to start; an idle worker with an empty queue costs no refreshes.
@@ -246,8 +253,9 @@ def _worker_status(store: RunStore, visible: bool) -> None:
         with rerun_if_database_away():
             current, alive = training_now(store)
             queued = store.queued_ids()
+            due = resumes_due(store)
             runs = [store.get_run(run_id) for run_id in current]
-        if busy and not (current or queued):
+        if busy and not (current or queued or due):
             st.rerun()  # all done: redraw the page once, without the timer
         if current:
             st.caption("Training now")
