@@ -124,12 +124,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A real PostgreSQL 15 server for the whole session, stopped at the end (also on failure).
-
-    A machine without PostgreSQL fails these tests rather than skipping them.
-    """
+def _postgres_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL 15 server, stopped afterwards (also on failure). A machine without
+    PostgreSQL fails the tests that need it rather than skipping them."""
     try:
         server = start_server()
     except RuntimeError as exc:
@@ -138,20 +135,19 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 server for the whole session."""
+    yield from _postgres_server()
 
 
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server for one module alone, whose tests stop, restart and start it
     (database outages) without disturbing the session's server."""
-    try:
-        server = start_server()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _postgres_server()
 
 
 @pytest.fixture(scope="session")

@@ -104,11 +104,6 @@ def undisturbed(store: RunStore, cfg: TrainConfig) -> dict:
 
 
 @pytest.fixture
-def own_pg(own_postgres: PostgresServer) -> PostgresServer:
-    return own_postgres
-
-
-@pytest.fixture
 def pg_store(own_postgres: PostgresServer, home: Path) -> Iterator[RunStore]:
     url = own_postgres.database_at_head()
     store = RunStore(url)
@@ -127,15 +122,15 @@ def outage_lines(caplog) -> tuple[list[str], list[str]]:
 
 @pytest.mark.slow
 def test_a_run_trains_through_postgresql_restarts_and_records_what_an_undisturbed_run_does(
-        own_pg, pg_store, caplog):
+        own_postgres, pg_store, caplog):
     caplog.set_level(logging.INFO)
     expected = undisturbed(pg_store, config())
     run_id = runner.create_run(pg_store, config(), name="through restarts")
     training = Training(pg_store, run_id)
     training.wait_step(60)
-    own_pg.restart()  # pg_ctl restart -m fast: every connection is cut
+    own_postgres.restart()  # pg_ctl restart -m fast: every connection is cut
     training.wait_step(200)
-    own_pg.restart()
+    own_postgres.restart()
     result = training.join()
     assert result.status == "completed"
     run = pg_store.get_run(run_id)
@@ -149,20 +144,20 @@ def test_a_run_trains_through_postgresql_restarts_and_records_what_an_undisturbe
 
 @pytest.mark.slow
 def test_a_run_trains_on_while_postgresql_is_down_30_s_and_writes_it_all_when_back(
-        own_pg, pg_store, caplog):
+        own_postgres, pg_store, caplog):
     caplog.set_level(logging.INFO)
     expected = undisturbed(pg_store, config())
     run_id = runner.create_run(pg_store, config(), name="through a stop")
     training = Training(pg_store, run_id)
     training.wait_step(60)
-    own_pg.halt()  # for 30 s, as a slow fail-over: the run may well end meanwhile
+    own_postgres.halt()  # for 30 s, as a slow fail-over: the run may well end meanwhile
     halted = time.monotonic()
     try:
         at_halt = training.steps.step
         training.wait_step(min(at_halt + 150, STEPS))  # it trains on, nothing to write to
         time.sleep(max(0.0, 30 - (time.monotonic() - halted)))  # one line, however many tries
     finally:
-        own_pg.resume()
+        own_postgres.resume()
     training.join()
     assert recorded(pg_store, run_id) == expected
     down, back = outage_lines(caplog)
@@ -197,16 +192,16 @@ def test_a_run_trains_on_while_another_sqlite_writer_holds_the_lock_past_the_bus
     assert len(back) == 1
 
 
-def _through_proxy(own_pg: PostgresServer, store: RunStore) -> tuple[TcpProxy, RunStore]:
-    proxy = TcpProxy(own_pg.port)
+def _through_proxy(server: PostgresServer, store: RunStore) -> tuple[TcpProxy, RunStore]:
+    proxy = TcpProxy(server.port)
     url = store.engine.url.set(port=proxy.port).render_as_string(hide_password=False)
     return proxy, RunStore(url)
 
 
 def test_a_stop_asked_while_the_trainer_is_cut_off_is_honoured_when_it_reconnects(
-        own_pg, pg_store, caplog):
+        own_postgres, pg_store, caplog):
     caplog.set_level(logging.INFO)
-    proxy, cut_off = _through_proxy(own_pg, pg_store)
+    proxy, cut_off = _through_proxy(own_postgres, pg_store)
     try:
         run_id = runner.create_run(pg_store, config(max_steps=100_000), name="stop in outage")
         training = Training(cut_off, run_id)
@@ -231,10 +226,10 @@ def test_a_stop_asked_while_the_trainer_is_cut_off_is_honoured_when_it_reconnect
 
 
 def test_an_outage_longer_than_the_limit_stops_the_run_with_a_checkpoint_and_says_why(
-        own_pg, pg_store, monkeypatch, caplog):
+        own_postgres, pg_store, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("GPTDASH_OUTAGE_LIMIT_S", "2")
-    proxy, cut_off = _through_proxy(own_pg, pg_store)
+    proxy, cut_off = _through_proxy(own_postgres, pg_store)
     try:
         run_id = runner.create_run(pg_store, config(max_steps=100_000), name="long outage")
         training = Training(cut_off, run_id)
@@ -263,10 +258,10 @@ def test_an_outage_longer_than_the_limit_stops_the_run_with_a_checkpoint_and_say
 
 
 def test_a_run_declared_gone_while_cut_off_is_taken_back_by_its_trainer_not_left_interrupted(
-        own_pg, pg_store, caplog):
+        own_postgres, pg_store, caplog):
     caplog.set_level(logging.INFO)
     expected = undisturbed(pg_store, config())
-    proxy, cut_off = _through_proxy(own_pg, pg_store)
+    proxy, cut_off = _through_proxy(own_postgres, pg_store)
     try:
         run_id = runner.create_run(pg_store, config(), name="looked at")
         training = Training(cut_off, run_id)
@@ -306,7 +301,7 @@ def test_one_line_each_way_even_where_several_parts_of_a_process_meet_the_outage
 
 @pytest.mark.slow
 def test_a_worker_trains_its_run_through_a_postgresql_stop_and_says_it_in_two_lines(
-        own_pg, pg_store, tmp_path):
+        own_postgres, pg_store, tmp_path):
     import os
     import subprocess
     import sys
@@ -325,9 +320,9 @@ def test_a_worker_trains_its_run_through_a_postgresql_stop_and_says_it_in_two_li
         while pg_store.get_run(run_id).last_step < 60:
             assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
             time.sleep(0.1)
-        own_pg.halt()
+        own_postgres.halt()
         time.sleep(4)
-        own_pg.resume()
+        own_postgres.resume()
         assert worker.wait(120) == 0, log.read_text()
     finally:
         if worker.poll() is None:
