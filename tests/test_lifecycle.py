@@ -328,13 +328,18 @@ def test_a_second_signal_aborts_at_once_and_the_hint_works(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     os.kill(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err
     assert "Traceback" not in err
+    # Which of the two pending signals Python handles first is not fixed once the trainer has
+    # threads (another thread may take one and trip its flag later): the exit code is the
+    # first's, and the line names the second.
+    orders = {130: ("Ctrl-C", "SIGTERM"), 143: ("SIGTERM", "Ctrl-C")}
+    assert proc.returncode in orders, (proc.returncode, err)
+    first, second = orders[proc.returncode]
     lines = err.splitlines()
     (at,) = [i for i, line in enumerate(lines) if "aborted" in line]
     assert lines[at - 1] == "", err  # a new line: the terminal's echoed ^C^C ends the one before
-    assert lines[at].startswith(f"run {run_id} aborted by a second SIGTERM; resume it with "
-                                f"`gptdash resume {run_id}` (no checkpoint yet")
+    assert lines[at].startswith(f"run {run_id} aborted by a second {second}; resume it with "
+                                f"`gptdash resume {run_id}` (no checkpoint yet"), (first, err)
     run = store.get_run(run_id)
     assert run.status == RunStatus.INTERRUPTED and run.checkpoint_path is None
 
