@@ -413,7 +413,8 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(self.step, cfg) * (self.guard.lr_scale if self.guard else 1.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            # A group may run at a multiple of the schedule's lr (Muon's matrices, say).
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum_steps):
             # Ranks average gradients once per step, on the last micro-batch, not on each.
