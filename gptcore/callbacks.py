@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gptcore.tokens import Progress
 
 
 class TrainerCallbacks:
@@ -17,6 +20,10 @@ class TrainerCallbacks:
 
     def on_start(self, info: dict[str, Any]) -> None:
         """Once the model is built: device, n_params, start_step, max_steps, world_size."""
+
+    def on_prepare(self, progress: Progress) -> None:
+        """Before training, while the corpus is tokenized for the first time: how far it
+        has got (every half second or so, and once at the end)."""
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Metric values at ``step``; called often, so implementations should buffer.

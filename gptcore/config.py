@@ -16,7 +16,7 @@ from typing import Any
 from gptcore.errors import GptdashError
 
 ACTIVATIONS = ("gelu", "relu", "leaky_relu", "silu", "tanh")
-OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "muon")
 SCHEDULES = ("constant", "step", "cosine", "linear", "wsd")
 # Schedules that decay to min_lr by max_steps (min_lr must not be above lr).
 DECAYING_SCHEDULES = ("cosine", "linear", "wsd")
@@ -33,9 +33,13 @@ MAX_EMB_DIM = 16384
 MAX_LAYERS = 256
 MAX_CONTEXT = 131072
 
-# Recorded beside a run's settings in its stored config (jobs.runner), not a setting:
-# the sha256 of the corpus text it trains on, so a resume refuses a corpus that changed.
+# Recorded beside a run's settings in its stored config (jobs.runner), not settings: which
+# corpus text it trains on, so a resume refuses a corpus that changed. Runs recorded since
+# corpora may be gigabytes keep its fingerprint (gptcore.corpus.fingerprint: names, sizes,
+# times and samples, found in milliseconds); older runs kept the sha256 of the whole text.
 CORPUS_SHA256 = "corpus_sha256"
+CORPUS_FINGERPRINT = "corpus_fingerprint"
+RECORDED_KEYS = (CORPUS_SHA256, CORPUS_FINGERPRINT)
 
 
 def _f(default: Any, group: str, help: str, lo: float | None = None, hi: float | None = None,
@@ -70,7 +74,11 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     # data
-    corpus: str = _f("builtin", "data", "'builtin' (Python's docs) or a path to a UTF-8 text file.")
+    corpus: str = _f("builtin", "data", "'builtin' (Python's docs), or a path to a text, JSON "
+                     "Lines or Parquet file (gzip/zstd too), a folder of them, or a nanoGPT "
+                     "train.bin/val.bin folder.")
+    text_field: str = _f("text", "data", "The JSON Lines field or Parquet column holding "
+                         "each document's text.")
     tokenizer: str = _f("byte", "data", "byte (256 ids) or gpt2 (GPT-2 BPE).", choices=TOKENIZERS)
     val_fraction: float = _f(0.1, "data", "Share of the corpus held out for validation.",
                              0.0, 0.5, lo_open=True)
@@ -78,14 +86,21 @@ class TrainConfig:
     max_steps: int = _f(500, "optimization", "Optimizer steps to train.", 1, 10_000_000)
     batch_size: int = _f(32, "optimization", "Sequences per micro-batch.", 1, 65536)
     grad_accum_steps: int = _f(1, "optimization", "Micro-batches per optimizer step.", 1, 4096)
-    optimizer: str = _f("adamw", "optimization", "Optimizer.", choices=OPTIMIZERS)
+    optimizer: str = _f("adamw", "optimization", "Optimizer. muon: Muon for the matrices "
+                        "inside the blocks, AdamW for embeddings, head, biases and norms.",
+                        choices=OPTIMIZERS)
     lr: float = _f(1e-3, "optimization", "Peak learning rate.", 0.0, 10.0, lo_open=True)
+    muon_lr_scale: float = _f(20.0, "optimization", "muon: the block matrices' learning rate "
+                              "as a multiple of lr (AdamW's, for the rest).", 0.0, 1000.0,
+                              lo_open=True)
     weight_decay: float = _f(0.1, "optimization",
-                             "Weight decay (AdamW: matrices only, not biases/norms/embeddings).",
+                             "Weight decay of matrices, not biases/norms/embeddings (AdamW; "
+                             "Muon's is times its own lr).",
                              0.0, 10.0)
     beta1: float = _f(0.9, "optimization", "Adam/AdamW beta1.", 0.0, 1.0)
     beta2: float = _f(0.95, "optimization", "Adam/AdamW beta2.", 0.0, 1.0)
-    momentum: float = _f(0.9, "optimization", "Momentum for SGD and RMSprop.", 0.0, 1.0)
+    momentum: float = _f(0.9, "optimization", "Momentum for SGD, RMSprop and Muon (Nesterov; "
+                         "its authors use 0.95).", 0.0, 1.0)
     grad_clip: float = _f(1.0, "optimization", "Clip the gradient norm to this; 0 turns it off.",
                           0.0, 1e6)
     label_smoothing: float = _f(0.0, "optimization", "Cross-entropy label smoothing.", 0.0, 0.99)
@@ -162,10 +177,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a nested ({"model": {...}, ...}) or flat dict; unknown keys are errors
-        (``CORPUS_SHA256``, which a run's stored config holds beside its settings, is skipped)."""
+        (``RECORDED_KEYS``, which a run's stored config holds beside its settings, are
+        skipped)."""
         if not isinstance(data, dict):
             raise GptdashError("a config must be a JSON object of field names to values")
-        flat = {key: value for key, value in data.items() if key != CORPUS_SHA256}
+        flat = {key: value for key, value in data.items() if key not in RECORDED_KEYS}
         nested = flat.pop("model", {}) or {}
         if not isinstance(nested, dict):
             raise GptdashError("'model' in a config must be an object")
@@ -369,6 +385,19 @@ PRESETS: dict[str, TrainConfig] = {
         tokenizer="byte", max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
         beta2=0.99, eval_interval=250, eval_iters=50, log_interval=10, checkpoint_interval=1000,
         sample_tokens=200,
+    ),
+    # nanoGPT's shakespeare-char CPU shape, trained with what modded-nanogpt's speedrun
+    # records proved and these options can say (README, "The speedrun preset"): Muon for the
+    # block matrices, untied head, no qkv bias, Adam betas (0.8, 0.95), no weight decay or
+    # clipping, and a warmup-stable-decay schedule.
+    "speedrun": TrainConfig(
+        model=ModelConfig(context_length=64, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0,
+                          qkv_bias=False, tie_weights=False),
+        tokenizer="byte", max_steps=2000, batch_size=12, optimizer="muon", lr=3e-3,
+        muon_lr_scale=10.0, momentum=0.95, beta1=0.8, beta2=0.95, weight_decay=0.0,
+        grad_clip=0.0, schedule="wsd", warmup_steps=0, decay_fraction=0.4, min_lr=3e-4,
+        eval_interval=100, eval_iters=20, log_interval=10, checkpoint_interval=1000,
+        sample_tokens=80,
     ),
     # GPT-2 small: 124M parameters with the GPT-2 BPE.
     "gpt2-124m": TrainConfig(

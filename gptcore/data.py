@@ -1,52 +1,38 @@
-"""Corpora, tokenized once and cached on disk as memory-mapped token ids.
+"""A run's data: a corpus's token ids, split into training and validation, and batches.
 
-A corpus is ``"builtin"`` (the English text of Python's reference topics, shipped
-with CPython in ``pydoc_data.topics``, so nothing is downloaded) or a path to a
-UTF-8 text file. Ids are cached per (content hash, tokenizer) in ``cache_dir``.
+What a corpus may be and how it is read is ``gptcore.corpus``; how it is tokenized once and
+shared is ``gptcore.tokens``. This module turns a prepared corpus into random windows.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
-import os
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gptcore.corpus import (
+    BUILTIN,
+    DEFAULT_TEXT_FIELD,
+    builtin_text,
+    find_source,
+    fingerprint,
+    preflight,
+)
 from gptcore.errors import GptdashError
-from gptcore.tokenizer import get_tokenizer
+from gptcore.tokens import SMALL_CORPUS_BYTES, Progress, lookup, prepare
 
 if TYPE_CHECKING:
     import torch
 
-BUILTIN = "builtin"
-MAX_CORPUS_BYTES = 2 * 1024**3
+__all__ = ["BUILTIN", "TextDecoder", "TokenData", "builtin_text", "check_corpus", "file_sha256",
+           "load_data"]
+
 BINARY_PROBE = 65536  # a NUL byte in a file's first 64 KiB says it is not text
-
-
-def builtin_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[name] for name in sorted(topics))
-
-
-def corpus_file(corpus: str) -> Path:
-    """The path of a corpus file; a directory, or a missing or too large file, is a
-    GptdashError."""
-    p = Path(corpus)
-    if p.is_dir():
-        raise GptdashError(f"corpus {corpus!r} is a directory, not a text file: give the "
-                           "path of one UTF-8 text file in it")
-    if not p.is_file():
-        raise GptdashError(f"corpus file {corpus!r} does not exist")
-    size = p.stat().st_size
-    if size > MAX_CORPUS_BYTES:
-        raise GptdashError(f"corpus file {p.name!r} is {size / 1e9:.1f} GB; the limit is 2 GB")
-    return p
 
 
 def file_sha256(path: Path) -> str:
@@ -55,17 +41,9 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def corpus_sha256(corpus: str) -> str:
-    """The sha256 of a corpus's bytes (hex): which text a run trains on, and its token
-    cache's name. A file is read in chunks, never whole."""
-    if corpus == BUILTIN:
-        return hashlib.sha256(builtin_text().encode("utf-8")).hexdigest()
-    return file_sha256(corpus_file(corpus))
-
-
 class TextDecoder:
-    """A corpus's bytes to text, whole or chunk by chunk (an upload on its way to disk),
-    with a clear error for empty, binary or non-UTF-8 input."""
+    """A corpus's bytes to text, chunk by chunk (an upload on its way to disk), with a
+    clear error for empty, binary or non-UTF-8 input."""
 
     def __init__(self, name: str):
         self.name = name
@@ -91,64 +69,16 @@ class TextDecoder:
         return text
 
 
-def decode_corpus(raw: bytes, name: str) -> str:
-    """Bytes of an uploaded or on-disk corpus to text, with a clear error when it is not text."""
-    return TextDecoder(name).decode(raw, final=True)
-
-
-def _encode(text: str, tokenizer: str) -> np.ndarray:
-    tok = get_tokenizer(tokenizer)
-    if hasattr(tok, "encode_batch"):
-        # BPE on one huge string is slow; paragraphs in a batch use tiktoken's threads.
-        parts = text.split("\n\n")
-        chunks = tok.encode_batch([p + "\n\n" for p in parts[:-1]] + parts[-1:])
-        ids = [i for chunk in chunks for i in chunk]
-    else:
-        ids = tok.encode(text)
-    dtype = np.uint16 if tok.n_vocab <= 65536 else np.uint32
-    return np.asarray(ids, dtype=dtype)
-
-
-def token_ids(corpus: str, tokenizer: str, cache_dir: Path) -> tuple[np.ndarray, str]:
-    """All token ids of a corpus, memory-mapped from the on-disk cache (built on first use),
-    and the sha256 of the text they are the ids of."""
-    sha256 = corpus_sha256(corpus)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{sha256[:20]}-{tokenizer}.npy"
-    if not path.exists():
-        if corpus == BUILTIN:
-            raw, name = builtin_text().encode("utf-8"), BUILTIN
-        else:
-            raw, name = corpus_file(corpus).read_bytes(), Path(corpus).name
-        if hashlib.sha256(raw).hexdigest() != sha256:  # the cache is named for its content
-            raise GptdashError(f"corpus {corpus!r} changed while it was read: try again once "
-                               "it is saved")
-        ids = _encode(decode_corpus(raw, name), tokenizer)
-        # Write then rename, so a reader never maps a half-written cache file.
-        # A name of its own per writer: two threads (two Start presses) may build it at once.
-        tmp = path.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex}.tmp.npy")
-        np.save(tmp, ids)
-        os.replace(tmp, path)
-    return np.load(path, mmap_mode="r"), sha256
-
-
 @dataclass
 class TokenData:
     """Train and validation ids and random (x, y) windows from them."""
 
     train: np.ndarray
     val: np.ndarray
-    corpus_sha256: str  # the text they are the ids of
+    corpus_fingerprint: str  # which text they are the ids of (``gptcore.corpus.fingerprint``)
 
     def check_context(self, context_length: int) -> None:
-        # A bigger validation share takes tokens from training, and the other way round.
-        for split, ids, share in (("training", self.train, "lower"),
-                                  ("validation", self.val, "raise")):
-            if len(ids) <= context_length + 1:
-                raise GptdashError(
-                    f"the corpus has {len(ids)} {split} tokens, too few for context_length "
-                    f"{context_length}: lower context_length (or {share} val_fraction), "
-                    "or use a longer corpus")
+        _check_counts(len(self.train), len(self.val), context_length)
 
     def batch(self, split: str, batch_size: int, context_length: int,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +92,39 @@ class TokenData:
         return block[:, :-1], block[:, 1:]
 
 
-def load_data(corpus: str, tokenizer: str, val_fraction: float, cache_dir: Path) -> TokenData:
-    ids, sha256 = token_ids(corpus, tokenizer, cache_dir)
-    n_val = max(1, int(len(ids) * val_fraction))
-    return TokenData(train=ids[:-n_val], val=ids[-n_val:], corpus_sha256=sha256)
+def load_data(corpus: str, tokenizer: str, val_fraction: float, cache_dir: Path,
+              text_field: str = DEFAULT_TEXT_FIELD,
+              progress: Callable[[Progress], None] | None = None) -> TokenData:
+    """The corpus's ids for training and validation, tokenized on first use (``progress``
+    hears how that goes) and memory-mapped from the shared cache after."""
+    ready = prepare(corpus, tokenizer, cache_dir, val_fraction, text_field, progress)
+    return TokenData(train=ready.train, val=ready.val,
+                     corpus_fingerprint=ready.manifest.fingerprint)
+
+
+def check_corpus(corpus: str, tokenizer: str, val_fraction: float, cache_dir: Path,
+                 context_length: int, text_field: str = DEFAULT_TEXT_FIELD) -> str:
+    """What a run is refused before it is queued, cheaply: a missing corpus, a bad format,
+    field or start of text, and, for a corpus already tokenized or small enough to tokenize
+    in well under a second, too few tokens for the context. A large corpus is tokenized by
+    whoever trains the run, never here (here may be the pages' process). Returns the
+    corpus's fingerprint."""
+    ready = lookup(corpus, tokenizer, cache_dir, val_fraction, text_field)
+    source = find_source(corpus)
+    if ready is None and (source.kind == "builtin" or source.total_bytes <= SMALL_CORPUS_BYTES):
+        ready = prepare(corpus, tokenizer, cache_dir, val_fraction, text_field)
+    if ready is None:
+        preflight(source, text_field)
+        return fingerprint(source)
+    _check_counts(len(ready.train), len(ready.val), context_length)
+    return ready.manifest.fingerprint
+
+
+def _check_counts(n_train: int, n_val: int, context_length: int) -> None:
+    # A bigger validation share takes tokens from training, and the other way round.
+    for split, count, share in (("training", n_train, "lower"), ("validation", n_val, "raise")):
+        if count <= context_length + 1:
+            raise GptdashError(
+                f"the corpus has {count} {split} tokens, too few for context_length "
+                f"{context_length}: lower context_length (or {share} val_fraction), "
+                "or use a longer corpus")

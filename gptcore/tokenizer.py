@@ -15,6 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from gptcore.errors import GptdashError
 
 # GPT-2's pre-tokenizer pattern and its one special token, as published with GPT-2.
@@ -26,8 +28,11 @@ ENDOFTEXT_ID = 50256
 class Tokenizer(Protocol):
     name: str
     n_vocab: int
+    eot_id: int  # the id that ends a document
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_array(self, text: str) -> np.ndarray: ...
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -37,9 +42,13 @@ class ByteTokenizer:
 
     name = "byte"
     n_vocab = 256
+    eot_id = 0  # NUL, which a text corpus never holds: ends a document
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
 
     def decode(self, ids: list[int]) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
@@ -49,6 +58,7 @@ class GPT2Tokenizer:
     """GPT-2 BPE with the exact GPT-2 ids."""
 
     name = "gpt2"
+    eot_id = ENDOFTEXT_ID
 
     def __init__(self, ranks_path: Path):
         import tiktoken
@@ -66,8 +76,10 @@ class GPT2Tokenizer:
         # The special token is ordinary text in a corpus, never a control token.
         return self._enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._enc.encode_ordinary_batch(texts)
+    def encode_array(self, text: str) -> np.ndarray:
+        """``encode`` as uint16 ids, without a Python list in between."""
+        ids = self._enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        return ids.astype(np.uint16)
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self.n_vocab])

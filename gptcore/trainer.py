@@ -145,8 +145,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.tokenizer = get_tokenizer(cfg.tokenizer)
+        # Tokenized on first use, in bounded memory, with progress; after, memory-mapped.
         self.data: TokenData = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction,
-                                         self.cache_dir)
+                                         self.cache_dir, cfg.text_field,
+                                         self.cb.on_prepare)
         self.data.check_context(cfg.model.context_length)
         model_cfg = replace(cfg.model, vocab_size=cfg.vocab_size)
         self.model = GPTModel(model_cfg).to(self.device)

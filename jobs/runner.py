@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptcore.config import CORPUS_SHA256, TrainConfig
-from gptcore.data import BUILTIN, corpus_sha256, load_data
+from gptcore.config import CORPUS_FINGERPRINT, CORPUS_SHA256, TrainConfig
+from gptcore.corpus import BUILTIN, builtin_text, find_source, fingerprint
+from gptcore.data import check_corpus, file_sha256
 from gptcore.errors import GptdashError
 from gptcore.estimate import fit_problem, param_count
 from gptcore.hf import shape_problem
@@ -97,7 +98,7 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
               executor: str = Executor.LOCAL) -> tuple[int | None, str]:
     """Everything ``create_run`` refuses, without writing: raises GptdashError for bad input,
     else returns the parent run id that ``init_from`` names (None when it names none) and
-    the sha256 of the corpus text."""
+    the corpus's fingerprint."""
     cfg.validate()
     if cfg.nodes > 1 and executor == Executor.LOCAL:
         raise GptdashError(f"nodes={cfg.nodes} spreads the run over {cfg.nodes} machines of "
@@ -110,10 +111,10 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
     _, parent_id = resolve_init_from(store, cfg.init_from)
     if problem := shape_problem(cfg):  # a config that did not take the folder's shape
         raise GptdashError(problem)
-    # Tokenize now (cached for training) so a bad or too-short corpus is refused up front.
-    data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir())
-    data.check_context(cfg.model.context_length)
-    return parent_id, data.corpus_sha256
+    # A bad or too-short corpus is refused up front; a large one is tokenized by its trainer.
+    corpus_print = check_corpus(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir(),
+                                cfg.model.context_length, cfg.text_field)
+    return parent_id, corpus_print
 
 
 def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
@@ -126,9 +127,10 @@ def create_run(store: RunStore, cfg: TrainConfig, *, name: str | None = None,
     machine has, for a run queued for whichever worker claims it (that worker checks its own
     device's free memory).
     """
-    parent_id, sha256 = check_run(store, cfg, check_device=check_device, executor=executor)
-    # The corpus's content beside the settings: a resume on other text is refused.
-    config = {**cfg.to_dict(), CORPUS_SHA256: sha256}
+    parent_id, corpus_print = check_run(store, cfg, check_device=check_device,
+                                        executor=executor)
+    # Which text it is beside the settings: a resume on other text is refused.
+    config = {**cfg.to_dict(), CORPUS_FINGERPRINT: corpus_print}
     return store.create_run(
         (name or "").strip() or default_name(cfg), config, tags=list(tags or []),
         notes=notes, parent_id=parent_id, status=RunStatus.QUEUED, max_steps=cfg.max_steps,
@@ -151,14 +153,30 @@ def has_checkpoint(run: RunRecord) -> bool:
 def check_corpus_unchanged(run: RunRecord) -> None:
     """Refuse to train a run on a corpus whose content is not the one it recorded (a file
     edited or replaced since): it would go on with other text, and its loss jump for no
-    reason it could name. A run recorded before runs kept their corpus's sha256 passes."""
-    recorded = run.config.get(CORPUS_SHA256)
+    reason it could name. A run recorded before runs kept either passes."""
     corpus = str(run.config.get("corpus", BUILTIN))
-    if recorded and (now := corpus_sha256(corpus)) != recorded:
+    if recorded := run.config.get(CORPUS_FINGERPRINT):
+        now = fingerprint(find_source(corpus))
+    elif recorded := run.config.get(CORPUS_SHA256):  # recorded as the whole text's sha256
+        now = _legacy_sha256(corpus)
+    else:
+        return
+    if now != recorded:
         raise GptdashError(
-            f"run {run.id}'s corpus {corpus!r} has changed since the run recorded it (sha256 "
+            f"run {run.id}'s corpus {corpus!r} has changed since the run recorded it (was "
             f"{recorded[:12]}…, now {now[:12]}…), so it would train on different text: start "
             "a new run on it, or restore the file")
+
+
+def _legacy_sha256(corpus: str) -> str:
+    import hashlib
+
+    if corpus == BUILTIN:
+        return hashlib.sha256(builtin_text().encode("utf-8")).hexdigest()
+    path = Path(corpus)
+    if not path.is_file():
+        raise GptdashError(f"corpus file {corpus!r} does not exist")
+    return file_sha256(path)
 
 
 def can_resume(store: RunStore, run_id: int) -> bool:

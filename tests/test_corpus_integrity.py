@@ -1,5 +1,5 @@
-"""A corpus never changes under a run: uploads never overwrite one, a run records the sha256
-of its corpus, and a resume on other text is refused in one line with nothing written."""
+"""A corpus never changes under a run: uploads never overwrite one, a run records its corpus's
+fingerprint, and a resume on other text is refused in one line with nothing written."""
 
 import hashlib
 import io
@@ -9,7 +9,8 @@ import pytest
 from test_cli import gptdash
 from test_jobs import micro
 
-from gptcore.config import CORPUS_SHA256, TrainConfig
+from gptcore.config import CORPUS_FINGERPRINT, CORPUS_SHA256, TrainConfig
+from gptcore.corpus import find_source, fingerprint
 from gptcore.errors import GptdashError
 from jobs import actions, runner
 from jobs.manager import claim_here
@@ -23,6 +24,10 @@ TEXT_B = "A second text that happens to have the same file name.\n" * 30
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _print(path) -> str:
+    return fingerprint(find_source(str(path)))
 
 
 def _upload(text: str | bytes, name: str = "big.txt"):
@@ -98,12 +103,12 @@ def _stopped_run(store, corpus) -> int:
     return run_id
 
 
-def test_a_run_records_the_sha256_of_its_corpus(store, tmp_path):
+def test_a_run_records_the_fingerprint_of_its_corpus(store, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT_A)
     cfg = micro(corpus=str(corpus))
     run = store.get_run(runner.create_run(store, cfg, check_device=False))
-    assert run.config[CORPUS_SHA256] == _sha256(TEXT_A)
+    assert run.config[CORPUS_FINGERPRINT] == _print(corpus)
     assert TrainConfig.from_dict(run.config) == cfg  # a clone or a resume reads its settings
 
 
@@ -111,13 +116,14 @@ def test_resume_on_a_changed_corpus_is_refused_in_one_line_and_writes_nothing(st
     corpus = _upload(TEXT_A)
     run_id = _stopped_run(store, corpus)
     before = store.get_run(run_id)
+    was = _print(corpus)
     corpus.write_text(TEXT_B)  # what the old upload did: the same name, other text
     with pytest.raises(GptdashError) as err:
         actions.resume(store, run_id)
     message = str(err.value)
     assert "\n" not in message
     assert (f"run {run_id}'s corpus {str(corpus)!r} has changed since the run recorded it "
-            f"(sha256 {_sha256(TEXT_A)[:12]}…, now {_sha256(TEXT_B)[:12]}…)") in message
+            f"(was {was[:12]}…, now {_print(corpus)[:12]}…)") in message
     assert "start a new run on it, or restore the file" in message
     assert store.get_run(run_id) == before  # nothing written: still stopped, as it was
 
@@ -187,3 +193,20 @@ def test_the_pages_offer_builtin_uploads_data_and_recorded_corpora_only(home, tm
     link = uploads / "link.txt"
     link.symlink_to("/etc/passwd")
     assert page_corpus_problem(str(link), set())  # a link out of uploads/ leads nowhere
+
+
+def test_a_run_recorded_with_its_corpus_sha256_is_still_checked_against_the_whole_text(
+        store, home):
+    """Runs recorded by an older release kept the sha256 of the whole text, not a
+    fingerprint: a resume of one on changed text is refused all the same."""
+    corpus = _upload(TEXT_A)
+    run_id = _stopped_run(store, corpus)
+    config = dict(store.get_run(run_id).config)
+    config.pop(CORPUS_FINGERPRINT)
+    store.update_run(run_id, config={**config, CORPUS_SHA256: _sha256(TEXT_A)})
+    corpus.write_text(TEXT_B)
+    with pytest.raises(GptdashError, match=f"was {_sha256(TEXT_A)[:12]}…, now "
+                                           f"{_sha256(TEXT_B)[:12]}…"):
+        actions.resume(store, run_id)
+    corpus.write_text(TEXT_A)
+    assert actions.resume(store, run_id) == f"run {run_id} resumes from its last checkpoint"

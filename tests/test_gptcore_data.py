@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptcore.data import BUILTIN, builtin_text, load_data, token_ids
+from gptcore.data import BUILTIN, builtin_text, check_corpus, load_data
 from gptcore.errors import GptdashError
+from gptcore.tokens import lookup, prepare
 
 
 def test_builtin_corpus_is_english_text_from_the_standard_library():
@@ -15,26 +16,34 @@ def test_builtin_corpus_is_english_text_from_the_standard_library():
 
 
 def test_token_ids_are_cached_and_memory_mapped(tmp_path):
-    ids, _ = token_ids(BUILTIN, "byte", tmp_path)
-    assert isinstance(ids, np.memmap)
-    assert len(list(tmp_path.glob("*-byte.npy"))) == 1
-    again, _ = token_ids(BUILTIN, "byte", tmp_path)
-    assert np.array_equal(ids[:1000], again[:1000])
+    ids = prepare(BUILTIN, "byte", tmp_path, 0.1)
+    assert isinstance(ids.train, np.memmap) and isinstance(ids.val, np.memmap)
+    assert len(list(tmp_path.glob("tokens-*-byte/train.bin"))) == 1
+    again = lookup(BUILTIN, "byte", tmp_path, 0.1)
+    assert again is not None and np.array_equal(ids.train[:1000], again.train[:1000])
+
+
+def test_the_byte_ids_are_the_texts_bytes_with_a_document_end(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello world")
+    ready = prepare(str(f), "byte", tmp_path / "c", 0.1)
+    ids = np.concatenate([ready.train, ready.val])
+    assert bytes(ids[:-1].astype(np.uint8)) == b"hello world" and ids[-1] == 0  # NUL ends it
 
 
 def test_cache_is_per_content_and_tokenizer(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("hello world " * 100)
-    token_ids(str(a), "byte", tmp_path / "c")
-    token_ids(str(a), "gpt2", tmp_path / "c")
+    prepare(str(a), "byte", tmp_path / "c", 0.1)
+    prepare(str(a), "gpt2", tmp_path / "c", 0.1)
     a.write_text("other text " * 100)
-    token_ids(str(a), "byte", tmp_path / "c")
-    assert len(list((tmp_path / "c").glob("*.npy"))) == 3
+    prepare(str(a), "byte", tmp_path / "c", 0.1)
+    assert len(list((tmp_path / "c").glob("tokens-*/manifest.json"))) == 3
 
 
 def test_split_and_windows(tmp_path):
     data = load_data(BUILTIN, "byte", 0.1, tmp_path)
-    assert len(data.val) == pytest.approx(0.1 * (len(data.train) + len(data.val)), rel=0.01)
+    assert len(data.val) == pytest.approx(0.1 * (len(data.train) + len(data.val)), rel=0.15)
     x, y = data.batch("train", 4, 16, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (4, 16)
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
@@ -49,12 +58,13 @@ def test_bad_corpus_files_are_clear_errors(tmp_path, content, message):
     f = tmp_path / "bad.txt"
     f.write_bytes(content)
     with pytest.raises(GptdashError, match=message):
-        token_ids(str(f), "byte", tmp_path)
+        prepare(str(f), "byte", tmp_path / "c", 0.1)
+    assert not list((tmp_path / "c").glob("tokens-*/manifest.json"))  # nothing cached
 
 
 def test_missing_corpus_file(tmp_path):
     with pytest.raises(GptdashError, match="does not exist"):
-        token_ids(str(tmp_path / "nope.txt"), "byte", tmp_path)
+        prepare(str(tmp_path / "nope.txt"), "byte", tmp_path, 0.1)
 
 
 def test_corpus_too_short_for_context(tmp_path):
@@ -76,3 +86,10 @@ def test_a_split_too_short_says_which_way_to_move_val_fraction(tmp_path, val_fra
     data = load_data(str(f), "byte", val_fraction, tmp_path)
     with pytest.raises(GptdashError, match=f"{split} tokens.*{hint}"):
         data.check_context(64)
+
+
+def test_check_corpus_refuses_a_short_corpus_before_a_run_is_queued(tmp_path):
+    f = tmp_path / "short.txt"
+    f.write_text("a few words " * 3)
+    with pytest.raises(GptdashError, match="too few for context_length 64"):
+        check_corpus(str(f), "byte", 0.1, tmp_path / "c", 64)
