@@ -6,6 +6,7 @@
     python bench/throughput.py --preset tiny --all                  # all three, one JSON line each
     python bench/throughput.py --preset tiny --guard-cost --repeat 5  # bare, guard on vs off
     python bench/throughput.py --preset gpt2-124m --snapshot-cost     # one roll-back snapshot
+    python bench/throughput.py --preset tiny --nanogpt --repeat 5     # against nanoGPT's own
 
 The real path is what `gptdash train` does: a run row, the trainer with its
 StoreCallbacks, metrics written to SQLite by the writer thread. ``--bare`` is the
@@ -14,7 +15,15 @@ person writes by hand for the same model (``loss.item()`` every step), the yards
 for "is our loop slow?". ``--guard-cost`` runs the bare Trainer with the guard on
 (its checks plus an in-memory roll-back snapshot every ``guard_interval`` steps, no
 anomaly) and off, alternating rounds so both see the same machine load;
-``--snapshot-cost`` times one such snapshot (model and AdamW state) alone. Timing starts
+``--snapshot-cost`` times one such snapshot (model and AdamW state) alone.
+
+``--nanogpt [DIR]`` puts nanoGPT's own ``GPT`` (its model.py, copied from DIR, a checkout
+or its git directory, into the ignored ``third_party/nanoGPT/``, never into ours) in its own
+loop style (train.py's memmapped uint16 ``get_batch``, ``configure_optimizers``' AdamW,
+``clip_grad_norm_``, ``loss.item()`` only at log points) beside the bare Trainer and the real
+path, on the same shape, data (our corpus's ids written to ``train.bin``/``val.bin``),
+biases (all on, as nanoGPT's ``bias=True``), dropout, clipping, batch, optimizer settings and
+threads, alternating rounds; it prints both sides' settings first. Timing starts
 after ``--warmup`` steps, so compilation and first-touch allocations are excluded.
 One JSON line per measurement on stdout.
 """
@@ -22,24 +31,31 @@ One JSON line per measurement on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from gptcore.config import TrainConfig, apply_overrides, preset  # noqa: E402
 from gptcore.data import load_data  # noqa: E402
 from gptcore.estimate import flops_per_token, peak_flops  # noqa: E402
 from gptcore.model import GPTModel  # noqa: E402
 from gptcore.optim import build_optimizer  # noqa: E402
+from gptcore.schedule import lr_at  # noqa: E402
 from gptcore.snapshot import RING_SIZE, SnapshotRing  # noqa: E402
 from gptcore.trainer import Trainer, TrainerCallbacks, resolve_device  # noqa: E402
 
@@ -169,6 +185,150 @@ def run_eager(cfg: TrainConfig, warmup: int) -> dict:
                    device)
 
 
+# nanoGPT's model.py is copied here at bench time (git-ignored, never committed).
+NANOGPT = ROOT / "third_party" / "nanoGPT"
+# Where this machine keeps a mirror of nanoGPT's repository (a bare git directory).
+NANOGPT_MIRROR = Path("/work/.mirror/karpathy+nanoGPT/repo")
+
+
+def fetch_nanogpt(src: Path | None) -> str:
+    """Copy nanoGPT's model.py from ``src`` (a checkout, or a git directory such as a bare
+    mirror) into NANOGPT; without ``src``, keep a copy already there or take the mirror.
+    Returns where it came from, with the commit where known."""
+    target = NANOGPT / "model.py"
+    if src is None:
+        if target.exists():
+            return (NANOGPT / "SOURCE").read_text().strip() if (NANOGPT / "SOURCE").exists() \
+                else str(target)
+        if not NANOGPT_MIRROR.exists():
+            sys.exit("--nanogpt: give DIR, a nanoGPT checkout or its git directory")
+        src = NANOGPT_MIRROR
+    NANOGPT.mkdir(parents=True, exist_ok=True)
+    if (src / "model.py").exists():
+        shutil.copyfile(src / "model.py", target)
+        source = str(src)
+    else:
+        git = ["git", "--git-dir", str(src)]
+        target.write_bytes(subprocess.run([*git, "show", "HEAD:model.py"], check=True,
+                                          capture_output=True).stdout)
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        source = f"{src} @ {commit}"
+    (NANOGPT / "SOURCE").write_text(source + "\n")
+    return source
+
+
+def _nanogpt_module():
+    spec = importlib.util.spec_from_file_location("nanogpt_model", NANOGPT / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def nanogpt_data(cfg: TrainConfig) -> Path:
+    """Our corpus's train and val ids as nanoGPT's prepare.py writes them (uint16 .bin)."""
+    data = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction, _cache_dir())
+    folder = NANOGPT / "data" / f"gptdash-{data.corpus_fingerprint[:12]}-{cfg.tokenizer}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, ids in (("train", data.train), ("val", data.val)):
+        np.asarray(ids, dtype=np.uint16).tofile(folder / f"{split}.bin")
+    return folder
+
+
+def _nanogpt_model(cfg: TrainConfig, device: torch.device):
+    """nanoGPT's GPT at our shape, with every bias (bias=True), and its AdamW."""
+    nano = _nanogpt_module()
+    m = cfg.model
+    conf = nano.GPTConfig(block_size=m.context_length, vocab_size=cfg.vocab_size,
+                          n_layer=m.n_layers, n_head=m.n_heads, n_embd=m.emb_dim,
+                          dropout=m.drop_rate, bias=True)
+    with contextlib.redirect_stdout(sys.stderr):  # it prints its parameter counts
+        model = nano.GPT(conf).to(device)
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
+                                               device.type)
+    return model, optimizer
+
+
+def run_nanogpt(cfg: TrainConfig, warmup: int) -> dict:
+    """nanoGPT's model in train.py's loop: a fresh memmap and two stacks of windows per
+    batch, the next batch fetched after the forward pass, clipping, AdamW, and the loss
+    fetched only every log_interval steps."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model, optimizer = _nanogpt_model(cfg, device)
+    data_dir = nanogpt_data(cfg)
+    batch_size, block_size = cfg.batch_size, cfg.model.context_length
+
+    def get_batch(split):
+        data = np.memmap(data_dir / f"{split}.bin", dtype=np.uint16, mode="r")
+        ix = torch.randint(len(data) - block_size, (batch_size,))
+        x = torch.stack([torch.from_numpy((data[i:i + block_size]).astype(np.int64))
+                         for i in ix])
+        y = torch.stack([torch.from_numpy((data[i + 1:i + 1 + block_size]).astype(np.int64))
+                         for i in ix])
+        return x.to(device), y.to(device)
+
+    model.train()
+    X, Y = get_batch("train")
+    start = None
+    for it in range(cfg.max_steps):
+        if it == warmup:
+            start = time.perf_counter()
+        lr = lr_at(it, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(cfg.grad_accum_steps):
+            _, loss = model(X, Y)
+            loss = loss / cfg.grad_accum_steps
+            X, Y = get_batch("train")
+            loss.backward()
+        if cfg.grad_clip != 0.0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if it % cfg.log_interval == 0:
+            loss.item()
+    loss.item()
+    seconds = time.perf_counter() - start
+    steps = cfg.max_steps - warmup
+    return _result("nanogpt", cfg, steps * cfg.tokens_per_step / seconds, 1000 * seconds / steps,
+                   device)
+
+
+def _groups(groups: list[dict]) -> list[dict]:
+    return [{"weight_decay": g["weight_decay"], "tensors": len(g["params"]),
+             "params": sum(p.numel() for p in g["params"])} for g in groups]
+
+
+def nanogpt_settings(cfg: TrainConfig, source: str) -> dict:
+    """Both sides' settings as they are built, so a mismatch shows before any timing."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    theirs, their_opt = _nanogpt_model(cfg, device)
+    ours = GPTModel(replace(cfg.model, vocab_size=cfg.vocab_size))
+    our_opt = build_optimizer(ours, cfg, device.type)
+
+    def side(model, opt, n_params, gelu, dropout) -> dict:
+        biases = [n for n, p in model.named_parameters() if n.endswith("bias")]
+        defaults = opt.defaults
+        return {"n_params": n_params, "bias_tensors": len(biases), "dropout": dropout,
+                "gelu": gelu, "optimizer": type(opt).__name__,
+                "betas": list(defaults["betas"]), "eps": defaults["eps"],
+                "foreach": defaults.get("foreach"), "fused": defaults.get("fused"),
+                "groups": _groups(opt.param_groups)}
+
+    return {"mode": "settings", "nanogpt_source": source, "threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "batch_size": cfg.batch_size, "context_length": cfg.model.context_length,
+            "grad_clip": cfg.grad_clip, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+            "log_interval": cfg.log_interval,
+            "gptdash": side(ours, our_opt, ours.num_params(), ours.blocks[0].ff.act.approximate,
+                            cfg.model.drop_rate),
+            "nanogpt": side(theirs, their_opt, sum(p.numel() for p in theirs.parameters()),
+                            theirs.transformer.h[0].mlp.gelu.approximate,
+                            theirs.config.dropout)}
+
+
 def interleaved(runners: dict, cfgs: dict[str, TrainConfig], warmup: int,
                 repeat: int) -> dict[str, float]:
     """Run every mode once per round, ``repeat`` rounds; per run a JSON line on stderr, then
@@ -238,6 +398,9 @@ def main() -> None:
                       help="bare with the guard off and on, interleaved")
     mode.add_argument("--snapshot-cost", action="store_true",
                       help="time one roll-back snapshot of the model and optimizer")
+    mode.add_argument("--nanogpt", nargs="?", const="", metavar="DIR",
+                      help="nanoGPT's own model and loop against bare and gptdash, "
+                           "interleaved; DIR is a nanoGPT checkout or git directory")
     p.add_argument("--guard-interval", type=int, help="steps between roll-back snapshots")
     p.add_argument("--repeat", type=int, default=1,
                    help="with --all or --guard-cost: rounds; with --snapshot-cost: snapshots")
@@ -245,6 +408,17 @@ def main() -> None:
     if not os.environ.get("GPTDASH_HOME"):
         os.environ["GPTDASH_HOME"] = tempfile.mkdtemp(prefix="gptdash-bench-")
     cfg = bench_config(args)
+    if args.nanogpt is not None:  # "" without DIR: the copy already fetched, or the mirror
+        source = fetch_nanogpt(Path(args.nanogpt) if args.nanogpt else None)
+        # nanoGPT's bias=True puts a bias in every linear layer and norm: ours too.
+        cfg = replace(cfg, model=replace(cfg.model, qkv_bias=True)).validate()
+        print(json.dumps(nanogpt_settings(cfg, source)))
+        runners = {"nanogpt": run_nanogpt, "bare": run_bare, "gptdash": run_real}
+        summary = interleaved(runners, dict.fromkeys(runners, cfg), args.warmup, args.repeat)
+        print(json.dumps({"bare_vs_nanogpt": round(summary["bare"] / summary["nanogpt"], 4),
+                          "gptdash_vs_nanogpt": round(summary["gptdash"] / summary["nanogpt"],
+                                                      4)}))
+        return
     if args.all:
         runners = {"eager": run_eager, "bare": run_bare, "gptdash": run_real}
         summary = interleaved(runners, dict.fromkeys(runners, cfg), args.warmup, args.repeat)

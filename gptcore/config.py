@@ -35,8 +35,8 @@ MAX_CONTEXT = 131072
 
 # Recorded beside a run's settings in its stored config (jobs.runner), not settings: which
 # corpus text it trains on, so a resume refuses a corpus that changed. Runs recorded since
-# corpora may be gigabytes keep its fingerprint (gptcore.corpus.fingerprint: names, sizes,
-# times and samples, found in milliseconds); older runs kept the sha256 of the whole text.
+# corpora may be gigabytes keep its fingerprint (gptcore.corpus.fingerprint: names, sizes
+# and samples, found in milliseconds); older runs kept the sha256 of the whole text.
 CORPUS_SHA256 = "corpus_sha256"
 CORPUS_FINGERPRINT = "corpus_fingerprint"
 RECORDED_KEYS = (CORPUS_SHA256, CORPUS_FINGERPRINT)

@@ -62,11 +62,12 @@ def test_a_vocab_the_byte_tokenizer_cannot_make_is_refused_before_training(
     nothing_written(home)
 
 
-def test_a_corpus_that_is_a_directory_says_so(home, gptdash, tmp_path):
+def test_a_corpus_folder_with_nothing_to_read_says_so(home, gptdash, tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
+    (folder / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
     out = gptdash("submit", *MICRO, "--set", f"corpus={folder}")
-    refused(out, f"corpus '{folder}' is a directory, not a text file")
+    refused(out, f"corpus folder '{folder}' has no text, JSON Lines or Parquet files in it")
     nothing_written(home)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from gptcore.checkpoint import load_checkpoint
 from gptcore.config import ModelConfig, TrainConfig, apply_overrides
-from gptcore.data import token_ids
+from gptcore.tokens import prepare
 from gptcore.trainer import TrainerCallbacks
 from jobs import runner
 from jobs.manager import JobManager
@@ -200,14 +200,17 @@ def test_threads_building_the_same_token_cache_at_once_all_succeed(tmp_path):
         for t in threads:
             t.join(60)
         assert errors == [], f"attempt {attempt}: {errors[0]!r}"
-        assert lengths == [len(corpus.read_bytes())] * n_threads
-        assert len(token_ids(str(corpus), "byte", cache)[0]) == len(corpus.read_bytes())
+        ids = len(corpus.read_bytes()) + 1  # its bytes and the end of its one document
+        assert lengths == [ids] * n_threads
+        assert len(list(cache.glob("tokens-*/manifest.json"))) == 1
+        assert not list(cache.glob("*.tmp"))
 
 
 def _load_tokens(corpus: Path, cache: Path, barrier, lengths: list, errors: list) -> None:
     barrier.wait(10)
     try:
-        lengths.append(len(token_ids(str(corpus), "byte", cache)[0]))
+        ready = prepare(str(corpus), "byte", cache, 0.1)
+        lengths.append(len(ready.train) + len(ready.val))
     except Exception as exc:  # noqa: BLE001 - reported by the test
         errors.append(exc)
 
