@@ -199,7 +199,7 @@ def pieces(source: Source, text_field: str, piece_chars: int,
         if f.kind == "parquet":
             docs = _parquet_documents(f, text_field, counts)
         else:
-            stream = _opened(f)
+            stream = _opened(f, counts)
             if stream is None and source.single:
                 raise GptdashError(f"corpus {f.rel!r} looks binary (it has NUL bytes): choose "
                                    "a plain UTF-8 text, JSON Lines or Parquet file")

@@ -29,6 +29,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -192,6 +194,9 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    # Killed but not yet reaped by its parent (a zombie, "Z" on Linux) is gone too.
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -361,7 +366,9 @@ def _encoded(stream: Iterator[Piece], tokenizer: str, val_fraction: float,
         return
     workers = max(1, len(os.sched_getaffinity(0)))
     context = multiprocessing.get_context("forkserver")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_start_encoder,
+                                                initargs=(os.getpid(),)) as pool:
         pending: list[concurrent.futures.Future] = []
         for batch in batches:
             pending.append(pool.submit(_encode_batch, batch, tokenizer, val_fraction))
@@ -369,6 +376,21 @@ def _encoded(stream: Iterator[Piece], tokenizer: str, val_fraction: float,
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
+
+
+def _start_encoder(preparer: int) -> None:
+    """In each encoding process: Ctrl-C (sent to the terminal's whole process group) is the
+    preparing process's to handle, and the process ends when the preparing one is gone (kill
+    -9), which would otherwise leave it, and the forkserver, waiting for work forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(preparer,), name="end-with-preparer",
+                     daemon=True).start()
+
+
+def _end_with(preparer: int) -> None:
+    while _alive(preparer):
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _batches(stream: Iterator[Piece]) -> Iterator[list[Piece]]:

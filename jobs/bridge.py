@@ -341,6 +341,10 @@ class Chain(TrainerCallbacks):
                      exc)
             self.other = None
 
+    def on_prepare(self, progress):
+        self.primary.on_prepare(progress)
+        self._tell_other("on_prepare", progress)
+
     def on_start(self, info):
         self.primary.on_start(info)
         self._tell_other("on_start", info)

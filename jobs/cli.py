@@ -1,12 +1,12 @@
 """`gptdash`: train, queue, sweep, list, show, forecast, resume, sample and stop runs from
-a terminal.
+a terminal; tokenize corpora ahead of them.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C (143 SIGTERM,
 129 SIGHUP), 141 the reader of its output went away (``| head``).
 
 Only the commands that train or sample import torch (from ``jobs.foreground``),
-so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep`` and ``forecast`` answer at
-once.
+so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep``, ``forecast`` and ``corpus``
+answer at once.
 """
 
 from __future__ import annotations
@@ -321,6 +321,31 @@ def cmd_worker(args, store: RunStore) -> int:
                       auto_resume=args.auto_resume)
 
 
+def cmd_corpus_prepare(args) -> int:
+    # The config's own checks: the same tokenizers, field and val_fraction a run accepts, so
+    # the cache folder made here is the one `train --set corpus=...` then finds.
+    cfg = apply_overrides(TrainConfig(), {"corpus": args.path, "tokenizer": args.tokenizer,
+                                          "text_field": args.text_field,
+                                          "val_fraction": args.val_fraction}).validate()
+    from jobs.corpora import Stopped, prepare_corpus, stopped_line, summary
+
+    try:
+        manifest, cached = prepare_corpus(cfg.corpus, cfg.tokenizer, cfg.text_field,
+                                          cfg.val_fraction)
+    except Stopped as stop:
+        print(f"\ngptdash: {stopped_line(stop)}", file=sys.stderr)  # below the bar's line
+        return 128 + stop.signum
+    print(summary(manifest, cached))
+    return EXIT_OK
+
+
+def cmd_corpus_list(args) -> int:
+    from jobs.corpora import listing
+
+    print("\n".join(listing()))
+    return EXIT_OK
+
+
 def cmd_db_upgrade(args) -> int:
     """Bring the database to the schema this gptdash needs (no RunStore: that would refuse)."""
     from storage.home import db_url
@@ -580,6 +605,27 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("run_id", type=_record_id)
     rr.add_argument("--job", required=True, help="the job's submission id")
     rr.set_defaults(func=cmd_ray_run)
+
+    defaults = TrainConfig()
+    co = sub.add_parser("corpus", help="tokenize a corpus once into the shared token cache, "
+                        "or list the cache")
+    co_sub = co.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
+    cp = co_sub.add_parser("prepare", help="tokenize a corpus (a text, JSON Lines or Parquet "
+                           "file, gzip/zstd too, a folder of them, or a nanoGPT train.bin/"
+                           "val.bin folder) so runs on it start at once")
+    cp.add_argument("path", help="the corpus, as a run's corpus setting names it")
+    cp.add_argument("--tokenizer", default=defaults.tokenizer,
+                    help=f"gpt2 or byte (default {defaults.tokenizer}, as a run's)")
+    cp.add_argument("--text-field", default=defaults.text_field, metavar="F",
+                    help="the JSON Lines field or Parquet column holding the text (default "
+                         f"{defaults.text_field})")
+    cp.add_argument("--val-fraction", default=str(defaults.val_fraction), metavar="X",
+                    help=f"share held out for validation (default {defaults.val_fraction}, "
+                         "as a run's: use the run's value, or it tokenizes again)")
+    cp.set_defaults(func=cmd_corpus_prepare, needs_store=False)
+    cl = co_sub.add_parser("list", help="the corpora prepared in the token cache, and those "
+                           "being prepared")
+    cl.set_defaults(func=cmd_corpus_list, needs_store=False)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

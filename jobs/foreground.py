@@ -19,7 +19,7 @@ from gptcore.distributed import ranks_from_env
 from gptcore.errors import GptdashError
 from gptcore.metric_keys import TRAIN_LOSS
 from jobs import runner
-from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, STOP_SIGNALS
 from jobs.manager import claim_here
 from jobs.progress import Progress
 from jobs.threads import ThreadShare
@@ -64,11 +64,6 @@ def cmd_resume(args: Namespace, store: RunStore) -> int:
     print(runner.queue_resume(store, args.run_id), file=sys.stderr)
     claim = claim_here(store, args.run_id)
     return _train_foreground(store, args.run_id, claim, args.quiet, args.threads)
-
-
-# Each means "stop cleanly, keep what you have": Ctrl-C, a supervisor's or `kill`'s
-# SIGTERM, and SIGHUP when the terminal closes.
-STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
 def _train_foreground(store: RunStore, run_id: int, claim: int, quiet: bool,

@@ -108,6 +108,10 @@ class ThreadShare(TrainerCallbacks):
             self._applied = share
         return bool(self.display and self.display.should_stop())
 
+    def on_prepare(self, progress):
+        if self.display:
+            self.display.on_prepare(progress)
+
     def on_start(self, info):
         if self.display:
             self.display.on_start(info)
