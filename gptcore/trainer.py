@@ -64,6 +64,7 @@ from gptcore.optim import build_optimizer
 from gptcore.schedule import lr_at
 from gptcore.snapshot import SnapshotRing
 from gptcore.tokenizer import get_tokenizer
+from gptcore.tokens import Progress
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,13 @@ def oom_message(cfg: TrainConfig) -> str:
     return (f"out of memory at batch_size {cfg.batch_size}, context_length "
             f"{cfg.model.context_length}: lower batch_size or context_length (or use "
             "grad_accum_steps to keep the tokens per step)")
+
+
+STOP_POLL_AFTER_S = 2.0  # a corpus tokenized for longer than this polls for a stop
+
+
+class _StopPreparing(Exception):
+    """A stop asked for while the corpus was being tokenized."""
 
 
 class Trainer:
@@ -147,8 +155,7 @@ class Trainer:
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         # Tokenized on first use, in bounded memory, with progress; after, memory-mapped.
         self.data: TokenData = load_data(cfg.corpus, cfg.tokenizer, cfg.val_fraction,
-                                         self.cache_dir, cfg.text_field,
-                                         self.cb.on_prepare)
+                                         self.cache_dir, cfg.text_field, self._preparing)
         self.data.check_context(cfg.model.context_length)
         model_cfg = replace(cfg.model, vocab_size=cfg.vocab_size)
         self.model = GPTModel(model_cfg).to(self.device)
@@ -177,6 +184,14 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg)
         self.peak = (peak_flops(torch.cuda.get_device_name(self.device))
                      if self.device.type == "cuda" else None)
+
+    def _preparing(self, progress: Progress) -> None:
+        """Tokenizing the corpus for the first time: say how far it is, and stop it when
+        asked (a large corpus takes minutes; a stop must not wait for it)."""
+        self.cb.on_prepare(progress)
+        long = time.time() - progress.started >= STOP_POLL_AFTER_S  # a small one just ends
+        if long and not self.ranks.enabled and self.cb.should_stop():
+            raise _StopPreparing
 
     def _load_init_weights(self, path: Path) -> None:
         if path.is_dir():  # init_from=hf:DIR, a Hugging Face GPT-2 folder
@@ -344,6 +359,9 @@ class Trainer:
             self.setup()
         except GptdashError as exc:
             return self._finish("failed", str(exc))
+        except _StopPreparing:
+            return self._finish("stopped", "stopped while its corpus was being tokenized, "
+                                "before its first step")
         label = device_label(self.device)
         if self.ranks.enabled:
             label = f"{label} x{self.ranks.world_size}"

@@ -179,6 +179,24 @@ def test_stop_request_ends_within_one_step_with_a_checkpoint(tmp_path):
     assert load_checkpoint(result.checkpoint)["step"] == 7
 
 
+def test_a_stop_while_the_corpus_is_tokenized_ends_stopped_and_caches_nothing(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr("gptcore.trainer.STOP_POLL_AFTER_S", 0.0)  # as if it took minutes
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Words for a corpus never tokenized before. " * 2000)
+    prepared = []
+
+    class StopWhilePreparing(Recorder):
+        def on_prepare(self, progress):
+            prepared.append(progress.bytes_read)
+
+    result, _ = run(micro(corpus=str(corpus)), tmp_path, StopWhilePreparing(stop_at=1))
+    assert prepared and result.status == "stopped" and result.step == 0
+    assert result.reason == "stopped while its corpus was being tokenized, before its first step"
+    assert not list((tmp_path / "cache").glob("tokens-*/manifest.json"))
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
 @pytest.fixture
 def nan_from_call_23(monkeypatch):
     """The training loss turns NaN from the 23rd forward pass with targets on."""
