@@ -178,14 +178,14 @@ def table_rows(corpora: Iterable[Corpus]) -> list[dict[str, str]]:
     for c in corpora:
         tokens = {m.tokenizer: m.tokens for m in reversed(c.manifests)}  # newest wins
         documents = [m.documents for m in c.manifests if m.kind != "nanogpt"]
-        rows.append({
+        rows.append({  # what a person looks for first, first: a narrow table cuts the last
             "corpus": label(c.corpus),
-            "kind": kind(c),
+            "state": state(c),
             "size": _size(c.size),
             "documents": f"{documents[0]:,}" if documents else DASH,
             "tokens": " · ".join(f"{human_count(n)} ({name})" for name, n in tokens.items())
                       or DASH,
-            "state": state(c),
+            "kind": kind(c),
         })
     return rows
 

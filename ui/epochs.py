@@ -86,12 +86,13 @@ def epochs_short(e: Epochs) -> str:
 
 
 def epochs_text(e: Epochs) -> str:
-    """One line: the epochs and what they are made of, and how the tokens were found."""
+    """What the epochs are made of, and how the training tokens were found: the line
+    under ``epochs_short``."""
     how = ("" if e.train.counted else
            " (estimated from the compressed size until it is tokenized: the text inside is "
            "larger)" if e.train.compressed else
            " (estimated from the corpus's size until it is tokenized)")
-    return (f"{epochs_short(e)}: {human_count(e.seen)} tokens trained on, of "
+    return (f"{human_count(e.seen)} tokens trained on, of "
             f"{'' if e.train.counted else '~'}{human_count(e.train.count)} training tokens"
             f"{how}")
 
