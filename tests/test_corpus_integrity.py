@@ -1,6 +1,7 @@
 """A corpus never changes under a run: uploads never overwrite one, a run records its corpus's
 fingerprint, and a resume on other text is refused in one line with nothing written."""
 
+import gzip
 import hashlib
 import io
 import threading
@@ -88,6 +89,53 @@ def test_a_refused_upload_leaves_nothing_behind(home, raw, message):
         _upload(raw)
     assert list(home_folder.uploads_dir().iterdir()) == [kept]
     assert kept.read_text() == TEXT_A
+
+
+def _parquet_bytes() -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table({"text": ["one document", "another"]}), out)
+    return out.getvalue()
+
+
+def _zstd_bytes() -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(b'{"text": "a document"}\n')
+
+
+@pytest.mark.parametrize("name, make", [
+    ("docs.jsonl", lambda: '{"text": "caf\u00e9"}\n'.encode()),
+    ("docs.ndjson", lambda: b'{"text": "a"}\n'),
+    ("shard.parquet", _parquet_bytes),
+    ("docs.jsonl.gz", lambda: gzip.compress(b'{"text": "a"}\n')),
+    ("book.txt.zst", _zstd_bytes),
+])
+def test_json_lines_parquet_and_compressed_corpora_are_kept_byte_for_byte(home, name, make):
+    raw = make()
+    path = _upload(raw, name)
+    assert path.name == name and path.read_bytes() == raw
+    assert _upload(raw, name) == path  # the same bytes again: not stored twice
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    # Binary formats are checked by their first bytes, not the text decoder.
+    ("shard.parquet", b"text pretending to be Parquet", "does not start as a Parquet file"),
+    ("docs.jsonl.gz", b'{"text": "not compressed"}\n', "does not start as a gzip file"),
+    ("book.txt.zst", b"\x1f\x8b\x08", "does not start as a zstd file"),
+    ("shard.parquet", b"PA", "does not start as a Parquet file"),  # shorter than its magic
+    ("empty.gz", b"", "is empty"),
+    # JSON Lines is text: checked as UTF-8 like any.
+    ("docs.jsonl", b'{"text": "caf\xe9"}\n', r"not UTF-8 text \(bad byte at offset 13\)"),
+    ("tool.exe", b"MZ\x90\x00", "is not a corpus file the page takes"),
+])
+def test_an_upload_that_is_not_what_its_name_says_is_refused_and_leaves_nothing(
+        home, name, raw, message):
+    with pytest.raises(GptdashError, match=message):
+        _upload(raw, name)
+    assert list(home_folder.uploads_dir().iterdir()) == []
 
 
 # ---- runs record their corpus, and resume only on the same text ----------------------------

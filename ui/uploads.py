@@ -1,10 +1,20 @@
 """Uploaded corpora: kept once per content, never overwritten.
 
-An upload streams to a temporary file in the uploads folder, in chunks, checked as
-UTF-8 text and hashed on the way, and then gets a name without replacing anything:
+An upload streams to a temporary file in the uploads folder, in chunks, checked and
+hashed on the way, and then gets a name without replacing anything:
 its own name when that is free, the file already there when it holds the same bytes,
 else the first free ``big-2.txt``, ``big-3.txt``… A run's corpus file never changes
 under it, and a re-upload never costs the old text.
+
+Text and JSON Lines are checked as UTF-8 text (not binary, not empty); Parquet, gzip and
+zstd files are binary, so their first bytes must be their format's magic number. What is
+inside is read only when a run tokenizes it (a bad field or a truncated file is refused
+then, in one line).
+
+Streamlit's uploader holds a whole file in the server's memory (its upload handler reads
+the body into ``bytes`` and keeps it for the session), so the pages take modest files
+only; a large corpus goes into the data folder (``storage.home.data_dir``), where the pages
+list it.
 """
 
 from __future__ import annotations
@@ -16,11 +26,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gptcore.data import BUILTIN, TextDecoder, file_sha256
+from gptcore.errors import GptdashError
 from storage import home
 from storage.home import safe_path_in_home
+from ui.corpora import TEXT_SUFFIXES
 from ui.paths import shown_path
 
 CHUNK_BYTES = 1024**2
+# Binary corpus files by name: how each must start, and what it is called.
+MAGIC = {".parquet": (b"PAR1", "Parquet"), ".gz": (b"\x1f\x8b", "gzip"),
+         ".zst": (b"\x28\xb5\x2f\xfd", "zstd")}
+UPLOAD_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".ndjson", *MAGIC)
 
 
 def save_upload(source: BinaryIO, name: str, folder: Path) -> Path:
@@ -28,16 +44,16 @@ def save_upload(source: BinaryIO, name: str, folder: Path) -> Path:
     ``folder``; the path it has there. A name or text it refuses raises one of
     ``jobs.errors.USER_ERRORS``, and leaves nothing behind."""
     target = safe_path_in_home(_file_name(name), folder)
-    text = TextDecoder(target.name)
+    check = _checker(target.name)
     sha256 = hashlib.sha256()
     tmp = target.parent / f".{uuid.uuid4().hex}.upload"  # a name no corpus list shows
     try:
         with tmp.open("wb") as out:
             while chunk := source.read(CHUNK_BYTES):
-                text.decode(chunk)
+                check.decode(chunk)
                 sha256.update(chunk)
                 out.write(chunk)
-            text.decode(b"", final=True)
+            check.decode(b"", final=True)
             out.flush()
             os.fsync(out.fileno())  # whole on disk before any name points at it
         return _place(tmp, target, sha256.hexdigest())
@@ -57,6 +73,35 @@ def renamed_note(name: str, saved: Path) -> str | None:
 
 def _file_name(name: str) -> str:
     return Path(name).name or "corpus.txt"
+
+
+def _checker(name: str) -> TextDecoder | _Magic:
+    suffix = Path(name).suffix.lower()
+    if suffix in MAGIC:
+        return _Magic(name, *MAGIC[suffix])
+    if suffix not in UPLOAD_SUFFIXES:
+        raise GptdashError(f"{name!r} is not a corpus file the page takes: upload a "
+                           f"{', '.join(UPLOAD_SUFFIXES)} file")
+    return TextDecoder(name)  # text and JSON Lines: UTF-8, not binary, not empty
+
+
+class _Magic:
+    """A binary corpus file's check on its way to disk: it starts as its format does."""
+
+    def __init__(self, name: str, magic: bytes, what: str):
+        self.name, self.magic, self.what = name, magic, what
+        self.head = b""
+
+    def decode(self, chunk: bytes, final: bool = False) -> None:
+        if len(self.head) < len(self.magic):
+            self.head += chunk[:len(self.magic) - len(self.head)]
+            if not self.head and final:
+                raise GptdashError(f"corpus {self.name!r} is empty: choose a file with "
+                                   "documents in it")
+            if (final or len(self.head) == len(self.magic)) and self.head != self.magic:
+                raise GptdashError(f"corpus {self.name!r} does not start as a {self.what} "
+                                   f"file does: upload the {self.what} file itself, or name "
+                                   "it for what it is")
 
 
 def _place(tmp: Path, target: Path, sha256: str) -> Path:
