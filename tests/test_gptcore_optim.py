@@ -8,7 +8,7 @@ from test_gptcore_trainer import Recorder, micro, run
 from gptcore.config import PRESETS, ModelConfig
 from gptcore.errors import GptdashError
 from gptcore.model import GPT
-from gptcore.optim import MuonAdamW, build_optimizer
+from gptcore.optim import MuonAdamW, build_optimizer, param_groups
 from gptcore.schedule import lr_at
 from gptcore.trainer import Trainer
 
@@ -108,3 +108,24 @@ def test_muon_lr_scale_must_be_positive():
 def test_the_speedrun_preset_uses_muon_and_validates():
     cfg = PRESETS["speedrun"]
     assert cfg.optimizer == "muon" and cfg.validate() is cfg
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_on_the_cpu_is_fused_and_steps_as_the_reference_loop_does(name):
+    # torch's default on the CPU is a Python loop over tensors; the fused kernel is faster
+    # (bench/throughput.py --nanogpt) and must take the same steps.
+    cfg = micro(optimizer=name, weight_decay=0.1)
+    fused_model, loop_model = model_for(cfg), model_for(cfg)
+    fused = build_optimizer(fused_model, cfg, "cpu")
+    assert fused.defaults["fused"]
+    reference = type(fused)(param_groups(loop_model, cfg.weight_decay), lr=cfg.lr,
+                            betas=(cfg.beta1, cfg.beta2), foreach=False)
+    torch.manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randint(0, 256, (4, 16)), torch.randint(0, 256, (4, 16))
+        for model, opt in ((fused_model, fused), (loop_model, reference)):
+            opt.zero_grad()
+            model(x, y).backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
