@@ -27,6 +27,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.forecast import Forecast, eta_to_loss
+from gptcore.config import TrainConfig
+from gptcore.errors import GptdashError
 from gptcore.metric_keys import (
     GRAD_NORM,
     LR,
@@ -34,15 +36,19 @@ from gptcore.metric_keys import (
     TRAIN_LOSS,
     VAL_LOSS,
 )
+from gptcore.tokens import in_progress
 from jobs import actions, ray_cluster
 from jobs.calibration import submit_calibration
 from jobs.errors import USER_ERRORS
 from jobs.forecasting import run_forecast
 from jobs.recovery import attempt_summary
+from storage import home
 from storage.status import ACTIVE, Executor, RunStatus
 from storage.store import RunRecord
 from storage.tags import format_tags
+from ui.corpora import look_all, progress_for
 from ui.ended import ENDED_BY, why_it_ended
+from ui.epochs import epochs_short, epochs_text, run_epochs
 from ui.eta import run_eta, run_pace
 from ui.events import event_traces, events_table
 from ui.figures import PALETTE
@@ -212,8 +218,14 @@ def charts(series: LiveSeries, overlays: tuple[Hashable, list[dict]]) -> None:
         top = max(frozen_at, 1)
         manual = c3.slider("Step range", 0, top, (0, top), key=f"live_range_{run_id}")
     if frame.empty:
-        st.info("Waiting for the first metrics…" if run.status in ACTIVE else
-                "This run recorded no metrics.")
+        preparing = run.status in ACTIVE and progress_for(
+            str(run.config.get("corpus")), str(run.config.get("tokenizer")),
+            in_progress(home.cache_dir()))
+        if preparing:  # the worker tokenizes the corpus before the first step
+            st.progress(preparing.fraction, text=plain(preparing.line()))
+        else:
+            st.info("Waiting for the first metrics…" if run.status in ACTIVE else
+                    "This run recorded no metrics.")
         return
     x_range = view_range(follow, series.cursor, WINDOWS[window_label], manual)
     live_charts = _kept("charts", lambda: LiveCharts(CHARTS, {run_id: run.name},
@@ -315,6 +327,17 @@ def live() -> None:
         tick()
 
 
+def data_seen(r: RunRecord) -> str | None:
+    """How many epochs of its corpus the run trains on, or None (an unreadable corpus or
+    config: Live still shows the run)."""
+    try:
+        cfg = TrainConfig.from_dict(r.config)
+    except GptdashError:
+        return None
+    epochs = run_epochs(cfg, look_all([cfg.corpus], home.cache_dir())[cfg.corpus])
+    return None if epochs is None else f"Data: {epochs_short(epochs)}, {epochs_text(epochs)}"
+
+
 def tick() -> None:
     r = store.get_run(run_id)
     if r.status != run.status and r.status not in ACTIVE:
@@ -343,6 +366,8 @@ def tick() -> None:
     samples()
 
 
+if seen := data_seen(run):  # once a page run: it reads the corpus's stat and the cache
+    st.caption(plain(seen))  # plain: "~2 epochs … ~4 M" would read as strikethrough
 live()
 
 

@@ -2,12 +2,10 @@
 """New run: pick hyperparameters, see what they cost, press Start."""
 
 from dataclasses import replace
-from pathlib import Path
 
 import streamlit as st
 
 from gptcore.config import PRESETS, TrainConfig, field_info, preset
-from gptcore.data import BUILTIN
 from gptcore.errors import GptdashError
 from gptcore.hf import shape_problem, with_hf_shape
 from gptcore.hf_cache import cached_gpt2_folders, hf_cache_dir
@@ -19,18 +17,22 @@ from storage.names import NAME_MAX
 from storage.status import RunStatus
 from storage.tags import parse_tags
 from ui.config_diff import config_from_upload, config_json_bytes
+from ui.corpora import look_all, offered, option_label, table_rows
 from ui.defaults import newest_finished
+from ui.epochs import epochs_short, epochs_text, repeat_warning, run_epochs
 from ui.figures import lr_schedule_figure
 from ui.form import form_groups, form_problems, launch_summary
 from ui.paths import shown_path
 from ui.plain_text import plain
-from ui.uploads import page_corpus_problem, renamed_note, save_upload
+from ui.uploads import UPLOAD_SUFFIXES, page_corpus_problem, renamed_note, save_upload
 from ui.widgets import get_store, run_label, run_on_choice, user_errors
 
 store = get_store()
 INFO = field_info()
-CORPUS_SUFFIXES = (".txt", ".md", ".text", ".csv", ".json", ".py", ".rst", ".html", ".xml")
+# Streamlit's uploader keeps a whole file in the server's memory (ui.uploads): modest files
+# only, as .streamlit/config.toml's maxUploadSize says too; larger corpora go in data/.
 MAX_UPLOAD_MB = 50
+PREPARING_EVERY_S = 3.0  # the corpora table's refresh while a corpus is being tokenized
 GROUP_TITLES = {"model": "Model", "data": "Data", "optimization": "Optimization",
                 "schedule": "Learning-rate schedule", "evaluation": "Evaluation and checkpoints",
                 "fine-tune": "Fine-tuning", "system": "System"}
@@ -52,18 +54,17 @@ def wkey(name: str) -> str:
     return f"f{st.session_state.form_gen}_{name}"
 
 
-def corpus_options() -> list[str]:
-    files = [p for folder in (home.uploads_dir(), home.data_dir()) for p in sorted(folder.iterdir())
-             if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES]
-    return [BUILTIN] + [str(p) for p in files]
-
-
-def corpus_label(value: str) -> str:
-    if value == BUILTIN:
-        return "built-in: Python reference docs (~466 kB)"
-    p = Path(value)
-    return (f"{p.parent.name}/{p.name} ({p.stat().st_size / 1024:,.0f} kB)" if p.exists()
-            else shown_path(value))
+def show_corpora() -> None:
+    """The corpora on offer, their size, documents, tokens and state: read from stat and
+    the token cache's manifests, never by tokenizing here."""
+    shown = look_all(offered((home.uploads_dir(), home.data_dir())), home.cache_dir())
+    # A table that wraps its cells: a scrolling grid in this narrow column hid the last
+    # columns. Its cells read Markdown, and file names are people's text: plain.
+    st.table([{name: plain(value) for name, value in row.items()}
+              for row in table_rows(shown.values())], hide_index=True, border="horizontal")
+    st.caption("A corpus not tokenized yet is tokenized once, when the first run on it "
+               "starts (a large one by the worker: Live shows how far it has got); every "
+               "later run reuses its tokens.")
 
 
 # ---- where the form starts from --------------------------------------------------------------
@@ -131,6 +132,11 @@ with st.expander("Start from GPT-2 weights (a Hugging Face folder on this machin
     if hf_note := st.session_state.pop("hf_note", None):
         st.info(plain(hf_note))  # it quotes a path
 
+corpus_choices = offered((home.uploads_dir(), home.data_dir()))
+looks = look_all(corpus_choices, home.cache_dir())
+corpora_table = st.fragment(show_corpora, run_every=PREPARING_EVERY_S if any(
+    c.preparing for c in looks.values()) else None)
+
 base: TrainConfig = st.session_state.form_base
 if "pending_corpus" in st.session_state:
     # A corpus was just uploaded: select it (before the widget exists in this run).
@@ -158,11 +164,13 @@ with form_col:
                         st.session_state[key] = (f"{default:g}" if meta["type"] is float
                                                  else default)
                     if name == "corpus":
-                        options = corpus_options()
+                        options = list(corpus_choices)
                         if st.session_state[key] not in options:
                             options.append(str(st.session_state[key]))
-                        values[name] = st.selectbox("corpus", options, key=key,
-                                                    format_func=corpus_label, help=meta["help"])
+                            looks.update(look_all([options[-1]], home.cache_dir()))
+                        values[name] = st.selectbox(
+                            "corpus", options, key=key,
+                            format_func=lambda c: option_label(looks[c]), help=meta["help"])
                     elif name == "init_from":
                         choices = [""] + [str(r.id) for r in finished]
                         if st.session_state[key] not in choices:
@@ -185,9 +193,10 @@ with form_col:
                     slots[name] = st.empty()
             if group == "data":
                 upload = st.file_uploader(
-                    f"Upload a UTF-8 text corpus (up to {MAX_UPLOAD_MB} MB); it is kept in the "
-                    "home folder for reuse", type=[s.lstrip(".") for s in CORPUS_SUFFIXES],
-                    key="corpus_upload")
+                    f"Upload a corpus file (text, JSON Lines, Parquet, gzip or zstd; up to "
+                    f"{MAX_UPLOAD_MB} MB); it is kept in the home folder for reuse",
+                    type=[s.lstrip(".") for s in UPLOAD_SUFFIXES], key="corpus_upload",
+                    max_upload_size=MAX_UPLOAD_MB)
                 is_new = upload is not None and (
                     st.session_state.get("corpus_upload_id") != upload.file_id)
                 if is_new:
@@ -204,6 +213,10 @@ with form_col:
                         st.error(plain(exc))  # it may quote the file's name
                 if note := st.session_state.pop("corpus_note", None):
                     st.info(plain(note))  # once, in the run after the upload
+                st.caption(plain(f"A corpus over {MAX_UPLOAD_MB} MB, or a folder of files: put "
+                                 f"it in {shown_path(home.data_dir())} and it is listed "
+                                 "below (the uploader holds a file in memory)."))
+                corpora_table()
 
 cfg, problems = form_problems(values, TrainConfig())
 if cfg is not None and (hf_problem := shape_problem(cfg)):  # init_from=hf:DIR's shape
@@ -236,6 +249,13 @@ with summary_col:
         else:
             st.caption(f"Duration estimated from run #{pace.run_id}'s throughput (scaled by "
                        "FLOPs), evaluations and start-up, with checkpoint saves.")
+        epochs = None if "corpus" in problems else run_epochs(
+            cfg, looks.get(cfg.corpus) or look_all([cfg.corpus], home.cache_dir())[cfg.corpus])
+        if epochs is not None:
+            st.metric("Epochs", epochs_short(epochs))
+            st.caption(plain(epochs_text(epochs)))  # "~… ~" would read as strikethrough
+            if warning := repeat_warning(epochs):
+                st.warning(plain(warning))  # a warning, not a refusal: Start stays enabled
         if "max_steps" not in problems and "lr" not in problems:
             st.plotly_chart(lr_schedule_figure(cfg), key="lr_preview")
     name = st.text_input("Run name", placeholder="optional; a name is made from the config",

@@ -23,9 +23,12 @@ from jobs.sweeps import (
     plan_sweep,
     submit_sweep,
 )
+from storage import home
 from storage.names import NAME_MAX, one_line
 from storage.status import ACTIVE, Executor, RunStatus
 from ui.compute import last_values
+from ui.corpora import look_all
+from ui.epochs import epochs_short, epochs_span, plan_warning, run_epochs
 from ui.live import LastBuilt
 from ui.plain_text import plain
 from ui.sweeps import (
@@ -157,13 +160,21 @@ with summary_col:
         runs_text, time_text = plan_summary(len(plan.configs), plan.estimated_seconds)
         st.metric("This sweep makes", runs_text)
         st.metric("Training time", time_text)
+        # Each run's epochs of its corpus: from the token cache, or estimated from its size.
+        corpora = look_all((c.corpus for c in plan.configs), home.cache_dir())
+        epochs = [run_epochs(c, corpora[c.corpus]) for c in plan.configs]
+        if span := epochs_span(epochs):
+            st.metric("Epochs per run", span)
+        if warning := plan_warning(epochs):
+            st.warning(plain(warning))  # a warning, not a refusal: Start stays enabled
         st.caption("The runs train one after another. Time from this machine's last finished "
                    "run's throughput, scaled by FLOPs, with evaluations, checkpoints and "
                    "start-up." if rate else
                    "The runs train one after another. Time is a rough CPU guess until a run "
                    "has finished here.")
         with st.expander(f"The {runs_text}"):
-            st.text("\n".join(plan.label(i) for i in range(len(plan.configs))))
+            st.text("\n".join(plan.label(i) + (f" · {epochs_short(e)}" if e else "")
+                               for i, e in enumerate(epochs)))
     on = run_on_choice("sweep_on")
     if st.button("Start sweep", type="primary", disabled=plan is None,
                  width="stretch") and plan is not None:

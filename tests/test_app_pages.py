@@ -328,6 +328,31 @@ def test_live_charts_turned_off_before_the_first_metrics_still_show_them(empty_a
     store.close()
 
 
+def test_live_shows_how_far_a_running_runs_corpus_is_tokenized_before_its_first_metrics(
+        empty_app, home):
+    import os
+    from dataclasses import asdict
+
+    from gptcore.tokens import Progress
+    from storage.home import cache_dir
+
+    store = RunStore()
+    _running_run(store, "big corpus")  # tiny: the built-in text, byte tokenizer
+    folder = cache_dir() / "tokens-0123-byte.1-x.tmp"  # a preparation under way, by pid
+    folder.mkdir(parents=True)
+    state = Progress("builtin", "byte", 450, 1000, 3_100_000, 7, time.time() - 10, os.getpid())
+    (folder / "progress.json").write_text(json.dumps(asdict(state)))
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/live.py")
+    bars = [shown(p.proto.text) for p in at.get("progress")]
+    assert any(b.startswith("tokenizing corpus: 45% (") for b in bars), bars
+    assert "Waiting for the first metrics…" not in _texts(at.info)
+    # How much of its corpus the run sees: tiny's 400 steps of 2,048 tokens, estimated.
+    assert "Data: ~2.0 epochs, 819 k tokens trained on, of ~420 k" in _texts(at.caption)
+    store.close()
+
+
 def test_compare_page_overlays_runs_and_lists_the_differing_lr(trained_app):
     at, ids = trained_app
     at.run()
@@ -489,8 +514,9 @@ def test_valid_form_enables_start_and_summarises_the_cost(empty_app):
     assert not _start_button(at).disabled
     metrics = {m.label: m.value for m in at.metric}
     assert set(metrics) == {"Parameters", "FLOPs per token", "Memory estimate", "Tokens per step",
-                            "Estimated duration"}
+                            "Estimated duration", "Epochs"}
     assert metrics["Tokens per step"] == "2,048"  # tiny preset: batch 32 x context 64
+    assert metrics["Epochs"] == "~2.0 epochs"  # of the built-in text, not tokenized yet
     assert metrics["Estimated duration"] == "—"  # nothing has run on this machine yet
     [lr_chart] = _plotly_specs(at)
     assert lr_chart["layout"]["title"]["text"].startswith("Learning rate")
@@ -585,6 +611,21 @@ def test_sweep_form_counts_runs_refuses_bad_values_and_queues_a_sweep(empty_app,
     assert sorted(r.config["lr"] for r in runs) == [1e-3, 3e-3]
     assert all(r.config["max_steps"] == 20 for r in runs)
     assert "of 2 runs completed" in _texts(at.markdown)
+
+
+def test_a_planned_sweep_shows_each_runs_epochs_and_warns_past_four(empty_app, home):
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/sweeps.py")
+    # tiny: 2,048 tokens a step on the built-in text's ~420 k training tokens (estimated).
+    at.text_area(key="sweep_overrides").input("max_steps=100").run()
+    at.text_input(key="sweep_grid_values_0").input("1e-3,3e-3").run()
+    assert {m.label: m.value for m in at.metric}["Epochs per run"] == "~0.49 epochs"
+    assert not [w for w in at.warning if "repeat" in w.value]
+    at.text_area(key="sweep_overrides").input("max_steps=1000").run()
+    assert "lr=0.001 · ~4.9 epochs" in at.text[0].value
+    assert "2 of 2 runs repeat their training data more than 4 times" in _texts(at.warning)
+    assert not [b for b in at.button if b.label == "Start sweep"][0].disabled
 
 
 def test_sweep_form_repeats_each_point_with_seeds_and_charts_their_means(empty_app, home):

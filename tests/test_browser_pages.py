@@ -213,7 +213,7 @@ def test_a_corpus_uploaded_again_under_its_name_with_other_text_keeps_both(
     first, second = b"The text a run trained on.\n" * 300, b"Other text, same name.\n" * 50
     open_page(page, f"{server}/")
     uploader = page.locator('[data-testid="stFileUploader"]').filter(
-        has_text="Upload a UTF-8 text corpus").locator('input[type="file"]')
+        has_text="Upload a corpus file").locator('input[type="file"]')
     for raw in (first, second):
         rerun(page, lambda raw=raw: uploader.set_input_files(
             files=[{"name": "big.txt", "mimeType": "text/plain", "buffer": raw}]))
