@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_analysis_imports_nothing_heavy_or_from_upper_layers():
     # A fresh interpreter, so modules other tests imported cannot hide an import.
-    code = ("import sys, analysis.forecast, analysis.family, analysis.sweep, analysis.frontier; "
+    code = ("import sys, analysis.forecast, analysis.family, analysis.sweep, analysis.frontier, "
+            "analysis.scaling, analysis.isoflop, analysis.ladder, analysis.planner; "
             "bad = sorted(m for m in ('torch', 'streamlit', 'plotly', 'sqlalchemy', 'storage', "
             "'jobs', 'ui', 'gptcore') if m in sys.modules); print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

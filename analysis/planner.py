@@ -1,0 +1,179 @@
+"""The budget planner's core: from runs' (N, D, loss), what to train for a budget.
+
+How much it can say depends on how many model sizes the runs span:
+
+- three sizes or more (and five runs): the law is fitted whole (``analysis.scaling``);
+  the allocation, the predicted loss and their bands are the user's own.
+- two sizes: how the loss falls with N cannot be told apart from noise, so alpha and
+  beta are held at Epoch's refit of Chinchilla (stated in the notes) and E, A and B are
+  fitted; the bands are the bootstrap's and wide. A ladder is proposed alongside.
+- none or one: nothing about N is known. The allocation is Epoch's law's (no band, no
+  loss: a published law's loss says nothing about this corpus and tokenizer) and an
+  IsoFLOP ladder is proposed, to fit the law from.
+
+Every answer comes for half, the whole and twice the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from scipy import optimize
+
+from analysis.ladder import Ladder, Shape, Throughput, nearest_shape, propose_ladder
+from analysis.scaling import (
+    BAND_LEVEL,
+    EPOCH,
+    N_BOOT,
+    Allocation,
+    Band,
+    FlopsPerToken,
+    LawFit,
+    LossLaw,
+    count_sizes,
+    fit_loss_law,
+    token_flops,
+)
+
+MIN_SIZES_TO_FIT = 3
+MIN_RUNS_TO_FIT = 5  # the law's five constants
+MIN_RUNS_FIXED_EXPONENTS = 3  # E, A and B
+BUDGET_MULTIPLES = (0.5, 1.0, 2.0)
+PRIOR = EPOCH  # the law assumed where the runs cannot fit one
+
+
+class PlanMode(StrEnum):
+    """How the plan was made (``Plan.mode``)."""
+
+    FITTED = "fitted"
+    FIXED_EXPONENTS = "fixed_exponents"
+    PRIOR = "prior"
+
+
+@dataclass(frozen=True, eq=False)
+class PlanPoint:
+    """What to train for ``compute`` FLOPs. ``n_opt``/``d_opt``/``tokens_per_param`` are the
+    law's optimum (in PRIOR mode their low and high are NaN: no band). ``shape`` is the
+    nearest shape the user can train (None without shapes), ``params`` and ``tokens`` that
+    shape's parameters and the tokens the budget buys it; ``loss`` the loss predicted for
+    that run with its band (None in PRIOR mode); ``seconds`` its training time (None
+    without a throughput)."""
+
+    compute: float
+    multiple: float
+    n_opt: Band
+    d_opt: Band
+    tokens_per_param: Band
+    shape: Shape | None
+    params: float
+    tokens: float
+    loss: Band | None
+    seconds: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    mode: PlanMode
+    n_runs: int
+    n_sizes: int
+    points: list[PlanPoint]
+    fit: LawFit | None
+    ladder: Ladder | None
+    notes: list[str]
+
+    @property
+    def main(self) -> PlanPoint:
+        """The point at the budget asked for (multiple 1)."""
+        return next(p for p in self.points if p.multiple == 1.0)
+
+
+def compute_for_tokens(law: LossLaw, tokens: float,
+                       flops_per_token: FlopsPerToken | None = None) -> float:
+    """The budget whose compute-optimal run trains on ``tokens`` tokens (D_opt grows with C)."""
+    if not tokens > 0:
+        raise ValueError(f"tokens must be positive, not {tokens}")
+
+    def gap(log_c: float) -> float:
+        return math.log(float(law.optimal(math.exp(log_c), flops_per_token)[1]) / tokens)
+
+    # D_opt lies between C**0.1 and C, so log C lies between log D and 10 log D.
+    low, high = math.log(tokens), 10 * math.log(max(tokens, math.e)) + 10
+    return math.exp(optimize.brentq(gap, low, high, xtol=1e-9))
+
+
+def _at(band: Band, i: int) -> Band:
+    return Band(band.value[i], band.low[i], band.high[i], band.level)
+
+
+def _point(allocation: Allocation, i: int, fit: LawFit | None, shapes: Sequence[Shape],
+           throughput: Throughput | None, flops_per_token: FlopsPerToken | None) -> PlanPoint:
+    """The plan for the i-th budget of ``allocation``."""
+    compute = float(allocation.compute[i])
+    n_opt = float(allocation.n.value[i])
+    shape = nearest_shape(shapes, n_opt) if shapes else None
+    params = float(shape.params) if shape else n_opt
+    tokens = float(compute / token_flops(flops_per_token, np.asarray(params)))
+    loss = fit.predict(params, tokens) if fit else None
+    seconds = float(throughput.seconds(params, tokens)) if throughput else None
+    return PlanPoint(compute, BUDGET_MULTIPLES[i], _at(allocation.n, i), _at(allocation.d, i),
+                     _at(allocation.tokens_per_param, i), shape, params, tokens, loss, seconds)
+
+
+def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
+         loss: Sequence[float] | np.ndarray, compute: float, *, shapes: Sequence[Shape] = (),
+         flops_per_token: FlopsPerToken | None = None, throughput: Throughput | None = None,
+         ladder_time_s: float | None = None, n_boot: int = N_BOOT, seed: int = 0,
+         level: float = BAND_LEVEL) -> Plan:
+    """Plan ``compute`` FLOPs from runs of ``n`` parameters on ``d`` tokens that reached
+    ``loss`` (finished runs' final val loss, or a calibrated forecast of it).
+
+    ``shapes`` (``ladder.shape_ladder``) turn the optimal N into a shape; ``throughput``
+    (``ladder.fit_throughput``) turns tokens into seconds; with both and ``ladder_time_s``
+    an IsoFLOP ladder that trains in that time is proposed whenever the runs span fewer than
+    MIN_SIZES_TO_FIT sizes. ValueError for unusable runs or budget.
+    """
+    if not compute > 0:
+        raise ValueError(f"the budget must be a positive number of FLOPs, not {compute}")
+    n_arr, d_arr = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    sizes = count_sizes(n_arr)
+    notes: list[str] = []
+    fit: LawFit | None = None
+    if sizes >= MIN_SIZES_TO_FIT and n_arr.size >= MIN_RUNS_TO_FIT:
+        mode = PlanMode.FITTED
+        fit = fit_loss_law(n_arr, d_arr, loss, n_boot=n_boot, seed=seed, level=level)
+    elif sizes >= 2 and n_arr.size >= MIN_RUNS_FIXED_EXPONENTS:
+        mode = PlanMode.FIXED_EXPONENTS
+        fit = fit_loss_law(n_arr, d_arr, loss, fixed_exponents=PRIOR, n_boot=n_boot, seed=seed,
+                           level=level)
+        notes.append(f"{sizes} model sizes cannot fit how the loss falls with size: the "
+                     f"exponents are held at Epoch AI's refit of Chinchilla (alpha "
+                     f"{PRIOR.alpha}, beta {PRIOR.beta}) and only E, A and B are fitted; "
+                     "train runs of a third size to fit them")
+    else:
+        mode = PlanMode.PRIOR
+        notes.append(f"{n_arr.size} run(s) of {sizes} model size(s) cannot fit a law: the "
+                     "model size and tokens follow Epoch AI's refit of Chinchilla, with no "
+                     "band and no loss; train the proposed IsoFLOP ladder to plan from your "
+                     "own runs")
+    budgets = np.array([compute * m for m in BUDGET_MULTIPLES])
+    if fit is not None:
+        allocation = fit.optimal(budgets, flops_per_token)
+    else:
+        n_opt, d_opt = PRIOR.optimal(budgets, flops_per_token)
+        unknown = np.full(budgets.shape, np.nan)
+        allocation = Allocation(budgets, *(Band(v, unknown, unknown, level)
+                                           for v in (n_opt, d_opt, d_opt / n_opt)))
+    points = [_point(allocation, i, fit, shapes, throughput, flops_per_token)
+              for i in range(budgets.size)]
+    ladder = None
+    if mode != PlanMode.FITTED and shapes and throughput and ladder_time_s:
+        ladder = propose_ladder(ladder_time_s, throughput, shapes,
+                                law=fit.law if mode == PlanMode.FIXED_EXPONENTS else PRIOR,
+                                flops_per_token=flops_per_token)
+    return Plan(mode=mode, n_runs=int(n_arr.size), n_sizes=sizes, points=points, fit=fit,
+                ladder=ladder, notes=notes)
+
