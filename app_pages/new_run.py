@@ -2,6 +2,7 @@
 """New run: pick hyperparameters, see what they cost, press Start."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import streamlit as st
 
@@ -17,7 +18,7 @@ from storage.names import NAME_MAX
 from storage.status import RunStatus
 from storage.tags import parse_tags
 from ui.config_diff import config_from_upload, config_json_bytes
-from ui.corpora import look_all, offered, option_label, table_rows
+from ui.corpora import Corpus, look_all, offered, option_label, table_rows
 from ui.defaults import newest_finished
 from ui.epochs import epochs_short, epochs_text, repeat_warning, run_epochs
 from ui.figures import lr_schedule_figure
@@ -54,10 +55,21 @@ def wkey(name: str) -> str:
     return f"f{st.session_state.form_gen}_{name}"
 
 
+@st.cache_data(ttl=2, show_spinner=False)
+def _looks(corpora: tuple[str, ...], cache_dir: str) -> dict[str, Corpus]:
+    return look_all(corpora, Path(cache_dir))
+
+
+def corpus_looks(corpora: tuple[str, ...]) -> dict[str, Corpus]:
+    """``look_all`` at the token cache, kept two seconds: a page run and its corpora table
+    share one look (a folder of 2,000 files costs ~0.2 s to list and fingerprint)."""
+    return _looks(corpora, str(home.cache_dir()))
+
+
 def show_corpora() -> None:
     """The corpora on offer, their size, documents, tokens and state: read from stat and
     the token cache's manifests, never by tokenizing here."""
-    shown = look_all(offered((home.uploads_dir(), home.data_dir())), home.cache_dir())
+    shown = corpus_looks(tuple(offered((home.uploads_dir(), home.data_dir()))))
     # A table that wraps its cells: a scrolling grid in this narrow column hid the last
     # columns. Its cells read Markdown, and file names are people's text: plain.
     st.table([{name: plain(value) for name, value in row.items()}
@@ -133,7 +145,7 @@ with st.expander("Start from GPT-2 weights (a Hugging Face folder on this machin
         st.info(plain(hf_note))  # it quotes a path
 
 corpus_choices = offered((home.uploads_dir(), home.data_dir()))
-looks = look_all(corpus_choices, home.cache_dir())
+looks = dict(corpus_looks(tuple(corpus_choices)))
 corpora_table = st.fragment(show_corpora, run_every=PREPARING_EVERY_S if any(
     c.preparing for c in looks.values()) else None)
 
@@ -167,7 +179,7 @@ with form_col:
                         options = list(corpus_choices)
                         if st.session_state[key] not in options:
                             options.append(str(st.session_state[key]))
-                            looks.update(look_all([options[-1]], home.cache_dir()))
+                            looks.update(corpus_looks((options[-1],)))
                         values[name] = st.selectbox(
                             "corpus", options, key=key,
                             format_func=lambda c: option_label(looks[c]), help=meta["help"])
@@ -250,7 +262,7 @@ with summary_col:
             st.caption(f"Duration estimated from run #{pace.run_id}'s throughput (scaled by "
                        "FLOPs), evaluations and start-up, with checkpoint saves.")
         epochs = None if "corpus" in problems else run_epochs(
-            cfg, looks.get(cfg.corpus) or look_all([cfg.corpus], home.cache_dir())[cfg.corpus])
+            cfg, looks.get(cfg.corpus) or corpus_looks((cfg.corpus,))[cfg.corpus])
         if epochs is not None:
             st.metric("Epochs", epochs_short(epochs))
             st.caption(plain(epochs_text(epochs)))  # "~… ~" would read as strikethrough
