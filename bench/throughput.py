@@ -22,10 +22,13 @@ or its git directory, into the ignored ``third_party/nanoGPT/``, never into ours
 loop style (train.py's memmapped uint16 ``get_batch``, ``configure_optimizers``' AdamW,
 ``clip_grad_norm_``, ``loss.item()`` only at log points) beside the bare Trainer and the real
 path, on the same shape, data (our corpus's ids written to ``train.bin``/``val.bin``),
-biases (all on, as nanoGPT's ``bias=True``), dropout, clipping, batch, optimizer settings and
-threads, alternating rounds; it prints both sides' settings first. Timing starts
-after ``--warmup`` steps, so compilation and first-touch allocations are excluded.
-One JSON line per measurement on stdout.
+biases (all on, as nanoGPT's ``bias=True``), activation (its erf GELU, our ``gelu_exact``;
+``--activation gelu`` for ours, GPT-2's tanh form), dropout, clipping, batch, optimizer
+settings and threads, alternating rounds; it prints both sides' settings first. Beside the
+tokens/s of a whole run it reports its fastest ``--log-interval`` window, which on a machine
+others load estimates the unloaded speed. Timing starts after ``--warmup`` steps, so
+compilation and first-touch allocations are excluded. One JSON line per measurement on
+stdout (per run on stderr).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -50,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptcore.config import TrainConfig, apply_overrides, preset  # noqa: E402
+from gptcore.config import ACTIVATIONS, TrainConfig, apply_overrides, preset  # noqa: E402
 from gptcore.data import load_data  # noqa: E402
 from gptcore.estimate import flops_per_token, peak_flops  # noqa: E402
 from gptcore.model import GPTModel  # noqa: E402
@@ -105,6 +109,8 @@ def bench_config(args) -> TrainConfig:
         overrides["device"] = args.device
     if args.guard_interval:
         overrides["guard_interval"] = args.guard_interval
+    if args.activation:
+        overrides["activation"] = args.activation
     return apply_overrides(cfg, overrides).validate()
 
 
@@ -115,6 +121,17 @@ def _rate(cfg: TrainConfig, marks: list[tuple[int, float]], warmup: int) -> tupl
     steps = s1 - s0
     seconds = t1 - t0
     return steps * cfg.tokens_per_step / seconds, 1000 * seconds / steps
+
+
+# The fastest log_interval steps of a run, in tokens/s: on a machine others load, the window
+# that ran alone, or nearest to it.
+BEST_WINDOW = "tokens_per_sec_best_window"
+
+
+def _best_window(cfg: TrainConfig, marks: list[tuple[int, float]], warmup: int) -> float:
+    timed = [(s, t) for s, t in marks if s + 1 >= warmup]
+    return round(max((s1 - s0) * cfg.tokens_per_step / (t1 - t0)
+                     for (s0, t0), (s1, t1) in itertools.pairwise(timed)), 1)
 
 
 def _result(mode: str, cfg: TrainConfig, tps: float, ms: float, device: torch.device) -> dict:
@@ -141,6 +158,7 @@ def run_real(cfg: TrainConfig, warmup: int) -> dict:
     rows = len(store.metrics([run_id]))
     device = resolve_device(cfg.device)
     out = _result("gptdash", cfg, *_rate(cfg, clock.marks, warmup), device)
+    out[BEST_WINDOW] = _best_window(cfg, clock.marks, warmup)
     out["metric_rows_written"] = rows
     out["run_id"] = run_id
     return out
@@ -151,7 +169,9 @@ def run_bare(cfg: TrainConfig, warmup: int) -> dict:
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(cfg, checkpoint_dir=Path(tmp), cache_dir=_cache_dir(), callbacks=clock).run()
-    return _result("bare", cfg, *_rate(cfg, clock.marks, warmup), resolve_device(cfg.device))
+    out = _result("bare", cfg, *_rate(cfg, clock.marks, warmup), resolve_device(cfg.device))
+    out[BEST_WINDOW] = _best_window(cfg, clock.marks, warmup)
+    return out
 
 
 def run_eager(cfg: TrainConfig, warmup: int) -> dict:
@@ -270,10 +290,8 @@ def run_nanogpt(cfg: TrainConfig, warmup: int) -> dict:
 
     model.train()
     X, Y = get_batch("train")
-    start = None
+    marks = []  # (steps done, time) at each log point, as StepClock notes ours
     for it in range(cfg.max_steps):
-        if it == warmup:
-            start = time.perf_counter()
         lr = lr_at(it, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -286,13 +304,12 @@ def run_nanogpt(cfg: TrainConfig, warmup: int) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if it % cfg.log_interval == 0:
+        if (it + 1) % cfg.log_interval == 0 or it + 1 == cfg.max_steps:
             loss.item()
-    loss.item()
-    seconds = time.perf_counter() - start
-    steps = cfg.max_steps - warmup
-    return _result("nanogpt", cfg, steps * cfg.tokens_per_step / seconds, 1000 * seconds / steps,
-                   device)
+            marks.append((it + 1, time.perf_counter()))
+    out = _result("nanogpt", cfg, *_rate(cfg, marks, warmup), device)
+    out[BEST_WINDOW] = _best_window(cfg, marks, warmup)
+    return out
 
 
 def _groups(groups: list[dict]) -> list[dict]:
@@ -330,20 +347,23 @@ def nanogpt_settings(cfg: TrainConfig, source: str) -> dict:
 
 
 def interleaved(runners: dict, cfgs: dict[str, TrainConfig], warmup: int,
-                repeat: int) -> dict[str, float]:
-    """Run every mode once per round, ``repeat`` rounds; per run a JSON line on stderr, then
-    per mode its best run with the median tokens/s on stdout. Returns the medians."""
+                repeat: int) -> dict[str, dict[str, float]]:
+    """Run every mode once per round, ``repeat`` rounds, the order reversed every other round
+    so a load that rises or falls favours none; per run a JSON line on stderr, then per mode
+    its best run with the median tokens/s on stdout. Returns per mode the medians of
+    tokens/s and, where measured, of the best window."""
     results: dict[str, list[dict]] = {k: [] for k in runners}
-    for _ in range(repeat):
-        for name, fn in runners.items():
+    for i in range(repeat):
+        for name, fn in list(runners.items())[::-1 if i % 2 else 1]:
             results[name].append({**fn(cfgs[name], warmup), "mode": name})
             print(json.dumps({k: v for k, v in results[name][-1].items() if k != "config"}),
                   file=sys.stderr)
-    medians = {name: statistics.median(r["tokens_per_sec"] for r in rs)
+    medians = {name: {key: statistics.median(r[key] for r in rs)
+                      for key in ("tokens_per_sec", BEST_WINDOW) if key in rs[0]}
                for name, rs in results.items()}
     for name, rs in results.items():
         best = max(rs, key=lambda r: r["tokens_per_sec"])
-        print(json.dumps({**best, "tokens_per_sec_median": medians[name],
+        print(json.dumps({**best, **{f"{k}_median": v for k, v in medians[name].items()},
                           "tokens_per_sec_all": [r["tokens_per_sec"] for r in rs]}))
     return medians
 
@@ -390,6 +410,8 @@ def main() -> None:
     p.add_argument("--device")
     p.add_argument("--log-interval", type=int, default=10)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--activation", choices=ACTIVATIONS,
+                   help="the feed-forward activation (with --nanogpt: gelu_exact, its own)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--bare", action="store_true", help="no callbacks, no database")
     mode.add_argument("--eager", action="store_true", help="a plain hand-written loop")
@@ -410,20 +432,24 @@ def main() -> None:
     cfg = bench_config(args)
     if args.nanogpt is not None:  # "" without DIR: the copy already fetched, or the mirror
         source = fetch_nanogpt(Path(args.nanogpt) if args.nanogpt else None)
-        # nanoGPT's bias=True puts a bias in every linear layer and norm: ours too.
-        cfg = replace(cfg, model=replace(cfg.model, qkv_bias=True)).validate()
+        # nanoGPT's bias=True puts a bias in every linear layer and norm: ours too; and its
+        # nn.GELU() is the erf form, our gelu_exact, unless --activation says otherwise.
+        cfg = replace(cfg, model=replace(cfg.model, qkv_bias=True,
+                                         activation=args.activation or "gelu_exact")).validate()
         print(json.dumps(nanogpt_settings(cfg, source)))
         runners = {"nanogpt": run_nanogpt, "bare": run_bare, "gptdash": run_real}
         summary = interleaved(runners, dict.fromkeys(runners, cfg), args.warmup, args.repeat)
-        print(json.dumps({"bare_vs_nanogpt": round(summary["bare"] / summary["nanogpt"], 4),
-                          "gptdash_vs_nanogpt": round(summary["gptdash"] / summary["nanogpt"],
-                                                      4)}))
+        print(json.dumps({f"{mode}_vs_nanogpt{'' if key == 'tokens_per_sec' else '_best_window'}":
+                          round(summary[mode][key] / summary["nanogpt"][key], 4)
+                          for key in ("tokens_per_sec", BEST_WINDOW)
+                          for mode in ("bare", "gptdash")}))
         return
     if args.all:
         runners = {"eager": run_eager, "bare": run_bare, "gptdash": run_real}
         summary = interleaved(runners, dict.fromkeys(runners, cfg), args.warmup, args.repeat)
-        print(json.dumps({"gptdash_vs_bare": round(summary["gptdash"] / summary["bare"], 4),
-                          "gptdash_vs_eager": round(summary["gptdash"] / summary["eager"], 4)}))
+        tps = {mode: m["tokens_per_sec"] for mode, m in summary.items()}
+        print(json.dumps({"gptdash_vs_bare": round(tps["gptdash"] / tps["bare"], 4),
+                          "gptdash_vs_eager": round(tps["gptdash"] / tps["eager"], 4)}))
         return
     if args.snapshot_cost:
         print(json.dumps(snapshot_cost(cfg, max(args.repeat, 3))))
@@ -431,8 +457,8 @@ def main() -> None:
     if args.guard_cost:
         cfgs = {"guard off": replace(cfg, guard=False), "guard on": replace(cfg, guard=True)}
         summary = interleaved(dict.fromkeys(cfgs, run_bare), cfgs, args.warmup, args.repeat)
-        print(json.dumps({"guard_on_vs_off": round(summary["guard on"] / summary["guard off"],
-                                                   4)}))
+        print(json.dumps({"guard_on_vs_off": round(summary["guard on"]["tokens_per_sec"]
+                                                   / summary["guard off"]["tokens_per_sec"], 4)}))
         return
     fn = run_bare if args.bare else run_eager if args.eager else run_real
     print(json.dumps(fn(cfg, args.warmup)))

@@ -15,7 +15,7 @@ from typing import Any
 
 from gptcore.errors import GptdashError
 
-ACTIVATIONS = ("gelu", "relu", "leaky_relu", "silu", "tanh")
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "leaky_relu", "silu", "tanh")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "muon")
 SCHEDULES = ("constant", "step", "cosine", "linear", "wsd")
 # Schedules that decay to min_lr by max_steps (min_lr must not be above lr).
@@ -61,7 +61,9 @@ class ModelConfig:
     n_layers: int = _f(4, "model", "Transformer blocks.", 1, MAX_LAYERS)
     drop_rate: float = _f(0.0, "model", "Dropout probability.", 0.0, 0.9)
     qkv_bias: bool = _f(False, "model", "Bias in the query/key/value projections.")
-    activation: str = _f("gelu", "model", "Feed-forward activation.", choices=ACTIVATIONS)
+    activation: str = _f("gelu", "model", "Feed-forward activation: gelu is GPT-2's tanh "
+                         "approximation; gelu_exact the erf form (PyTorch's default, nanoGPT's), "
+                         "several times faster on the CPU.", choices=ACTIVATIONS)
     tie_weights: bool = _f(True, "model", "Share the token embedding with the output head.")
 
     def resolved_vocab_size(self, tokenizer: str) -> int:

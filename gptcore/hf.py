@@ -34,9 +34,10 @@ PICKLE_NAME = "pytorch_model.bin"
 # GPT-2's LayerNorm epsilon, which our nn.LayerNorm uses too.
 LAYER_NORM_EPS = 1e-5
 # Our activation -> GPT-2's activation_function (our "gelu" is the tanh approximation,
-# GPT-2's "gelu_new"); read back, both tanh spellings are ours.
-ACTIVATION_TO_HF = {"gelu": "gelu_new", "relu": "relu", "leaky_relu": "leaky_relu",
-                    "silu": "silu", "tanh": "tanh"}
+# GPT-2's "gelu_new"; Hugging Face's "gelu" is the erf form, our "gelu_exact"); read back,
+# both tanh spellings are ours.
+ACTIVATION_TO_HF = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu",
+                    "leaky_relu": "leaky_relu", "silu": "silu", "tanh": "tanh"}
 ACTIVATION_FROM_HF = {**{v: k for k, v in ACTIVATION_TO_HF.items()},
                       "gelu_pytorch_tanh": "gelu", "swish": "silu"}
 # Settings the form fills from the folder: the model's shape and its tokenizer.

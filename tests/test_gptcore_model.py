@@ -31,11 +31,22 @@ def test_changing_a_later_token_never_changes_earlier_logits():
     assert not torch.allclose(a[0, 10:], b[0, 10:])
 
 
-@pytest.mark.parametrize("activation", ["gelu", "relu", "leaky_relu", "silu", "tanh"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_exact", "relu", "leaky_relu", "silu",
+                                        "tanh"])
 def test_every_activation_builds_and_runs(activation):
     model = GPT(small_cfg(activation=activation))
     loss = model(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8)))
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_gelu_is_gpt2s_tanh_approximation_and_gelu_exact_the_erf_form():
+    x = torch.linspace(-4, 4, 101)
+    tanh_form = 0.5 * x * (1 + torch.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+    erf_form = 0.5 * x * (1 + torch.erf(x / 2**0.5))
+    for name, want in (("gelu", tanh_form), ("gelu_exact", erf_form)):
+        act = GPT(small_cfg(activation=name)).blocks[0].ff.act
+        torch.testing.assert_close(act(x), want, atol=1e-6, rtol=0)
+    assert (tanh_form - erf_form).abs().max() > 1e-4  # two different functions
 
 
 def test_weight_tying_shares_one_matrix():

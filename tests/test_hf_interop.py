@@ -73,10 +73,10 @@ def val_losses(store, run_id: int) -> list[float]:
 
 # ---- in: a GPT-2 folder as the start of a run ------------------------------------------------
 @pytest.mark.parametrize("kind", ["safetensors", "pickle", "sharded", "hub-layout",
-                                  "untied-relu"])
+                                  "untied-relu", "erf-gelu"])
 def test_logits_equal_transformers_on_the_same_folder(tmp_path, kind):
-    extra = {"tie_word_embeddings": False, "activation_function": "relu"} \
-        if kind == "untied-relu" else {}
+    extra = {"untied-relu": {"tie_word_embeddings": False, "activation_function": "relu"},
+             "erf-gelu": {"activation_function": "gelu"}}.get(kind, {})
     reference = make_pretrained(tmp_path, pickle_file=kind == "pickle", **extra)
     if kind == "sharded":  # as gpt2-xl-sized folders come: an index and its shards
         (tmp_path / "model.safetensors").unlink()
