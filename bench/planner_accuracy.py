@@ -1,0 +1,187 @@
+"""How well does the planner's law, fitted on small budgets, predict larger ones?
+
+    cd third_party && git clone https://github.com/epoch-research/analyzing-chinchilla
+    git -C analyzing-chinchilla checkout 92258837425e1b5f2851d624287f0120583a3d0e && cd ..
+    .venv/bin/python bench/planner_accuracy.py            # about 15 s on two cores
+
+Data: the (N, C, loss) points Epoch AI extracted from Figure 4 of Hoffmann et al. 2022 for
+their replication (Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"),
+``data/svg_extracted_data.csv`` of github.com/epoch-research/analyzing-chinchilla at the
+commit above. The repository carries no licence, so its data is not copied into ours: the
+bench reads it from the ignored ``third_party/`` folder. As Epoch did, D = C / 6N and the
+five points of highest loss (the smallest models, far off the law) are left out.
+
+1. The whole data: approach 3 (``analysis.scaling``) and approach 2 (``analysis.isoflop``,
+   on the points within 12% of the paper's IsoFLOP budgets) with 80% bootstrap intervals,
+   beside the paper's and Epoch's published values.
+2. Held out: both approaches fitted on the points of compute up to a tenth of the largest
+   IsoFLOP budget (3e21 FLOPs), then (a) the loss of every point above that compute,
+   against the target of 2% mean and 5% worst error, and the share inside the 80% band;
+   (b) N_opt at each larger IsoFLOP budget against that budget's own parabola vertex (the
+   data's IsoFLOP minimum), against the target of a factor 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from analysis.isoflop import assign_budgets, fit_isoflop, parabola_vertex  # noqa: E402
+from analysis.planner import plan  # noqa: E402
+from analysis.scaling import CHINCHILLA, EPOCH, fit_loss_law  # noqa: E402
+
+DATA = ROOT / "third_party" / "analyzing-chinchilla"
+CSV = DATA / "data" / "svg_extracted_data.csv"
+COMMIT = "92258837425e1b5f2851d624287f0120583a3d0e"
+BUDGETS = (6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21)  # the paper's IsoFLOPs
+BUDGET_TOLERANCE = 0.12  # the points' FLOPs are read off a figure
+LEFT_OUT = 5  # Epoch's: the points of highest loss
+CHINCHILLA_BUDGET = 5.76e23  # Chinchilla's own training compute
+# Approach 2's exponents as the paper reports them (Table 2): a for N_opt, b for D_opt.
+PAPER_APPROACH2 = {"n_exponent": 0.49, "d_exponent": 0.51}
+
+
+def load() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not CSV.exists():
+        sys.exit(f"{CSV} is missing: clone the repository as this file's docstring says")
+    with CSV.open() as f:
+        rows = list(csv.DictReader(f))
+    n = np.array([float(r["Model Size"]) for r in rows])
+    c = np.array([float(r["Training FLOP"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    keep = loss < np.sort(loss)[-LEFT_OUT]
+    return n[keep], c[keep], loss[keep]
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(DATA), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def whole(n, c, loss, n_boot: int) -> dict:
+    d = c / (6 * n)
+    fit = fit_loss_law(n, d, loss, n_boot=n_boot)
+    law = fit.law
+    rows = {}
+    for name in ("E", "A", "B", "alpha", "beta", "n_exponent"):
+        rows[name] = {"fit": getattr(law, name), "interval": fit.interval(name),
+                      "paper": getattr(CHINCHILLA, name), "epoch": getattr(EPOCH, name)}
+    at = fit.optimal(CHINCHILLA_BUDGET)
+    rows["tokens_per_param@5.76e23"] = {
+        "fit": float(at.tokens_per_param.value),
+        "interval": (float(at.tokens_per_param.low), float(at.tokens_per_param.high)),
+        "paper": float(np.divide(*CHINCHILLA.optimal(CHINCHILLA_BUDGET)[::-1])),
+        "epoch": float(np.divide(*EPOCH.optimal(CHINCHILLA_BUDGET)[::-1]))}
+    iso = fit_isoflop(n, loss, assign_budgets(c, BUDGETS, BUDGET_TOLERANCE), n_boot=n_boot)
+    approach2 = {name: {"fit": getattr(iso, name), "interval": iso.interval(name),
+                        "paper": PAPER_APPROACH2[name]} for name in PAPER_APPROACH2}
+    return {"points": int(n.size), "approach3": rows, "approach2": approach2,
+            "isoflop_points": int(sum(m.n_points for m in iso.minima))}
+
+
+def held_out(n, c, loss, n_boot: int) -> dict:
+    """Fitted below a tenth of the largest budget, predicted above. Each larger budget's
+    row also gives N_opt from approach 3 fitted on all points (``all_points_n_opt``): where
+    even that fit misses the budget's own vertex, the vertex is off the others' trend."""
+    d = c / (6 * n)
+    everything = fit_loss_law(n, d, loss, n_boot=0)
+    cut = max(BUDGETS) / 10 * (1 + BUDGET_TOLERANCE)
+    train = c <= cut
+    fit = fit_loss_law(n[train], d[train], loss[train], n_boot=n_boot)
+    band = fit.predict(n[~train], d[~train])
+    err = np.abs(band.value / loss[~train] - 1)
+    inside = (band.low <= loss[~train]) & (loss[~train] <= band.high)
+    budget = assign_budgets(c, BUDGETS, BUDGET_TOLERANCE)
+    iso = fit_isoflop(n[train], loss[train], budget[train], n_boot=n_boot)
+    by_budget, ratios3, ratios2 = [], [], []
+    for b in sorted(set(budget[~train & np.isfinite(budget)].tolist())):
+        on = budget == b
+        vertex = parabola_vertex(n[on], loss[on])
+        truth = vertex[0] if vertex and vertex[2] else None
+        n3 = float(fit.optimal(b).n.value)
+        n2 = float(iso.optimal(b).n.value)
+        row = {"budget": b, "points": int(on.sum()),
+               "loss_mean_error": float(err[on[~train]].mean()),
+               "loss_worst_error": float(err[on[~train]].max()),
+               "isoflop_n_opt": truth, "approach3_n_opt": n3, "approach2_n_opt": n2,
+               "all_points_n_opt": float(everything.law.optimal(b)[0])}
+        if truth:
+            ratios3.append(max(n3 / truth, truth / n3))
+            ratios2.append(max(n2 / truth, truth / n2))
+        by_budget.append(row)
+    return {"fit_points": int(train.sum()), "cut_flops": cut, "held_out_points": int(err.size),
+            "loss_mean_error": float(err.mean()), "loss_worst_error": float(err.max()),
+            "band_coverage": float(inside.mean()), "by_budget": by_budget,
+            "n_opt_worst_factor_approach3": max(ratios3, default=None),
+            "n_opt_worst_factor_approach2": max(ratios2, default=None),
+            "fitted": {"alpha": fit.law.alpha, "beta": fit.law.beta, "E": fit.law.E}}
+
+
+def plan_at_chinchilla(n, c, loss, n_boot: int) -> dict:
+    p = plan(n, c / (6 * n), loss, CHINCHILLA_BUDGET, n_boot=n_boot).main
+    return {"mode": "fitted", "n_opt": float(p.n_opt.value),
+            "n_opt_band": (float(p.n_opt.low), float(p.n_opt.high)), "tokens": p.tokens,
+            "loss": float(p.loss.value), "loss_band": (float(p.loss.low), float(p.loss.high))}
+
+
+def show(result: dict) -> None:
+    w = result["whole"]
+    print(f"\nsource: epoch-research/analyzing-chinchilla @ {result['commit']}, "
+          f"data/svg_extracted_data.csv; {w['points']} points")
+    print(f"{'approach 3':<26}{'fit':>10}{'80% interval':>24}{'paper':>10}{'Epoch':>10}")
+    for name, r in w["approach3"].items():
+        lo, hi = r["interval"]
+        print(f"{name:<26}{r['fit']:>10.4g}{f'({lo:.4g}, {hi:.4g})':>24}"
+              f"{r['paper']:>10.4g}{r['epoch']:>10.4g}")
+    print(f"approach 2 ({w['isoflop_points']} IsoFLOP points)")
+    for name, r in w["approach2"].items():
+        lo, hi = r["interval"]
+        print(f"{name:<26}{r['fit']:>10.4g}{f'({lo:.4g}, {hi:.4g})':>24}{r['paper']:>10.4g}")
+    h = result["held_out"]
+    print(f"\nheld out: fitted on {h['fit_points']} points with C <= {h['cut_flops']:.3g}, "
+          f"predicted {h['held_out_points']} above: loss error mean "
+          f"{h['loss_mean_error']:.2%}, worst {h['loss_worst_error']:.2%}, 80% band holds "
+          f"{h['band_coverage']:.0%}")
+    for r in h["by_budget"]:
+        truth = r["isoflop_n_opt"]
+        print(f"  C {r['budget']:.0e} ({r['points']} pts): loss err mean "
+              f"{r['loss_mean_error']:.2%} worst {r['loss_worst_error']:.2%}; N_opt IsoFLOP "
+              f"{truth or float('nan'):.3g}, approach 3 {r['approach3_n_opt']:.3g}, "
+              f"approach 2 {r['approach2_n_opt']:.3g} (approach 3 on all points "
+              f"{r['all_points_n_opt']:.3g})")
+    print(f"  worst N_opt factor: approach 3 {h['n_opt_worst_factor_approach3']:.2f}, "
+          f"approach 2 {h['n_opt_worst_factor_approach2']:.2f}")
+    p = result["plan"]
+    (n_lo, n_hi), (l_lo, l_hi) = p["n_opt_band"], p["loss_band"]
+    print(f"\nplan at 5.76e23 FLOPs: N {p['n_opt']:.3g} ({n_lo:.3g}, {n_hi:.3g}), "
+          f"D {p['tokens']:.3g}, loss {p['loss']:.4f} ({l_lo:.4f}, {l_hi:.4f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boot", type=int, default=300, help="bootstrap resamples")
+    args = parser.parse_args()
+    n, c, loss = load()
+    result = {"commit": commit(), "whole": whole(n, c, loss, args.boot),
+              "held_out": held_out(n, c, loss, args.boot),
+              "plan": plan_at_chinchilla(n, c, loss, args.boot)}
+    if result["commit"] != COMMIT:
+        print(f"note: third_party checkout is at {result['commit']}, not {COMMIT}")
+    print(json.dumps(result, default=float))
+    show(result)
+
+
+if __name__ == "__main__":
+    main()
