@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +123,14 @@ def find_source(corpus: str) -> Source:
 
 
 def _walk(folder: Path) -> Iterator[Path]:
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder).parts
-        if any(part.startswith(".") for part in rel) or not path.is_file():
-            continue
-        yield path
+    """The folder's files, hidden ones and links left out: a link could lead anywhere the
+    server can read, past the folders the pages offer."""
+    for root, dirs, names in os.walk(folder):  # never into a linked folder
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            path = Path(root) / name
+            if not name.startswith(".") and not path.is_symlink() and path.is_file():
+                yield path
 
 
 def _stat(path: Path, root: Path) -> CorpusFile:

@@ -24,7 +24,7 @@ from gptcore.corpus import (
     preflight,
 )
 from gptcore.errors import GptdashError
-from gptcore.tokens import SMALL_CORPUS_BYTES, Progress, lookup, prepare
+from gptcore.tokens import Progress, lookup, prepare
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,7 @@ __all__ = ["BUILTIN", "TextDecoder", "TokenData", "builtin_text", "check_corpus"
            "load_data"]
 
 BINARY_PROBE = 65536  # a NUL byte in a file's first 64 KiB says it is not text
+TINY_CORPUS_BYTES = 1024**2  # tokenized in some 50 ms: checked whole before a run is queued
 
 
 def file_sha256(path: Path) -> str:
@@ -103,15 +104,18 @@ def load_data(corpus: str, tokenizer: str, val_fraction: float, cache_dir: Path,
 
 
 def check_corpus(corpus: str, tokenizer: str, val_fraction: float, cache_dir: Path,
-                 context_length: int, text_field: str = DEFAULT_TEXT_FIELD) -> str:
+                 context_length: int, text_field: str = DEFAULT_TEXT_FIELD, *,
+                 trains_here: bool = False) -> str:
     """What a run is refused before it is queued, cheaply: a missing corpus, a bad format,
-    field or start of text, and, for a corpus already tokenized or small enough to tokenize
-    in well under a second, too few tokens for the context. A large corpus is tokenized by
-    whoever trains the run, never here (here may be the pages' process). Returns the
+    field or start of text, and, for a corpus already tokenized, too few tokens for the
+    context. The corpus is tokenized here only when the run ``trains_here`` (in the
+    foreground: it would be at once anyway) or it is tiny (a blink): else whoever trains
+    the run tokenizes it, never the caller, which may be the pages' process. Returns the
     corpus's fingerprint."""
     ready = lookup(corpus, tokenizer, cache_dir, val_fraction, text_field)
     source = find_source(corpus)
-    if ready is None and (source.kind == "builtin" or source.total_bytes <= SMALL_CORPUS_BYTES):
+    tiny = source.kind == "builtin" or source.total_bytes <= TINY_CORPUS_BYTES
+    if ready is None and (trains_here or tiny):
         ready = prepare(corpus, tokenizer, cache_dir, val_fraction, text_field)
     if ready is None:
         preflight(source, text_field)

@@ -113,7 +113,8 @@ def check_run(store: RunStore, cfg: TrainConfig, *, check_device: bool = True,
         raise GptdashError(problem)
     # A bad or too-short corpus is refused up front; a large one is tokenized by its trainer.
     corpus_print = check_corpus(cfg.corpus, cfg.tokenizer, cfg.val_fraction, home.cache_dir(),
-                                cfg.model.context_length, cfg.text_field)
+                                cfg.model.context_length, cfg.text_field,
+                                trains_here=check_device)
     return parent_id, corpus_print
 
 

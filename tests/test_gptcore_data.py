@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptcore.corpus import find_source
 from gptcore.data import BUILTIN, builtin_text, check_corpus, load_data
 from gptcore.errors import GptdashError
 from gptcore.tokens import lookup, prepare
@@ -93,3 +94,35 @@ def test_check_corpus_refuses_a_short_corpus_before_a_run_is_queued(tmp_path):
     f.write_text("a few words " * 3)
     with pytest.raises(GptdashError, match="too few for context_length 64"):
         check_corpus(str(f), "byte", 0.1, tmp_path / "c", 64)
+
+
+def test_a_run_queued_for_a_worker_leaves_a_large_corpus_for_the_worker_to_tokenize(tmp_path):
+    """The pages queue runs: a corpus past a megabyte is only checked there, never tokenized
+    in the pages' process; a foreground run (trains_here) tokenizes it at once."""
+    f = tmp_path / "big.txt"
+    f.write_text("Enough words to pass a megabyte of text in this corpus file. " * 20_000)
+    cache = tmp_path / "c"
+    check_corpus(str(f), "byte", 0.1, cache, 64)
+    assert lookup(str(f), "byte", cache, 0.1) is None
+    check_corpus(str(f), "byte", 0.1, cache, 64, trains_here=True)
+    assert lookup(str(f), "byte", cache, 0.1) is not None
+
+
+def test_a_large_corpus_with_a_bad_start_is_refused_before_it_is_queued(tmp_path):
+    f = tmp_path / "docs.jsonl"
+    f.write_text('{"body": "no text field here"}\n' * 50_000)
+    with pytest.raises(GptdashError, match=r"line 1 has no field 'text' \(it has: body\)"):
+        check_corpus(str(f), "byte", 0.1, tmp_path / "c", 64)
+
+
+def test_a_folder_corpus_leaves_out_links_and_hidden_files(tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("a file the pages must never offer")
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("one")
+    (folder / "sub" / "b.txt").write_text("two")
+    (folder / ".hidden.txt").write_text("hidden")
+    (folder / "link.txt").symlink_to(outside)
+    (folder / "linked").symlink_to(tmp_path, target_is_directory=True)
+    assert [f.rel for f in find_source(str(folder)).files] == ["a.txt", "sub/b.txt"]
