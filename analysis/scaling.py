@@ -45,6 +45,13 @@ REFINED_STARTS = 24
 GTOL = 1e-7  # on the objective's gradient, which is of order one (``_objective``)
 # Exponents outside these are a fit gone astray.
 EXPONENT_BOUNDS = (0.01, 3.0)
+# The band's widening beyond the fitted runs (``extrapolation_drift``): measured on runs
+# that span DRIFT_SHARE or less of their compute range, else DEFAULT_DRIFT, the value
+# measured on Chinchilla's points fitted below 3.4e19 FLOPs and checked up to 3.4e20
+# (bench/planner_accuracy.py): 1.7% of the loss per decade of compute.
+DRIFT_SHARE = 0.1
+DRIFT_FLOOR = 0.1
+DEFAULT_DRIFT = 0.017
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,10 @@ class LawFit:
 
     ``boot`` holds one (a, b, e, alpha, beta) row per resample. ``residuals`` are the full
     fit's log residuals (log L_hat - log L) of the fitted points. ``fixed_exponents`` says
-    alpha and beta were held (not fitted) at the law's values.
+    alpha and beta were held (not fitted) at the law's values. ``drift`` is how far the
+    law's loss strays, relative, per decade of compute beyond the largest fitted run
+    (``log_nd_max``: log N*D of that run); ``drift_measured`` says it was measured on these
+    runs (:func:`extrapolation_drift`), not taken from ``DEFAULT_DRIFT``.
     """
 
     law: LossLaw
@@ -245,6 +255,9 @@ class LawFit:
     level: float
     fixed_exponents: bool
     seed: int
+    log_nd_max: float
+    drift: float
+    drift_measured: bool
 
     @property
     def residual_std(self) -> float:
@@ -267,12 +280,18 @@ class LawFit:
 
     def predict(self, n: np.ndarray | float, d: np.ndarray | float) -> Band:
         """The loss of a run of N parameters on D tokens: the law's value, and a band for
-        one run's loss that holds both the constants' uncertainty (bootstrap refits) and
-        the scatter of runs around the law (a fitted point's residual, drawn per refit)."""
+        one run's loss. The band holds the constants' uncertainty (bootstrap refits) and
+        the scatter of runs around the law (a fitted point's residual, drawn per refit),
+        widened on each side by ``drift`` per decade of compute beyond the fitted runs:
+        the bootstrap alone cannot see the bias of extrapolating, and held 41% of
+        Chinchilla's larger budgets in its 80% band (bench/planner_accuracy.py)."""
         scatter = np.random.default_rng(self.seed + 1).choice(self.residuals, len(self.boot))
         samples = law_loss(self.boot, n, d)
         samples = samples * np.exp(-scatter.reshape((-1,) + (1,) * (samples.ndim - 1)))
-        return percentile_band(self.law.loss(n, d), samples, self.level)
+        band = percentile_band(self.law.loss(n, d), samples, self.level)
+        beyond = np.log(np.asarray(n, dtype=float) * np.asarray(d, dtype=float))
+        widen = np.exp(self.drift * np.maximum(beyond - self.log_nd_max, 0.0) / np.log(10))
+        return Band(band.value, band.low / widen, band.high * widen, band.level)
 
     def optimal(self, compute: np.ndarray | float,
                 flops_per_token: FlopsPerToken | None = None) -> Allocation:
@@ -333,6 +352,34 @@ def fit_loss_law(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarra
         pick = rng.integers(0, log_n.size, log_n.size)
         boot[i] = _minimise(best, fixed, log_n[pick], log_d[pick], log_loss[pick], delta)[0]
     residuals = np.log(law_loss(best, np.exp(log_n), np.exp(log_d))) - log_loss
+    drift = extrapolation_drift(best, fixed, log_n, log_d, log_loss, delta, level)
     return LawFit(law=LossLaw.of(best), n_points=int(log_n.size), n_sizes=count_sizes(
         np.exp(log_n)), residuals=residuals, boot=boot, level=level,
-        fixed_exponents=fixed_exponents is not None, seed=seed)
+        fixed_exponents=fixed_exponents is not None, seed=seed,
+        log_nd_max=float((log_n + log_d).max()),
+        drift=DEFAULT_DRIFT if drift is None else drift, drift_measured=drift is not None)
+
+
+def extrapolation_drift(params: np.ndarray, fixed: np.ndarray, log_n: np.ndarray,
+                        log_d: np.ndarray, log_loss: np.ndarray, delta: float,
+                        level: float) -> float | None:
+    """The runs' own measure of how the law strays beyond them: refit (from ``params``) on
+    the runs below a tenth (``DRIFT_SHARE``) of the largest compute, and take the ``level``
+    quantile of each run above's relative miss per decade past that cut (at least
+    ``DRIFT_FLOOR`` decades: a run just past it says little about a slope). None when the
+    runs below cannot fit the law (too few, or under three sizes with free exponents) or
+    fewer than three lie above. Compute is counted as N*D: the FLOPs per token cancel."""
+    log_nd = log_n + log_d
+    cut = log_nd.max() + np.log(DRIFT_SHARE)
+    below = log_nd <= cut
+    enough = 3 if fixed.size else 5
+    sizes = 2 if fixed.size else 3
+    if below.sum() < enough or count_sizes(np.exp(log_n[below])) < sizes or (~below).sum() < 3:
+        return None
+    refit, _ = _minimise(params, fixed, log_n[below], log_d[below], log_loss[below], delta)
+    if np.isnan(refit).any():
+        return None
+    miss = np.abs(np.log(law_loss(refit, np.exp(log_n[~below]), np.exp(log_d[~below])))
+                  - log_loss[~below])
+    decades = np.maximum((log_nd[~below] - cut) / np.log(10), DRIFT_FLOOR)
+    return float(np.quantile(miss / decades, level))

@@ -19,7 +19,15 @@ from analysis.ladder import (
     width_after,
 )
 from analysis.planner import PlanMode, compute_for_tokens, plan
-from analysis.scaling import CHINCHILLA, EPOCH, LossLaw, count_sizes, fit_loss_law, optimal_n
+from analysis.scaling import (
+    CHINCHILLA,
+    DEFAULT_DRIFT,
+    EPOCH,
+    LossLaw,
+    count_sizes,
+    fit_loss_law,
+    optimal_n,
+)
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.estimate import param_count
 
@@ -77,6 +85,20 @@ def test_bootstrap_intervals_hold_the_truth_and_repeat_with_the_seed():
         fit.interval("gamma")
 
 
+def test_band_widens_beyond_the_runs_by_the_drift_they_show():
+    n, d, loss = runs_of(EPOCH, noise=0.01, seed=4)
+    fit = fit_loss_law(n, d, loss, n_boot=40)
+    assert fit.drift_measured and 0 < fit.drift < 0.1
+    inside, beyond = fit.predict(2e8, 4e9), fit.predict(2e10, 4e11)  # beyond: 1 decade
+    assert beyond.high / beyond.value > inside.high / inside.value
+    # Past the runs the band is the bootstrap's widened by exp(drift) per decade.
+    plain = replace(fit, drift=0.0).predict(2e10, 4e11)
+    assert beyond.high / plain.high == pytest.approx(np.exp(fit.drift), rel=1e-9)
+    assert beyond.low / plain.low == pytest.approx(np.exp(-fit.drift), rel=1e-9)
+    assert replace(fit, drift=0.0).predict(2e8, 4e9).high == inside.high
+    assert beyond.low < EPOCH.loss(2e10, 4e11) < beyond.high
+
+
 def test_compute_optimal_split_spends_the_budget_and_beats_its_neighbours():
     c = 1e21
     n_opt, d_opt = EPOCH.optimal(c)
@@ -97,6 +119,8 @@ def test_fixed_exponents_fit_only_the_scales():
     assert (fit.law.alpha, fit.law.beta) == (EPOCH.alpha, EPOCH.beta) and fit.fixed_exponents
     assert np.all(fit.boot[:, 3] == EPOCH.alpha)
     assert fit.law.loss(1e9, 2e10) == pytest.approx(EPOCH.loss(1e9, 2e10), rel=0.01)
+    # Too few runs past a tenth of the largest compute to measure the drift: the default.
+    assert not fit.drift_measured and fit.drift == DEFAULT_DRIFT
 
 
 def test_fit_refuses_unusable_runs():
