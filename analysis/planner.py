@@ -36,6 +36,7 @@ from analysis.scaling import (
     LossLaw,
     count_sizes,
     fit_loss_law,
+    size_groups,
     token_flops,
 )
 
@@ -177,3 +178,36 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     return Plan(mode=mode, n_runs=int(n_arr.size), n_sizes=sizes, points=points, fit=fit,
                 ladder=ladder, notes=notes)
 
+
+@dataclass(frozen=True)
+class LrAdvice:
+    """A learning rate for a model size, and where it comes from (one line)."""
+
+    lr: float
+    how: str
+
+
+def learning_rate_for(n: Sequence[float] | np.ndarray, lr: Sequence[float] | np.ndarray,
+                      loss: Sequence[float] | np.ndarray, target_n: float) -> LrAdvice | None:
+    """The lr for a model of ``target_n`` parameters from runs' sizes, peak lrs and losses.
+
+    Each size's best lr is the lr of its lowest-loss run. From two sizes on, a line in log
+    lr against log N through those (larger models take smaller lrs) gives the target's,
+    unless it rises with N (noise, not a trend): then, as with one size, the best lr at
+    the size nearest the target. Runs of one size that trained on different tokens compare
+    only roughly. None without runs.
+    """
+    n_arr, lr_arr = np.asarray(n, dtype=float), np.asarray(lr, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    groups = size_groups(n_arr)
+    if not groups:
+        return None
+    sizes = np.array([np.exp(np.log(n_arr[g]).mean()) for g in groups])
+    lrs = np.array([lr_arr[g][np.argmin(y[g])] for g in groups])
+    if sizes.size >= 2:
+        slope, level = np.polyfit(np.log(sizes), np.log(lrs), 1)
+        if slope <= 0:
+            return LrAdvice(float(np.exp(level + slope * np.log(target_n))),
+                            f"lr ∝ N^{slope:.2f}, fitted on the best lr of {sizes.size} sizes")
+    nearest = int(np.argmin(np.abs(np.log(sizes / target_n))))
+    return LrAdvice(float(lrs[nearest]), f"the best lr seen at {sizes[nearest]:,.0f} parameters")

@@ -50,6 +50,7 @@ EXPONENT_BOUNDS = (0.01, 3.0)
 # measured on Chinchilla's points fitted below 3.4e19 FLOPs and checked up to 3.4e20
 # (bench/planner_accuracy.py): 1.7% of the loss per decade of compute.
 DRIFT_SHARE = 0.1
+SIZE_TOLERANCE = 0.02  # parameter counts within 2% are one model size
 DRIFT_FLOOR = 0.1
 DEFAULT_DRIFT = 0.017
 
@@ -307,10 +308,20 @@ class LawFit:
                           tokens_per_param=percentile_band(d / n, d_boot / n_boot, self.level))
 
 
-def count_sizes(n: Sequence[float] | np.ndarray, rel_tol: float = 0.02) -> int:
-    """Distinct model sizes among parameter counts: counts within ``rel_tol`` are one."""
-    log_n = np.sort(np.log(np.asarray(n, dtype=float)))
-    return int(log_n.size and 1 + np.count_nonzero(np.diff(log_n) > np.log1p(rel_tol)))
+def size_groups(n: Sequence[float] | np.ndarray,
+                rel_tol: float = SIZE_TOLERANCE) -> list[np.ndarray]:
+    """Indices of the runs of each model size, by increasing size: parameter counts that
+    follow each other within ``rel_tol`` are one size."""
+    log_n = np.log(np.asarray(n, dtype=float))
+    if log_n.size == 0:
+        return []
+    order = np.argsort(log_n, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(log_n[order]) > np.log1p(rel_tol)) + 1)
+
+
+def count_sizes(n: Sequence[float] | np.ndarray, rel_tol: float = SIZE_TOLERANCE) -> int:
+    """Distinct model sizes among parameter counts (:func:`size_groups`)."""
+    return len(size_groups(n, rel_tol))
 
 
 def start_grid() -> np.ndarray:

@@ -18,7 +18,7 @@ from analysis.ladder import (
     shape_ladder,
     width_after,
 )
-from analysis.planner import PlanMode, compute_for_tokens, plan
+from analysis.planner import PlanMode, compute_for_tokens, learning_rate_for, plan
 from analysis.scaling import (
     CHINCHILLA,
     DEFAULT_DRIFT,
@@ -266,3 +266,17 @@ def test_budget_in_tokens_is_the_compute_whose_optimum_trains_on_them():
 def test_sizes_within_two_percent_are_one():
     assert count_sizes([1e6, 1.01e6, 2e6, 4e6]) == 3
     assert count_sizes([]) == 0
+
+
+def test_learning_rate_follows_the_best_of_each_size():
+    n = [1e6, 1e6, 1e6, 4e6, 4e6, 4e6]
+    lr = [1e-3, 3e-3, 1e-2, 1e-3, 3e-3, 1e-2]
+    loss = [2.1, 2.0, 2.2, 1.8, 1.9, 2.3]  # best: 3e-3 at 1e6, 1e-3 at 4e6
+    advice = learning_rate_for(n, lr, loss, 1.6e7)
+    assert advice.lr == pytest.approx(1e-3 / 3)  # a third per 4x in N, one step further
+    assert "2 sizes" in advice.how
+    # A best lr that rises with size is noise: the nearest size's best is kept.
+    rising = learning_rate_for(n, lr, [2.0, 2.1, 2.2, 2.0, 1.9, 2.3], 1.6e7)
+    assert rising.lr == 3e-3 and "4,000,000" in rising.how
+    assert learning_rate_for([1e6, 1e6], [1e-3, 2e-3], [2.0, 1.9], 1e8).lr == 2e-3
+    assert learning_rate_for([], [], [], 1e6) is None
