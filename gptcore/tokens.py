@@ -330,13 +330,11 @@ def _nanogpt_manifest(source: Source, corpus_fingerprint: str, tok, dtype: np.dt
         if f.size % 2:
             raise GptdashError(f"{f.path} is {f.size} bytes, not a whole number of uint16 ids: "
                                "is it a nanoGPT prepared file?")
-        ids = np.memmap(f.path, dtype=np.uint16, mode="r")
-        top = max((int(ids[i:i + (1 << 24)].max()) for i in range(0, len(ids), 1 << 24)),
-                  default=-1)
+        top = _largest_id(f.path)
         if top >= tok.n_vocab:
             raise GptdashError(f"{f.path} holds id {top}, past the {tok.name} tokenizer's "
                                f"{tok.n_vocab} ids: name the tokenizer it was prepared with")
-        counts[split] = len(ids)
+        counts[split] = f.size // 2
     if counts["train"] == 0:
         raise GptdashError(f"corpus {source.corpus!r} is empty: its train.bin has no ids")
     return Manifest(
@@ -346,6 +344,16 @@ def _nanogpt_manifest(source: Source, corpus_fingerprint: str, tok, dtype: np.dt
         val_tokens=counts["val"], seconds=round(time.time() - started, 3),
         train_path=str(source.files[0].path.resolve()),
         val_path=str(source.files[1].path.resolve()))
+
+
+def _largest_id(path: Path, chunk: int = 1 << 24) -> int:
+    """The largest uint16 id in a file, -1 for none; read in 32 MB chunks, not mapped, so a
+    10 GB file does not sit in this process's resident memory once scanned."""
+    top = -1
+    with path.open("rb") as f:
+        while (ids := np.fromfile(f, dtype=np.uint16, count=chunk)).size:
+            top = max(top, int(ids.max()))
+    return top
 
 
 def in_validation(text: str, val_fraction: float) -> bool:
