@@ -36,9 +36,9 @@ HUBER_DELTA = 1e-3
 BAND_LEVEL = 0.8
 N_BOOT = 300
 # Hoffmann et al.'s grid of starting points (Appendix D.2), in the order of the parameter
-# vector (a, b, e, alpha, beta). Every start is scored and L-BFGS-B runs from the best
-# REFINED_STARTS of them: on Chinchilla's points this finds the full grid's optimum at a
-# hundredth of its cost.
+# vector (a, b, e, alpha, beta). Every start is scored and BFGS runs from the best
+# REFINED_STARTS of them: on Chinchilla's points the best 8 already found the optimum
+# that runs from 100 of them find.
 START_GRID = (np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5),
               np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))
 REFINED_STARTS = 24
@@ -50,9 +50,9 @@ EXPONENT_BOUNDS = (0.01, 3.0)
 # measured on Chinchilla's points fitted below 3.4e19 FLOPs and checked up to 3.4e20
 # (bench/planner_accuracy.py): 1.7% of the loss per decade of compute.
 DRIFT_SHARE = 0.1
-SIZE_TOLERANCE = 0.02  # parameter counts within 2% are one model size
-DRIFT_FLOOR = 0.1
+DRIFT_FLOOR = 0.1  # decades
 DEFAULT_DRIFT = 0.017
+SIZE_TOLERANCE = 0.02  # parameter counts within 2% are one model size
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ class LossLaw:
 # Published constants, for comparison and as the prior when a user's runs cannot fit the
 # exponents: Hoffmann et al. 2022 (eq. 10) and Besiroglu et al. 2024's refit of the same
 # points (their Table 1), whose tokens per parameter (about 20 at Chinchilla's budget)
-# agree with the paper's approaches 1 and 2 where the paper's constants give about 70.
+# agree with the paper's approaches 1 and 2, where the paper's constants give several
+# times more.
 CHINCHILLA = LossLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 EPOCH = LossLaw(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
 
@@ -132,8 +133,10 @@ def optimal_n(params: np.ndarray, compute: np.ndarray | float,
     if flops_per_token is None:
         log_g = (np.log(alpha) + a - np.log(beta) - b) / (alpha + beta)
         return np.exp(log_g + beta / (alpha + beta) * np.log(c / FLOPS_PER_PARAM_TOKEN))
-    out = np.empty((p.shape[0],) + c.shape)
+    out = np.full((p.shape[0],) + c.shape, np.nan)
     for i, row in enumerate(p):
+        if np.isnan(row).any():  # a bootstrap refit that went astray
+            continue
         for j, cj in np.ndenumerate(c):
             def loss(log_n: float, row: np.ndarray = row, cj: float = float(cj)) -> float:
                 n = np.exp(log_n)
@@ -142,6 +145,10 @@ def optimal_n(params: np.ndarray, compute: np.ndarray | float,
                                            method="bounded", options={"xatol": 1e-6})
             out[(i,) + j] = np.exp(res.x)
     return out
+
+
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
 
 
 def _objective(free: np.ndarray, fixed: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
@@ -155,8 +162,7 @@ def _objective(free: np.ndarray, fixed: np.ndarray, log_n: np.ndarray, log_d: np
     w = np.exp(t - top)
     total = w.sum(axis=0)
     r = top + np.log(total) - log_loss
-    small = np.abs(r) <= delta
-    value = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).mean() / delta
+    value = _huber(r, delta).mean() / delta
     dr = np.clip(r, -delta, delta) / (delta * r.size)  # d value / d r
     share = w / total  # d r / d t
     g1, g2 = dr * share[0], dr * share[1]
@@ -168,12 +174,8 @@ def _objective(free: np.ndarray, fixed: np.ndarray, log_n: np.ndarray, log_d: np
 def _huber_values(starts: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
                   log_loss: np.ndarray, delta: float) -> np.ndarray:
     """The objective at many starts at once (rows of ``starts``), to pick where to refine."""
-    s = starts[:, :, None]
-    t = np.stack([s[:, 0] - s[:, 3] * log_n, s[:, 1] - s[:, 4] * log_d,
-                  np.broadcast_to(s[:, 2], (s.shape[0], log_n.size))])
-    top = t.max(axis=0)
-    r = top + np.log(np.exp(t - top).sum(axis=0)) - log_loss
-    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).mean(1)
+    r = np.log(law_loss(starts, np.exp(log_n), np.exp(log_d))) - log_loss
+    return _huber(r, delta).mean(axis=1)
 
 
 def _minimise(start: np.ndarray, fixed: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
@@ -276,7 +278,7 @@ class LawFit:
                   "d_exponent": alpha / (alpha + beta)}
         if name not in values:
             raise ValueError(f"no constant {name!r}: choose one of {', '.join(values)}")
-        low, high = np.quantile(values[name], [(1 - self.level) / 2, (1 + self.level) / 2])
+        low, high = np.nanquantile(values[name], [(1 - self.level) / 2, (1 + self.level) / 2])
         return float(low), float(high)
 
     def predict(self, n: np.ndarray | float, d: np.ndarray | float) -> Band:
