@@ -11,6 +11,7 @@ from analysis.isoflop import assign_budgets, fit_isoflop, parabola_vertex
 from analysis.ladder import (
     ASPECT,
     Throughput,
+    fit_flops_per_token,
     fit_throughput,
     nearest_shape,
     propose_ladder,
@@ -29,7 +30,7 @@ from analysis.scaling import (
     optimal_n,
 )
 from gptcore.config import ModelConfig, TrainConfig
-from gptcore.estimate import param_count
+from gptcore.estimate import flops_per_token, param_count
 
 SIZES = np.geomspace(2e7, 2e9, 6)
 RATIOS = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)  # tokens per parameter
@@ -280,3 +281,19 @@ def test_learning_rate_follows_the_best_of_each_size():
     assert rising.lr == 3e-3 and "4,000,000" in rising.how
     assert learning_rate_for([1e6, 1e6], [1e-3, 2e-3], [2.0, 1.9], 1e8).lr == 2e-3
     assert learning_rate_for([], [], [], 1e6) is None
+
+
+def test_flops_per_token_follows_the_projects_count_with_attention():
+    shapes = shape_ladder(cpu_param_count, max_layers=12, max_emb_dim=768)
+
+    def shape_flops(s):
+        return flops_per_token(TrainConfig(model=ModelConfig(
+            context_length=64, emb_dim=s.emb_dim, n_heads=s.n_heads, n_layers=s.n_layers,
+            vocab_size=256)))
+    per_token = fit_flops_per_token(shapes, shape_flops)
+    misses = [abs(per_token(s.params) / shape_flops(s) - 1) for s in shapes]
+    assert np.median(misses) < 0.01 and max(misses) < 0.1
+    assert per_token(1e6) > 6e6  # attention counted on top of 6N
+    # The plan spends the budget by that count.
+    p = plan([], [], [], 1e15, shapes=shapes, flops_per_token=per_token)
+    assert per_token(p.main.params) * p.main.tokens == pytest.approx(1e15)
