@@ -17,7 +17,7 @@ Every answer comes for half, the whole and twice the budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -92,6 +92,16 @@ class Plan:
         return next(p for p in self.points if p.multiple == 1.0)
 
 
+def _solve_log(gap: Callable[[float], float], guess: float) -> float:
+    """The root in log C of ``gap`` (increasing in it), bracketed outwards from ``guess``."""
+    low = high = math.log(guess)
+    while gap(low) > 0:
+        low -= 3.0
+    while gap(high) < 0:
+        high += 3.0
+    return math.exp(optimize.brentq(gap, low, high, xtol=1e-9)) if low < high else guess
+
+
 def compute_for_tokens(law: LossLaw, tokens: float,
                        flops_per_token: FlopsPerToken | None = None) -> float:
     """The budget whose compute-optimal run trains on ``tokens`` tokens (D_opt grows with C)."""
@@ -100,10 +110,21 @@ def compute_for_tokens(law: LossLaw, tokens: float,
 
     def gap(log_c: float) -> float:
         return math.log(float(law.optimal(math.exp(log_c), flops_per_token)[1]) / tokens)
+    # About 20 tokens a parameter: C = 6 N D = 0.3 D**2.
+    return _solve_log(gap, 0.3 * tokens ** 2)
 
-    # D_opt lies between C**0.1 and C, so log C lies between log D and 10 log D.
-    low, high = math.log(tokens), 10 * math.log(max(tokens, math.e)) + 10
-    return math.exp(optimize.brentq(gap, low, high, xtol=1e-9))
+
+def compute_for_time(law: LossLaw, seconds: float, throughput: Throughput,
+                     flops_per_token: FlopsPerToken | None = None) -> float:
+    """The budget whose compute-optimal run trains in ``seconds`` at ``throughput``: the
+    time budget as FLOPs, where the machine's FLOP/s depends on the model's size."""
+    if not seconds > 0:
+        raise ValueError(f"the time budget must be positive, not {seconds}")
+
+    def gap(log_c: float) -> float:
+        n, d = law.optimal(math.exp(log_c), flops_per_token)
+        return math.log(float(throughput.seconds(n, d)) / seconds)
+    return _solve_log(gap, seconds * throughput.flops_per_s)
 
 
 def _at(band: Band, i: int) -> Band:

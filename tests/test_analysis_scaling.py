@@ -19,7 +19,13 @@ from analysis.ladder import (
     shape_ladder,
     width_after,
 )
-from analysis.planner import PlanMode, compute_for_tokens, learning_rate_for, plan
+from analysis.planner import (
+    PlanMode,
+    compute_for_time,
+    compute_for_tokens,
+    learning_rate_for,
+    plan,
+)
 from analysis.scaling import (
     CHINCHILLA,
     DEFAULT_DRIFT,
@@ -297,3 +303,13 @@ def test_flops_per_token_follows_the_projects_count_with_attention():
     # The plan spends the budget by that count.
     p = plan([], [], [], 1e15, shapes=shapes, flops_per_token=per_token)
     assert per_token(p.main.params) * p.main.tokens == pytest.approx(1e15)
+
+
+def test_budget_in_time_is_the_compute_its_optimum_trains_in():
+    steady = Throughput(flops_per_s=1e9)  # the same FLOP/s at every size
+    assert compute_for_time(EPOCH, 3600, steady) == pytest.approx(3.6e12)
+    slower_small = Throughput(flops_per_s=1e9, exponent=0.2, n_ref=1e6)
+    c = compute_for_time(EPOCH, 3600, slower_small)
+    assert slower_small.seconds(*EPOCH.optimal(c)) == pytest.approx(3600)
+    with pytest.raises(ValueError, match="positive"):
+        compute_for_time(EPOCH, 0, steady)
