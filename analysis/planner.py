@@ -146,20 +146,27 @@ def _point(allocation: Allocation, i: int, fit: LawFit | None, shapes: Sequence[
 
 
 def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
-         loss: Sequence[float] | np.ndarray, compute: float, *, shapes: Sequence[Shape] = (),
-         flops_per_token: FlopsPerToken | None = None, throughput: Throughput | None = None,
-         ladder_time_s: float | None = None, n_boot: int = N_BOOT, seed: int = 0,
-         level: float = BAND_LEVEL) -> Plan:
-    """Plan ``compute`` FLOPs from runs of ``n`` parameters on ``d`` tokens that reached
-    ``loss`` (finished runs' final val loss, or a calibrated forecast of it).
+         loss: Sequence[float] | np.ndarray, flops: float | None = None, *,
+         seconds: float | None = None, tokens: float | None = None,
+         shapes: Sequence[Shape] = (), flops_per_token: FlopsPerToken | None = None,
+         throughput: Throughput | None = None, ladder_time_s: float | None = None,
+         n_boot: int = N_BOOT, seed: int = 0, level: float = BAND_LEVEL) -> Plan:
+    """Plan a budget from runs of ``n`` parameters on ``d`` tokens that reached ``loss``
+    (finished runs' final val loss, or a calibrated forecast of it).
 
-    ``shapes`` (``ladder.shape_ladder``) turn the optimal N into a shape; ``throughput``
+    The budget is one of ``flops``, ``seconds`` (training time at ``throughput``) or
+    ``tokens`` (the tokens of the optimal run); the last two become FLOPs through the law
+    the plan uses (``compute_for_time``, ``compute_for_tokens``). ``shapes``
+    (``ladder.shape_ladder``) turn the optimal N into a shape; ``throughput``
     (``ladder.fit_throughput``) turns tokens into seconds; with both and ``ladder_time_s``
     an IsoFLOP ladder that trains in that time is proposed whenever the runs span fewer than
     MIN_SIZES_TO_FIT sizes. ValueError for unusable runs or budget.
     """
-    if not compute > 0:
-        raise ValueError(f"the budget must be a positive number of FLOPs, not {compute}")
+    if sum(b is not None for b in (flops, seconds, tokens)) != 1:
+        raise ValueError("give the budget one way: as FLOPs, seconds or tokens")
+    if seconds is not None and throughput is None:
+        raise ValueError("a budget in time needs the machine's throughput: train a run first "
+                         "or give the budget in FLOPs")
     n_arr, d_arr = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
     sizes = count_sizes(n_arr)
     notes: list[str] = []
@@ -181,6 +188,15 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
                      "model size and tokens follow Epoch AI's refit of Chinchilla, with no "
                      "band and no loss; train the proposed IsoFLOP ladder to plan from your "
                      "own runs")
+    law = fit.law if fit else PRIOR
+    if seconds is not None:
+        compute = compute_for_time(law, seconds, throughput, flops_per_token)
+    elif tokens is not None:
+        compute = compute_for_tokens(law, tokens, flops_per_token)
+    else:
+        compute = flops
+    if not compute > 0:
+        raise ValueError(f"the budget must be a positive number of FLOPs, not {compute}")
     budgets = np.array([compute * m for m in BUDGET_MULTIPLES])
     if fit is not None:
         allocation = fit.optimal(budgets, flops_per_token)
@@ -193,8 +209,7 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
               for i in range(budgets.size)]
     ladder = None
     if mode != PlanMode.FITTED and shapes and throughput and ladder_time_s:
-        ladder = propose_ladder(ladder_time_s, throughput, shapes,
-                                law=fit.law if mode == PlanMode.FIXED_EXPONENTS else PRIOR,
+        ladder = propose_ladder(ladder_time_s, throughput, shapes, law=law,
                                 flops_per_token=flops_per_token)
     return Plan(mode=mode, n_runs=int(n_arr.size), n_sizes=sizes, points=points, fit=fit,
                 ladder=ladder, notes=notes)

@@ -313,3 +313,18 @@ def test_budget_in_time_is_the_compute_its_optimum_trains_in():
     assert slower_small.seconds(*EPOCH.optimal(c)) == pytest.approx(3600)
     with pytest.raises(ValueError, match="positive"):
         compute_for_time(EPOCH, 0, steady)
+
+
+def test_plan_takes_the_budget_as_flops_time_or_tokens():
+    speed = Throughput(flops_per_s=2e9)
+    by_time = plan([], [], [], seconds=500, throughput=speed)
+    assert by_time.main.compute == pytest.approx(1e12)
+    assert by_time.main.seconds == pytest.approx(500)
+    by_tokens = plan([], [], [], tokens=2e9)
+    assert by_tokens.main.tokens == pytest.approx(2e9, rel=1e-6)
+    with pytest.raises(ValueError, match="one way"):
+        plan([], [], [], 1e15, tokens=2e9)
+    with pytest.raises(ValueError, match="throughput"):
+        plan([], [], [], seconds=60)
+    with pytest.raises(ValueError, match="positive"):
+        plan([], [], [], -1.0)
