@@ -24,6 +24,7 @@ from enum import StrEnum
 import numpy as np
 from scipy import optimize
 
+from analysis.isoflop import IsoFlopFit, assign_budgets, fit_isoflop
 from analysis.ladder import Ladder, Shape, Throughput, nearest_shape, propose_ladder
 from analysis.scaling import (
     BAND_LEVEL,
@@ -85,6 +86,7 @@ class Plan:
     fit: LawFit | None
     ladder: Ladder | None
     notes: list[str]
+    isoflop: IsoFlopFit | None = None  # approach 2, where the runs hold IsoFLOP curves
 
     @property
     def main(self) -> PlanPoint:
@@ -150,7 +152,8 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
          seconds: float | None = None, tokens: float | None = None,
          shapes: Sequence[Shape] = (), flops_per_token: FlopsPerToken | None = None,
          throughput: Throughput | None = None, ladder_time_s: float | None = None,
-         n_boot: int = N_BOOT, seed: int = 0, level: float = BAND_LEVEL) -> Plan:
+         isoflop_budgets: Sequence[float] = (), n_boot: int = N_BOOT, seed: int = 0,
+         level: float = BAND_LEVEL) -> Plan:
     """Plan a budget from runs of ``n`` parameters on ``d`` tokens that reached ``loss``
     (finished runs' final val loss, or a calibrated forecast of it).
 
@@ -160,7 +163,9 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     (``ladder.shape_ladder``) turn the optimal N into a shape; ``throughput``
     (``ladder.fit_throughput``) turns tokens into seconds; with both and ``ladder_time_s``
     an IsoFLOP ladder that trains in that time is proposed whenever the runs span fewer than
-    MIN_SIZES_TO_FIT sizes. ValueError for unusable runs or budget.
+    MIN_SIZES_TO_FIT sizes. With ``isoflop_budgets`` (a ladder's ``budgets``) the runs
+    on them are also fitted by approach 2 (``Plan.isoflop``; a note says why not when
+    they cannot be). ValueError for unusable runs or budget.
     """
     if sum(b is not None for b in (flops, seconds, tokens)) != 1:
         raise ValueError("give the budget one way: as FLOPs, seconds or tokens")
@@ -211,8 +216,17 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     if mode != PlanMode.FITTED and shapes and throughput and ladder_time_s:
         ladder = propose_ladder(ladder_time_s, throughput, shapes, law=law,
                                 flops_per_token=flops_per_token)
+    isoflop = None
+    if len(isoflop_budgets) and n_arr.size:
+        run_flops = token_flops(flops_per_token, n_arr) * d_arr
+        try:
+            isoflop = fit_isoflop(n_arr, loss, assign_budgets(run_flops, isoflop_budgets),
+                                  flops_per_token=flops_per_token, n_boot=n_boot, seed=seed,
+                                  level=level)
+        except ValueError as e:
+            notes.append(str(e))
     return Plan(mode=mode, n_runs=int(n_arr.size), n_sizes=sizes, points=points, fit=fit,
-                ladder=ladder, notes=notes)
+                ladder=ladder, notes=notes, isoflop=isoflop)
 
 
 @dataclass(frozen=True)

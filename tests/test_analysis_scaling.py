@@ -170,6 +170,16 @@ def test_approach_two_recovers_the_exponents():
     assert allocation.n.low < allocation.n.value < allocation.n.high
 
 
+def test_plan_fits_approach_two_on_its_ladders_budgets():
+    budgets = np.geomspace(1e18, 1e21, 4)
+    n, c, loss = isoflop_runs(EPOCH, budgets)
+    p = plan(n, c / (6 * n), loss, 1e22, isoflop_budgets=budgets, n_boot=20)
+    assert p.isoflop is not None and len(p.isoflop.minima) == 4
+    assert p.isoflop.n_exponent == pytest.approx(EPOCH.n_exponent, abs=0.03)
+    one = plan(n[:5], c[:5] / (6 * n[:5]), loss[:5], 1e22, isoflop_budgets=budgets, n_boot=20)
+    assert one.isoflop is None and any("two or more budgets" in note for note in one.notes)
+
+
 def test_approach_two_needs_two_budgets_with_an_inner_minimum():
     n, c, loss = isoflop_runs(EPOCH, [1e19])
     with pytest.raises(ValueError, match="two or more budgets"):
