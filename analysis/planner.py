@@ -79,6 +79,10 @@ class PlanPoint:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
+    """The answer for half, the whole and twice the budget (``points``, in that order),
+    how it was made (``mode``, ``notes``: one line each, for the user), the fitted law
+    (None in PRIOR mode) and, when the runs span too few sizes, the ladder to train."""
+
     mode: PlanMode
     n_runs: int
     n_sizes: int
