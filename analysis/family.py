@@ -305,6 +305,42 @@ def leave_one_out_errors(curves: Sequence[Curve], fraction: float,
     return errors
 
 
+def fit_shapes(shapes: Sequence[Sequence[Curve]]) -> FamilyFit | None:
+    """The law's shape constants for a run of a shape none of whose runs has finished,
+    from the finished runs of other shapes (each inner sequence one shape's family).
+
+    Assumed, not fitted: alpha, C and lambda are the same for every shape on one corpus,
+    tokenizer and optimizer, so they are fitted jointly on all those runs, each with its
+    own L0 and A (which carry the model's size). The lr needs no scaling: the areas S1
+    and S2 are in the lr's own units, so C already carries across peak lrs. A trend of
+    alpha with size is not fitted: on the bench's three CPU shapes alpha followed depth
+    (0.29, 0.31, 0.44 for 1, 2 and 4 layers), not the parameter count, and three points
+    cannot tell such trends apart (bench/first_run_forecast.py)."""
+    return fit_family([curve for shape in shapes for curve in shape])
+
+
+def leave_one_shape_out_errors(shapes: Sequence[Sequence[Curve]], fraction: float
+                               ) -> list[float]:
+    """Relative errors (forecast / actual - 1) of each finished curve's final val loss,
+    forecast from ``fraction`` of its steps with ``fit_shapes`` of the other shapes: how
+    far a shape's first run misses when it borrows the others' law. Empty with fewer than
+    two shapes (misses within one shape say nothing of another's)."""
+    if len(shapes) < 2:
+        return []
+    errors = []
+    for i, shape in enumerate(shapes):
+        family = fit_shapes(list(shapes[:i]) + list(shapes[i + 1:]))
+        if family is None:
+            continue
+        for curve in shape:
+            if curve.final is None:
+                continue
+            predicted = forecast_with(family, curve, curve.upto(fraction))
+            if predicted is not None and math.isfinite(predicted):
+                errors.append(predicted / curve.final - 1)
+    return errors
+
+
 def band_half_width(errors: Sequence[float], level: float) -> float | None:
     """The relative half-width of a ``level`` band from past relative errors; None without
     any.

@@ -10,6 +10,7 @@ extrapolates to ``max_steps`` with the annealing still to come.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -28,6 +29,16 @@ BAND_LEVEL = 0.9
 # forecast drops of 20-40% that never came (bench/forecast_accuracy.py).
 MIN_ANNEALING_SEEN = 0.5
 PARAM_NAMES = ("L0", "A", "alpha", "C")
+# A forecast that no finished run has checked (uncalibrated, or calibrated on a single
+# other shape) has a band at max_steps at least this share of the forecast times the
+# square root of the share of steps still to come. Fitted on the 18 real CPU curves of
+# bench/forecast_curves.json: the 90% split-conformal quantile of |error| / sqrt(share
+# left) over their forecasts alone from 25% and 40% of the steps (0.16); with it a 90%
+# band holds the actual final loss for 17 of 18 from each, and 15-18 of 18 from 60-90%,
+# which it was not fitted on (bench/first_run_forecast.py). The fit's own band held 9 of
+# 18 from 40%: the law's misfit, not the noise, decides how far such a forecast misses,
+# and it grows with the steps still to extrapolate.
+UNCALIBRATED_MISS = 0.16
 ALPHA_STARTS = (0.3, 0.7, 1.5)  # a few starts: the fit is not convex in alpha
 
 
@@ -75,6 +86,9 @@ class Forecast:
     band_source: str = "fit"
     # Finished relatives left out of the family's fit, each with why ("#7: diverged ...").
     left_out: tuple[str, ...] = ()
+    # How many other shapes the law's shape came from, when the run has no finished
+    # relative of its own shape (``analysis.family.fit_shapes``); 0: its own family's.
+    other_shapes: int = 0
     _band_scale: float = field(default=1.0, repr=False)  # the band at max_steps, over the fit's
 
     @property
@@ -91,16 +105,38 @@ class Forecast:
         return ForecastCurve(steps=idx, mean=mean, low=np.maximum(mean - half, 0.0),
                              high=mean + half)
 
-    def with_band(self, relative_half_width: float, relatives: int) -> Forecast:
-        """This forecast with its band at max_steps set from its relatives' record:
+    def with_band(self, relative_half_width: float, relatives: int,
+                  source: str = "relatives") -> Forecast:
+        """This forecast with its band at max_steps set from a record of misses (``source``:
+        "relatives", or "other shapes" for their misses on each other):
         ``predicted_final * (1 ± relative_half_width)``, never narrower than the fit's own
         band. The band along the curve keeps the fit's shape, scaled to meet that width."""
-        fit_half = self.half_width
-        half = max(relative_half_width * abs(self.predicted_final), fit_half)
+        half = max(relative_half_width * abs(self.predicted_final), self.half_width)
+        # The fit's own half-width at max_steps, computed again rather than taken as
+        # high - predicted_final: on a curve the law fits exactly it is so small that the
+        # difference keeps none of its digits, and the band along the curve would miss high.
+        fit_half = float(_band(self._theta, self._cov, self._s1[[self.max_steps]],
+                               self._s2[[self.max_steps]], self.residual_std**2,
+                               self._t_quantile)[1][0])
         return replace(self, low=max(self.predicted_final - half, 0.0),
                        high=self.predicted_final + half,
-                       band_source="relatives", family_size=relatives,
+                       band_source=source, family_size=relatives,
                        _band_scale=half / fit_half if fit_half > 0 else 1.0)
+
+    def with_rule_band(self) -> Forecast:
+        """This forecast with the band no finished run has measured: at least
+        ``uncalibrated_half_width`` of it at max_steps (band source "rule" where that
+        is wider than the fit's own band)."""
+        rule = uncalibrated_half_width(self.upto_step, self.max_steps)
+        if rule * abs(self.predicted_final) <= self.half_width:
+            return self
+        return self.with_band(rule, self.family_size, source="rule")
+
+
+def uncalibrated_half_width(upto_step: int, max_steps: int) -> float:
+    """The relative half-width of an unchecked forecast's band from ``upto_step`` of
+    ``max_steps``: ``UNCALIBRATED_MISS`` times the square root of the share still to come."""
+    return UNCALIBRATED_MISS * math.sqrt(max(1.0 - upto_step / max_steps, 0.0))
 
 
 def _law(theta: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

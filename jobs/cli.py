@@ -165,7 +165,9 @@ def cmd_forecast(args, store: RunStore) -> int:
 
     report = forecast_report(store, args.run_id, upto=args.upto)
     print(json.dumps(report))
-    if report["calibrated"]:
+    if report["calibrated_on"] == "other shapes":
+        how = f"calibrated on other shapes ({report['family_size']} runs)"
+    elif report["calibrated"]:
         how = f"calibrated on {report['family_size']} finished relative(s)"
     elif report["family_size"] or report["left_out"]:
         how = "uncalibrated: fitted on this run alone"

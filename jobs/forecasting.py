@@ -6,7 +6,12 @@ optimizer and evaluation set (``family_key``); they may differ in learning rate,
 schedule, steps and seed. With at least one, the law's shape constants come from them
 and the forecast is calibrated; with two or more, the band's width comes from how far
 forecasts from the same share of steps missed on them, each left out in turn. Without
-any, the run is forecast from its own curve alone, "uncalibrated". A relative whose curve
+any, a run borrows the law's shape from the completed runs of other shapes on the same
+data and optimizer (``SHAPES_FIELDS``), "calibrated on other shapes": with two or more
+shapes its band is how far each shape's runs missed with the others' law; with one it is
+the rule below. With nothing finished at all the run is forecast from its own curve
+alone, "uncalibrated", and its band is at least ``analysis.forecast``'s rule for a
+forecast nothing has checked (``UNCALIBRATED_MISS``). A relative whose curve
 does not follow the law (diverged, rolled back by the guard, or far off the others' law)
 is left out of the family, and the forecast says which and why; a run whose own curve
 is such is forecast alone, with a note.
@@ -37,8 +42,10 @@ from analysis.family import (
     divergence,
     far_worse,
     fit_family,
+    fit_shapes,
     leave_one_out_errors,
     leave_one_out_fits,
+    leave_one_shape_out_errors,
     misfit,
     screen,
 )
@@ -65,6 +72,14 @@ if TYPE_CHECKING:
 FAMILY_FIELDS = ("corpus", "tokenizer", "val_fraction", "batch_size", "grad_accum_steps",
                  "nproc", "optimizer", "weight_decay", "beta1", "beta2", "momentum",
                  "grad_clip", "label_smoothing", "eval_iters", "fixed_eval")
+# What the runs of other shapes a first run borrows the law's shape from share with it:
+# the data and the optimizer (the annealing constant is in the lr's units, which are the
+# optimizer's). Batch and schedule may differ: each run keeps its own level and scale. A
+# family of the same shape with another batch counts among the "other shapes" too.
+SHAPES_FIELDS = ("corpus", "tokenizer", "val_fraction", "optimizer")
+# The newest other shapes a first run borrows from, each with at most MAX_RELATIVES runs:
+# every shape more costs a joint fit for the band.
+MAX_SHAPES = 4
 # The newest completed relatives a family fit uses: more add little and cost a refit each
 # for the leave-one-out band.
 MAX_RELATIVES = 12
@@ -110,24 +125,42 @@ def _annealing(config_json: str, momentum: float | None) -> tuple[np.ndarray, np
     return areas
 
 
-def relatives(store: RunStore, run: RunRecord) -> list[RunRecord]:
+def _shapes_key(cfg: TrainConfig) -> str:
+    """What runs of other shapes a first run may borrow the law's shape from have in
+    common with it, as a string to compare."""
+    data = cfg.to_dict()
+    return json.dumps({k: data.get(k) for k in SHAPES_FIELDS}, sort_keys=True)
+
+
+def _kin(store: RunStore, run: RunRecord) -> tuple[list[RunRecord], list[list[RunRecord]]]:
     """The completed runs of ``run``'s family (itself left out), newest first, at most
-    ``MAX_RELATIVES``."""
-    key = family_key(TrainConfig.from_dict(run.config))
-    found = []
+    ``MAX_RELATIVES``; and those of other shapes on its data and optimizer, one list per
+    family (newest first, at most ``MAX_RELATIVES`` each), at most ``MAX_SHAPES`` families,
+    those with the newest runs first."""
+    cfg = TrainConfig.from_dict(run.config)
+    own, shapes = family_key(cfg), _shapes_key(cfg)
+    found: list[RunRecord] = []
+    others: dict[str, list[RunRecord]] = {}  # by family, in the order of their newest run
     for other in store.list_runs(status=RunStatus.COMPLETED):
-        if other.id != run.id and _family_key_of(other) == key:
-            found.append(other)
-            if len(found) == MAX_RELATIVES:
-                break
-    return found
+        keys = _keys_of(other) if other.id != run.id else None
+        if keys is None:
+            continue
+        if keys[0] == own:
+            if len(found) < MAX_RELATIVES:
+                found.append(other)
+        elif keys[1] == shapes and (keys[0] in others or len(others) < MAX_SHAPES):
+            group = others.setdefault(keys[0], [])
+            if len(group) < MAX_RELATIVES:
+                group.append(other)
+    return found, list(others.values())
 
 
-def _family_key_of(run: RunRecord) -> str | None:
+def _keys_of(run: RunRecord) -> tuple[str, str] | None:
     try:
-        return family_key(TrainConfig.from_dict(run.config))
+        cfg = TrainConfig.from_dict(run.config)
     except (ValueError, TypeError, GptdashError):
         return None  # a config an older release wrote that this one cannot read
+    return family_key(cfg), _shapes_key(cfg)
 
 
 class _Family:
@@ -185,6 +218,37 @@ def _family_of(store: RunStore, kin: list[RunRecord]) -> _Family | None:
     return _FAMILIES[key]
 
 
+class _Shapes:
+    """Other shapes' families: the law's shape fitted across them and, per share of
+    steps, how far each shape's runs missed with the others' law (each computed once)."""
+
+    def __init__(self, families: list[_Family]) -> None:
+        self.shapes = [f.curves for f in families if f.curves]
+        self.fit: FamilyFit | None = fit_shapes(self.shapes) if self.shapes else None
+        self.runs = sum(len(curves) for curves in self.shapes)
+        self._errors: dict[float, list[float]] = {}
+
+    def errors(self, fraction: float) -> list[float]:
+        share = band_share(fraction)
+        if share not in self._errors:
+            self._errors[share] = leave_one_shape_out_errors(self.shapes, share)
+        return self._errors[share]
+
+
+_SHAPES: dict[tuple[str, tuple[tuple[int, ...], ...]], _Shapes] = {}
+
+
+def _shapes_of(store: RunStore, groups: list[list[RunRecord]]) -> _Shapes | None:
+    if not groups:
+        return None
+    key = (store.url, tuple(tuple(sorted(r.id for r in g)) for g in groups))
+    if key not in _SHAPES:
+        if len(_SHAPES) > 32:
+            _SHAPES.clear()
+        _SHAPES[key] = _Shapes([_family_of(store, group) for group in groups])
+    return _SHAPES[key]
+
+
 def _val_curve(store: RunStore, run_id: int, upto: int | None) -> tuple[list[int], list[float]]:
     frame = store.metrics([run_id], [VAL_LOSS], max_step=upto)
     return [int(s) for s in frame["step"]], [float(v) for v in frame["value"]]
@@ -197,20 +261,26 @@ class _Answer:
 
 
 def _forecast(run: RunRecord, steps: list[int], losses: list[float], upto: int | None,
-              family: _Family | None) -> _Answer:
+              family: _Family | None, shapes: _Shapes | None) -> _Answer:
     cfg = TrainConfig.from_dict(run.config)
     fit = family.fit if family is not None else None
+    # No finished relative of its own shape (or none that follows the law): the other
+    # shapes' law, when there is one.
+    borrowed = fit is None and shapes is not None and shapes.fit is not None
+    if borrowed:
+        fit = shapes.fit
     # A run whose own curve does not follow the law is not forced into its family's shape
     # (a diverged run at a huge lr forecast with it came out at -23.8): it is fitted alone.
     own = Curve.of(steps, losses, lr_schedule(cfg), cfg.max_steps)
     astray = divergence(own)
-    if astray is None and fit is not None and family.misfits:
+    if astray is None and fit is not None and not borrowed and family.misfits:
         miss = misfit(fit, own)
         if far_worse(miss, family.misfits):
             astray = (f"it fits the law of its relatives far worse than they do (off by "
                       f"{miss:.1%} of its loss)")
     if astray is not None:
         fit = None
+        borrowed = False
     try:
         if fit is None:
             forecast = forecast_final(steps, losses, lr_schedule(cfg), cfg.max_steps,
@@ -234,8 +304,15 @@ def _forecast(run: RunRecord, steps: list[int], losses: list[float], upto: int |
         forecast = replace(forecast, left_out=family.left_out,
                            family_size=forecast.family_size or len(family.curves))
     if fit is None:
-        return _Answer(forecast, needed)
-    half = band_half_width(family.errors(forecast.upto_step / cfg.max_steps), BAND_LEVEL)
+        return _Answer(forecast.with_rule_band(), needed)
+    share = forecast.upto_step / cfg.max_steps
+    if borrowed:
+        forecast = replace(forecast, other_shapes=len(shapes.shapes))
+        half = band_half_width(shapes.errors(share), BAND_LEVEL)
+        return _Answer(forecast.with_rule_band() if half is None
+                       else forecast.with_band(half, shapes.runs, source="other shapes"),
+                       needed)
+    half = band_half_width(family.errors(share), BAND_LEVEL)
     return _Answer(forecast if half is None else forecast.with_band(half, len(family.curves)),
                    needed)
 
@@ -249,16 +326,17 @@ def _answer(store: RunStore, run_id: int, upto: int | None) -> _Answer:
         raise GptdashError(f"--upto must be a step of 1 or more, not {upto}")
     run = store.get_run(run_id)
     steps, losses = _val_curve(store, run_id, upto)
-    kin = relatives(store, run)
+    kin, shape_kin = _kin(store, run)
     curve = hashlib.blake2b(np.asarray(steps, dtype=np.int64).tobytes()
                             + np.asarray(losses, dtype=np.float64).tobytes()).hexdigest()
     key = (store.url, run_id, upto, run.status, json.dumps(run.config, sort_keys=True),
-           tuple(r.id for r in kin), curve)
+           tuple(r.id for r in kin), tuple(tuple(r.id for r in g) for g in shape_kin), curve)
     with _ANSWERS_LOCK:
         if key in _ANSWERS:
             _ANSWERS.move_to_end(key)
             return _ANSWERS[key]
-    answer = _forecast(run, steps, losses, upto, _family_of(store, kin))
+    answer = _forecast(run, steps, losses, upto, _family_of(store, kin),
+                       _shapes_of(store, shape_kin))
     with _ANSWERS_LOCK:
         _ANSWERS[key] = answer
         while len(_ANSWERS) > MAX_FORECASTS_KEPT:
@@ -281,8 +359,11 @@ def run_forecast(store: RunStore, run_id: int, *, upto: int | None = None) -> Fo
 def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) -> dict[str, Any]:
     """The forecast as plain values (for JSON): run_id, status, predicted_final, low, high,
     upto_step, max_steps, actual_final (the last evaluation's val loss once the run has
-    completed, else None), note, level, calibrated, family_size, band_from and left_out
-    (the finished relatives left out of the family's fit, each with why).
+    completed, else None), note, level, calibrated, family_size (the finished runs it
+    learned from), band_from ("fit", "relatives", "other shapes" or "rule"), left_out (the
+    finished relatives left out of the family's fit, each with why), calibrated_on
+    ("relatives", "other shapes", or None when uncalibrated) and other_shapes (how many
+    shapes its finished runs were, 0 for its own family).
 
     Raises GptdashError when the run has too few evaluations to forecast.
     """
@@ -308,4 +389,7 @@ def forecast_report(store: RunStore, run_id: int, *, upto: int | None = None) ->
             "max_steps": forecast.max_steps, "actual_final": actual, "note": forecast.note,
             "level": forecast.level, "calibrated": forecast.calibrated,
             "family_size": forecast.family_size, "band_from": forecast.band_source,
-            "left_out": list(forecast.left_out)}
+            "left_out": list(forecast.left_out),
+            "calibrated_on": None if not forecast.calibrated else
+            "other shapes" if forecast.other_shapes else "relatives",
+            "other_shapes": forecast.other_shapes}

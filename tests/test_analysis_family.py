@@ -12,8 +12,10 @@ from analysis.family import (
     band_half_width,
     divergence,
     fit_family,
+    fit_shapes,
     forecast_with,
     leave_one_out_errors,
+    leave_one_shape_out_errors,
     screen,
 )
 from analysis.forecast import forecast_final
@@ -166,3 +168,17 @@ def test_the_family_does_not_import_the_forecast():
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_a_new_shape_borrows_the_law_of_the_other_shapes():
+    # Three shapes on one law, each at its own levels and scales (what size changes).
+    shapes = [[law_curve(sched, lr, l0 + shift, a * scale) for sched, lr, l0, a in MEMBERS[:3]]
+              for shift, scale in ((0.3, 1.3), (0.0, 1.0), (-0.2, 0.8))]
+    fit = fit_shapes(shapes[1:])
+    assert fit.n_runs == 6 and fit.alpha == pytest.approx(ALPHA, rel=0.02)
+    assert fit.c == pytest.approx(C, rel=0.05)
+    first = shapes[0][1]  # cosine 1e-3: its decay is still to come at 40%
+    assert forecast_with(fit, first, int(0.4 * STEPS)) == pytest.approx(first.final, rel=0.003)
+    errors = leave_one_shape_out_errors(shapes, 0.4)
+    assert len(errors) == 9 and max(map(abs, errors)) < 0.003
+    assert leave_one_shape_out_errors(shapes[:1], 0.4) == []  # no other shape to miss

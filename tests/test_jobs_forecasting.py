@@ -9,10 +9,12 @@ import pytest
 from test_calibration import CFG as CAL_CFG
 from test_calibration import law
 
+from analysis.forecast import uncalibrated_half_width
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.schedule import lr_at
 from jobs.forecasting import forecast_report, lr_schedule, run_forecast
+from ui.forecast_view import calibration_label, calibration_text
 
 # A constant lr makes the law a plain power law in steps: L(s) = L0 + A * (lr * s) ** -alpha.
 CFG = TrainConfig(max_steps=200, lr=1e-3, schedule="constant", warmup_steps=0)
@@ -55,8 +57,10 @@ def test_report_of_a_completed_run_has_its_actual_final_loss(store):
     report = forecast_report(store, run_id, upto=120)
     assert set(report) == {"run_id", "status", "predicted_final", "low", "high", "upto_step",
                            "max_steps", "actual_final", "note", "level", "calibrated",
-                           "family_size", "band_from", "left_out"}
+                           "calibrated_on", "family_size", "other_shapes", "band_from",
+                           "left_out"}
     assert report["calibrated"] is False and report["family_size"] == 0  # no relative
+    assert report["calibrated_on"] is None and report["other_shapes"] == 0
     assert report["status"] == "completed" and report["upto_step"] == 120
     assert report["actual_final"] == pytest.approx(true_loss(200))
     assert report["predicted_final"] == pytest.approx(true_loss(200), abs=0.01)
@@ -161,3 +165,55 @@ def test_the_forecast_is_refitted_when_a_relative_finishes_and_not_before(store)
     after = run_forecast(store, run_id)
     assert after.calibrated and after.family_size == 1
     assert forecast_report(store, run_id)["predicted_final"] == after.predicted_final
+
+
+# ---- a first run of a new shape -----------------------------------------------------------
+def other_shape(cfg, emb_dim):
+    return replace(cfg, model=replace(cfg.model, emb_dim=emb_dim))
+
+
+def test_a_first_run_of_a_new_shape_is_calibrated_on_other_shapes_and_says_so(store):
+    # Two other shapes on the same data and optimizer, three finished runs each, all on one
+    # law (alpha 0.4, C 0.3, lambda 0.99) at their own levels; the new shape has none.
+    for emb_dim, level in ((64, 2.2), (128, 1.9)):
+        for lr, schedule in ((1e-2, "cosine"), (5e-3, "wsd"), (3e-3, "linear")):
+            relative(store, replace(other_shape(CAL_CFG, emb_dim), lr=lr, min_lr=lr / 10,
+                                    schedule=schedule), level=level)
+    relative(store, replace(other_shape(CAL_CFG, 80), corpus="elsewhere.txt"))  # other data
+    new = relative(store, CAL_CFG, upto=160, level=2.05, status="running")
+    report = forecast_report(store, new)
+    assert report["calibrated"] and report["calibrated_on"] == "other shapes"
+    assert report["family_size"] == 6 and report["other_shapes"] == 2
+    assert report["band_from"] == "other shapes"
+    # The cosine decay still to come is foreseen: alone, its fit left it out.
+    actual = law(CAL_CFG, CAL_CFG.max_steps, 2.05)[-1][2]
+    assert report["predicted_final"] == pytest.approx(actual, rel=0.01)
+    assert report["low"] <= actual <= report["high"]
+    text = calibration_text(run_forecast(store, new))
+    assert text.startswith("calibrated on other shapes (6 runs)")
+    assert calibration_label(run_forecast(store, new)) == "calibrated on other shapes (6 runs)"
+
+
+def test_one_other_shape_calibrates_with_the_rule_band_and_its_own_family_wins(store):
+    for lr in (1e-2, 5e-3):
+        relative(store, replace(other_shape(CAL_CFG, 64), lr=lr, min_lr=lr / 10), level=2.2)
+    new = relative(store, CAL_CFG, upto=160, level=2.05, status="running")
+    report = forecast_report(store, new)
+    assert report["calibrated_on"] == "other shapes" and report["other_shapes"] == 1
+    assert report["band_from"] == "rule"  # one shape cannot measure another's misses
+    rule = uncalibrated_half_width(160, CAL_CFG.max_steps) * report["predicted_final"]
+    assert report["high"] - report["predicted_final"] == pytest.approx(rule)
+    relative(store, replace(CAL_CFG, lr=5e-3, min_lr=5e-4), level=2.0)  # one of its own
+    report = forecast_report(store, new)
+    assert report["calibrated_on"] == "relatives" and report["other_shapes"] == 0
+    assert report["family_size"] == 1
+
+
+def test_with_nothing_finished_the_band_is_at_least_the_rule(store):
+    run_id = recorded_run(store, range(0, 201, 10), noise=0.002)
+    forecast = run_forecast(store, run_id, upto=80)
+    assert not forecast.calibrated and forecast.band_source == "rule"
+    rule = uncalibrated_half_width(80, CFG.max_steps)  # 0.16 * sqrt(0.6): about 12%
+    assert forecast.half_width >= rule * forecast.predicted_final * (1 - 1e-9)
+    assert forecast.curve([200]).high[0] == pytest.approx(forecast.high)
+    assert "the band is ±12%" in calibration_text(forecast)

@@ -35,9 +35,14 @@ def calibration_text(forecast: Forecast) -> str:
     if not forecast.calibrated:
         why = ("no finished relative yet (a completed run of the same model, data, batch "
                "and optimizer), so " if forecast.family_size == 0 and not left_out else "")
-        return (f"{UNCALIBRATED}: {why}the law's shape is fitted on this run alone and the "
-                f"band is the fit's own{left_out}")
+        return (f"{UNCALIBRATED}: {why}the law's shape is fitted on this run alone and "
+                f"{_band_basis(forecast)}{left_out}")
     n = forecast.family_size
+    if forecast.other_shapes:
+        basis = ("the band is from how far each shape's runs missed with the others' law"
+                 if forecast.band_source == "other shapes" else _band_basis(forecast))
+        return (f"{_other_shapes(forecast)}, with no finished run of this shape to learn "
+                f"from; {basis}{left_out}")
     relatives = f"{n} finished relative{'s' if n != 1 else ''}"
     if forecast.band_source == "relatives":
         return f"calibrated on {relatives}; the band is from their forecasts' misses{left_out}"
@@ -45,11 +50,30 @@ def calibration_text(forecast: Forecast) -> str:
             f"needed to measure misses){left_out}")
 
 
+def _other_shapes(forecast: Forecast) -> str:
+    n = forecast.family_size
+    return f"calibrated on other shapes ({n} run{'s' if n != 1 else ''})"
+
+
+def _band_basis(forecast: Forecast) -> str:
+    """Where an unchecked forecast's band comes from: the fit, or the rule that widens it."""
+    if forecast.band_source != "rule":
+        return "the band is the fit's own"
+    share = forecast.half_width / forecast.predicted_final if forecast.predicted_final else 0
+    return (f"the band is ±{share:.0%}, as far as such forecasts missed on real runs "
+            f"(the fit's own was narrower)")
+
+
 def calibration_label(forecast: Forecast | None) -> str:
-    """One word or two for a table: "calibrated (3)", "uncalibrated" or "—"."""
+    """A few words for a table: "calibrated (3)", "calibrated on other shapes (12 runs)",
+    "uncalibrated" or "—"."""
     if forecast is None:
         return "—"
-    return f"calibrated ({forecast.family_size})" if forecast.calibrated else UNCALIBRATED
+    if not forecast.calibrated:
+        return UNCALIBRATED
+    if forecast.other_shapes:
+        return _other_shapes(forecast)
+    return f"calibrated ({forecast.family_size})"
 
 
 def forecast_summary(forecast: Forecast) -> str:
