@@ -5,8 +5,8 @@ Exit codes: 0 done, 1 the run failed, 2 bad input, 130 stopped with Ctrl-C (143 
 129 SIGHUP), 141 the reader of its output went away (``| head``).
 
 Only the commands that train or sample import torch (from ``jobs.foreground``),
-so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep``, ``forecast`` and ``corpus``
-answer at once.
+so ``gptdash list``, ``show``, ``stop``, ``submit``, ``sweep``, ``forecast``, ``plan`` and
+``corpus`` answer at once.
 """
 
 from __future__ import annotations
@@ -180,6 +180,38 @@ def cmd_forecast(args, store: RunStore) -> int:
     print(f"run {args.run_id}: forecast {report['predicted_final']:.4g} "
           f"({report['low']:.4g}-{report['high']:.4g}, {report['level']:.0%} band) at step "
           f"{report['max_steps']:,}; {how}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_plan(args, store: RunStore) -> int:
+    from jobs import planning
+
+    if args.device and not args.budget:
+        raise GptdashError("--device says whose speed turns a time into FLOPs: give the time "
+                           "with --budget (e.g. --budget 2h --device cpu), or leave out --device")
+    bp = planning.make_plan(
+        store, seconds=planning.parse_duration(args.budget) if args.budget else None,
+        flops=planning.parse_amount(args.flops, "FLOPs") if args.flops else None,
+        tokens=planning.parse_amount(args.tokens, "tokens") if args.tokens else None,
+        device=args.device, corpus=args.corpus, tokenizer=args.tokenizer,
+        ladder_time_s=planning.parse_duration(args.ladder_time))
+    out = planning.report(bp) if args.json else None
+    text = [] if args.json else planning.lines(bp)
+    if args.queue and bp.plan.ladder is not None:
+        sweep_id, run_ids = planning.queue_ladder(store, bp)
+        text.append(f"sweep {sweep_id}: the ladder's {len(run_ids)} runs queued; watch them "
+                    f"with `gptdash list --sweep {sweep_id}`, then plan again")
+        if out is not None:
+            out.update(queued_sweep=sweep_id, queued_runs=run_ids)
+    elif args.queue:
+        run_id = planning.queue_recommended(store, bp)
+        text.append(f"run {run_id} queued: {_who_trains(store, run_id)}")
+        if out is not None:
+            out["queued_run"] = run_id
+    if out is not None:
+        print(json.dumps(out))
+    for line in text:  # beside --json, only what was queued: on stderr, as forecast's words
+        print(one_line(line), file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK
 
 
@@ -518,6 +550,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use only the evaluations up to this step (to check the forecast "
                          "against a finished run)")
     fc.set_defaults(func=cmd_forecast)
+
+    pl = sub.add_parser("plan", help="from your runs: the model, steps and lr for a budget, "
+                        "its predicted loss with a band, and the runs that would tell more")
+    pl.add_argument("--budget", metavar="TIME", help="wall time on --device: 2h, 30m, 1h30m")
+    pl.add_argument("--device", metavar="DEVICE", help="whose measured speed turns --budget "
+                    "into FLOPs: cpu, cuda (default: the newest measured run's)")
+    pl.add_argument("--flops", metavar="C", help="the budget in training FLOPs, e.g. 3e15")
+    pl.add_argument("--tokens", metavar="D", help="the budget as the tokens of the "
+                    "compute-optimal run, e.g. 5e8")
+    pl.add_argument("--corpus", help="plan from the runs of this corpus (default: the newest "
+                    "run's)")
+    pl.add_argument("--tokenizer", help="... and this tokenizer (default: the newest run's)")
+    pl.add_argument("--ladder-time", default="30m", metavar="TIME",
+                    help="when the runs cannot fit the law, the IsoFLOP ladder proposed "
+                         "trains in this time (default 30m)")
+    pl.add_argument("--queue", action="store_true", help="queue the recommended run, or the "
+                    "proposed ladder as a sweep when there is one")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    pl.set_defaults(func=cmd_plan)
 
     cb = sub.add_parser("calibrate", help="queue a short relative of a run that calibrates "
                                           "its forecast family")

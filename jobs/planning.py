@@ -1,0 +1,468 @@
+"""The budget planner on the user's own runs: gather them from the store, plan with
+``analysis.planner``, and queue what it recommends (``gptdash plan``, the Plan page).
+
+A corpus and tokenizer (default: those of the newest run) pick the runs. Each completed
+run counts with its parameters (``gptcore.estimate.param_count``), the tokens it trained on
+(tokens per step x steps done) and its last val loss. A run still training, stopped or
+interrupted counts with its calibrated forecast of the val loss at its max_steps, on
+max_steps' tokens; an uncalibrated forecast is never used (its band is a rule, not a
+measure), and such a run is listed as left out. FLOPs are counted as gptcore counts them
+(``flops_per_token``: 6N plus attention), through a line in log N fitted on the shapes the
+planner may recommend. A time budget is turned into FLOPs with the tokens/s measured on the
+user's runs of that device.
+
+No torch: ``gptdash plan`` answers at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from analysis.ladder import (
+    Ladder,
+    Shape,
+    Throughput,
+    fit_flops_per_token,
+    fit_throughput,
+    runs_to_narrow,
+    shape_ladder,
+)
+from analysis.planner import LrAdvice, Plan, PlanMode, PlanPoint, learning_rate_for, plan
+from analysis.scaling import FlopsPerToken
+from gptcore.config import TrainConfig
+from gptcore.errors import GptdashError
+from gptcore.estimate import flops_per_token, param_count
+from gptcore.metric_keys import TOKENS_PER_SEC, VAL_LOSS
+from gptcore.tokens import lookup
+from jobs.forecasting import run_forecast
+from jobs.sweeps import NOMINAL_FLOPS_PER_S, SweepPlan, submit_sweep
+from storage.home import cache_dir
+from storage.status import RunStatus
+
+if TYPE_CHECKING:
+    from storage.store import RunRecord, RunStore
+
+# Runs that count with their calibrated forecast rather than their last loss.
+UNFINISHED = (RunStatus.RUNNING, RunStatus.STOPPED, RunStatus.INTERRUPTED)
+DEFAULT_LADDER_S = 30 * 60.0
+# Past this many epochs of its corpus a run learns little more from its tokens
+# (Muennighoff et al. 2023, as ui.epochs says on the New run page).
+REPEAT_LIMIT = 4.0
+MAX_RUNS = 500  # the newest runs looked at
+# The sweep spec's key for an IsoFLOP ladder's budgets, so a later plan fits approach 2 on it.
+LADDER_KEY = "isoflop_budgets"
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``2h``, ``30m``, ``1h30m``, ``90s``; GptdashError for anything else."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise GptdashError(f"{text!r} is not a duration: write it as 2h, 30m, 1h30m or 90s")
+    h, m, s = (float(g) if g else 0.0 for g in match.groups())
+    seconds = 3600 * h + 60 * m + s
+    if not seconds > 0:
+        raise GptdashError(f"the duration {text!r} must be more than zero")
+    return seconds
+
+
+def parse_amount(text: str, what: str) -> float:
+    """A positive number such as ``3e15`` (FLOPs or tokens); GptdashError otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise GptdashError(f"{text!r} is not a number of {what}: write a positive number such "
+                           "as 3e15")
+    return value
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    """One run as the planner sees it. ``source``: "final" (its last val loss) or
+    "forecast" (its calibrated forecast, with ``low``-``high``)."""
+
+    run_id: int
+    name: str
+    params: int
+    tokens: int
+    loss: float
+    source: str
+    low: float | None
+    high: float | None
+    lr: float
+    device: str | None
+    tokens_per_s: float | None
+    sweep_id: int | None
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The runs of one corpus and tokenizer, the config new runs start from (the newest
+    run's, else the defaults) and the runs left out, each with why."""
+
+    corpus: str
+    tokenizer: str
+    base: TrainConfig
+    runs: list[PlanRun]
+    left_out: list[tuple[int, str]]
+
+
+def _config(run: RunRecord) -> TrainConfig | None:
+    try:
+        return TrainConfig.from_dict(run.config)
+    except GptdashError:
+        return None  # a config this version cannot read
+
+
+def _median_tps(store: RunStore, run_id: int) -> float | None:
+    tps = store.metrics([run_id], [TOKENS_PER_SEC])
+    return float(tps["value"].median()) if not tps.empty else None
+
+
+def _as_plan_run(store: RunStore, run: RunRecord, cfg: TrainConfig) -> PlanRun | str:
+    """The run's point, or why it is left out."""
+    if run.status == RunStatus.COMPLETED:
+        val = store.metrics([run.id], [VAL_LOSS])
+        if val.empty or run.last_step < 1:
+            return "completed without a val loss"
+        steps, loss, source, low, high = run.last_step, float(val["value"].iloc[-1]), "final", \
+            None, None
+    else:
+        forecast = run_forecast(store, run.id)
+        if forecast is None:
+            return f"{run.status}: too few evaluations to forecast its final loss"
+        if not forecast.calibrated:
+            return (f"{run.status}: its forecast is uncalibrated (no finished run of the same "
+                    "data to check it on)")
+        steps, loss, source = cfg.max_steps, forecast.predicted_final, "forecast"
+        low, high = forecast.low, forecast.high
+    if not (math.isfinite(loss) and loss > 0):
+        return f"its loss {loss} is not a positive number"
+    return PlanRun(run.id, run.name, param_count(cfg), steps * cfg.tokens_per_step, loss,
+                   source, low, high, cfg.lr, run.device, _median_tps(store, run.id),
+                   run.sweep_id)
+
+
+def gather(store: RunStore, corpus: str | None = None,
+           tokenizer: str | None = None) -> Gathered:
+    """The planner's runs of ``corpus`` and ``tokenizer`` (default: the newest run's)."""
+    runs = [(r, c) for r in store.list_runs(limit=MAX_RUNS) if (c := _config(r)) is not None]
+    corpus = corpus or (runs[0][1].corpus if runs else TrainConfig().corpus)
+    tokenizer = tokenizer or (runs[0][1].tokenizer if runs else TrainConfig().tokenizer)
+    mine = [(r, c) for r, c in runs if c.corpus == corpus and c.tokenizer == tokenizer]
+    base = mine[0][1] if mine else replace(TrainConfig(), corpus=corpus, tokenizer=tokenizer)
+    used, left_out = [], []
+    for run, cfg in mine:
+        if run.status != RunStatus.COMPLETED and run.status not in UNFINISHED:
+            continue  # queued, failed or cancelled: nothing to learn from
+        point = _as_plan_run(store, run, cfg)
+        if isinstance(point, str):
+            left_out.append((run.id, point))
+        else:
+            used.append(point)
+    return Gathered(corpus, tokenizer, base.validate(), used, left_out)
+
+
+def _device_matches(label: str | None, device: str) -> bool:
+    """``cpu`` matches a run on ``cpu``; ``cuda`` one on ``cuda (NVIDIA H100 ...)``."""
+    return label is not None and (label == device or label.split(" ")[0] == device)
+
+
+def _with_shape(base: TrainConfig, shape: Shape) -> TrainConfig:
+    return replace(base, model=replace(base.model, n_layers=shape.n_layers,
+                                       emb_dim=shape.emb_dim, n_heads=shape.n_heads))
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """A plan point as a run to queue: its config (shape, steps, lr), and epochs of the
+    corpus it implies (None while the corpus is not tokenized)."""
+
+    point: PlanPoint
+    config: TrainConfig
+    epochs: float | None
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Everything ``gptdash plan`` and the Plan page show."""
+
+    gathered: Gathered
+    plan: Plan
+    budget: str  # the budget as asked: "2h on cpu", "3e+15 FLOPs", "5e+08 tokens"
+    device: str | None  # whose throughput gives the times
+    throughput: Throughput | None
+    throughput_runs: int  # 0: the nominal speed (only for the ladder), or none
+    lr: LrAdvice | None
+    lr_how: str
+    recommended: list[Recommended]  # 0.5x, 1x, 2x
+    train_tokens: int | None
+    warnings: list[str]
+    flops_per_token: FlopsPerToken
+    ladder_configs: list[TrainConfig]
+
+    @property
+    def main(self) -> Recommended:
+        return next(r for r in self.recommended if r.point.multiple == 1.0)
+
+
+def run_config(base: TrainConfig, shape: Shape, tokens: float, lr: float) -> TrainConfig:
+    """``base`` with ``shape``, the steps that train on about ``tokens`` and ``lr`` (min_lr
+    kept in its ratio to lr); warmup and evaluations at most a tenth of the steps, so a
+    short run still warms up, decays and is forecast."""
+    steps = max(1, round(tokens / base.tokens_per_step))
+    cfg = _with_shape(base, shape)
+    return replace(cfg, max_steps=steps, lr=lr, min_lr=base.min_lr * lr / base.lr,
+                   warmup_steps=min(base.warmup_steps, steps // 10),
+                   eval_interval=max(1, min(base.eval_interval, steps // 10)),
+                   checkpoint_interval=min(base.checkpoint_interval, steps)).validate()
+
+
+def _train_tokens(base: TrainConfig) -> int | None:
+    """The corpus's training tokens when the token cache holds it tokenized, else None."""
+    try:
+        found = lookup(base.corpus, base.tokenizer, cache_dir(), base.val_fraction,
+                       base.text_field)
+    except (GptdashError, OSError):
+        return None
+    return found.manifest.train_tokens if found is not None else None
+
+
+def _throughput(runs: list[PlanRun], device: str | None,
+                fpt: FlopsPerToken) -> tuple[str | None, Throughput | None, int]:
+    """The device (given, else the newest measured run's) and its speed law from the runs'
+    tokens/s; (device, None, 0) when none of its runs measured one."""
+    measured = [r for r in runs if r.tokens_per_s and r.device]
+    if device is None and measured:
+        device = measured[0].device.split(" ")[0]
+    on = [r for r in measured if device is not None and _device_matches(r.device, device)]
+    if not on:
+        return device, None, 0
+    return device, fit_throughput([r.params for r in on], [r.tokens_per_s for r in on], fpt), \
+        len(on)
+
+
+def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | None = None,
+              tokens: float | None = None, device: str | None = None,
+              corpus: str | None = None, tokenizer: str | None = None,
+              ladder_time_s: float = DEFAULT_LADDER_S, n_boot: int = 300,
+              seed: int = 0) -> BudgetPlan:
+    """Plan a budget (one of ``seconds`` on ``device``, ``flops`` or ``tokens``) from the
+    user's runs; GptdashError for a budget it cannot plan."""
+    if sum(b is not None for b in (seconds, flops, tokens)) != 1:
+        raise GptdashError("give the budget one way: a time (--budget 2h --device cpu), "
+                           "FLOPs (--flops 3e15) or tokens (--tokens 5e8)")
+    gathered = gather(store, corpus, tokenizer)
+    base = gathered.base
+
+    def count(layers: int, emb: int, heads: int) -> int:
+        return param_count(_with_shape(base, Shape(layers, emb, heads, 0)))
+
+    shapes = shape_ladder(count)
+    fpt = fit_flops_per_token(shapes, lambda s: flops_per_token(_with_shape(base, s)))
+    runs = gathered.runs
+    device, throughput, measured = _throughput(runs, device, fpt)
+    if seconds is not None and throughput is None:
+        where = f" on {device}" if device else ""
+        raise GptdashError(f"no finished run{where} recorded its tokens/s, so a time cannot be "
+                           "turned into FLOPs: train a run there first, or give the budget as "
+                           "--flops or --tokens")
+    notes = []
+    ladder_speed = throughput
+    if throughput is None:
+        ladder_speed = Throughput(NOMINAL_FLOPS_PER_S, flops_per_token=fpt)
+        notes.append(f"no run has measured this machine's speed: times assume a nominal "
+                     f"{NOMINAL_FLOPS_PER_S / 1e9:g} GFLOP/s (a laptop CPU's)")
+    budgets = sorted({b for r in runs if r.sweep_id is not None
+                      for b in store.get_sweep(r.sweep_id).spec.get(LADDER_KEY, [])})
+    try:
+        result = plan([r.params for r in runs], [r.tokens for r in runs],
+                      [r.loss for r in runs], flops, seconds=seconds, tokens=tokens,
+                      shapes=shapes, flops_per_token=fpt, throughput=ladder_speed,
+                      ladder_time_s=ladder_time_s, isoflop_budgets=budgets, n_boot=n_boot,
+                      seed=seed)
+    except ValueError as exc:
+        raise GptdashError(str(exc)) from None
+    advice = learning_rate_for([r.params for r in runs], [r.lr for r in runs],
+                               [r.loss for r in runs], result.main.params) if runs else None
+    lr_how = advice.how if advice else (f"{base.lr:g}, the lr new runs start from (the newest "
+                                        "run's, or the default): no finished runs to compare")
+    train_tokens = _train_tokens(base)
+    recommended = []
+    for point in result.points:
+        lr = advice.lr if advice else base.lr
+        cfg = run_config(base, point.shape, point.tokens, lr)
+        seen = cfg.tokens_per_step * cfg.max_steps
+        recommended.append(Recommended(point, cfg, seen / train_tokens if train_tokens else None))
+    warnings = [f"{r.point.multiple:g}x the budget trains on {r.epochs:.1f} epochs of the "
+                f"corpus, more than {REPEAT_LIMIT:g}: past that repeated tokens are worth "
+                "little (Muennighoff et al. 2023); a larger corpus spends it better"
+                for r in recommended if r.epochs is not None and r.epochs > REPEAT_LIMIT]
+    ladder_configs = []
+    if result.ladder is not None:
+        lr = advice.lr if advice else base.lr
+        ladder_configs = [run_config(base, r.shape, r.tokens, lr) for r in result.ladder.runs]
+    description = (f"{_time_text(seconds)} on {device}" if seconds is not None else
+                   f"{flops:.3g} FLOPs" if flops is not None else f"{tokens:.3g} tokens")
+    return BudgetPlan(gathered, replace(result, notes=[*result.notes, *notes]), description,
+                      device, throughput, measured, advice, lr_how, recommended, train_tokens,
+                      warnings, fpt, ladder_configs)
+
+
+def narrowing(bp: BudgetPlan) -> str | None:
+    """How many more runs like these would halve the band of the main loss, or None."""
+    loss = bp.main.point.loss
+    if loss is None or bp.plan.n_runs == 0:
+        return None
+    width = float(loss.high - loss.low)
+    more = runs_to_narrow(width, bp.plan.n_runs, width / 2)
+    return (f"the {loss.level:.0%} band of the loss is {float(loss.low):.3f} to "
+            f"{float(loss.high):.3f}; about {more} more runs like these would halve it "
+            f"(a bootstrap band narrows as 1/sqrt(runs); runs nearer the budget narrow it "
+            "faster)")
+
+
+def queue_recommended(store: RunStore, bp: BudgetPlan) -> int:
+    """Queue the run recommended for the budget; its id."""
+    from jobs import actions
+
+    cfg = bp.main.config
+    name = (f"plan {bp.budget}: {cfg.model.n_layers}x{cfg.model.emb_dim} "
+            f"{cfg.max_steps} steps")
+    return actions.submit(store, cfg, name=name, tags=["plan"])
+
+
+def queue_ladder(store: RunStore, bp: BudgetPlan) -> tuple[int, list[int]]:
+    """Queue the proposed IsoFLOP ladder as one sweep (its budgets kept in the sweep's spec,
+    so the next plan fits approach 2 on its runs); (sweep id, run ids)."""
+    ladder: Ladder | None = bp.plan.ladder
+    if ladder is None:
+        raise GptdashError("there is no ladder to queue: the runs already fit the law "
+                           "(queue the recommended run instead)")
+    overrides = [{"n_layers": c.model.n_layers, "emb_dim": c.model.emb_dim,
+                  "n_heads": c.model.n_heads, "max_steps": c.max_steps}
+                 for c in bp.ladder_configs]
+    spec = {"base": bp.gathered.base.to_dict(), "params": list(overrides[0]),
+            "runs": overrides, LADDER_KEY: ladder.budgets}
+    sweep = SweepPlan(configs=bp.ladder_configs, params=list(overrides[0]), spec=spec,
+                      estimated_seconds=ladder.total_s, overrides=overrides)
+    return submit_sweep(store, sweep, name="isoflop ladder", tags=["plan"])
+
+
+def _time_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _band(band: Any) -> dict[str, float | None]:
+    def num(x: Any) -> float | None:
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return {"value": num(band.value), "low": num(band.low), "high": num(band.high)}
+
+
+def report(bp: BudgetPlan) -> dict[str, Any]:
+    """The plan as plain values (for ``--json``)."""
+    g, p = bp.gathered, bp.plan
+    fit = p.fit
+    law = None
+    if fit is not None:
+        law = {name: {"value": float(getattr(fit.law, name)), "interval": fit.interval(name)}
+               for name in ("E", "A", "B", "alpha", "beta", "n_exponent")}
+    points = []
+    for r in bp.recommended:
+        pt, m = r.point, r.config.model
+        points.append({
+            "multiple": pt.multiple, "flops": pt.compute, "n_layers": m.n_layers,
+            "emb_dim": m.emb_dim, "n_heads": m.n_heads, "params": int(pt.params),
+            "steps": r.config.max_steps,
+            "tokens": r.config.max_steps * r.config.tokens_per_step, "lr": r.config.lr,
+            "loss": _band(pt.loss) if pt.loss is not None else None,
+            "seconds": pt.seconds if bp.throughput is not None else None,
+            "epochs": r.epochs, "n_opt": _band(pt.n_opt), "d_opt": _band(pt.d_opt),
+            "tokens_per_param": _band(pt.tokens_per_param)})
+    ladder = None
+    if p.ladder is not None:
+        ladder = {"total_s": p.ladder.total_s, "budgets": p.ladder.budgets,
+                  "runs": [{"flops": lr.compute, "n_layers": c.model.n_layers,
+                            "emb_dim": c.model.emb_dim, "n_heads": c.model.n_heads,
+                            "params": lr.shape.params, "steps": c.max_steps,
+                            "seconds": lr.seconds}
+                           for lr, c in zip(p.ladder.runs, bp.ladder_configs, strict=True)]}
+    return {"corpus": g.corpus, "tokenizer": g.tokenizer, "budget": bp.budget,
+            "device": bp.device, "throughput_runs": bp.throughput_runs, "mode": p.mode,
+            "n_runs": p.n_runs, "n_sizes": p.n_sizes,
+            "runs": [{"run_id": r.run_id, "params": r.params, "tokens": r.tokens,
+                      "loss": r.loss, "source": r.source, "low": r.low, "high": r.high}
+                     for r in g.runs],
+            "left_out": [{"run_id": i, "why": why} for i, why in g.left_out],
+            "lr_how": bp.lr_how, "train_tokens": bp.train_tokens, "points": points,
+            "law": law, "ladder": ladder, "narrowing": narrowing(bp), "notes": p.notes,
+            "warnings": bp.warnings,
+            "counting": "N: total parameters (tied embedding once); FLOPs: gptcore's "
+                        "flops_per_token (6N plus attention) x tokens"}
+
+
+def lines(bp: BudgetPlan) -> list[str]:
+    """The plan in words, for a terminal."""
+    g, p = bp.gathered, bp.plan
+    how = {PlanMode.FITTED: "the law fitted on your runs",
+           PlanMode.FIXED_EXPONENTS: "your runs with Epoch AI's exponents",
+           PlanMode.PRIOR: "Epoch AI's refit of Chinchilla (too few of your runs to fit)"}
+    out = [f"plan for {bp.budget} on {g.corpus!r} ({g.tokenizer}): {p.n_runs} run(s) of "
+           f"{p.n_sizes} size(s); from {how[p.mode]}"]
+    out.append(f"{'budget':>7}  {'shape (layers x emb / heads)':<28}  {'params':>9}  "
+               f"{'steps':>8}  {'tokens':>9}  {'lr':>8}  {'val loss (80% band)':<22}  "
+               f"{'time':>8}  epochs")
+    for r in bp.recommended:
+        pt, cfg = r.point, r.config
+        m = cfg.model
+        loss = (f"{float(pt.loss.value):.3f} ({float(pt.loss.low):.3f}-"
+                f"{float(pt.loss.high):.3f})" if pt.loss is not None else "-")
+        seconds = pt.seconds if bp.throughput is not None else None
+        epochs = f"{r.epochs:.2g}" if r.epochs is not None else "-"
+        out.append(f"{pt.multiple:>6g}x  {f'{m.n_layers} x {m.emb_dim} / {m.n_heads}':<28}  "
+                   f"{pt.params:>9.3g}  {cfg.max_steps:>8,}  "
+                   f"{cfg.max_steps * cfg.tokens_per_step:>9.3g}  {cfg.lr:>8.2g}  "
+                   f"{loss:<22}  {_time_text(seconds):>8}  {epochs}")
+    out.append(f"learning rate: {bp.lr_how}")
+    if bp.train_tokens is None:
+        out.append("epochs: unknown until the corpus is tokenized (`gptdash corpus prepare`)")
+    if p.fit is not None:
+        a = p.fit.interval("alpha")
+        b = p.fit.interval("beta")
+        out.append(f"fitted law: L = {p.fit.law.E:.3g} + {p.fit.law.A:.3g}/N^{p.fit.law.alpha:.3f}"
+                   f" + {p.fit.law.B:.3g}/D^{p.fit.law.beta:.3f} (alpha {a[0]:.2f}-{a[1]:.2f}, "
+                   f"beta {b[0]:.2f}-{b[1]:.2f})")
+    if (text := narrowing(bp)) is not None:
+        out.append(text)
+    if p.ladder is not None:
+        out.append(f"to fit the law, train this IsoFLOP ladder ({len(p.ladder.runs)} runs, "
+                   f"about {_time_text(p.ladder.total_s)} of training; `--queue` queues it as "
+                   "a sweep):")
+        for run, cfg in zip(p.ladder.runs, bp.ladder_configs, strict=True):
+            m = cfg.model
+            out.append(f"  {run.compute:9.3g} FLOPs: {m.n_layers} x {m.emb_dim} / {m.n_heads} "
+                       f"({run.shape.params:.3g} params), {cfg.max_steps:,} steps, "
+                       f"{_time_text(run.seconds)}")
+    out += [f"note: {n}" for n in p.notes]
+    out += [f"warning: {w}" for w in bp.warnings]
+    out += [f"left out run {i}: {why}" for i, why in g.left_out]
+    return out
+
+
+def arrays(runs: list[PlanRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, loss) of the runs, for figures."""
+    return (np.array([r.params for r in runs], dtype=float),
+            np.array([r.tokens for r in runs], dtype=float),
+            np.array([r.loss for r in runs], dtype=float))
