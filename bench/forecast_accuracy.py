@@ -17,7 +17,9 @@ the fixed validation set. For each run and share of steps:
   evaluations so far, and the band is ``band_half_width`` of the relatives' own
   leave-one-out misses from the same share (``jobs.forecasting`` does exactly this on the
   database);
-- uncalibrated: ``forecast_final`` on the run's evaluations alone (a run with no relative).
+- uncalibrated: ``forecast_final`` on the run's evaluations alone (a run with no relative),
+  its band at least the rule for a forecast nothing has checked (``with_rule_band``, as
+  ``jobs.forecasting`` shows it; bench/first_run_forecast.py measures that rule).
 
 One JSON line per run and share (predicted, band, actual, error %, covered) and one
 summary line per share: median and worst error, band coverage, each with the issue's
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                 cal = calibrated(curve, relatives, upto)
                 alone = forecast_final(curve.steps, curve.val_loss, curve.lr_per_step,
                                        curve.max_steps, upto_step=upto)
+                alone = alone.with_rule_band() if alone is not None else None
                 row = {"run": name, "family": family, "fraction": fraction, "upto_step": upto,
                        "actual": round(curve.final, 4),
                        "calibrated": outcome(cal, curve.final),
