@@ -28,6 +28,7 @@ PAGES = [
             url_path="sweeps"),
     st.Page("app_pages/compute.py", title="Compute", icon=":material/show_chart:",
             url_path="compute"),
+    st.Page("app_pages/plan.py", title="Plan", icon=":material/calculate:", url_path="plan"),
     st.Page("app_pages/playground.py", title="Playground", icon=":material/edit_note:",
             url_path="playground"),
     st.Page("app_pages/workers.py", title="Workers", icon=":material/dns:", url_path="workers"),

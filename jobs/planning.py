@@ -150,6 +150,13 @@ def _as_plan_run(store: RunStore, run: RunRecord, cfg: TrainConfig) -> PlanRun |
                    run.sweep_id)
 
 
+def corpora(store: RunStore) -> list[tuple[str, str]]:
+    """The (corpus, tokenizer) pairs of the runs, the newest run's first."""
+    pairs = ((c.corpus, c.tokenizer) for r in store.list_runs(limit=MAX_RUNS)
+             if (c := _config(r)) is not None)
+    return list(dict.fromkeys(pairs))
+
+
 def gather(store: RunStore, corpus: str | None = None,
            tokenizer: str | None = None) -> Gathered:
     """The planner's runs of ``corpus`` and ``tokenizer`` (default: the newest run's)."""
@@ -168,6 +175,11 @@ def gather(store: RunStore, corpus: str | None = None,
         else:
             used.append(point)
     return Gathered(corpus, tokenizer, base.validate(), used, left_out)
+
+
+def devices(runs: list[PlanRun]) -> list[str]:
+    """The devices (``cpu``, ``cuda``) on which runs measured their tokens/s, newest first."""
+    return list(dict.fromkeys(r.device.split(" ")[0] for r in runs if r.tokens_per_s and r.device))
 
 
 def _device_matches(label: str | None, device: str) -> bool:
@@ -239,10 +251,10 @@ def _throughput(runs: list[PlanRun], device: str | None,
                 fpt: FlopsPerToken) -> tuple[str | None, Throughput | None, int]:
     """The device (given, else the newest measured run's) and its speed law from the runs'
     tokens/s; (device, None, 0) when none of its runs measured one."""
-    measured = [r for r in runs if r.tokens_per_s and r.device]
-    if device is None and measured:
-        device = measured[0].device.split(" ")[0]
-    on = [r for r in measured if device is not None and _device_matches(r.device, device)]
+    if device is None and (seen := devices(runs)):
+        device = seen[0]
+    on = [r for r in runs if r.tokens_per_s and device is not None
+          and _device_matches(r.device, device)]
     if not on:
         return device, None, 0
     return device, fit_throughput([r.params for r in on], [r.tokens_per_s for r in on], fpt), \
@@ -253,13 +265,14 @@ def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | N
               tokens: float | None = None, device: str | None = None,
               corpus: str | None = None, tokenizer: str | None = None,
               ladder_time_s: float = DEFAULT_LADDER_S, n_boot: int = 300,
-              seed: int = 0) -> BudgetPlan:
+              seed: int = 0, gathered: Gathered | None = None) -> BudgetPlan:
     """Plan a budget (one of ``seconds`` on ``device``, ``flops`` or ``tokens``) from the
-    user's runs; GptdashError for a budget it cannot plan."""
+    user's runs (``gathered``, else those of ``corpus`` and ``tokenizer``); GptdashError for
+    a budget it cannot plan."""
     if sum(b is not None for b in (seconds, flops, tokens)) != 1:
         raise GptdashError("give the budget one way: a time (--budget 2h --device cpu), "
                            "FLOPs (--flops 3e15) or tokens (--tokens 5e8)")
-    gathered = gather(store, corpus, tokenizer)
+    gathered = gathered or gather(store, corpus, tokenizer)
     base = gathered.base
 
     def count(layers: int, emb: int, heads: int) -> int:

@@ -31,7 +31,8 @@ from storage.store import RunStore
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/new_run.py", "app_pages/runs.py", "app_pages/live.py", "app_pages/compare.py",
-         "app_pages/sweeps.py", "app_pages/compute.py", "app_pages/playground.py"]
+         "app_pages/sweeps.py", "app_pages/compute.py", "app_pages/plan.py",
+         "app_pages/playground.py"]
 # Small enough to train 20 steps on a CPU in a few seconds, with evals, samples and checkpoints.
 MICRO = {"context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "max_steps": 20,
          "eval_interval": 10, "eval_iters": 2, "batch_size": 8, "device": "cpu",
@@ -381,6 +382,40 @@ def test_compute_page_plots_the_finished_runs_and_says_why_no_law_fits(trained_a
     # Same shape, same steps: one compute, so no law can be fitted.
     assert "No frontier fitted: need at least two runs with different compute" in _texts(
         at.caption)
+
+
+def test_plan_page_on_an_empty_database_proposes_the_ladder_and_queues_it(empty_app):
+    at = _open(empty_app, "app_pages/plan.py")
+    assert "No finished runs of this corpus and tokenizer yet" in _texts(at.info)
+    assert len(_plotly_specs(at)) == 3
+    [ladder] = [b for b in at.button if b.label.startswith("Queue the IsoFLOP ladder")]
+    ladder.click().run()
+    assert not at.exception and not at.error
+    assert "Sweep 1 queued" in _texts(at.success)
+
+
+def test_plan_page_fits_runs_of_many_sizes_and_queues_the_recommended_run(home):
+    from test_jobs_planning import seed_many
+
+    store = RunStore()
+    seed_many(store)
+    store.close()
+    with _app_test() as at:
+        _open(at, "app_pages/plan.py")
+        at.radio(key="plan_kind").set_value("FLOPs").run()
+        at.text_input(key="plan_amount").input("2e14").run()
+        assert not at.exception and not at.error
+        table = at.dataframe[0].value
+        assert list(table["budget"]) == ["0.5×", "1×", "2×"] and table["val loss"].notna().all()
+        exponents = at.dataframe[1].value
+        assert "alpha (N)" in set(exponents["constant"])
+        [queue] = [b for b in at.button if b.label == "Queue the recommended run"]
+        queue.click().run()
+        assert not at.exception
+        from ui.widgets import get_store
+
+        [queued] = get_store().list_runs(status="queued")
+        assert queued.config["model"]["n_layers"] == int(table["n_layers"][1])
 
 
 def test_playground_generates_text_from_a_checkpoint(trained_app):
