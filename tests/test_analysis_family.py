@@ -182,3 +182,24 @@ def test_a_new_shape_borrows_the_law_of_the_other_shapes():
     errors = leave_one_shape_out_errors(shapes, 0.4)
     assert len(errors) == 9 and max(map(abs, errors)) < 0.003
     assert leave_one_shape_out_errors(shapes[:1], 0.4) == []  # no other shape to miss
+
+
+def test_the_joint_fit_where_a_bound_binds_is_the_block_designs_bounded_fit():
+    # Curves whose loss rises as the lr decays want C < 0; held at 0 or more, the fit by
+    # projections and a 1-D search in C must match the bounded solve of the whole design.
+    from analysis.family import _joint_design, _joint_solve, _solve
+
+    curves = [law_curve(*m, alpha=ALPHA) for m in MEMBERS]
+    risen = [Curve.of(c.steps, c.val_loss + 2 * C * areas_of_curve(c), c.lr_per_step, STEPS)
+             for c in curves]
+    for alpha in (0.1, ALPHA, 1.5):
+        c, rss, n = _joint_solve(risen, alpha, MOMENTUM)
+        cols, y = _joint_design(risen, alpha, MOMENTUM)
+        coef, expected = _solve(cols, y, np.zeros(cols.shape[1]))
+        assert c == pytest.approx(coef[-1], abs=1e-6) and n == y.size
+        assert rss == pytest.approx(expected, rel=1e-6)
+    assert _joint_solve(risen, ALPHA, MOMENTUM)[0] == 0.0  # the bound did bind
+
+
+def areas_of_curve(curve: Curve) -> np.ndarray:
+    return annealing_areas(curve.lr_per_step, MOMENTUM)[1][curve.steps]
