@@ -46,7 +46,7 @@ with left:
         device = st.selectbox("Device", measured, key="plan_device",
                               help="whose runs' measured tokens/s turn the time into FLOPs")
     else:
-        amount = st.text_input(kind.capitalize(), "1e15" if kind == "FLOPs" else "1e8",
+        amount = st.text_input(f"Budget in {kind}", "1e15" if kind == "FLOPs" else "1e8",
                                key="plan_amount", help="a positive number, such as 3e15")
 
 bp = None

@@ -78,12 +78,15 @@ def exponents_table(bp: BudgetPlan) -> pd.DataFrame:
                                        "Epoch AI"])
 
 
-def _layout(title: str, x: str, y: str, *, log_y: bool = True) -> dict:
+# For the figures drawn side by side: their legends are too long for the title's line.
+LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}
+
+
+def _layout(title: str, x: str, y: str, *, narrow: bool = False) -> dict:
     return {"title": {"text": title, "x": 0, "xanchor": "left"}, "margin": FIGURE_MARGIN,
-            "legend": LEGEND_RIGHT, "height": 420,
+            "legend": LEGEND_BELOW if narrow else LEGEND_RIGHT, "height": 480 if narrow else 420,
             "xaxis": {"title": {"text": x}, "type": "log", "exponentformat": "power"},
-            "yaxis": {"title": {"text": y}, "type": "log" if log_y else "linear",
-                      "exponentformat": "power"}}
+            "yaxis": {"title": {"text": y}, "type": "log", "exponentformat": "power"}}
 
 
 def _run_hover(bp: BudgetPlan) -> dict:
@@ -146,7 +149,8 @@ def optimum_figure(bp: BudgetPlan) -> go.Figure:
     """The compute-optimal N and D against compute, with bands (without a fit: Epoch's law,
     no band), the user's runs at their own N and D, and the budget asked for."""
     fig = go.Figure(layout=_layout("Optimal model size and tokens against compute",
-                                   "training compute C (FLOPs)", "N (parameters), D (tokens)"))
+                                   "training compute C (FLOPs)", "N (parameters), D (tokens)",
+                                   narrow=True))
     c = _compute_span(bp)
     fit = bp.plan.fit
     if fit is not None:
@@ -184,7 +188,8 @@ def tokens_per_param_figure(bp: BudgetPlan) -> go.Figure:
     """Tokens per parameter of the optimal run against compute, with its band, beside
     Epoch's law's and the user's runs' own ratios."""
     fig = go.Figure(layout=_layout("Tokens per parameter at the optimum",
-                                   "training compute C (FLOPs)", "tokens per parameter D/N"))
+                                   "training compute C (FLOPs)", "tokens per parameter D/N",
+                                   narrow=True))
     c = _compute_span(bp)
     fit = bp.plan.fit
     if fit is not None:
