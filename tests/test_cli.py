@@ -229,3 +229,18 @@ def test_list_and_show_do_not_import_pandas(tmp_path):
     assert out.returncode == 0, out.stderr
     assert '"kind": "spike"' in out.stdout  # show lists the event
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_plan_answers_without_torch_and_proposes_a_ladder_on_an_empty_database(tmp_path):
+    code = ("import sys\nfrom jobs.cli import main\n"
+            "code = main(['plan', '--flops', '1e14', '--json'])\n"
+            "print(code, 'torch' in sys.modules)")
+    out = python_in(tmp_path, code)
+    assert out.returncode == 0, out.stderr
+    *report, last = out.stdout.strip().splitlines()
+    assert last == "0 False", out.stderr
+    plan = json.loads(report[-1])
+    assert plan["mode"] == "prior" and plan["ladder"]["runs"]
+    refused = gptdash(tmp_path, "plan", "--budget", "2h")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "recorded its tokens/s" in refused.stderr
