@@ -118,24 +118,6 @@ def _solve(columns: np.ndarray, y: np.ndarray, lower: np.ndarray) -> tuple[np.nd
     return coef, float(resid @ resid)
 
 
-def _joint_design(curves: Sequence[Curve], alpha: float, momentum: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows: every fitted evaluation; columns: L0 per run, A per run, then C."""
-    k = len(curves)
-    blocks, ys = [], []
-    for i, curve in enumerate(curves):
-        s1_all, s2_all = areas_of(curve, momentum)
-        keep = curve.steps >= FIT_FROM * curve.max_steps
-        x = curve.steps[keep]
-        block = np.zeros((x.size, 2 * k + 1))
-        block[:, i] = 1.0
-        block[:, k + i] = s1_all[x] ** (-alpha)
-        block[:, 2 * k] = -s2_all[x]
-        blocks.append(block)
-        ys.append(curve.val_loss[keep])
-    return np.vstack(blocks), np.concatenate(ys)
-
-
 def _joint_solve(curves: Sequence[Curve], alpha: float, momentum: float
                  ) -> tuple[float, float, int]:
     """C, the residual sum of squares and the number of evaluations of the joint fit for a
@@ -165,14 +147,14 @@ def _joint_solve(curves: Sequence[Curve], alpha: float, momentum: float
         return c, float(sum(np.sum((ry - c * rz) ** 2) for _, _, _, ry, rz in parts)), n
     top = max(float(np.abs(z).max()) for _, _, z, _, _ in parts)
     if top == 0:
-        return 0.0, sum(_nonnegative_level_scale(basis, y)[1] for basis, y, *_ in parts), n
+        return 0.0, sum(_solve(basis, y, np.zeros(2))[1] for basis, y, *_ in parts), n
     # No C worth a look drops the loss by more than twice its largest value.
     high = 2 * max(float(np.abs(y).max()) for _, y, *_ in parts) / top
     sums = _level_scale_sums([(basis, y, z) for basis, y, z, *_ in parts])
     res = optimize.minimize_scalar(lambda c: _bounded_rss(sums, c), bounds=(0.0, high),
                                    method="bounded", options={"xatol": 1e-9 * high})
     c = float(res.x) if res.fun < _bounded_rss(sums, 0.0) else 0.0
-    return c, sum(_nonnegative_level_scale(basis, y - c * z)[1]
+    return c, sum(_solve(basis, y - c * z, np.zeros(2))[1]
                   for basis, y, z, *_ in parts), n
 
 
@@ -190,7 +172,7 @@ def _level_scale_sums(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
 
 def _bounded_rss(sums: np.ndarray, c: float) -> float:
     """The residual sum of squares of every run with its best L0, A >= 0 for this C
-    (``_nonnegative_level_scale`` from the sums, all runs at once)."""
+    (the least squares of ``_solve`` in closed form, all runs at once)."""
     n, sp, spp, sy, sz, spy, spz, syy, syz, szz = sums.T
     st, spt, stt = sy - c * sz, spy - c * spz, syy - 2 * c * syz + c * c * szz
     det = n * spp - sp * sp
@@ -204,28 +186,6 @@ def _bounded_rss(sums: np.ndarray, c: float) -> float:
     candidates = np.vstack([both, stt - 2 * l0_only * st + l0_only**2 * n,
                             stt - 2 * a_only * spt + a_only**2 * spp, stt])
     return float(np.maximum(candidates.min(axis=0), 0.0).sum())
-
-
-def _nonnegative_level_scale(basis: np.ndarray, target: np.ndarray
-                             ) -> tuple[np.ndarray, float]:
-    """min ||basis @ (L0, A) - target|| with L0, A >= 0: the best of the unconstrained
-    solution (where feasible), each column alone (clipped at 0) and none."""
-    best = (np.zeros(2), float(target @ target))
-    coef = np.linalg.lstsq(basis, target, rcond=None)[0]
-    candidates = [coef] if np.all(coef >= 0) else []
-    for j in (0, 1):
-        column = basis[:, j]
-        norm = float(column @ column)
-        if norm > 0:
-            one = np.zeros(2)
-            one[j] = max(float(column @ target) / norm, 0.0)
-            candidates.append(one)
-    for candidate in candidates:
-        resid = basis @ candidate - target
-        value = float(resid @ resid)
-        if value < best[1]:
-            best = (candidate, value)
-    return best
 
 
 def fit_family(curves: Sequence[Curve]) -> FamilyFit | None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis.family import (
+    FIT_FROM,
     Curve,
     band_half_width,
     divergence,
@@ -187,14 +188,14 @@ def test_a_new_shape_borrows_the_law_of_the_other_shapes():
 def test_the_joint_fit_where_a_bound_binds_is_the_block_designs_bounded_fit():
     # Curves whose loss rises as the lr decays want C < 0; held at 0 or more, the fit by
     # projections and a 1-D search in C must match the bounded solve of the whole design.
-    from analysis.family import _joint_design, _joint_solve, _solve
+    from analysis.family import _joint_solve, _solve
 
     curves = [law_curve(*m, alpha=ALPHA) for m in MEMBERS]
     risen = [Curve.of(c.steps, c.val_loss + 2 * C * areas_of_curve(c), c.lr_per_step, STEPS)
              for c in curves]
     for alpha in (0.1, ALPHA, 1.5):
         c, rss, n = _joint_solve(risen, alpha, MOMENTUM)
-        cols, y = _joint_design(risen, alpha, MOMENTUM)
+        cols, y = block_design(risen, alpha)
         coef, expected = _solve(cols, y, np.zeros(cols.shape[1]))
         assert c == pytest.approx(coef[-1], abs=1e-6) and n == y.size
         assert rss == pytest.approx(expected, rel=1e-6)
@@ -203,3 +204,18 @@ def test_the_joint_fit_where_a_bound_binds_is_the_block_designs_bounded_fit():
 
 def areas_of_curve(curve: Curve) -> np.ndarray:
     return annealing_areas(curve.lr_per_step, MOMENTUM)[1][curve.steps]
+
+
+def block_design(curves: list[Curve], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The joint fit as one linear problem. Rows: every evaluation from FIT_FROM on;
+    columns: L0 per run, A per run, then C."""
+    k = len(curves)
+    blocks, ys = [], []
+    for i, curve in enumerate(curves):
+        s1, s2 = annealing_areas(curve.lr_per_step, MOMENTUM)
+        x = curve.steps[curve.steps >= FIT_FROM * STEPS]
+        block = np.zeros((x.size, 2 * k + 1))
+        block[:, i], block[:, k + i], block[:, 2 * k] = 1.0, s1[x] ** (-alpha), -s2[x]
+        blocks.append(block)
+        ys.append(curve.val_loss[curve.steps >= FIT_FROM * STEPS])
+    return np.vstack(blocks), np.concatenate(ys)
