@@ -184,7 +184,7 @@ def cmd_forecast(args, store: RunStore) -> int:
 
 
 def cmd_plan(args, store: RunStore) -> int:
-    from jobs import planning
+    from jobs import plan_report, planning
 
     if args.device and not args.budget:
         raise GptdashError("--device says whose speed turns a time into FLOPs: give the time "
@@ -195,8 +195,8 @@ def cmd_plan(args, store: RunStore) -> int:
         tokens=planning.parse_amount(args.tokens, "tokens") if args.tokens else None,
         device=args.device, corpus=args.corpus, tokenizer=args.tokenizer,
         ladder_time_s=planning.parse_duration(args.ladder_time))
-    out = planning.report(bp) if args.json else None
-    text = [] if args.json else planning.lines(bp)
+    out = plan_report.report(bp) if args.json else None
+    text = [] if args.json else plan_report.lines(bp)
     if args.queue and bp.plan.ladder is not None:
         sweep_id, run_ids = planning.queue_ladder(store, bp)
         text.append(f"sweep {sweep_id}: the ladder's {len(run_ids)} runs queued; watch them "

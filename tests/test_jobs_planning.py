@@ -9,12 +9,13 @@ import pytest
 
 from analysis.planner import PlanMode
 from analysis.scaling import LossLaw
-from gptcore.config import apply_overrides, preset
+from gptcore.config import TrainConfig, apply_overrides, preset
 from gptcore.errors import GptdashError
 from gptcore.estimate import param_count
 from gptcore.metric_keys import TOKENS_PER_SEC, VAL_LOSS
 from jobs.cli import main
-from jobs.planning import gather, make_plan, parse_amount, parse_duration, report
+from jobs.plan_report import report
+from jobs.planning import gather, make_plan, parse_amount, parse_duration, queue_ladder
 from storage.status import RunStatus
 
 # A law in the range a byte-level model on a small corpus follows (losses of 1.5 to 3).
@@ -207,3 +208,20 @@ def test_seeded_runs_count_as_the_project_counts_them(store):
     run = gather(store).runs[0]
     cfg = replace(preset("tiny"), max_steps=100)
     assert run.tokens == 100 * cfg.tokens_per_step and run.source == "final"
+
+
+def test_a_trained_ladder_is_fitted_by_approach_2_too(store):
+    bp = make_plan(store, flops=1e14, n_boot=20)  # nothing trained: the prior's ladder
+    _, run_ids = queue_ladder(store, bp)
+    for run_id in run_ids:  # as if each had trained to its end on LAW
+        cfg = TrainConfig.from_dict(store.get_run(run_id).config)
+        n, steps = param_count(cfg), cfg.max_steps
+        store.update_run(run_id, last_step=steps, device="cpu")
+        store.log_metrics(run_id, [
+            (VAL_LOSS, steps, float(LAW.loss(n, steps * cfg.tokens_per_step)), 0.0),
+            (TOKENS_PER_SEC, steps, FLOPS_PER_S / (6 * n), 0.0)])
+        store.set_status(run_id, RunStatus.COMPLETED)
+    after = make_plan(store, flops=1e14, n_boot=20)
+    assert after.plan.n_runs == len(run_ids) and after.plan.n_sizes >= 3
+    # The ladder's budgets came back from its sweep: approach 2 was tried on its runs.
+    assert after.plan.isoflop is not None or any("approach 2" in n for n in after.plan.notes)
