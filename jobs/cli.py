@@ -74,8 +74,27 @@ def cmd_train(args, store: RunStore) -> int:
 
     if ranks_from_env().enabled:  # started by hand under torchrun
         return train_as_rank(store, cfg.device, create, args.quiet)
+    if not args.quiet:
+        # A corpus new to the cache is tokenized now, with its bar and a clean Ctrl-C:
+        # creating the run would tokenize it too, silently.
+        prepared = _prepare_here(cfg)
+        if isinstance(prepared, int):
+            return prepared
     use_threads(store, args.threads, counted=False)  # its run is not claimed yet
     return train_new(store, create(), args.quiet, args.threads)
+
+
+def _prepare_here(cfg: TrainConfig):
+    """The config's corpus tokenized here with a progress bar (``jobs.corpora``): its
+    manifest and whether it was cached already; on a stop signal, the exit code (128 + the
+    signal) once the line that says so is printed."""
+    from jobs.corpora import Stopped, prepare_corpus, stopped_line
+
+    try:
+        return prepare_corpus(cfg.corpus, cfg.tokenizer, cfg.text_field, cfg.val_fraction)
+    except Stopped as stop:
+        print(f"\ngptdash: {stopped_line(stop)}", file=sys.stderr)  # below the bar's line
+        return 128 + stop.signum
 
 
 def cmd_rank(args, store: RunStore) -> int:
@@ -361,15 +380,12 @@ def cmd_corpus_prepare(args) -> int:
     cfg = apply_overrides(TrainConfig(), {"corpus": args.path, "tokenizer": args.tokenizer,
                                           "text_field": args.text_field,
                                           "val_fraction": args.val_fraction}).validate()
-    from jobs.corpora import Stopped, prepare_corpus, stopped_line, summary
+    from jobs.corpora import summary
 
-    try:
-        manifest, cached = prepare_corpus(cfg.corpus, cfg.tokenizer, cfg.text_field,
-                                          cfg.val_fraction)
-    except Stopped as stop:
-        print(f"\ngptdash: {stopped_line(stop)}", file=sys.stderr)  # below the bar's line
-        return 128 + stop.signum
-    print(summary(manifest, cached))
+    prepared = _prepare_here(cfg)
+    if isinstance(prepared, int):
+        return prepared
+    print(summary(*prepared))
     return EXIT_OK
 
 

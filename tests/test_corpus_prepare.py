@@ -321,3 +321,41 @@ def test_a_killed_preparer_its_parent_has_not_reaped_is_not_under_way(tmp_path):
         assert in_progress(tmp_path) == []
     finally:
         child.wait()
+
+
+def big_text(path: Path) -> Path:
+    """9.6 MB of text: past what is tokenized whole when a run is queued for a worker."""
+    path.write_text("a corpus line that goes on for a while.\n" * 240_000)
+    return path
+
+
+def test_a_worker_run_on_a_corpus_not_yet_tokenized_tells_its_listener(store, tmp_path):
+    from test_steps_agree import Terminal, micro
+
+    from jobs import runner
+    from jobs.manager import claim_here
+
+    cfg = micro(corpus=str(big_text(tmp_path / "big.txt")), max_steps=2, eval_interval=2)
+    run_id = runner.create_run(store, cfg, check_device=False)  # as `submit` queues it
+    claim_here(store, run_id)
+    display = Progress(Terminal())
+    assert runner.execute_run(store, run_id, extra_callbacks=display).status == "completed"
+    drawn = display.stream.getvalue()
+    assert "tokenizing: 100%" in drawn and drawn.index("tokenizing") < drawn.index("training on")
+
+
+def test_gptdash_train_draws_the_bar_before_the_run_on_a_new_corpus(home, tmp_path,
+                                                                     monkeypatch, capsys):
+    from test_cli import MICRO
+    from test_steps_agree import Terminal
+
+    from jobs import cli
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    corpus = big_text(tmp_path / "big.txt")
+    assert cli.main(["train", *MICRO, "--set", "max_steps=2", "--set",
+                     f"corpus={corpus}"]) == 0
+    drawn = terminal.getvalue()
+    assert "tokenizing: 100%|" in drawn and "10/10 MB" in drawn
+    assert drawn.index("tokenizing") < drawn.index("run 1 created")
