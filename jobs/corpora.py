@@ -72,7 +72,9 @@ def summary(manifest: Manifest, cached: bool) -> str:
     """One line: what the corpus holds once tokenized."""
     skipped = f", {len(manifest.skipped)} files skipped (not text)" if manifest.skipped else ""
     when = "already prepared" if cached else f"prepared in {manifest.seconds:.1f} s"
-    documents = f"{manifest.documents:,} documents, " if manifest.kind != "nanogpt" else ""
+    plural = "" if manifest.documents == 1 else "s"
+    documents = (f"{manifest.documents:,} document{plural}, " if manifest.kind != "nanogpt"
+                 else "")
     return (f"corpus {manifest.corpus!r} {when}: {documents}{manifest.train_tokens:,} training "
             f"and {manifest.val_tokens:,} validation tokens ({manifest.tokenizer}){skipped}")
 
