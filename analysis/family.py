@@ -358,13 +358,13 @@ def fit_shapes(shapes: Sequence[Sequence[Curve]]) -> FamilyFit | None:
     """The law's shape constants for a run of a shape none of whose runs has finished,
     from the finished runs of other shapes (each inner sequence one shape's family).
 
-    Assumed, not fitted: alpha, C and lambda are the same for every shape on one corpus,
-    tokenizer and optimizer, so they are fitted jointly on all those runs, each with its
-    own L0 and A (which carry the model's size). The lr needs no scaling: the areas S1
-    and S2 are in the lr's own units, so C already carries across peak lrs. A trend of
-    alpha with size is not fitted: on the bench's three CPU shapes alpha followed depth
-    (0.29, 0.31, 0.44 for 1, 2 and 4 layers), not the parameter count, and three points
-    cannot tell such trends apart (bench/first_run_forecast.py)."""
+    Assumed, not fitted: alpha, C and lambda are the same for every model shape with one
+    corpus, tokenizer, batch and optimizer, so they are fitted jointly on all those runs,
+    each with its own L0 and A (which carry the model's size). The lr needs no scaling:
+    the areas S1 and S2 are in the lr's own units, so C already carries across peak lrs.
+    A trend of alpha with size is not fitted: on the bench's three CPU shapes alpha
+    followed depth (0.29, 0.31, 0.44 for 1, 2 and 4 layers), not the parameter count, and
+    three points cannot tell such trends apart (bench/first_run_forecast.py)."""
     return fit_family([curve for shape in shapes for curve in shape])
 
 

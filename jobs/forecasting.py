@@ -6,8 +6,8 @@ optimizer and evaluation set (``family_key``); they may differ in learning rate,
 schedule, steps and seed. With at least one, the law's shape constants come from them
 and the forecast is calibrated; with two or more, the band's width comes from how far
 forecasts from the same share of steps missed on them, each left out in turn. Without
-any, a run borrows the law's shape from the completed runs of other shapes on the same
-data and optimizer (``SHAPES_FIELDS``), "calibrated on other shapes": with two or more
+any, a run borrows the law's shape from the completed runs of other model shapes that
+share the rest of its family's fields, "calibrated on other shapes": with two or more
 shapes its band is how far each shape's runs missed with the others' law; with one it is
 the rule below. With nothing finished at all the run is forecast from its own curve
 alone, "uncalibrated", and its band is at least ``analysis.forecast``'s rule for a
@@ -72,11 +72,10 @@ if TYPE_CHECKING:
 FAMILY_FIELDS = ("corpus", "tokenizer", "val_fraction", "batch_size", "grad_accum_steps",
                  "nproc", "optimizer", "weight_decay", "beta1", "beta2", "momentum",
                  "grad_clip", "label_smoothing", "eval_iters", "fixed_eval")
-# What the runs of other shapes a first run borrows the law's shape from share with it:
-# the data and the optimizer (the annealing constant is in the lr's units, which are the
-# optimizer's). Batch and schedule may differ: each run keeps its own level and scale. A
-# family of the same shape with another batch counts among the "other shapes" too.
-SHAPES_FIELDS = ("corpus", "tokenizer", "val_fraction", "optimizer")
+# A first run borrows the law's shape from runs of other model shapes that share all of
+# FAMILY_FIELDS with it: the annealing constant is in the lr's units, which are the
+# optimizer's, and the batch sets how far a step of a given lr goes, so only the model
+# (whose size each run's own level and scale carry) may differ.
 # The newest other shapes a first run borrows from, each with at most MAX_RELATIVES runs:
 # every shape more costs a joint fit for the band.
 MAX_SHAPES = 4
@@ -129,12 +128,12 @@ def _shapes_key(cfg: TrainConfig) -> str:
     """What runs of other shapes a first run may borrow the law's shape from have in
     common with it, as a string to compare."""
     data = cfg.to_dict()
-    return json.dumps({k: data.get(k) for k in SHAPES_FIELDS}, sort_keys=True)
+    return json.dumps({k: data.get(k) for k in FAMILY_FIELDS}, sort_keys=True)
 
 
 def _kin(store: RunStore, run: RunRecord) -> tuple[list[RunRecord], list[list[RunRecord]]]:
     """The completed runs of ``run``'s family (itself left out), newest first, at most
-    ``MAX_RELATIVES``; and those of other shapes on its data and optimizer, one list per
+    ``MAX_RELATIVES``; and those of other model shapes otherwise alike, one list per
     family (newest first, at most ``MAX_RELATIVES`` each), at most ``MAX_SHAPES`` families,
     those with the newest runs first."""
     cfg = TrainConfig.from_dict(run.config)

@@ -180,6 +180,7 @@ def test_a_first_run_of_a_new_shape_is_calibrated_on_other_shapes_and_says_so(st
             relative(store, replace(other_shape(CAL_CFG, emb_dim), lr=lr, min_lr=lr / 10,
                                     schedule=schedule), level=level)
     relative(store, replace(other_shape(CAL_CFG, 80), corpus="elsewhere.txt"))  # other data
+    relative(store, replace(other_shape(CAL_CFG, 96), batch_size=2 * CAL_CFG.batch_size))
     new = relative(store, CAL_CFG, upto=160, level=2.05, status="running")
     report = forecast_report(store, new)
     assert report["calibrated"] and report["calibrated_on"] == "other shapes"
