@@ -170,10 +170,12 @@ def fingerprint(source: Source) -> str:
 
 @dataclass
 class Piece:
-    """A stretch of one document's text; ``last`` when the document ends with it."""
+    """A stretch of one document's text; ``last`` when the document ends with it. Its
+    ``split`` is set by whoever splits the corpus (``gptcore.tokens``)."""
 
     text: str
     last: bool
+    split: str = "train"
 
 
 @dataclass

@@ -7,9 +7,12 @@ shared is ``gptcore.tokens``. This module turns a prepared corpus into random wi
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
+import mmap
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,9 +80,28 @@ class TokenData:
     train: np.ndarray
     val: np.ndarray
     corpus_fingerprint: str  # which text they are the ids of (``gptcore.corpus.fingerprint``)
+    _fds: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __del__(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def check_context(self, context_length: int) -> None:
         _check_counts(len(self.train), len(self.val), context_length)
+
+    def _windows(self, ids: np.ndarray, starts: list[int], length: int) -> np.ndarray:
+        """The windows, read from the file with ``pread`` when ``ids`` maps one: slicing the
+        map would keep every page it touched (and the disk's read-ahead around it) resident
+        in the process, so a run on a 10 GB token file would grow towards 10 GB."""
+        path = getattr(ids, "filename", None)
+        if path is None or not isinstance(ids.base, mmap.mmap):  # not a whole file's map
+            return np.stack([ids[s : s + length] for s in starts])
+        if self._fds.get(path) is None:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        fd, size = self._fds[path], ids.dtype.itemsize
+        return np.stack([np.frombuffer(os.pread(fd, length * size, ids.offset + s * size),
+                                       dtype=ids.dtype) for s in starts])
 
     def batch(self, split: str, batch_size: int, context_length: int,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +110,7 @@ class TokenData:
 
         ids = self.train if split == "train" else self.val
         starts = torch.randint(len(ids) - context_length - 1, (batch_size,), generator=generator)
-        windows = np.stack([ids[s : s + context_length + 1] for s in starts.tolist()])
+        windows = self._windows(ids, starts.tolist(), context_length + 1)
         block = torch.from_numpy(windows.astype(np.int64))
         return block[:, :-1], block[:, 1:]
 

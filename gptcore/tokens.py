@@ -5,8 +5,9 @@ every core (processes: tiktoken's encoder holds the GIL for much of its work), a
 the ids to ``train.bin`` and ``val.bin`` (uint16 where the vocabulary fits, else uint32) in
 a folder of the token cache named for the corpus's fingerprint, tokenizer, text field and
 validation share, with a ``manifest.json`` beside them. A document's last piece is followed
-by the tokenizer's end-of-text id. The validation split takes whole pieces by a seeded hash
-of their text, so it is the same on every machine and does not depend on the order of files.
+by the tokenizer's end-of-text id. The validation split takes whole documents by a seeded
+hash of their first piece, so it is the same on every machine and does not depend on the
+order of files; a corpus of a few text files (a book or three) is split by its pieces instead.
 
 The folder is written under a temporary name and renamed when complete, so a reader never
 maps a half-written file; an interrupted preparation (kill -9, Ctrl-C) leaves only a
@@ -51,11 +52,12 @@ from gptcore.corpus import (
 from gptcore.errors import GptdashError
 from gptcore.tokenizer import get_tokenizer
 
-FORMAT = 2  # bump when the files' layout or the split changes: old folders are not reused
+FORMAT = 3  # bump when the files' layout or the split changes: old folders are not reused
 MANIFEST = "manifest.json"
 SPLIT_SEED = b"gptdash-val-split"
 BATCH_CHARS = 1 << 20  # text sent to an encoding process at a time
 PROGRESS_EVERY_S = 0.5
+MIN_DOCUMENTS_TO_SPLIT_BY = 100
 SMALL_CORPUS_BYTES = 8 * 1024**2  # tokenized in well under a second, in one process
 
 
@@ -275,8 +277,9 @@ def _write(source: Source, corpus_fingerprint: str, tokenizer: str, text_field: 
     with (folder / "train.bin").open("wb") as train, (folder / "val.bin").open("wb") as val:
         outputs = {"train": train, "val": val}
         parallel = total > SMALL_CORPUS_BYTES  # a small one is done before processes start
-        for batch_ids in _encoded(pieces(source, text_field, piece_chars, counts), tokenizer,
-                                  val_fraction, parallel):
+        split = _split(pieces(source, text_field, piece_chars, counts), val_fraction,
+                       by_document=_by_document(source))
+        for batch_ids in _encoded(split, tokenizer, parallel):
             for split, ids in batch_ids:
                 outputs[split].write(ids.astype(dtype, copy=False).tobytes())
                 written[split] += len(ids)
@@ -363,14 +366,38 @@ def in_validation(text: str, val_fraction: float) -> bool:
     return int.from_bytes(digest, "little") < val_fraction * 2**64
 
 
-def _encoded(stream: Iterator[Piece], tokenizer: str, val_fraction: float,
+def _by_document(source: Source) -> bool:
+    """Whether the split takes whole documents: yes, unless the corpus is a few text files
+    (a book or three), whose documents are too few and too long to split by, so their
+    pieces are the unit."""
+    if source.kind == "builtin":
+        return False
+    few = len(source.files) < MIN_DOCUMENTS_TO_SPLIT_BY
+    return not (few and all(f.kind == "text" for f in source.files))
+
+
+def _split(stream: Iterator[Piece], val_fraction: float,
+           by_document: bool) -> Iterator[Piece]:
+    """Each piece with its split: its document's (decided by the document's first piece)
+    or, not ``by_document``, its own."""
+    split = None
+    for piece in stream:
+        if split is None or not by_document:
+            split = "val" if in_validation(piece.text, val_fraction) else "train"
+        piece.split = split
+        yield piece
+        if piece.last:
+            split = None
+
+
+def _encoded(stream: Iterator[Piece], tokenizer: str,
              parallel: bool) -> Iterator[list[tuple[str, np.ndarray]]]:
     """Batches of (split, ids) in the corpus's order, encoded on every core when
     ``parallel`` (bytes need no help)."""
     batches = _batches(stream)
     if tokenizer == "byte" or not parallel:
         for batch in batches:
-            yield _encode_batch(batch, tokenizer, val_fraction)
+            yield _encode_batch(batch, tokenizer)
         return
     workers = max(1, len(os.sched_getaffinity(0)))
     context = multiprocessing.get_context("forkserver")
@@ -379,7 +406,7 @@ def _encoded(stream: Iterator[Piece], tokenizer: str, val_fraction: float,
                                                 initargs=(os.getpid(),)) as pool:
         pending: list[concurrent.futures.Future] = []
         for batch in batches:
-            pending.append(pool.submit(_encode_batch, batch, tokenizer, val_fraction))
+            pending.append(pool.submit(_encode_batch, batch, tokenizer))
             if len(pending) >= 2 * workers:  # bounded: a few MB of text in flight
                 yield pending.pop(0).result()
         for future in pending:
@@ -413,8 +440,7 @@ def _batches(stream: Iterator[Piece]) -> Iterator[list[Piece]]:
         yield batch
 
 
-def _encode_batch(batch: list[Piece], tokenizer: str,
-                  val_fraction: float) -> list[tuple[str, np.ndarray]]:
+def _encode_batch(batch: list[Piece], tokenizer: str) -> list[tuple[str, np.ndarray]]:
     """Each piece's ids (with end-of-text after a document's last), by split; runs in an
     encoding process."""
     tok = get_tokenizer(tokenizer)
@@ -423,7 +449,7 @@ def _encode_batch(batch: list[Piece], tokenizer: str,
         ids = tok.encode_array(piece.text)
         if piece.last:
             ids = np.append(ids, np.asarray([tok.eot_id], dtype=ids.dtype))
-        out.append(("val" if in_validation(piece.text, val_fraction) else "train", ids))
+        out.append((piece.split, ids))
     return out
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gptcore.corpus import find_source
-from gptcore.data import BUILTIN, builtin_text, check_corpus, load_data
+from gptcore.data import BUILTIN, TokenData, builtin_text, check_corpus, load_data
 from gptcore.errors import GptdashError
 from gptcore.tokens import lookup, prepare
 
@@ -126,3 +126,39 @@ def test_a_folder_corpus_leaves_out_links_and_hidden_files(tmp_path):
     (folder / "link.txt").symlink_to(outside)
     (folder / "linked").symlink_to(tmp_path, target_is_directory=True)
     assert [f.rel for f in find_source(str(folder)).files] == ["a.txt", "sub/b.txt"]
+
+
+def test_batches_from_a_token_file_are_read_not_kept_mapped(tmp_path):
+    """Windows of a memory-mapped token file are read with pread, so the pages a run
+    touched do not stay resident in it; a slice of a map (no file offset of its own) is
+    sliced. Both give the windows of the ids."""
+    data = load_data(BUILTIN, "byte", 0.1, tmp_path)
+    assert isinstance(data.train, np.memmap)
+    x, _ = data.batch("train", 8, 32, torch.Generator().manual_seed(3))
+    starts = torch.randint(len(data.train) - 33, (8,),
+                           generator=torch.Generator().manual_seed(3)).tolist()
+    expected = np.stack([np.asarray(data.train[s:s + 32]) for s in starts]).astype(np.int64)
+    assert torch.equal(x, torch.from_numpy(expected))
+    assert list(data._fds) == [data.train.filename]  # read through the file
+    sliced = TokenData(train=data.train[1000:], val=data.val, corpus_fingerprint="")
+    x, _ = sliced.batch("train", 8, 32, torch.Generator().manual_seed(3))
+    starts = torch.randint(len(sliced.train) - 33, (8,),
+                           generator=torch.Generator().manual_seed(3)).tolist()
+    expected = np.stack([np.asarray(data.train[1000 + s:1000 + s + 32]) for s in starts])
+    assert torch.equal(x, torch.from_numpy(expected.astype(np.int64)))
+
+
+def test_a_long_document_goes_whole_to_one_split(tmp_path):
+    """Documents, not their pieces, are the split's unit (once there are enough of them)."""
+    import json
+
+    rng = np.random.default_rng(0)
+    words = builtin_text().split()
+    docs = [" ".join(rng.choice(words, 3000 if i == 7 else 60)) for i in range(300)]
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    ready = prepare(str(f), "byte", tmp_path / "c", 0.1)
+    long_doc = docs[7].encode()
+    in_train = long_doc in bytes(np.asarray(ready.train, dtype=np.uint8))
+    in_val = long_doc in bytes(np.asarray(ready.val, dtype=np.uint8))
+    assert in_train != in_val  # all of it in exactly one split
