@@ -164,11 +164,18 @@ def gather(store: RunStore, corpus: str | None = None,
     corpus = corpus or (runs[0][1].corpus if runs else TrainConfig().corpus)
     tokenizer = tokenizer or (runs[0][1].tokenizer if runs else TrainConfig().tokenizer)
     mine = [(r, c) for r, c in runs if c.corpus == corpus and c.tokenizer == tokenizer]
-    base = mine[0][1] if mine else replace(TrainConfig(), corpus=corpus, tokenizer=tokenizer)
+    # New runs start from the newest run trained from scratch: a fine-tune's weights are
+    # another run's, and so is part of its loss.
+    base = next((c for _, c in mine if not c.init_from),
+                replace(TrainConfig(), corpus=corpus, tokenizer=tokenizer))
     used, left_out = [], []
     for run, cfg in mine:
         if run.status != RunStatus.COMPLETED and run.status not in UNFINISHED:
             continue  # queued, failed or cancelled: nothing to learn from
+        if cfg.init_from:
+            left_out.append((run.id, "fine-tuned from other weights: its loss is not what "
+                                     "its own tokens bought"))
+            continue
         try:
             point = _as_plan_run(store, run, cfg)
         except GptdashError as exc:  # a forecast that cannot be made: say why, plan on

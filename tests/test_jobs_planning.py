@@ -225,3 +225,14 @@ def test_a_trained_ladder_is_fitted_by_approach_2_too(store):
     assert after.plan.n_runs == len(run_ids) and after.plan.n_sizes >= 3
     # The ladder's budgets came back from its sweep: approach 2 was tried on its runs.
     assert after.plan.isoflop is not None or any("approach 2" in n for n in after.plan.notes)
+
+
+def test_a_fine_tune_is_left_out_and_new_runs_start_from_scratch(store):
+    seed_run(store, 2, 96, 100)
+    tuned = seed_run(store, 2, 96, 100)
+    cfg = dict(store.get_run(tuned).config, init_from="1")
+    store.update_run(tuned, config=cfg)
+    gathered = gather(store)
+    assert [r.run_id for r in gathered.runs] == [1]
+    assert gathered.left_out[0][0] == tuned and "fine-tuned" in gathered.left_out[0][1]
+    assert gathered.base.init_from == ""
