@@ -60,8 +60,8 @@ def _band_basis(forecast: Forecast) -> str:
     if forecast.band_source != "rule":
         return "the band is the fit's own"
     share = forecast.half_width / forecast.predicted_final if forecast.predicted_final else 0
-    return (f"the band is ±{share:.0%}, as far as such forecasts missed on real runs "
-            f"(the fit's own was narrower)")
+    return (f"the band is ±{share:.0%}, as far as forecasts of a run alone missed on real "
+            f"runs (the fit's own was narrower)")
 
 
 def calibration_label(forecast: Forecast | None) -> str:
