@@ -90,7 +90,7 @@ def test_training_lowers_val_loss(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("adam", 3e-3), ("sgd", 0.3),
-                                           ("rmsprop", 1e-3)])
+                                           ("rmsprop", 1e-3), ("muon", 3e-3)])
 def test_each_optimizer_overfits_one_batch(optimizer, lr):
     torch.manual_seed(0)
     cfg = micro(optimizer=optimizer, lr=lr, weight_decay=0.0)
