@@ -118,6 +118,39 @@ def cmd_submit(args, store: RunStore) -> int:
     return EXIT_OK
 
 
+def _search_sweep(args, store: RunStore) -> int:
+    """`gptdash sweep --search`: a study proposes each trial as a worker frees up."""
+    from jobs.search import plan_search, submit_search
+
+    given = [flag for flag, on in (("--grid", args.grid), ("--random", args.random),
+                                   ("--seeds", args.seeds), ("--cut", args.cut)) if on]
+    if given:
+        raise GptdashError(f"{given[0]} is for grid and random sweeps; a search takes --range, "
+                           "--choice, --trials and --pruner")
+    ranges, choices = args.range or [], args.choice or []
+    swept = {spec.partition("=")[0].strip() for spec in [*ranges, *choices]}
+    clash = sorted(swept & set(parse_set_args(args.set or [])))
+    if clash:
+        raise GptdashError(f"--set {clash[0]} is searched too (--range/--choice {clash[0]}): "
+                           "drop one of the two")
+    if args.trials is None:
+        raise GptdashError("--search needs --trials N: how many runs it may train")
+    plan = plan_search(_load_config(args), ranges, choices, trials=args.trials,
+                       parallel=args.parallel, searcher=args.search, pruner=args.pruner,
+                       objectives=args.objective or "loss", seed=args.seed)
+    sweep_id, run_ids = submit_search(store, plan, name=args.name, on=args.on)
+    sweep = store.get_sweep(sweep_id)
+    print(f"sweep {sweep_id} {sweep.name!r}: a {plan.searcher} search of {plan.trials} trials "
+          f"over {', '.join(plan.params)}, minimising {', '.join(plan.objectives)}; pruner "
+          f"{plan.pruner}; Optuna study {sweep.study!r} in this database")
+    for run_id in run_ids:
+        print(f"  run {run_id}: {store.get_run(run_id).name}")
+    print(f"each trial is proposed as a worker frees up, {plan.parallel} at a time; "
+          f"`gptdash serve` or `gptdash worker` trains them; watch them with "
+          f"`gptdash list --sweep {sweep_id}`", file=sys.stderr)
+    return EXIT_OK
+
+
 def _who_trains(store: RunStore, run_id: int) -> str:
     """Who will train a queued run, for the line that says it is queued."""
     run = store.get_run(run_id)
@@ -134,6 +167,11 @@ def _roughly(seconds: float) -> str:
 
 
 def cmd_sweep(args, store: RunStore) -> int:
+    if args.search is not None:
+        return _search_sweep(args, store)
+    if args.choice or args.trials is not None or args.objective or args.pruner:
+        raise GptdashError("--choice, --trials, --objective and --pruner are for a search: "
+                           "add --search tpe (or random)")
     # Like submit: every run's config, corpus and memory (torch-free) are checked here.
     from analysis.sweep import cut_steps
     from jobs.sweeps import (
@@ -557,6 +595,20 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--yes", action="store_true",
                     help="queue a sweep of more than 100 runs (asked for, so a typo in a "
                          "grid does not queue days of training)")
+    sw.add_argument("--search", metavar="tpe|random",
+                    help="a search on Optuna: each trial's config proposed from the runs "
+                         "seen so far (TPE) or at random, as a worker frees up")
+    sw.add_argument("--trials", type=int, metavar="N", help="a search's number of runs")
+    sw.add_argument("--choice", action="append", metavar="KEY=V1,V2,...",
+                    help="a search picks one of these values (repeatable)")
+    sw.add_argument("--objective", metavar="loss[,flops|time]",
+                    help="what a search minimises: loss (default), flops, time; two or more "
+                         "make a Pareto front")
+    sw.add_argument("--pruner", metavar="forecast|median|hyperband|none",
+                    help="how a search stops losing trials early (default: forecast, our "
+                         "--cut; none for several objectives)")
+    sw.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="a search's trials queued or training at once (one per worker)")
     _add_on_arg(sw)
     sw.set_defaults(func=cmd_sweep)
 

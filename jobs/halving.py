@@ -35,11 +35,18 @@ COMPARED_STATUSES = (RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.STOPPED,
 
 def cut_points(store: RunStore, run_id: int) -> list[int]:
     """The steps at which run ``run_id`` is compared with its sweep (``cut_steps``), or []
-    unless it belongs to a sweep created with cut=True."""
+    unless it belongs to a sweep created with cut=True; a search's trial reports at every
+    evaluation to its study (``jobs.pruners.report_steps``)."""
     run = store.get_run(run_id)
-    if run.sweep_id is None or not store.get_sweep(run.sweep_id).cut:
+    if run.sweep_id is None:
         return []
-    return cut_steps(TrainConfig.from_dict(run.config).max_steps)
+    sweep = store.get_sweep(run.sweep_id)
+    cfg = TrainConfig.from_dict(run.config)
+    if sweep.study is not None:
+        from jobs.pruners import report_steps  # Optuna, for search sweeps' runs alone
+
+        return report_steps(sweep, cfg)
+    return cut_steps(cfg.max_steps) if sweep.cut else []
 
 
 # Forecasts of runs that no longer train, by (database, run id, upto, completed runs):
@@ -114,10 +121,23 @@ def best_forecast(store: RunStore, sweep_id: int, *, exclude: int,
 
 def cut_reason(store: RunStore, run_id: int, *, upto: int) -> str | None:
     """Why run ``run_id`` should stop now, from its evaluations up to step ``upto``: its
-    forecast is confidently worse than the best of its sweep (``should_cut``); else None."""
+    forecast is confidently worse than the best of its sweep (``should_cut``), or, in a
+    search, its study's pruner says so (``jobs.pruners``); else None."""
     run = store.get_run(run_id)
     if run.sweep_id is None:
         return None
+    sweep = store.get_sweep(run.sweep_id)
+    if sweep.study is not None:
+        from jobs.pruners import trial_cut_reason
+
+        return trial_cut_reason(store, run, sweep, upto,
+                                lambda step: _forecast_cut(store, run, step))
+    return _forecast_cut(store, run, upto)
+
+
+def _forecast_cut(store: RunStore, run: RunRecord, upto: int) -> str | None:
+    """The forecast cut's decision for ``run`` at step ``upto`` (``cut_reason``)."""
+    run_id = run.id
     forecast = run_forecast(store, run_id, upto=upto)
     if forecast is None:
         return None

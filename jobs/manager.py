@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from gptcore.config import TrainConfig
-from jobs import actions, runner
+from jobs import actions, runner, search
 from jobs.outage import Outage
 from jobs.recovery import (
     DEFAULT_DEAD_AFTER_S,
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 # (which cannot wake this thread) starts training within about this long. One indexed
 # SELECT of at most one id; the claim writes only when a run is waiting.
 IDLE_POLL_S = 0.5
+# An idle worker asks search sweeps for news this often (one grouped count per search).
+SEARCH_POLL_S = 2.0
 BEAT_S = 5.0
 # While the database is away the queue is looked at less and less often, up to a beat apart.
 MAX_RETRY_S = BEAT_S
@@ -81,6 +84,7 @@ class JobManager:
         self._stop_event: threading.Event | None = None
         self.exit_when_idle = exit_when_idle
         self.completed: list[int] = []
+        self._searched_at = 0.0  # when the idle loop last advanced the search sweeps
         # Both threads meet an outage; the first to fail and the first to succeed say so.
         self._outage = Outage(log)
         self._outage_lock = threading.Lock()
@@ -209,12 +213,31 @@ class JobManager:
                 log.exception("could not read the queue")
                 claim = None
             if claim is None:
+                if self._advance_searches(throttled=not self.exit_when_idle):
+                    continue  # a search queued its next trial: claim it
                 if self.exit_when_idle:
                     return
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
                 continue
             self._train(claim)
+            self._advance_searches(throttled=False)  # its search's next trial, if any
+
+    def _advance_searches(self, *, throttled: bool) -> bool:
+        """Tell search sweeps what ended and queue their next trials (``jobs.search``): the
+        ask happens here, as this worker is about to look for work. Idle, at most every
+        ``SEARCH_POLL_S``. Whether a run was queued."""
+        now = time.monotonic()
+        if throttled and now - self._searched_at < SEARCH_POLL_S:
+            return False
+        self._searched_at = now
+        try:
+            return bool(search.advance_searches(self.store))
+        except DatabaseUnavailable as exc:
+            self._db_failed(exc)
+        except Exception:  # noqa: BLE001 - a search's trouble must not stop the worker
+            log.exception("could not advance the search sweeps")
+        return False
 
     def _auto_resume(self) -> Claim | None:
         """An interrupted run whose automatic resume is due, taken as a queued one is (its

@@ -174,6 +174,18 @@ def default_sweep_name(plan: SweepPlan) -> str:
     return f"sweep {swept} x {plan.seeds} seeds" if swept else f"sweep {plan.seeds} seeds"
 
 
+def forecast_too_early(cfg: TrainConfig) -> str | None:
+    """Why the forecast cut could never act on a run of ``cfg``, or None: a forecast needs
+    ``MIN_POINTS`` evaluations after step 0 by the first cut point."""
+    points = cut_steps(cfg.max_steps)
+    if not points or points[0] // cfg.eval_interval >= MIN_POINTS:
+        return None
+    first = points[0]
+    return (f"early cut compares forecasts at step {' and '.join(map(str, points))} "
+            f"of {cfg.max_steps}, and a forecast needs {MIN_POINTS} evaluations by "
+            f"step {first}: set eval_interval to {max(1, first // MIN_POINTS)} or less")
+
+
 def cut_problem(plan: SweepPlan) -> str | None:
     """Why an early cut could never act on this plan, or None.
 
@@ -185,17 +197,9 @@ def cut_problem(plan: SweepPlan) -> str | None:
         return ("early cut stops a run whose forecast is worse than another run's of its "
                 "sweep, and this sweep has one run: leave out the cut, or sweep more values")
     for i, cfg in enumerate(plan.configs):
-        points = cut_steps(cfg.max_steps)
-        if not points:
-            continue
-        first = points[0]
-        if first // cfg.eval_interval < MIN_POINTS:
-            most = max(1, first // MIN_POINTS)
+        if problem := forecast_too_early(cfg):
             where = f" ({plan.label(i)})" if len(plan.configs) > 1 else ""
-            return (f"early cut compares forecasts at step {' and '.join(map(str, points))} "
-                    f"of {cfg.max_steps}, and a forecast needs {MIN_POINTS} evaluations by "
-                    f"step {first}: set eval_interval to {most} or less (run {i + 1}{where} "
-                    f"evaluates every {cfg.eval_interval} steps)")
+            return f"{problem} (run {i + 1}{where} evaluates every {cfg.eval_interval} steps)"
     return None
 
 
@@ -251,7 +255,8 @@ class SweepStop:
 
 
 def stop_sweep(store: RunStore, sweep_id: int) -> SweepStop:
-    """Cancel a sweep's queued runs, then ask its running ones to stop.
+    """Cancel a sweep's queued runs, then ask its running ones to stop; a search asks no
+    more trials.
 
     The queued ones first, so a worker that finishes a stopped run finds none of this
     sweep left to claim. GptdashError when no run of it is queued or running.
@@ -259,6 +264,9 @@ def stop_sweep(store: RunStore, sweep_id: int) -> SweepStop:
     from jobs.actions import Stop, stop
 
     sweep = store.get_sweep(sweep_id)  # a clear error when there is no such sweep
+    if sweep.study is not None:  # first, so no new trial is queued meanwhile (jobs.search)
+        with store.sweep_lock(sweep_id):
+            store.set_sweep_spec(sweep_id, {**store.get_sweep(sweep_id).spec, "stopped": True})
     runs = store.list_runs(sweep_id=sweep_id, status=tuple(ACTIVE))
     if not runs:
         raise GptdashError(f"sweep {sweep_id} {sweep.name!r} has no queued or running runs: "

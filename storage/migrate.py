@@ -3,7 +3,8 @@
 ``ensure_schema`` runs whenever a RunStore opens. At head (the usual case) it is
 one small query and never imports Alembic, so a CLI command stays fast. Otherwise:
 
-- an empty SQLite database is created at head (tables from the models, stamped head);
+- an empty SQLite database is created at head (tables from the models and Optuna's
+  tables for search sweeps' studies, ``storage.optuna_tables``; stamped head);
 - a database made before migrations existed (gptdash tables, no
   ``alembic_version``) counts as revision 0001;
 - SQLite is upgraded in place: one file has one writer at a time, and the
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, inspect, text
 
 from storage.errors import database_error
+from storage.optuna_tables import create_optuna_tables
 from storage.schema import Base
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 # The newest revision in storage/migrations/versions; a test checks it against Alembic's head.
-HEAD = "0007"
+HEAD = "0008"
 # Revision of a database made before migrations existed: the tables of 0001, unstamped.
 UNVERSIONED = "0001"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -90,6 +92,7 @@ def _migrate(engine: Engine, *, target: str = HEAD) -> tuple[str | None, str]:
                 # The models are the head schema (a test holds them equal to the revisions),
                 # and creating them is much quicker than replaying every revision.
                 Base.metadata.create_all(connection)
+                create_optuna_tables(connection)  # search sweeps' studies (revision 0008)
                 command.stamp(config, HEAD)
             else:
                 command.upgrade(config, target)

@@ -221,6 +221,10 @@ class Sweep(Base):
     spec: Mapped[dict] = mapped_column(JSON, default=dict)
     cut: Mapped[bool] = mapped_column(Boolean, default=False)
     notes: Mapped[str] = mapped_column(Text, default="")
+    # A search sweep's Optuna study in this database (jobs.search); NULL for grid or random.
+    study: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # How many of its ended runs the study has been told of (a worker's cheap "any news?").
+    told: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Worker(Base):

@@ -127,3 +127,54 @@ def test_sweep_list_and_forecast_do_not_import_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert '"predicted_final"' in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[0, 0, 0] False", out.stderr
+
+
+def test_search_queues_its_first_trials_and_names_its_study(home, gptdash):
+    out = gptdash("sweep", "--preset", "tiny", "--search", "tpe", "--trials", "40",
+                  "--range", "lr=1e-4:1e-2:log", "--range", "n_layers=2:6",
+                  "--choice", "activation=gelu,silu", "--parallel", "2",
+                  "--set", "eval_interval=20", "--name", "tune")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("sweep 1 'tune': a tpe search of 40 trials over lr, n_layers, "
+                               "activation, minimising loss; pruner forecast; Optuna study ")
+    store = db(home)
+    runs = store.list_runs(sweep_id=1)
+    assert len(runs) == 2 and {r.status for r in runs} == {"queued"}  # --parallel 2
+    assert all(r.name.startswith("tune #") for r in runs)
+    sweep = store.get_sweep(1)
+    assert sweep.study in lines[0] and sweep.cut  # the forecast pruner is the cut's decision
+
+    stopped = gptdash("stop", "--sweep", "1")
+    assert stopped.returncode == 0, stopped.stderr
+    assert {r.status for r in store.list_runs(sweep_id=1)} == {"cancelled"}
+    assert store.get_sweep(1).spec["stopped"] is True  # no worker asks it for more
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--range", "lr=1e-2:1e-4:log"], "LOW must be below HIGH"),
+    (["--range", "lr=-1:1e-2:log"], "a log range needs LOW above 0"),
+    (["--range", "lrr=1e-4:1e-2"], "unknown setting 'lrr'"),
+    (["--choice", "activation=gelu"], "--choice activation has one value"),
+    (["--range", "lr=1e-4:1e-2", "--objective", "loss,perplexity"],
+     "objectives are loss, flops, time"),
+    (["--range", "lr=1e-4:1e-2", "--search", "bayes"], "--search 'bayes': choose tpe or random"),
+    (["--range", "lr=1e-4:1e-2", "--grid", "n_layers=2,4"], "--grid is for grid and random"),
+    (["--range", "lr=1e-4:1e-2", "--objective", "loss,flops", "--pruner", "median"],
+     "--pruner median judges one objective"),
+    (["--range", "lr=1e-4:1e-2", "--pruner", "forecast", "--set", "eval_interval=50"],
+     "set eval_interval to"),
+])
+def test_a_bad_search_is_one_line_exit_2_and_writes_nothing(home, gptdash, args, message):
+    search = [] if "--search" in args else ["--search", "tpe"]
+    out = gptdash("sweep", "--preset", "tiny", "--trials", "8", *search, *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    store = db(home)
+    assert store.list_sweeps() == [] and store.list_runs() == []
+
+
+def test_search_options_without_search_are_refused(home, gptdash):
+    out = gptdash("sweep", "--preset", "tiny", "--choice", "activation=gelu,silu")
+    assert out.returncode == 2 and "add --search tpe" in out.stderr

@@ -20,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, MetaData, inspect, text
 
 from storage.errors import StorageError
 from storage.migrate import HEAD, MIGRATIONS_DIR, current_revision, ensure_schema, upgrade
@@ -63,9 +63,15 @@ def _revision(engine: Engine) -> str | None:
 
 
 def _differences(engine: Engine) -> list:
-    """What `alembic check` would report: the models against the database's real schema."""
+    """What `alembic check` would report: the models (ours and Optuna's, for search sweeps'
+    studies) against the database's real schema."""
+    from optuna.storages._rdb import models
+
+    both = MetaData()
+    for table in [*Base.metadata.tables.values(), *models.BaseModel.metadata.tables.values()]:
+        table.to_metadata(both)
     with engine.connect() as connection:
-        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        return compare_metadata(MigrationContext.configure(connection), both)
 
 
 def test_head_constant_is_alembic_script_head() -> None:
@@ -292,3 +298,32 @@ def test_revision_0007_counts_an_earlier_claim_as_one_attempt_and_schedules_noth
                     run.claim_token) == (0, None, None, 3)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_revision_0008_adds_optuna_tables_that_optuna_and_its_dashboard_open(
+        backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import optuna
+
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path / '0007.db'}")
+    engine = make_engine(url)
+    try:
+        upgrade(engine, to="0007")
+        with engine.connect() as connection:
+            assert not {"studies", "trials"} & set(inspect(connection).get_table_names())
+        assert upgrade(engine) == ("0007", HEAD)  # what `gptdash db upgrade` runs
+        assert _differences(engine) == []
+        with engine.connect() as connection:
+            assert current_revision(connection) == HEAD  # ours, not overwritten by Optuna
+    finally:
+        engine.dispose()
+    # As optuna-dashboard opens a storage URL: no table creation, no version check.
+    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True,
+                                         skip_table_creation=True)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    assert optuna.load_study(study_name="s", storage=storage).best_value == 0.5
+    storage.engine.dispose()
+    store = RunStore(url)  # gptdash still opens it at head
+    store.close()
