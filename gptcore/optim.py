@@ -74,7 +74,7 @@ def build_muon(model: GPTModel, cfg: TrainConfig, device_type: str) -> torch.opt
     hidden = hidden_matrices(model)
     adamw = torch.optim.AdamW(param_groups(model, cfg.weight_decay, {id(p) for p in hidden}),
                               lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                              fused=device_type == "cuda")
+                              fused=device_type in ("cuda", "cpu"))
     if not hidden:  # every block frozen: nothing is left for Muon
         return adamw
     # Muon's weight decay is decoupled and scaled by its own (larger) lr.
