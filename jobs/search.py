@@ -328,3 +328,45 @@ def objective_value(store: RunStore, run: RunRecord, name: str) -> float | None:
     losses = store.metrics([run.id], [VAL_LOSS])
     return float(losses.sort_values("step")["value"].iloc[-1]) if not losses.empty else None
 
+
+
+@dataclass
+class SearchView:
+    """What the Sweeps page shows of a search: its trials as a frame (number, state, run_id,
+    one column per objective, one per setting), its Pareto front's trial numbers (several
+    objectives) and each setting's importance (``optuna.importance``)."""
+
+    trials: Any  # pandas.DataFrame
+    objectives: list[str]
+    params: list[str]
+    front: list[int]
+    importances: dict[str, float]
+
+
+def search_view(store: RunStore, sweep: SweepRecord) -> SearchView:
+    """Read a search's study for the page (``optuna.importance`` needs two complete trials
+    that differ; with fewer, no importances)."""
+    import pandas as pd
+
+    plan = SearchPlan.from_spec(sweep.spec)
+    study = open_study(store, sweep)
+    trials = study.get_trials(deepcopy=False)
+    rows = [{"number": t.number, "state": t.state.name.lower(),
+             "run_id": t.user_attrs.get(TRIAL_RUN_ATTR),
+             **dict(zip(plan.objectives, t.values or [None] * len(plan.objectives),
+                        strict=True)),
+             **{p: t.params.get(p) for p in plan.params}} for t in trials]
+    frame = pd.DataFrame(rows, columns=["number", "state", "run_id", *plan.objectives,
+                                        *plan.params])
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = ([t.number for t in study.best_trials]
+             if len(plan.objectives) > 1 and complete else [])
+    importances: dict[str, float] = {}
+    if len(complete) >= 2 and len(plan.params) > 1:
+        try:
+            # Several objectives: what it takes to reach the study's best trials on all.
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError):  # every complete trial alike: nothing to tell
+            importances = {}
+    return SearchView(trials=frame, objectives=plan.objectives, params=plan.params,
+                      front=front, importances=dict(importances))
