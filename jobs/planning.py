@@ -54,6 +54,8 @@ DEFAULT_LADDER_S = 30 * 60.0
 # (Muennighoff et al. 2023, as ui.epochs says on the New run page).
 REPEAT_LIMIT = 4.0
 MAX_RUNS = 500  # the newest runs looked at
+# The nearest shape this many times off the optimal size: the ladder of shapes ends there.
+SHAPE_MISS = 1.5
 # The sweep spec's key for an IsoFLOP ladder's budgets, so a later plan fits approach 2 on it.
 LADDER_KEY = "isoflop_budgets"
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
@@ -313,6 +315,14 @@ def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | N
                       seed=seed)
     except ValueError as exc:
         raise GptdashError(str(exc)) from None
+    main = result.main
+    if abs(math.log(main.params / float(main.n_opt.value))) > math.log(SHAPE_MISS):
+        edge = "smallest" if main.params > float(main.n_opt.value) else "largest"
+        notes.append(f"the law's best size for this budget is {float(main.n_opt.value):,.0f} "
+                     f"parameters, and the {edge} shape the planner has is "
+                     f"{main.params:,.0f} ({main.shape.n_layers} x {main.shape.emb_dim}): "
+                     "the recommended run is that shape, off the optimum, so its loss is "
+                     "higher than the budget could buy")
     advice = learning_rate_for([r.params for r in runs], [r.lr for r in runs],
                                [r.loss for r in runs], result.main.params) if runs else None
     lr_how = advice.how if advice else (f"{base.lr:g}, the lr new runs start from (the newest "

@@ -236,3 +236,15 @@ def test_a_fine_tune_is_left_out_and_new_runs_start_from_scratch(store):
     assert [r.run_id for r in gathered.runs] == [1]
     assert gathered.left_out[0][0] == tuned and "fine-tuned" in gathered.left_out[0][1]
     assert gathered.base.init_from == ""
+
+
+def test_a_budget_below_the_smallest_shape_says_the_run_is_off_the_optimum(store):
+    # GPT-2's vocabulary: the smallest shape already has 1.6 M parameters, in its embedding.
+    cfg = apply_overrides(preset("tiny"), {"tokenizer": "gpt2"})
+    store.create_run("gpt2", cfg.to_dict())
+    bp = make_plan(store, flops=1e14, n_boot=20)
+    main = bp.main.point
+    assert main.params > 1.5 * float(main.n_opt.value)
+    assert any("the smallest shape the planner has" in n for n in bp.plan.notes)
+    assert not any("shape the planner has" in n for n in make_plan(
+        store, flops=1e17, n_boot=20).plan.notes)
