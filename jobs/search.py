@@ -45,7 +45,7 @@ from gptcore.metric_keys import VAL_LOSS
 from jobs import runner
 from jobs.pruners import PRUNERS, TRIAL_RUN_ATTR, make_sampler, open_study, study_storage
 from jobs.sweeps import forecast_too_early
-from storage.names import check_name, check_notes
+from storage.names import NAME_MAX, check_name, check_notes
 from storage.status import ACTIVE, Executor, RunStatus
 from storage.tags import check_tags
 
@@ -205,7 +205,6 @@ def create_search(store: RunStore, plan: SearchPlan, *, name: str | None = None,
                            "are started up front: run a search with --on local")
     sweep_name = check_name((name or "").strip() or f"search {','.join(plan.params)}",
                             "sweep name")
-    check_name(f"{sweep_name} #{plan.trials} {'x' * 60}")  # the longest trial name fits
     check_tags(tags or [])
     check_notes(notes)
     runner.check_run(store, plan.base, check_device=False)
@@ -227,7 +226,8 @@ def advance(store: RunStore, sweep_id: int) -> list[int]:
         study = open_study(store, sweep)
         runs = store.list_runs(sweep_id=sweep_id)
         _tell_ended(store, study, runs, plan.objectives)
-        store.set_sweep_told(sweep_id, sum(r.status in TOLD_STATUSES for r in runs))
+        store.set_sweep_told(sweep_id, sum(1 + r.attempts for r in runs
+                                           if r.status in TOLD_STATUSES))
         active = sum(r.status in ACTIVE for r in runs)
         created: list[int] = []
         while (not sweep.spec.get("stopped") and active + len(created) < plan.parallel
@@ -239,14 +239,17 @@ def advance(store: RunStore, sweep_id: int) -> list[int]:
 
 
 def has_news(store: RunStore, sweep: SweepRecord) -> bool:
-    """Whether ``advance`` has anything to do, from one grouped count of the sweep's runs."""
+    """Whether ``advance`` has anything to do, from one grouped count of the sweep's runs:
+    a run ended since it last told the study (the ended runs' number plus their claims, so
+    a stopped run that was resumed and ended again counts), or room for another trial."""
     counts = store.sweep_status_counts(sweep.id)
     s = sweep.spec.get("search", {})
-    ended = sum(counts.get(status, 0) for status in TOLD_STATUSES)
-    active = sum(counts.get(status, 0) for status in ACTIVE)
+    ended = sum(n + claims for status, (n, claims) in counts.items()
+                if status in TOLD_STATUSES)
+    active = sum(counts.get(status, (0, 0))[0] for status in ACTIVE)
     wants_more = (not sweep.spec.get("stopped") and active < s.get("parallel", 1)
-                  and sum(counts.values()) < s.get("trials", 0))
-    return ended > sweep.told or wants_more
+                  and sum(n for n, _ in counts.values()) < s.get("trials", 0))
+    return ended != sweep.told or wants_more
 
 
 def advance_searches(store: RunStore) -> list[int]:
@@ -268,7 +271,8 @@ def _ask_run(store: RunStore, study: optuna.Study, plan: SearchPlan,
         label = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         try:
             cfg = apply_overrides(plan.base, trial.params).validate()
-            run_id = runner.create_run(store, cfg, name=f"{sweep.name} #{trial.number} {label}",
+            name = f"{sweep.name} #{trial.number} {label}"[:NAME_MAX]  # the label may be cut
+            run_id = runner.create_run(store, cfg, name=name,
                                        tags=sweep.spec.get("tags", []),
                                        notes=sweep.spec.get("notes", ""), check_device=False,
                                        sweep_id=sweep.id)

@@ -223,7 +223,8 @@ class Sweep(Base):
     notes: Mapped[str] = mapped_column(Text, default="")
     # A search sweep's Optuna study in this database (jobs.search); NULL for grid or random.
     study: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    # How many of its ended runs the study has been told of (a worker's cheap "any news?").
+    # Its ended runs (their number plus their claims) when the study was last told of them:
+    # a worker's cheap "any news?" (jobs.search.has_news).
     told: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 

@@ -81,12 +81,14 @@ class SweepsMixin:
         with Session(self.engine) as session:
             return [SweepRecord.from_row(sweep) for sweep in session.scalars(stmt)]
 
-    def sweep_status_counts(self, sweep_id: int) -> dict[str, int]:
-        """How many of the sweep's runs are in each status (one grouped query)."""
-        stmt = (select(Run.status, func.count()).where(Run.sweep_id == sweep_id)
-                .group_by(Run.status))
+    def sweep_status_counts(self, sweep_id: int) -> dict[str, tuple[int, int]]:
+        """For each status, how many of the sweep's runs are in it and how many times they
+        were claimed in all (one grouped query): a resumed run that ended again changes it."""
+        stmt = (select(Run.status, func.count(), func.coalesce(func.sum(Run.attempts), 0))
+                .where(Run.sweep_id == sweep_id).group_by(Run.status))
         with Session(self.engine) as session:
-            return {str(status): int(n) for status, n in session.execute(stmt)}
+            return {str(status): (int(n), int(claims))
+                    for status, n, claims in session.execute(stmt)}
 
     def set_sweep_spec(self, sweep_id: int, spec: dict) -> None:
         """Replace the sweep's spec (a search records there that it was stopped)."""
@@ -94,7 +96,7 @@ class SweepsMixin:
             session.execute(update(Sweep).where(Sweep.id == sweep_id).values(spec=dict(spec)))
 
     def set_sweep_told(self, sweep_id: int, told: int) -> None:
-        """Record how many of the sweep's ended runs its study has been told of."""
+        """Record the mark of the sweep's ended runs its study was last told at."""
         with Session(self.engine) as session, session.begin():
             session.execute(update(Sweep).where(Sweep.id == sweep_id).values(told=told))
 

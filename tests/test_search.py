@@ -18,10 +18,17 @@ from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import training_flops
 from gptcore.metric_keys import VAL_LOSS
-from jobs import runner
+from jobs import actions, runner
 from jobs.manager import JobManager, claim_here
 from jobs.pruners import open_study
-from jobs.search import advance, create_search, plan_search, submit_search
+from jobs.search import (
+    advance,
+    advance_searches,
+    create_search,
+    has_news,
+    plan_search,
+    submit_search,
+)
 from jobs.sweeps import stop_sweep
 from storage.status import RunStatus
 from storage.store import RunStore
@@ -79,7 +86,7 @@ def test_a_search_trains_its_trials_and_tells_the_study_their_final_val_loss(sto
         assert (cfg.lr, cfg.model.n_layers, cfg.model.activation) == (
             trial.params["lr"], trial.params["n_layers"], trial.params["activation"])
         assert run.name.startswith(f"s #{trial.number} lr=")
-    assert store.get_sweep(sweep_id).told == 3
+    assert not has_news(store, store.get_sweep(sweep_id))  # everything told, trials spent
 
 
 @pytest.mark.parametrize("ranges, choices, objective, message", [
@@ -123,6 +130,24 @@ def test_a_diverged_trial_is_told_fail_and_a_stopped_search_asks_no_more(store):
     assert {store.get_run(i).status for i in (b, *created)} == {RunStatus.CANCELLED}
     states = {t.state for t in study_of(store, sweep_id).trials}
     assert states == {TrialState.FAIL}  # cancelled trials are told as failed
+
+
+def test_a_trial_a_person_stopped_waits_and_is_told_once_resumed_to_its_end(store):
+    plan = plan_search(micro(), ["lr=1e-3:1e-2:log"], [], trials=1, pruner="none")
+    sweep_id, (run_id,) = submit_search(store, plan)
+    claim_here(store, run_id)
+    assert actions.stop(store, run_id) == actions.Stop.REQUESTED
+    assert runner.execute_run(store, run_id).status == RunStatus.STOPPED
+    advance_searches(store)  # as an idle worker does
+    assert by_run(study_of(store, sweep_id))[run_id].state == TrialState.RUNNING  # not a loss
+
+    actions.resume(store, run_id)
+    assert train(store, run_id).status == RunStatus.COMPLETED
+    assert has_news(store, store.get_sweep(sweep_id))  # ended again, with one more claim
+    advance_searches(store)
+    trial = by_run(study_of(store, sweep_id))[run_id]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.value == pytest.approx(final_val_loss(store, run_id))
 
 
 def test_a_clearly_bad_trial_is_pruned_by_the_forecast_like_the_cut(store):

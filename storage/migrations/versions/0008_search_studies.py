@@ -1,8 +1,9 @@
 """Search sweeps on Optuna: ``sweeps.study`` and ``sweeps.told``, and Optuna's own tables.
 
 ``study`` names the Optuna study (in this same database) a search sweep's trials belong to
-(NULL: a grid or random sweep); ``told`` counts the sweep's ended runs whose result the
-study has been told, so a worker sees without opening the study whether it has news.
+(NULL: a grid or random sweep); ``told`` is the mark of its ended runs (their number plus
+their claims) the study was last told at, so a worker sees without opening the study
+whether it has news.
 Optuna's tables come from ``storage.optuna_tables`` (see there why not from Optuna).
 
 Revision ID: 0008
