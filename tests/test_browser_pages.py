@@ -176,7 +176,7 @@ def test_every_bad_field_says_so_at_once_and_the_grid_stays_in_line(
     assert any("not divisible by n_heads" in e for e in errors), errors  # not hidden by lr
     # lr's message sits under lr (middle column); the next row must stay level.
     tops = {name: page.get_by_label(name, exact=True).bounding_box()["y"]
-            for name in ("beta1", "beta2", "momentum")}
+            for name in ("weight_decay", "beta1", "beta2")}
     assert len(set(tops.values())) == 1, f"fields of one row out of line: {tops}"
     screenshot(page, "new_run_two_problems")
 
