@@ -299,6 +299,10 @@ if st.session_state.get("sweep_pick") not in by_id:
 sweep = by_id[st.selectbox("Sweep", list(by_id), key="sweep_pick",
                            format_func=lambda i: f"#{i} {one_line(by_id[i].name)}")]
 first_runs = store.list_runs(sweep_id=sweep.id)
+# A search between two trials has none queued for a moment: it is open until its trials
+# are spent or it is stopped, and the page keeps refreshing meanwhile.
+search_open = (sweep.study is not None and not sweep.spec.get("stopped")
+               and len(first_runs) < sweep.spec["search"]["trials"])
 was_active = any(r.status in ACTIVE for r in first_runs)
 training = training_now(store)[0]
 params = swept_params(sweep.spec, [r.config for r in first_runs])
@@ -312,7 +316,9 @@ def _forecast(run_id: int) -> Forecast | None:
         return None
 
 
-@st.fragment(run_every=sweep_refresh_every([r.status for r in first_runs], tab_visible()))
+@st.fragment(run_every=sweep_refresh_every(
+    [r.status for r in first_runs] + ([RunStatus.QUEUED] if search_open else []),
+    tab_visible()))
 def results() -> None:
     """The sweep's runs, their losses and forecasts, read afresh on every tick."""
     with rerun_if_database_away():
