@@ -7,6 +7,8 @@ processes for the tests that need several or kill one).
 from __future__ import annotations
 
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pytest
@@ -259,3 +261,24 @@ def test_a_search_survives_its_worker_being_killed_mid_trial(home, tmp_path):
     study = study_of(store, sweep_id)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     store.close()
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_advancing_from_two_processes_at_once_asks_each_trial_once(store):
+    plan = plan_search(micro(), ["lr=1e-3:1e-2:log"], [], trials=3, parallel=3, pruner="none")
+    sweep_id = create_search(store, plan)
+    others = [RunStore(store.url) for _ in range(2)]  # two processes' own connections
+    barrier = threading.Barrier(2)
+
+    def go(own: RunStore) -> list[int]:
+        barrier.wait()
+        return advance(own, sweep_id)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            made = [f.result() for f in [pool.submit(go, own) for own in others]]
+    finally:
+        for own in others:
+            own.close()
+    assert sorted(len(m) for m in made) == [0, 3]  # one asked all three, the other none
+    assert len(store.list_runs(sweep_id=sweep_id)) == 3
+    assert len(study_of(store, sweep_id).trials) == 3
