@@ -63,6 +63,7 @@ from ui.widgets import (
 store = get_store()
 FIELDS = list(field_info())
 GRID_DEFAULTS = ["lr", "batch_size", "n_layers", "emb_dim", "weight_decay", "warmup_steps"]
+CHOICE_DEFAULTS = ["activation", "n_layers", "emb_dim", "batch_size", "optimizer", "schedule"]
 MAX_ROWS = len(GRID_DEFAULTS)
 GRID, SEARCH = "Grid / Random", "Search"
 
@@ -77,29 +78,44 @@ def measured_rate() -> MachinePace | None:
         return None  # the last finished run's config is one this version cannot read
 
 
+def base_inputs(each: str, then: str) -> tuple[str, str]:
+    """The preset and overrides every run (or trial) of the sweep starts from."""
+    c1, c2 = st.columns([1, 2])
+    preset_name = c1.selectbox("Base preset", list(PRESETS), key="sweep_preset",
+                               help=f"Every {each} starts from this preset, with the "
+                                    f"overrides beside it, then the {then}.")
+    overrides = c2.text_area("Overrides", key="sweep_overrides", height=130,
+                             placeholder="one key=value per line, e.g.\nmax_steps=200\n"
+                                         "batch_size=16",
+                             help=f"Settings every {each} of the sweep shares, as `--set` "
+                                  "takes them.")
+    return preset_name, overrides
+
+
+def setting_rows(count: int, labels: tuple[str, str], key_prefix: str, values_prefix: str,
+                 defaults: list[str], placeholder: str) -> list[tuple[str, str]]:
+    """``count`` rows of a setting and its values (a grid's, a range's or a choice's)."""
+    rows = []
+    for i in range(count):
+        g1, g2 = st.columns([1, 2])
+        key = g1.selectbox(f"{labels[0]} {i + 1}", FIELDS, index=FIELDS.index(defaults[i]),
+                           key=f"{key_prefix}_{i}")
+        values = g2.text_input(f"{labels[1]} {i + 1}", key=f"{values_prefix}_{i}",
+                               placeholder=placeholder)
+        rows.append((key, values))
+    return rows
+
+
 def grid_form() -> None:
     """A grid of values, random draws from ranges, or both: every run planned up front."""
     form_col, summary_col = st.columns([3, 2], gap="large")
     with form_col:
-        c1, c2 = st.columns([1, 2])
-        preset_name = c1.selectbox("Base preset", list(PRESETS), key="sweep_preset",
-                                   help="Every run starts from this preset, with the overrides "
-                                        "beside it, then the swept values.")
-        overrides = c2.text_area("Overrides", key="sweep_overrides", height=130,
-                                 placeholder="one key=value per line, e.g.\nmax_steps=200\n"
-                                             "batch_size=16",
-                                 help="Settings every run of the sweep shares, as `--set` takes "
-                                      "them.")
+        preset_name, overrides = base_inputs("run", "swept values")
         st.markdown("**Grid**: every combination of these values")
         n_grid = st.number_input("Grid parameters", 1, MAX_ROWS, 1, key="sweep_n_grid")
-        grid_rows = []
-        for i in range(int(n_grid)):
-            g1, g2 = st.columns([1, 2])
-            key = g1.selectbox(f"Parameter {i + 1}", FIELDS, index=FIELDS.index(GRID_DEFAULTS[i]),
-                               key=f"sweep_grid_key_{i}")
-            values = g2.text_input(f"Values {i + 1}", key=f"sweep_grid_values_{i}",
-                                   placeholder="comma-separated, e.g. 1e-3,3e-3,1e-2")
-            grid_rows.append((key, values))
+        grid_rows = setting_rows(int(n_grid), ("Parameter", "Values"), "sweep_grid_key",
+                                 "sweep_grid_values", GRID_DEFAULTS,
+                                 "comma-separated, e.g. 1e-3,3e-3,1e-2")
         st.markdown("**Random search**: values drawn from ranges, the same draws for every grid "
                     "combination")
         r1, r2, r3 = st.columns(3)
@@ -116,13 +132,9 @@ def grid_form() -> None:
         range_rows = []
         if n_random:
             n_ranges = st.number_input("Range parameters", 1, MAX_ROWS, 1, key="sweep_n_ranges")
-            for i in range(int(n_ranges)):
-                g1, g2 = st.columns([1, 2])
-                key = g1.selectbox(f"Range parameter {i + 1}", FIELDS,
-                                   index=FIELDS.index(GRID_DEFAULTS[i]), key=f"sweep_range_key_{i}")
-                span = g2.text_input(f"Range {i + 1}", key=f"sweep_range_span_{i}",
-                                     placeholder="low:high, or low:high:log, e.g. 1e-4:1e-2:log")
-                range_rows.append((key, span))
+            range_rows = setting_rows(int(n_ranges), ("Range parameter", "Range"),
+                                      "sweep_range_key", "sweep_range_span", GRID_DEFAULTS,
+                                      "low:high, or low:high:log, e.g. 1e-4:1e-2:log")
 
 
     grids, ranges = specs(grid_rows), specs(range_rows)
@@ -203,13 +215,7 @@ def search_form() -> None:
     """A search on Optuna: a number of trials, each proposed from the runs seen so far."""
     form_col, summary_col = st.columns([3, 2], gap="large")
     with form_col:
-        c1, c2 = st.columns([1, 2])
-        preset_name = c1.selectbox("Base preset", list(PRESETS), key="sweep_preset",
-                                   help="Every trial starts from this preset, with the "
-                                        "overrides beside it, then the proposed values.")
-        overrides = c2.text_area("Overrides", key="sweep_overrides", height=130,
-                                 placeholder="one key=value per line, e.g.\nmax_steps=200",
-                                 help="Settings every trial shares, as `--set` takes them.")
+        preset_name, overrides = base_inputs("trial", "proposed values")
         s1, s2, s3 = st.columns(3)
         searcher = s1.selectbox("Searcher", SEARCHERS, key="search_searcher",
                                 help="tpe: each trial proposed from the trials seen so far "
@@ -229,24 +235,14 @@ def search_form() -> None:
         seed = o3.number_input("Seed", 0, 2**31 - 1, 0, key="search_seed")
         st.markdown("**Ranges**: low:high, or low:high:log")
         n_ranges = st.number_input("Range parameters", 0, MAX_ROWS, 1, key="search_n_ranges")
-        range_rows = []
-        for i in range(int(n_ranges)):
-            g1, g2 = st.columns([1, 2])
-            key = g1.selectbox(f"Range parameter {i + 1}", FIELDS,
-                               index=FIELDS.index(GRID_DEFAULTS[i]), key=f"search_range_key_{i}")
-            span = g2.text_input(f"Range {i + 1}", key=f"search_range_span_{i}",
-                                 placeholder="e.g. 1e-4:1e-2:log")
-            range_rows.append((key, span))
+        range_rows = setting_rows(int(n_ranges), ("Range parameter", "Range"),
+                                  "search_range_key", "search_range_span", GRID_DEFAULTS,
+                                  "e.g. 1e-4:1e-2:log")
         st.markdown("**Choices**: one of these values")
         n_choices = st.number_input("Choice parameters", 0, MAX_ROWS, 0, key="search_n_choices")
-        choice_rows = []
-        for i in range(int(n_choices)):
-            g1, g2 = st.columns([1, 2])
-            key = g1.selectbox(f"Choice parameter {i + 1}", FIELDS,
-                               index=FIELDS.index("activation"), key=f"search_choice_key_{i}")
-            values = g2.text_input(f"Values {i + 1}", key=f"search_choice_values_{i}",
-                                   placeholder="comma-separated, e.g. gelu,silu")
-            choice_rows.append((key, values))
+        choice_rows = setting_rows(int(n_choices), ("Choice parameter", "Values"),
+                                   "search_choice_key", "search_choice_values", CHOICE_DEFAULTS,
+                                   "comma-separated, e.g. gelu,silu")
     ranges, choices = specs(range_rows), specs(choice_rows)
     with summary_col:
         name = st.text_input("Sweep name", key="sweep_name", max_chars=NAME_MAX,
