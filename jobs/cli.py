@@ -123,7 +123,7 @@ def _search_sweep(args, store: RunStore) -> int:
     from jobs.search import plan_search, submit_search
 
     given = [flag for flag, on in (("--grid", args.grid), ("--random", args.random),
-                                   ("--seeds", args.seeds), ("--cut", args.cut)) if on]
+                                   ("--cut", args.cut)) if on]
     if given:
         raise GptdashError(f"{given[0]} is for grid and random sweeps; a search takes --range, "
                            "--choice, --trials and --pruner")
@@ -137,7 +137,8 @@ def _search_sweep(args, store: RunStore) -> int:
         raise GptdashError("--search needs --trials N: how many runs it may train")
     plan = plan_search(_load_config(args), ranges, choices, trials=args.trials,
                        parallel=args.parallel, searcher=args.search, pruner=args.pruner,
-                       objectives=args.objective or "loss", seed=args.seed)
+                       objectives=args.objective or "loss", seed=args.seed,
+                       seeds=args.seeds)
     sweep_id, run_ids = submit_search(store, plan, name=args.name, on=args.on)
     sweep = store.get_sweep(sweep_id)
     print(f"sweep {sweep_id} {sweep.name!r}: a {plan.searcher} search of {plan.trials} trials "
@@ -586,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draws from the --range settings, for every --grid combination")
     sw.add_argument("--seed", type=int, default=0, help="seed of the --random draws")
     sw.add_argument("--seeds", type=int, default=0, metavar="N",
-                    help="train every point N times, with the config's seed, seed+1, ... "
+                    help="train every point (a search: every trial, scored by their mean) N "
+                         "times, with the config's seed, seed+1, ... "
                          "(set the first with --set seed=S); Compare and Sweeps show their "
                          "mean and spread")
     sw.add_argument("--cut", action="store_true",

@@ -15,6 +15,7 @@ it never imports the code that queues runs; ``jobs.search`` asks and tells. No t
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
     from storage.sweeps import SweepRecord
 
 PRUNERS = ("forecast", "median", "hyperband", "none")
-# The trial's user attribute that names its run.
+# The trial's user attributes that name its run, and all its runs (one per seed).
 TRIAL_RUN_ATTR = "run_id"
+TRIAL_RUNS_ATTR = "run_ids"
 # What a search proposes at random before TPE models what it has seen: a quarter of its
 # trials, between 2 and Optuna's default of 10.
 MAX_STARTUP_TRIALS = 10
@@ -112,6 +114,13 @@ def open_study(store: RunStore, sweep: SweepRecord, *,
     return study
 
 
+def trial_runs(trial: FrozenTrial) -> list[int]:
+    """The runs of a trial: one per seed (none yet while it is being asked)."""
+    attrs = trial.user_attrs
+    return list(attrs.get(TRIAL_RUNS_ATTR) or ([attrs[TRIAL_RUN_ATTR]]
+                                               if TRIAL_RUN_ATTR in attrs else []))
+
+
 def report_steps(sweep: SweepRecord, cfg: TrainConfig) -> list[int]:
     """The steps at which a trial of ``sweep`` reports to its study: every evaluation before
     the end, or none without a pruner."""
@@ -133,11 +142,13 @@ def trial_cut_reason(store: RunStore, run: RunRecord, sweep: SweepRecord, upto: 
     pruner = make_pruner(name, cfg, decide)
     study = open_study(store, sweep, pruner=pruner)
     frozen = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.user_attrs.get(TRIAL_RUN_ATTR) == run.id), None)
+                   if run.id in trial_runs(t)), None)
     if frozen is None:  # told already (a person stopped the search), or not this search's
         return None
     trial = optuna.trial.Trial(study, frozen._trial_id)
-    trial.report(value, upto)
+    with warnings.catch_warnings():  # a trial of seeds: its first run to get here reports
+        warnings.filterwarnings("ignore", message=".*is already reported")
+        trial.report(value, upto)
     if not trial.should_prune():
         return None
     if isinstance(pruner, ForecastPruner):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
+from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -37,13 +38,21 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from analysis.sweep import Range, Value, parse_grid, parse_range
+from analysis.sweep import SEED_KEY, Range, Value, parse_grid, parse_range
 from gptcore.config import TrainConfig, apply_overrides
 from gptcore.errors import GptdashError
 from gptcore.estimate import training_flops
 from gptcore.metric_keys import VAL_LOSS
 from jobs import runner
-from jobs.pruners import PRUNERS, TRIAL_RUN_ATTR, make_sampler, open_study, study_storage
+from jobs.pruners import (
+    PRUNERS,
+    TRIAL_RUN_ATTR,
+    TRIAL_RUNS_ATTR,
+    make_sampler,
+    open_study,
+    study_storage,
+    trial_runs,
+)
 from jobs.sweeps import forecast_too_early
 from storage.names import NAME_MAX, check_name, check_notes
 from storage.status import ACTIVE, Executor, RunStatus
@@ -77,6 +86,11 @@ class SearchPlan:
     pruner: str = "forecast"
     objectives: list[str] = field(default_factory=lambda: ["loss"])
     seed: int = 0
+    seeds: int = 0  # runs per trial, config seeds base.seed, +1, ...; 0: one, its own seed
+
+    @property
+    def runs_per_trial(self) -> int:
+        return max(self.seeds, 1)
 
     @property
     def params(self) -> list[str]:
@@ -99,6 +113,7 @@ class SearchPlan:
                 "search": {"searcher": self.searcher, "trials": self.trials,
                            "parallel": self.parallel, "pruner": self.pruner,
                            "objectives": list(self.objectives), "seed": self.seed,
+                           "seeds": self.seeds,
                            "ranges": [[r.key, r.low, r.high, r.scale, r.integer]
                                       for r in self.ranges],
                            "choices": [[k, list(v)] for k, v in self.choices]}}
@@ -111,7 +126,8 @@ class SearchPlan:
                            in s["ranges"]],
                    choices=[(k, list(v)) for k, v in s["choices"]], trials=s["trials"],
                    parallel=s["parallel"], searcher=s["searcher"], pruner=s["pruner"],
-                   objectives=list(s["objectives"]), seed=s["seed"])
+                   objectives=list(s["objectives"]), seed=s["seed"],
+                   seeds=s.get("seeds", 0))
 
 
 def parse_choice(spec: str) -> tuple[str, list[Value]]:
@@ -140,16 +156,19 @@ def parse_objectives(text: str) -> list[str]:
 
 def plan_search(base: TrainConfig, ranges: list[str], choices: list[str], *, trials: int,
                 parallel: int = 1, searcher: str = "tpe", pruner: str | None = None,
-                objectives: str = "loss", seed: int = 0) -> SearchPlan:
+                objectives: str = "loss", seed: int = 0, seeds: int = 0) -> SearchPlan:
     """Parse and check a search; GptdashError (one line) for anything wrong, nothing written.
     ``pruner`` None: the forecast for one objective, none for several (Optuna prunes
-    single-objective studies only)."""
+    single-objective studies only). ``seeds`` N: each trial is N runs with the config seeds
+    ``base.seed``, +1, ..., and its value their mean."""
     if searcher not in SEARCHERS:
         raise GptdashError(f"--search {searcher!r}: choose {' or '.join(SEARCHERS)}")
     if trials < 1:
         raise GptdashError(f"--trials must be 1 or more, not {trials}")
     if parallel < 1:
         raise GptdashError(f"--parallel must be 1 or more, not {parallel}")
+    if seeds < 0 or seeds == 1:
+        raise GptdashError(f"--seeds {seeds}: give 2 or more runs per trial, or leave it out")
     names = parse_objectives(objectives)
     pruner = pruner or ("forecast" if len(names) == 1 else "none")
     if pruner not in PRUNERS:
@@ -164,7 +183,7 @@ def plan_search(base: TrainConfig, ranges: list[str], choices: list[str], *, tri
     parsed_choices = [parse_choice(c) for c in choices]
     plan = SearchPlan(base=base, ranges=parsed, choices=parsed_choices, trials=trials,
                       parallel=parallel, searcher=searcher, pruner=pruner, objectives=names,
-                      seed=seed)
+                      seed=seed, seeds=seeds)
     keys = plan.params
     if not keys:
         raise GptdashError("a search needs at least one --range KEY=LOW:HIGH[:log] or "
@@ -173,6 +192,9 @@ def plan_search(base: TrainConfig, ranges: list[str], choices: list[str], *, tri
     if twice:
         raise GptdashError(f"{', '.join(twice)} given more than once: one --range or --choice "
                            "per setting")
+    if seeds and SEED_KEY in keys:
+        raise GptdashError(f"--seeds {seeds} sets {SEED_KEY} itself: drop --range/--choice "
+                           f"{SEED_KEY}, or --seeds")
     # Every end of every range and every choice must be a value of its setting (an unknown
     # setting or a word for a number is refused here, not at the first trial).
     for r in parsed:
@@ -219,7 +241,7 @@ def create_search(store: RunStore, plan: SearchPlan, *, name: str | None = None,
 
 def advance(store: RunStore, sweep_id: int) -> list[int]:
     """Tell the study what ended, then queue trials up to ``parallel`` queued or running
-    (none once ``trials`` runs exist or the search was stopped); the new run ids."""
+    (none once ``trials`` were asked or the search was stopped); the new run ids."""
     with store.sweep_lock(sweep_id):
         sweep = store.get_sweep(sweep_id)
         plan = SearchPlan.from_spec(sweep.spec)
@@ -228,14 +250,17 @@ def advance(store: RunStore, sweep_id: int) -> list[int]:
         _tell_ended(store, study, runs, plan.objectives)
         store.set_sweep_told(sweep_id, sum(1 + r.attempts for r in runs
                                            if r.status in TOLD_STATUSES))
-        active = sum(r.status in ACTIVE for r in runs)
-        created: list[int] = []
+        status = {r.id: r.status for r in runs}
+        asked = [trial_runs(t) for t in study.get_trials(deepcopy=False)]
+        asked = [ids for ids in asked if ids]
+        active = sum(any(status.get(i) in ACTIVE for i in ids) for ids in asked)
+        created: list[list[int]] = []
         while (not sweep.spec.get("stopped") and active + len(created) < plan.parallel
-               and len(runs) + len(created) < plan.trials):
-            created.append(_ask_run(store, study, plan, sweep))
+               and len(asked) + len(created) < plan.trials):
+            created.append(_ask_trial(store, study, plan, sweep))
             study.sampler = make_sampler(plan.searcher, plan.seed, plan.trials,
                                          len(study.get_trials(deepcopy=False)))
-        return created
+        return [run_id for ids in created for run_id in ids]
 
 
 def has_news(store: RunStore, sweep: SweepRecord) -> bool:
@@ -247,8 +272,9 @@ def has_news(store: RunStore, sweep: SweepRecord) -> bool:
     ended = sum(n + claims for status, (n, claims) in counts.items()
                 if status in TOLD_STATUSES)
     active = sum(counts.get(status, (0, 0))[0] for status in ACTIVE)
-    wants_more = (not sweep.spec.get("stopped") and active < s.get("parallel", 1)
-                  and sum(n for n, _ in counts.values()) < s.get("trials", 0))
+    per_trial = max(s.get("seeds", 0), 1)  # runs; a trial of seeds is news a little early
+    wants_more = (not sweep.spec.get("stopped") and active < s.get("parallel", 1) * per_trial
+                  and sum(n for n, _ in counts.values()) < s.get("trials", 0) * per_trial)
     return ended != sweep.told or wants_more
 
 
@@ -261,30 +287,41 @@ def advance_searches(store: RunStore) -> list[int]:
     return created
 
 
-def _ask_run(store: RunStore, study: optuna.Study, plan: SearchPlan,
-             sweep: SweepRecord) -> int:
-    """Ask the study for a trial and queue it as a run of the sweep; a config gptdash refuses
-    is told FAIL (with why, as the trial's ``refused`` attribute) and another is asked."""
+def _ask_trial(store: RunStore, study: optuna.Study, plan: SearchPlan,
+               sweep: SweepRecord) -> list[int]:
+    """Ask the study for a trial and queue it as runs of the sweep (one per seed); its run
+    ids. A config gptdash refuses is told FAIL (with why, as the trial's ``refused``
+    attribute) and another is asked."""
     last = ""
     for _ in range(MAX_REFUSED_ASKS):
         trial = study.ask(plan.distributions())
         label = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        seeds = ([{}] if not plan.seeds else
+                 [{SEED_KEY: plan.base.seed + k} for k in range(plan.seeds)])
         try:
-            cfg = apply_overrides(plan.base, trial.params).validate()
-            name = f"{sweep.name} #{trial.number} {label}"[:NAME_MAX]  # the label may be cut
-            run_id = runner.create_run(store, cfg, name=name,
-                                       tags=sweep.spec.get("tags", []),
-                                       notes=sweep.spec.get("notes", ""), check_device=False,
-                                       sweep_id=sweep.id)
+            configs = [apply_overrides(plan.base, {**trial.params, **seed}).validate()
+                       for seed in seeds]
+            run_ids = [runner.create_run(
+                store, cfg, name=_trial_name(sweep.name, trial.number, label, seed),
+                tags=sweep.spec.get("tags", []), notes=sweep.spec.get("notes", ""),
+                check_device=False, sweep_id=sweep.id)
+                for cfg, seed in zip(configs, seeds, strict=True)]
         except GptdashError as exc:
             last = f"{label}: {exc}"
             trial.set_user_attr("refused", str(exc))
             study.tell(trial, state=TrialState.FAIL)
             continue
-        trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
-        return run_id
+        trial.set_user_attr(TRIAL_RUN_ATTR, run_ids[0])
+        trial.set_user_attr(TRIAL_RUNS_ATTR, run_ids)
+        return run_ids
     raise GptdashError(f"sweep {sweep.id}: the search proposed {MAX_REFUSED_ASKS} configs in a "
                        f"row that gptdash refuses (the last, {last}): narrow its ranges")
+
+
+def _trial_name(sweep_name: str, number: int, label: str, seed: dict[str, int]) -> str:
+    """'tune #3 lr=0.002 n_layers=4 seed=1', cut to a name's length (the label may be long)."""
+    name = f"{sweep_name} #{number} {label}" + (f" seed={seed[SEED_KEY]}" if seed else "")
+    return name[:NAME_MAX]
 
 
 def _fmt(value: Value) -> str:
@@ -293,17 +330,27 @@ def _fmt(value: Value) -> str:
 
 def _tell_ended(store: RunStore, study: optuna.Study, runs: list[RunRecord],
                 objectives: list[str]) -> None:
-    """Tell the study of each running trial whose run has ended; a trial left without a run
-    (its asker died before queueing one) is FAIL."""
+    """Tell the study of each running trial whose runs have all ended: FAIL if one failed,
+    PRUNED if one was pruned, else COMPLETE with the mean of their objectives. A trial left
+    without runs (its asker died before queueing them, or they were deleted) is FAIL."""
     by_id = {r.id: r for r in runs}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        run = by_id.get(trial.user_attrs.get(TRIAL_RUN_ATTR, -1))
-        if run is None:
+        members = [by_id.get(i) for i in trial_runs(trial)]
+        if not members or None in members:
             study.tell(trial.number, state=TrialState.FAIL)
-        elif run.status in TOLD_STATUSES:
-            outcome = _outcome(store, run, objectives)
-            if outcome is not None:
-                study.tell(trial.number, outcome[1], state=outcome[0])
+            continue
+        if any(run.status not in TOLD_STATUSES for run in members):
+            continue
+        outcomes = [_outcome(store, run, objectives) for run in members]
+        if None in outcomes:  # a person's stop: it may be resumed
+            continue
+        states = {state for state, _ in outcomes}
+        if states == {TrialState.COMPLETE}:
+            means = [fmean(values[i] for _, values in outcomes) for i in range(len(objectives))]
+            study.tell(trial.number, means)
+        else:
+            study.tell(trial.number, state=(TrialState.FAIL if TrialState.FAIL in states
+                                            else TrialState.PRUNED))
 
 
 def _outcome(store: RunStore, run: RunRecord,

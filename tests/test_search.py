@@ -106,13 +106,34 @@ def test_bad_input_is_refused_in_one_line_with_nothing_queued(store, ranges, cho
     assert store.list_sweeps() == [] and store.list_runs() == []
 
 
-def test_a_pruner_on_several_objectives_and_a_forecast_too_early_are_refused():
+def test_a_pruner_on_several_objectives_one_seed_and_a_forecast_too_early_are_refused():
     with pytest.raises(GptdashError, match="--pruner median judges one objective"):
         plan_search(micro(), ["lr=1e-4:1e-2:log"], [], trials=4, objectives="loss,flops",
                     pruner="median")
+    with pytest.raises(GptdashError, match="--seeds 1: give 2 or more"):
+        plan_search(micro(), ["lr=1e-4:1e-2:log"], [], trials=4, pruner="none", seeds=1)
     with pytest.raises(GptdashError, match="set eval_interval to"):
         plan_search(micro(max_steps=20, eval_interval=10), ["lr=1e-4:1e-2:log"], [],
                     trials=4, pruner="forecast")
+
+
+def test_a_trial_of_seeds_is_scored_by_the_mean_of_its_runs(store):
+    plan = plan_search(micro(max_steps=10, seed=5), ["lr=1e-3:1e-2:log"], [], trials=2,
+                       seeds=2, pruner="none")
+    sweep_id, first = submit_search(store, plan)
+    assert len(first) == 2  # one trial: its two seeds
+    drain(store)
+    runs = {r.id: r for r in store.list_runs(sweep_id=sweep_id)}
+    assert len(runs) == 4 and {r.status for r in runs.values()} == {RunStatus.COMPLETED}
+    study = study_of(store, sweep_id)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        ids = trial.user_attrs["run_ids"]
+        configs = [runs[i].config for i in ids]
+        assert sorted(c["seed"] for c in configs) == [5, 6]
+        assert configs[0]["lr"] == configs[1]["lr"] == trial.params["lr"]
+        assert trial.value == pytest.approx(sum(final_val_loss(store, i) for i in ids) / 2)
+        assert runs[ids[1]].name.endswith(" seed=6")
 
 
 def test_a_diverged_trial_is_told_fail_and_a_stopped_search_asks_no_more(store):
