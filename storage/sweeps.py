@@ -34,7 +34,7 @@ class SweepRecord:
     cut: bool
     notes: str
     study: str | None = None  # a search sweep's Optuna study in this database
-    told: int = 0  # its ended runs the study has been told of
+    told: int = 0  # its ended runs (number plus claims) when the study was last told
 
     @classmethod
     def from_row(cls, sweep: Sweep) -> SweepRecord:
