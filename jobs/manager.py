@@ -19,7 +19,7 @@ import threading
 import time
 
 from gptcore.config import TrainConfig
-from jobs import actions, runner, search
+from jobs import actions, runner
 from jobs.outage import Outage
 from jobs.recovery import (
     DEFAULT_DEAD_AFTER_S,
@@ -231,6 +231,8 @@ class JobManager:
         if throttled and now - self._searched_at < SEARCH_POLL_S:
             return False
         self._searched_at = now
+        from jobs import search  # optuna (~0.5 s): only once a worker looks for work
+
         try:
             return bool(search.advance_searches(self.store))
         except DatabaseUnavailable as exc:
