@@ -295,30 +295,31 @@ def _opened(f: CorpusFile, counts: ReadCounts | None = None) -> _Opened | None:
     return _Opened(f, counts if counts is not None else ReadCounts())
 
 
-class _Utf8:
-    """Bytes to text chunk by chunk, naming the file and byte offset of a bad byte."""
+class Utf8Decoder:
+    """Bytes to text chunk by chunk, naming what is read (``label``: "corpus file 'a.txt'")
+    and the byte offset of a bad byte."""
 
-    def __init__(self, rel: str):
-        self.rel = rel
+    def __init__(self, label: str):
+        self.label = label
         self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._seen = 0
+        self.seen = 0  # bytes decoded so far
 
     def decode(self, chunk: bytes, final: bool = False) -> str:
-        pending = len(self._decoder.getstate()[0])
+        pending = len(self._decoder.getstate()[0])  # an earlier chunk's unfinished character
         try:
             text = self._decoder.decode(chunk, final)
         except UnicodeDecodeError as exc:
             raise GptdashError(
-                f"corpus file {self.rel!r} is not UTF-8 text (bad byte at offset "
-                f"{self._seen - pending + exc.start}): save it as UTF-8 and try again") from None
-        self._seen += len(chunk)
+                f"{self.label} is not UTF-8 text (bad byte at offset "
+                f"{self.seen - pending + exc.start}): save it as UTF-8 and try again") from None
+        self.seen += len(chunk)
         return text
 
 
 def _text_pieces(f: CorpusFile, stream: _Opened, piece_chars: int,
                  counts: ReadCounts) -> Iterator[Piece]:
     """A text file as one document; nothing at all when it holds only white space."""
-    decoder = _Utf8(f.rel)
+    decoder = Utf8Decoder(f"corpus file {f.rel!r}")
     buffer, has_text = "", False
     while True:
         chunk = stream.read()
@@ -358,7 +359,7 @@ def _cut_at(text: str, piece_chars: int) -> int:
 
 def _jsonl_documents(f: CorpusFile, stream: _Opened, text_field: str,
                      counts: ReadCounts) -> Iterator[str]:
-    decoder = _Utf8(f.rel)
+    decoder = Utf8Decoder(f"corpus file {f.rel!r}")
     text_stream = io.TextIOWrapper(io.BufferedReader(_Reader(stream, decoder)),
                                    encoding="utf-8", newline="\n")
     for number, line in enumerate(text_stream, 1):
@@ -384,7 +385,7 @@ def _jsonl_documents(f: CorpusFile, stream: _Opened, text_field: str,
 class _Reader(io.RawIOBase):
     """Raw bytes from an _Opened file, checked as UTF-8 on the way (with the offset)."""
 
-    def __init__(self, stream: _Opened, decoder: _Utf8):
+    def __init__(self, stream: _Opened, decoder: Utf8Decoder):
         self.stream, self.decoder = stream, decoder
 
     def readable(self) -> bool:

@@ -6,7 +6,6 @@ shared is ``gptcore.tokens``. This module turns a prepared corpus into random wi
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
 import mmap
@@ -21,6 +20,7 @@ import numpy as np
 from gptcore.corpus import (
     BUILTIN,
     DEFAULT_TEXT_FIELD,
+    Utf8Decoder,
     builtin_text,
     find_source,
     fingerprint,
@@ -51,22 +51,15 @@ class TextDecoder:
 
     def __init__(self, name: str):
         self.name = name
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._seen = 0  # bytes decoded so far
+        self._utf8 = Utf8Decoder(f"corpus {name!r}")
         self._has_text = False
 
     def decode(self, chunk: bytes, final: bool = False) -> str:
-        if self._seen < BINARY_PROBE and b"\x00" in chunk[:BINARY_PROBE - self._seen]:
+        seen = self._utf8.seen
+        if seen < BINARY_PROBE and b"\x00" in chunk[:BINARY_PROBE - seen]:
             raise GptdashError(f"corpus {self.name!r} looks binary (it has NUL bytes): "
                                "choose a plain UTF-8 text file")
-        pending = len(self._decoder.getstate()[0])  # an earlier chunk's unfinished character
-        try:
-            text = self._decoder.decode(chunk, final)
-        except UnicodeDecodeError as exc:
-            raise GptdashError(
-                f"corpus {self.name!r} is not UTF-8 text (bad byte at offset "
-                f"{self._seen - pending + exc.start}): save it as UTF-8 and try again") from None
-        self._seen += len(chunk)
+        text = self._utf8.decode(chunk, final)
         self._has_text = self._has_text or bool(chunk.strip())
         if final and not self._has_text:
             raise GptdashError(f"corpus {self.name!r} is empty: choose a file with text in it")

@@ -50,6 +50,7 @@ from gptcore.corpus import (
     pieces,
 )
 from gptcore.errors import GptdashError
+from gptcore.processes import pid_alive
 from gptcore.tokenizer import get_tokenizer
 
 FORMAT = 3  # bump when the files' layout or the split changes: old folders are not reused
@@ -184,22 +185,9 @@ def in_progress(cache_dir: Path) -> list[Progress]:
     for path in cache_dir.glob("tokens-*.tmp/progress.json"):
         with contextlib.suppress(OSError, ValueError, TypeError):
             state = Progress(**json.loads(path.read_text()))
-            if _alive(state.pid):  # a folder left by a killed preparation is not under way
+            if pid_alive(state.pid):  # a folder left by a killed preparation is not under way
                 found.append(state)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Killed but not yet reaped by its parent (a zombie, "Z" on Linux) is gone too.
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def prepared(cache_dir: Path) -> list[Manifest]:
@@ -423,7 +411,7 @@ def _start_encoder(preparer: int) -> None:
 
 
 def _end_with(preparer: int) -> None:
-    while _alive(preparer):
+    while pid_alive(preparer):
         time.sleep(0.5)
     os._exit(1)
 

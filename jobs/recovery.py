@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 from gptcore.errors import GptdashError
+from gptcore.processes import pid_alive
 from storage.queue import owner_gone
 from storage.status import RunStatus
 from storage.store import RunRecord, RunStore
@@ -42,27 +42,6 @@ def this_host() -> str:
 def worker_id() -> str:
     """This process's name as a run's owner: ``host:pid``."""
     return f"{this_host()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host and has not died.
-
-    A killed process whose parent has not reaped it yet (a zombie: ``gptdash train``
-    killed from a shell whose parent is a container's init that never reaps) still
-    answers signal 0, but it will never train again.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS) or it just went: signal 0 said it exists
-    # "pid (comm) state ...": comm may hold spaces or parentheses, so split after the last ')'.
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def recover_interrupted(store: RunStore,
