@@ -28,6 +28,7 @@ from jobs.sweeps import (
 from storage import home
 from storage.names import NAME_MAX, one_line
 from storage.status import ACTIVE, Executor, RunStatus
+from storage.store import RunRecord
 from ui.compute import last_values
 from ui.corpora import look_all
 from ui.epochs import epochs_short, epochs_span, plan_warning, run_epochs
@@ -36,9 +37,11 @@ from ui.plain_text import plain
 from ui.search_view import (
     best_so_far_figure,
     importance_figure,
+    next_trials,
     parallel_figure,
     pareto_figure,
     state_counts,
+    trials_left,
 )
 from ui.sweeps import (
     base_config,
@@ -321,14 +324,24 @@ def results() -> None:
         results_tick()
 
 
-def search_results() -> None:
-    """A search's study: best against trials, the trials across the settings, what
-    mattered, and the Pareto front of two objectives."""
+def search_results(runs: list[RunRecord]) -> None:
+    """A search's study: the trials it proposed that are still to train, best against
+    trials, the trials across the settings, what mattered, and the Pareto front of two
+    objectives."""
     with user_errors():
         view = search_view(store, sweep)
+        budget = sweep.spec["search"]["trials"]
+        left = ("asks no more (stopped)" if sweep.spec.get("stopped")
+                else f"{trials_left(view.trials, budget)} more to ask")
         st.markdown(f"**Search**: {state_counts(view.trials) or 'no trials yet'} of "
-                    f"{sweep.spec['search']['trials']} trials · Optuna study")
+                    f"{budget} trials · {left} · Optuna study")
         st.code(sweep.study, language=None)
+        upcoming = next_trials(view.trials, view.params, runs)
+        if not upcoming.empty:
+            st.markdown("**Next trials**: proposed by the study, queued or training")
+            st.dataframe(upcoming, hide_index=True, key="search_next", column_config={
+                p: st.column_config.NumberColumn(format="%g") for p in view.params
+                if upcoming[p].dtype.kind == "f"})
         first = view.objectives[0]
         if not (view.trials["state"] == "complete").any():
             return
@@ -394,7 +407,7 @@ def results_tick() -> None:
                "final evaluation, a training run's forecast of its final loss, or the last "
                "evaluation of a run that ended early (*kind* says which).")
     if sweep.study is not None:
-        search_results()
+        search_results(runs)
     if (table["kind"] == "").all():
         st.info("No val loss yet: the charts appear with the first evaluation of a run."
                 if active else "No run of this sweep was evaluated, so there is nothing to "

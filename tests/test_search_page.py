@@ -59,3 +59,27 @@ def test_a_trained_search_shows_its_figures(empty_app, home):  # noqa: F811
     assert not at.exception and not at.error
     titles = {spec["layout"]["title"]["text"] for spec in _plotly_specs(at)}
     assert "Pareto front: final val loss against training FLOPs" in titles
+
+
+def test_a_search_shows_its_next_trials_and_how_many_it_will_still_ask(empty_app, home):  # noqa: F811
+    store = RunStore()
+    plan = plan_search(micro(max_steps=10), ["lr=1e-3:3e-2:log"], ["activation=gelu,silu"],
+                       trials=4, parallel=2, pruner="none")
+    sweep_id, run_ids = submit_search(store, plan, name="<b>tune</b>")
+    store.update_run(run_ids[0], status="running")
+    runs = {r.id: r for r in store.list_runs(sweep_id=sweep_id)}
+    store.close()
+    at = empty_app
+    at.run()
+    _open(at, "app_pages/sweeps.py")
+    at.selectbox(key="sweep_pick").set_value(sweep_id).run()
+    assert not at.exception and not at.error
+    [table] = [d.value for d in at.dataframe if "trial" in d.value.columns]
+    assert list(table.columns) == ["trial", "state", "run", "lr", "activation", "name"]
+    assert list(table["trial"]) == [0, 1]
+    assert list(table["state"]) == ["running", "queued"]
+    assert list(table["run"]) == run_ids
+    assert list(table["name"]) == [runs[i].name for i in run_ids]
+    assert table["name"][0].startswith("<b>tune</b> #0 lr=")  # a cell's text, as typed
+    assert table["activation"].isin(["gelu", "silu"]).all()
+    assert "2 running of 4 trials · 2 more to ask" in _texts(at.markdown)

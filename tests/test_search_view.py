@@ -8,9 +8,11 @@ import pytest
 from ui.search_view import (
     best_so_far_figure,
     importance_figure,
+    next_trials,
     parallel_figure,
     pareto_figure,
     state_counts,
+    trials_left,
 )
 
 
@@ -59,6 +61,40 @@ def test_the_pareto_front_is_marked_apart_from_the_other_trials():
     assert list(front.customdata) == [2, 3] and list(front.x) == [4.2, 4.6]
     assert sorted(others.customdata) == [0, 4]
     assert fig.layout.yaxis.type == "log"
+
+
+def test_the_next_trials_are_the_asked_ones_whose_run_waits_or_trains(store):
+    frame = trials()
+    frame.loc[len(frame)] = {"number": 6, "state": "running", "run_id": None,
+                             "lr": 4e-3, "activation": "gelu"}  # asked, its run not yet queued
+    frame.loc[len(frame)] = {"number": 7, "state": "running", "run_id": 17,
+                             "lr": 6e-3, "activation": "<b>gelu</b>"}
+    frame.loc[len(frame)] = {"number": 8, "state": "running", "run_id": 18,
+                             "lr": 7e-3, "activation": "silu"}  # its run stopped by a person
+    sweep_id = store.create_sweep("tune", {"params": ["lr", "activation"]})
+    ids = {}
+    for name, status in [("done", "completed"), ("training", "running"), ("waiting", "queued"),
+                         ("paused", "stopped")]:
+        ids[name] = store.create_run(f"tune {name}", {}, status=status, max_steps=10,
+                                     sweep_id=sweep_id)
+    frame["run_id"] = frame["number"].map({0: ids["done"], 5: ids["training"],
+                                           7: ids["waiting"], 8: ids["paused"]})
+    table = next_trials(frame, ["lr", "activation"], store.list_runs())
+    assert list(table.columns) == ["trial", "state", "run", "lr", "activation", "name"]
+    assert list(table["trial"]) == [5, 7]
+    assert list(table["state"]) == ["running", "queued"]
+    assert list(table["run"]) == [ids["training"], ids["waiting"]]
+    assert list(table["lr"]) == [5e-3, 6e-3]
+    assert list(table["activation"]) == ["silu", "<b>gelu</b>"]  # as proposed, a cell's text
+    assert list(table["name"]) == ["tune training", "tune waiting"]
+    assert next_trials(frame.iloc[:5], ["lr"], store.list_runs()).empty  # none asked
+
+
+def test_trials_left_counts_the_asked_trials_with_runs_against_the_budget():
+    frame = trials()
+    frame.loc[len(frame)] = {"number": 6, "state": "fail", "run_id": None}  # refused: no run
+    assert trials_left(frame, 10) == 4
+    assert trials_left(frame, 5) == 0
 
 
 def test_state_counts_say_how_many_trials_are_where():

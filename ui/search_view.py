@@ -1,8 +1,10 @@
 """A search sweep's figures for the Sweeps page: the best value against trials, the trials
-in parallel coordinates, each setting's importance, and two objectives' Pareto front.
+in parallel coordinates, each setting's importance, two objectives' Pareto front, and the
+trials asked that have not ended.
 
 Each takes the trials frame of ``jobs.search.search_view`` (number, state, run_id, one column
-per objective, one per setting) and returns a Plotly figure; none reads the database.
+per objective, one per setting) and returns a Plotly figure or a table; none reads the
+database.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from storage.status import ACTIVE
+from storage.store import RunRecord
 from ui.compute import FIGURE_MARGIN, LEGEND_RIGHT
 from ui.plain_text import chart_text
 from ui.sweeps import LOG_PARAMS
 
 COMPLETE = "complete"
+# Optuna's state for a trial asked and not yet told: its runs queued, training or paused.
+ASKED = "running"
 UNITS = {"loss": "final val loss", "flops": "training FLOPs", "time": "training seconds"}
 
 
@@ -31,6 +37,28 @@ def state_counts(trials: pd.DataFrame) -> str:
     """'3 complete, 1 pruned, 2 running': the trials by state, most first."""
     counts = trials["state"].value_counts()
     return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def next_trials(trials: pd.DataFrame, params: Sequence[str],
+                runs: Sequence[RunRecord]) -> pd.DataFrame:
+    """The trials the study proposed that are still to train: trial, state (its run queued
+    or running), run (id), each proposed setting and the run's name, by trial number. A
+    trial of several seeds shows its first run; a trial whose run ended and waits to be
+    told (or resumed) is not listed."""
+    by_id = {r.id: r for r in runs}
+    rows = []
+    for trial in trials[trials["state"] == ASKED].sort_values("number").to_dict("records"):
+        run = by_id.get(trial["run_id"])
+        if run is not None and run.status in ACTIVE:
+            rows.append({"trial": trial["number"], "state": str(run.status), "run": run.id,
+                         **{p: trial[p] for p in params}, "name": run.name})
+    return pd.DataFrame(rows, columns=["trial", "state", "run", *params, "name"])
+
+
+def trials_left(trials: pd.DataFrame, budget: int) -> int:
+    """How many more trials a search of ``budget`` trials will ask: those the study asked
+    and queued runs for count; refused proposals (told FAIL, no run) do not."""
+    return max(budget - int(trials["run_id"].notna().sum()), 0)
 
 
 def best_so_far_figure(trials: pd.DataFrame, objective: str = "loss") -> go.Figure:
