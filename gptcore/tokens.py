@@ -109,6 +109,7 @@ class Manifest:
     seconds: float
     train_path: str  # where the ids lie: in the folder, or a nanoGPT pair's own files
     val_path: str
+    key: str = ""  # ``cache_key``: whether the files are still as they were when tokenized
 
     @property
     def tokens(self) -> int:
@@ -129,7 +130,9 @@ def cache_key(source: Source, corpus_fingerprint: str, tokenizer: str, text_fiel
     # The files' modification times too: a file saved anew is tokenized anew, even when
     # its size and samples are as they were.
     times = [f.mtime_ns for f in source.files]
-    parts = [FORMAT, source.kind, corpus_fingerprint, times, tokenizer, val_fraction]
+    parts = [FORMAT, source.kind, corpus_fingerprint, times, tokenizer]
+    if source.kind != "nanogpt":  # a nanoGPT pair comes split
+        parts.append(val_fraction)
     if source.kind == "files":  # only text in files has a field; the rest ignore it
         parts.append(text_field)
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
@@ -169,6 +172,7 @@ def prepare(corpus: str, tokenizer: str, cache_dir: Path, val_fraction: float,
         try:
             manifest = _write(source, print_, tokenizer, text_field, val_fraction, tmp,
                               progress)
+            manifest.key = key
             (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
             os.rename(tmp, folder)
         finally:

@@ -67,6 +67,22 @@ def test_a_corpus_edited_since_it_was_tokenized_is_not_tokenized_yet(tmp_path):
     assert (row["state"], row["tokens"], row["documents"]) == (NOT_YET, "—", "—")
 
 
+def test_a_corpus_saved_again_unchanged_shows_as_the_next_run_finds_it(tmp_path):
+    """Saved again with the same bytes (a new modification time): the next run tokenizes it
+    anew, so the page does not say it is tokenized; prepared again, it is."""
+    corpus = tmp_path / "a.txt"
+    corpus.write_text(TEXT)
+    cache = tmp_path / "cache"
+    prepare(str(corpus), "byte", cache, 0.1)
+    stat = corpus.stat()
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    [row] = table_rows(look_all([str(corpus)], cache).values())
+    assert row["state"] == NOT_YET
+    prepare(str(corpus), "byte", cache, 0.1)
+    [row] = table_rows(look_all([str(corpus)], cache).values())
+    assert row["state"] != NOT_YET
+
+
 def test_a_corpus_being_tokenized_shows_how_far_it_has_got(tmp_path):
     corpus = tmp_path / "big.txt"
     corpus.write_text(TEXT)

@@ -25,7 +25,7 @@ from gptcore.corpus import (
     fingerprint,
 )
 from gptcore.errors import GptdashError
-from gptcore.tokens import Manifest, Progress, in_progress, prepared
+from gptcore.tokens import Manifest, Progress, cache_key, in_progress, prepared
 from ui.format import DASH, human_bytes_mb, human_count
 from ui.paths import shown_path
 
@@ -92,15 +92,18 @@ def builtin_bytes() -> int:
 
 def look(corpus: str, manifests: list[Manifest], progress: list[Progress]) -> Corpus:
     """What the cache knows of ``corpus``, from ``manifests`` (``tokens.prepared``) and
-    ``progress`` (``tokens.in_progress``). A manifest counts when its fingerprint is this
-    text's now: a file edited since it was tokenized is not tokenized yet."""
+    ``progress`` (``tokens.in_progress``). A manifest counts when its cache key is the
+    files' now (fingerprint and modification times): a file edited, or only saved again,
+    since it was tokenized is not tokenized yet, as the next run will find."""
     try:
         source = find_source(corpus)
         print_ = fingerprint(source)
     except (GptdashError, OSError) as exc:
         return Corpus(corpus, None, problem=str(exc))
     return Corpus(corpus, source,
-                  manifests=[m for m in manifests if m.fingerprint == print_],
+                  manifests=[m for m in manifests if m.fingerprint == print_ and m.key
+                             == cache_key(source, print_, m.tokenizer, m.text_field,
+                                          m.val_fraction)],
                   preparing=[p for p in progress if same_corpus(p.corpus, corpus)])
 
 
