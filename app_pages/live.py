@@ -72,6 +72,7 @@ from ui.plain_text import no_bidi, plain
 from ui.ray_cluster import job_summary
 from ui.widgets import (
     empty_state,
+    export_panel,
     get_store,
     pick_run,
     rerun_if_database_away,
@@ -405,3 +406,4 @@ if run.checkpoint_path:
                 return fh.read()
 
         st.download_button("Download checkpoint", read_checkpoint, file_name=f"run-{run_id}.pt")
+export_panel(store, run)

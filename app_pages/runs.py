@@ -4,14 +4,13 @@ import pandas as pd
 import streamlit as st
 
 from jobs import actions
-from jobs.export import export_to_home, zip_folder
 from jobs.runner import can_resume
 from storage.names import NAME_MAX, one_line
 from storage.status import ACTIVE, RESUMABLE, STATUSES, RunStatus
 from storage.tags import format_tags, parse_tags
 from ui.format import human_count, human_duration
 from ui.plain_text import plain
-from ui.widgets import empty_state, get_store, user_errors
+from ui.widgets import empty_state, export_panel, get_store, user_errors
 
 store = get_store()
 
@@ -144,18 +143,4 @@ if len(runs) == 1:
     if run.error:
         st.caption("Why it ended")
         st.text(run.error)
-    with st.expander("Export for Hugging Face transformers"):
-        st.caption("A GPT-2 folder (config.json, model.safetensors, the tokenizer, a README.md "
-                   "model card) that transformers' from_pretrained and pipeline load.")
-        which = st.radio("Weights", ("best", "latest"), horizontal=True,
-                         key=f"export_which_{run.id}")
-        e1, e2 = st.columns(2)
-        if e1.button("Export to the home folder", key=f"export_{run.id}",
-                     disabled=run.checkpoint_path is None, width="stretch"):
-            with user_errors():
-                st.success(plain(f"Exported to {export_to_home(store, run.id, which)}"))
-        e2.download_button("Download as a zip", key=f"export_zip_{run.id}",
-                           data=lambda: zip_folder(export_to_home(store, run.id, which)),
-                           file_name=f"run-{run.id}-{which}.zip", mime="application/zip",
-                           disabled=run.checkpoint_path is None, on_click="ignore",
-                           width="stretch")
+    export_panel(store, run)

@@ -116,3 +116,16 @@ def test_new_run_starts_from_a_gpt2_folder_and_takes_its_shape(
     set_field(page, "emb_dim", "64")
     page.get_by_text("emb_dim 32 (not 64); set these to the folder's").wait_for()
     assert page.get_by_role("button", name="Start training").is_disabled()
+
+
+def test_the_runs_own_live_page_exports_it_too(page: Page, server: str, home: Path,
+                                               run_id: int) -> None:
+    page.goto(f"{server}/live?run={run_id}")
+    wait_rendered(page)
+    page.get_by_text("Export for Hugging Face transformers").click()
+    page.get_by_text("latest", exact=True).click()
+    rerun(page, lambda: page.get_by_role("button", name="Export to the home folder").click())
+    folder = home / "exports" / f"run-{run_id}-latest"
+    page.get_by_text(f"Exported to {folder}").wait_for()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.n_layer == 2 and model.config.vocab_size == 256

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from jobs.errors import USER_ERRORS
+from jobs.export import export_to_home, zip_folder
 from jobs.ray_cluster import cluster_address
 from jobs.recovery import DEFAULT_DEAD_AFTER_S
 from jobs.runner import run_checkpoint
@@ -271,3 +272,25 @@ def _worker_status(store: RunStore, visible: bool) -> None:
             st.caption(f"Queue: {', '.join(f'#{i}' for i in queued)}")
 
     worker_status()
+
+
+def export_panel(store: RunStore, run: RunRecord) -> None:
+    """Export for Hugging Face transformers: a folder in the home, or a zip to download
+    (the Runs page, for a selected run, and the run's own Live page)."""
+    with st.expander("Export for Hugging Face transformers"):
+        st.caption("A GPT-2 folder (config.json, model.safetensors, the tokenizer, a README.md "
+                   "model card) that transformers' from_pretrained and pipeline load.")
+        if run.checkpoint_path is None:
+            st.caption("Nothing to export until the run saves its first checkpoint.")
+        which = st.radio("Weights", ("best", "latest"), horizontal=True,
+                         key=f"export_which_{run.id}")
+        e1, e2 = st.columns(2)
+        if e1.button("Export to the home folder", key=f"export_{run.id}",
+                     disabled=run.checkpoint_path is None, width="stretch"):
+            with user_errors():
+                st.success(plain(f"Exported to {export_to_home(store, run.id, which)}"))
+        e2.download_button("Download as a zip", key=f"export_zip_{run.id}",
+                           data=lambda: zip_folder(export_to_home(store, run.id, which)),
+                           file_name=f"run-{run.id}-{which}.zip", mime="application/zip",
+                           disabled=run.checkpoint_path is None, on_click="ignore",
+                           width="stretch")
