@@ -157,7 +157,7 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
          shapes: Sequence[Shape] = (), flops_per_token: FlopsPerToken | None = None,
          throughput: Throughput | None = None, ladder_time_s: float | None = None,
          isoflop_budgets: Sequence[float] = (), n_boot: int = N_BOOT, seed: int = 0,
-         level: float = BAND_LEVEL) -> Plan:
+         level: float = BAND_LEVEL, loss_sd: Sequence[float] | None = None) -> Plan:
     """Plan a budget from runs of ``n`` parameters on ``d`` tokens that reached ``loss``
     (finished runs' final val loss, or a calibrated forecast of it).
 
@@ -169,7 +169,9 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     an IsoFLOP ladder that trains in that time is proposed whenever the runs span fewer than
     MIN_SIZES_TO_FIT sizes. With ``isoflop_budgets`` (a ladder's ``budgets``) the runs
     on them are also fitted by approach 2 (``Plan.isoflop``; a note says why not when
-    they cannot be). ValueError for unusable runs or budget.
+    they cannot be). ``loss_sd`` (``scaling.log_sd_of_band``): how uncertain each loss is
+    (a forecast's band; 0 for a finished run), drawn afresh in every bootstrap resample.
+    ValueError for unusable runs or budget.
     """
     if sum(b is not None for b in (flops, seconds, tokens)) != 1:
         raise ValueError("give the budget one way: as FLOPs, seconds or tokens")
@@ -182,11 +184,12 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     fit: LawFit | None = None
     if sizes >= MIN_SIZES_TO_FIT and n_arr.size >= MIN_RUNS_TO_FIT:
         mode = PlanMode.FITTED
-        fit = fit_loss_law(n_arr, d_arr, loss, n_boot=n_boot, seed=seed, level=level)
+        fit = fit_loss_law(n_arr, d_arr, loss, n_boot=n_boot, seed=seed, level=level,
+                           loss_sd=loss_sd)
     elif sizes >= 2 and n_arr.size >= MIN_RUNS_FIXED_EXPONENTS:
         mode = PlanMode.FIXED_EXPONENTS
         fit = fit_loss_law(n_arr, d_arr, loss, fixed_exponents=PRIOR, n_boot=n_boot, seed=seed,
-                           level=level)
+                           level=level, loss_sd=loss_sd)
         notes.append(f"{sizes} model sizes cannot fit how the loss falls with size: the "
                      f"exponents are held at Epoch AI's refit of Chinchilla (alpha "
                      f"{PRIOR.alpha}, beta {PRIOR.beta}) and only E, A and B are fitted; "

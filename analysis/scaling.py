@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 FLOPS_PER_PARAM_TOKEN = 6.0
 # N -> training FLOPs per token; None everywhere means FLOPS_PER_PARAM_TOKEN * N.
@@ -334,16 +334,23 @@ def start_grid() -> np.ndarray:
 def fit_loss_law(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
                  loss: Sequence[float] | np.ndarray, *, fixed_exponents: LossLaw | None = None,
                  n_boot: int = N_BOOT, seed: int = 0, level: float = BAND_LEVEL,
-                 delta: float = HUBER_DELTA, refine: int = REFINED_STARTS) -> LawFit:
+                 delta: float = HUBER_DELTA, refine: int = REFINED_STARTS,
+                 loss_sd: Sequence[float] | np.ndarray | None = None) -> LawFit:
     """Fit L(N, D) to runs of N parameters trained on D tokens that reached ``loss``.
 
     ``fixed_exponents``: hold alpha and beta at that law's (E, A and B are still fitted);
     for runs of too few sizes to fix how the loss falls with N. The bootstrap draws the
     points with replacement ``n_boot`` times (seeded: the same inputs give the same bands)
-    and refits each from the full fit. ValueError for unusable input.
+    and refits each from the full fit. ``loss_sd``: how uncertain each run's loss is, as a
+    standard deviation of its log (0 for a finished run's, ``log_sd_of_band`` of a
+    forecast's band): each resample draws those losses afresh, so a band on a forecast
+    widens the fit's bands instead of being taken as exact. ValueError for unusable input.
     """
     log_n, log_d = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(d, dtype=float))
     log_loss = np.log(np.asarray(loss, dtype=float))
+    sd = np.zeros_like(log_loss) if loss_sd is None else np.asarray(loss_sd, dtype=float)
+    if sd.shape != log_loss.shape or not np.all(np.isfinite(sd) & (sd >= 0)):
+        raise ValueError("loss_sd needs one finite, non-negative value per run")
     if not log_n.size == log_d.size == log_loss.size:
         raise ValueError(f"n ({log_n.size}), d ({log_d.size}) and loss ({log_loss.size}) "
                          "must have one value per run")
@@ -363,7 +370,8 @@ def fit_loss_law(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarra
     boot = np.empty((n_boot, 5))
     for i in range(n_boot):
         pick = rng.integers(0, log_n.size, log_n.size)
-        boot[i] = _minimise(best, fixed, log_n[pick], log_d[pick], log_loss[pick], delta)[0]
+        drawn = log_loss[pick] + (rng.normal(0.0, sd[pick]) if sd.any() else 0.0)
+        boot[i] = _minimise(best, fixed, log_n[pick], log_d[pick], drawn, delta)[0]
     residuals = np.log(law_loss(best, np.exp(log_n), np.exp(log_d))) - log_loss
     drift = extrapolation_drift(best, fixed, log_n, log_d, log_loss, delta, level)
     return LawFit(law=LossLaw.of(best), n_points=int(log_n.size), n_sizes=count_sizes(
@@ -371,6 +379,15 @@ def fit_loss_law(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarra
         fixed_exponents=fixed_exponents is not None, seed=seed,
         log_nd_max=float((log_n + log_d).max()),
         drift=DEFAULT_DRIFT if drift is None else drift, drift_measured=drift is not None)
+
+
+def log_sd_of_band(low: float, high: float, level: float) -> float:
+    """The standard deviation of log loss that a normal band ``low``-``high`` at ``level``
+    (two-sided) implies: a forecast's band as ``fit_loss_law``'s ``loss_sd``."""
+    if not 0 < low <= high or not 0 < level < 1:
+        raise ValueError(f"a band needs 0 < low <= high and a level in (0, 1), not {low}-{high}"
+                         f" at {level}")
+    return float(np.log(high / low) / (2 * stats.norm.ppf(0.5 + level / 2)))
 
 
 def extrapolation_drift(params: np.ndarray, fixed: np.ndarray, log_n: np.ndarray,

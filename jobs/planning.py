@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.forecast import BAND_LEVEL as FORECAST_LEVEL
 from analysis.ladder import (
     Ladder,
     Shape,
@@ -33,7 +34,7 @@ from analysis.ladder import (
     shape_ladder,
 )
 from analysis.planner import LrAdvice, Plan, PlanPoint, learning_rate_for, plan
-from analysis.scaling import FlopsPerToken
+from analysis.scaling import FlopsPerToken, log_sd_of_band
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, param_count
@@ -312,7 +313,7 @@ def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | N
                       [r.loss for r in runs], flops, seconds=seconds, tokens=tokens,
                       shapes=shapes, flops_per_token=fpt, throughput=ladder_speed,
                       ladder_time_s=ladder_time_s, isoflop_budgets=budgets, n_boot=n_boot,
-                      seed=seed)
+                      seed=seed, loss_sd=[_loss_sd(r) for r in runs])
     except ValueError as exc:
         raise GptdashError(str(exc)) from None
     main = result.main
@@ -396,6 +397,14 @@ def time_text(seconds: float | None) -> str:
     if seconds >= 5400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _loss_sd(run: PlanRun) -> float:
+    """How uncertain a run's loss is for the fit: 0 for a final val loss, else what its
+    forecast's band says (the forecasts' bands are FORECAST_LEVEL bands)."""
+    if run.source != "forecast" or run.low is None or run.high is None:
+        return 0.0
+    return log_sd_of_band(max(run.low, 1e-9), max(run.high, run.low, 1e-9), FORECAST_LEVEL)
 
 
 def arrays(runs: list[PlanRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

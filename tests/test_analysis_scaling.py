@@ -33,6 +33,7 @@ from analysis.scaling import (
     LossLaw,
     count_sizes,
     fit_loss_law,
+    log_sd_of_band,
     optimal_n,
 )
 from gptcore.config import ModelConfig, TrainConfig
@@ -104,6 +105,38 @@ def test_band_widens_beyond_the_runs_by_the_drift_they_show():
     assert beyond.low / plain.low == pytest.approx(np.exp(-fit.drift), rel=1e-9)
     assert replace(fit, drift=0.0).predict(2e8, 4e9).high == inside.high
     assert beyond.low < EPOCH.loss(2e10, 4e11) < beyond.high
+
+
+def test_a_forecasts_band_widens_the_fit_instead_of_counting_as_exact():
+    n, d, loss = runs_of(EPOCH, seed=2)
+    exact = fit_loss_law(n, d, loss, n_boot=40, seed=5)
+    # No spread is the fit as it was: the same resamples, the same bands.
+    assert np.array_equal(fit_loss_law(n, d, loss, n_boot=40, seed=5,
+                                       loss_sd=np.zeros(n.size)).boot, exact.boot)
+    # The largest runs known only as forecasts with a 90% band of +-8%: the constants that
+    # the largest runs pin down get wider intervals, and the prediction past them too.
+    sd = np.where(n * d >= np.quantile(n * d, 0.7), log_sd_of_band(0.92, 1.08, 0.9), 0.0)
+    loose = fit_loss_law(n, d, loss, n_boot=40, seed=5, loss_sd=sd)
+    assert loose.law.params == pytest.approx(exact.law.params)  # the point fit is the same
+
+    def width(fit, name):
+        low, high = fit.interval(name)
+        return high - low
+    assert width(loose, "E") > 1.5 * width(exact, "E")
+    far_loose, far_exact = loose.predict(4e10, 8e11), exact.predict(4e10, 8e11)
+    assert far_loose.high - far_loose.low > far_exact.high - far_exact.low
+    with pytest.raises(ValueError, match="loss_sd"):
+        fit_loss_law(n, d, loss, loss_sd=np.full(n.size - 1, 0.01))
+    with pytest.raises(ValueError, match="loss_sd"):
+        fit_loss_law(n, d, loss, loss_sd=np.full(n.size, -0.01))
+
+
+def test_log_sd_of_band_is_the_normal_spread_of_a_symmetric_band():
+    # A 90% band is +-1.645 standard deviations: log(1.1 / 0.9) / (2 * 1.645).
+    assert log_sd_of_band(0.9, 1.1, 0.9) == pytest.approx(np.log(1.1 / 0.9) / 3.2897, rel=1e-4)
+    assert log_sd_of_band(2.0, 2.0, 0.8) == 0.0
+    with pytest.raises(ValueError, match="band"):
+        log_sd_of_band(1.1, 0.9, 0.9)
 
 
 def test_compute_optimal_split_spends_the_budget_and_beats_its_neighbours():

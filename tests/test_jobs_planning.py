@@ -15,7 +15,15 @@ from gptcore.estimate import param_count
 from gptcore.metric_keys import TOKENS_PER_SEC, VAL_LOSS
 from jobs.cli import main
 from jobs.plan_report import report
-from jobs.planning import gather, make_plan, parse_amount, parse_duration, queue_ladder
+from jobs.planning import (
+    PlanRun,
+    _loss_sd,
+    gather,
+    make_plan,
+    parse_amount,
+    parse_duration,
+    queue_ladder,
+)
 from storage.status import RunStatus
 
 # A law in the range a byte-level model on a small corpus follows (losses of 1.5 to 3).
@@ -125,6 +133,14 @@ def test_running_runs_count_only_with_a_calibrated_forecast(store):
     gathered = gather(store)
     assert gathered.runs == []
     assert gathered.left_out[0][0] == run_id and "forecast" in gathered.left_out[0][1]
+
+
+def test_a_forecasts_band_enters_the_fit_as_its_spread_a_final_loss_as_exact():
+    final = PlanRun(1, "a", 100_000, 10**6, 2.0, "final", None, None, 3e-3, "cpu", 1e4, None)
+    assert _loss_sd(final) == 0.0
+    forecast = replace(final, source="forecast", low=1.9, high=2.1)  # a 90% band
+    assert _loss_sd(forecast) == pytest.approx(np.log(2.1 / 1.9) / (2 * 1.6449), rel=1e-3)
+    assert _loss_sd(replace(forecast, low=None, high=None)) == 0.0
 
 
 def test_runs_of_another_corpus_are_not_gathered(store):
