@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from jobs import actions
+from storage.status import RunStatus
 
 if TYPE_CHECKING:
     from storage.store import RunStore
@@ -42,8 +43,12 @@ def calibration_config(cfg: TrainConfig, steps: int | None = None) -> TrainConfi
 
 
 def submit_calibration(store: RunStore, run_id: int, *, steps: int | None = None) -> int:
-    """Queue a calibration run for run ``run_id``; its id."""
+    """Queue a calibration run for run ``run_id``; its id. A cancelled run is refused: it
+    never trained, so it has no forecast to calibrate."""
     run = store.get_run(run_id)
+    if run.status == RunStatus.CANCELLED:
+        raise GptdashError(f"run {run_id} was cancelled before it trained: it has no forecast "
+                           "to calibrate; submit it again first")
     cfg = calibration_config(TrainConfig.from_dict(run.config), steps)
     return actions.submit(store, cfg, name=f"calibration for {run.name}",
                           tags=[CALIBRATION_TAG],

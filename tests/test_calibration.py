@@ -36,6 +36,15 @@ def test_the_calibration_config_holds_the_lr_then_cools_down_in_the_same_family(
         calibration_config(CFG, 5)
 
 
+def test_a_cancelled_run_is_not_calibrated(store):
+    run_id = store.create_run("never trained", CFG.to_dict(), status="queued",
+                              max_steps=CFG.max_steps)
+    store.set_status(run_id, "cancelled")
+    with pytest.raises(GptdashError, match="cancelled before it trained"):
+        submit_calibration(store, run_id)
+    assert [r.id for r in store.list_runs()] == [run_id]  # nothing queued
+
+
 def test_a_finished_calibration_run_calibrates_the_forecast(store):
     run_id = store.create_run("cosine run", CFG.to_dict(), status="running",
                               max_steps=CFG.max_steps)
