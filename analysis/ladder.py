@@ -32,11 +32,17 @@ HEAD_DIM = 64  # the head width a shape's n_heads aims for (GPT-2's)
 # few percent over a wide range of aspect ratios around GPT-2's 64.
 ASPECT = (16, 128)
 MAX_LAYERS = 48
+# One layer is not on the others' curve: on our CPU IsoFLOP runs (bench/planner_own_runs.py)
+# a 1 x 64 model beat the 2 x 48 one of the same size by 5-6% at the smallest budgets and
+# lost by 7.5% at 1e13 FLOPs (no second layer, no induction heads), which bent the law's
+# fit and halved its N_opt. The ladder starts at two layers.
+MIN_LAYERS = 2
 MAX_EMB_DIM = 4096
 LADDER_BUDGETS = 3
 LADDER_SIZES = 5
 BUDGET_STEP = 3.0  # each ladder budget this many times the last
 SIZE_STEP = 2.0  # each size on a budget this many times the last
+MIN_SIZE_GAP = 1.4  # where shapes run out: the least ratio of two sizes on one budget
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,11 @@ def heads_for(emb_dim: int) -> int:
 
 def shape_ladder(param_count: ParamCount, *, max_layers: int = MAX_LAYERS,
                  max_emb_dim: int = MAX_EMB_DIM) -> list[Shape]:
-    """Every shape with emb_dim a multiple of WIDTH_STEP, emb_dim / n_layers within ASPECT
-    and n_heads from :func:`heads_for`, by increasing parameter count."""
+    """Every shape of MIN_LAYERS layers or more with emb_dim a multiple of WIDTH_STEP,
+    emb_dim / n_layers within ASPECT and n_heads from :func:`heads_for`, by increasing
+    parameter count."""
     shapes = []
-    for layers in range(1, max_layers + 1):
+    for layers in range(MIN_LAYERS, max_layers + 1):
         for emb in range(WIDTH_STEP, max_emb_dim + 1, WIDTH_STEP):
             if ASPECT[0] <= emb / layers <= ASPECT[1]:
                 heads = heads_for(emb)
@@ -159,6 +166,14 @@ def _ladder_at(smallest: float, shapes: Sequence[Shape], throughput: Throughput,
         centre = float(law.optimal(c, flops_per_token)[0])
         picked = {nearest_shape(shapes, centre * SIZE_STEP ** (k - (sizes - 1) / 2))
                   for k in range(sizes)}
+        # Sizes past the ends of the shapes round to one shape: take the next ones nearest
+        # the centre instead, so each budget keeps its sizes (an IsoFLOP curve needs three).
+        for shape in sorted(shapes, key=lambda s: abs(math.log(s.params / centre))):
+            if len(picked) >= sizes:
+                break
+            if all(abs(math.log(shape.params / p.params)) >= math.log(MIN_SIZE_GAP)
+                   for p in picked):
+                picked.add(shape)
         for shape in sorted(picked, key=lambda s: s.params):
             tokens = float(c / token_flops(flops_per_token, np.asarray(float(shape.params))))
             runs.append(LadderRun(c, shape, tokens,

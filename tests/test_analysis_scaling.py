@@ -226,6 +226,8 @@ def test_shape_ladder_counts_parameters_the_project_way():
     assert [s.params for s in shapes] == sorted(s.params for s in shapes)
     for s in shapes:
         assert s.emb_dim % s.n_heads == 0 and ASPECT[0] <= s.emb_dim / s.n_layers <= ASPECT[1]
+        assert s.n_layers >= 2  # one layer learns on another curve
+    assert (shapes[0].n_layers, shapes[0].emb_dim) == (2, 32)
     tiny = next(s for s in shapes if (s.n_layers, s.emb_dim) == (2, 96))
     assert tiny.params == param_count(TrainConfig(model=ModelConfig(
         context_length=64, emb_dim=96, n_heads=tiny.n_heads, n_layers=2, vocab_size=256)))
@@ -250,7 +252,11 @@ def test_ladder_fits_its_time_budget():
     assert len(ladder.budgets) == 3 and ladder.budgets[1] == pytest.approx(3 * ladder.budgets[0])
     for budget in ladder.budgets:
         on = [r for r in ladder.runs if r.compute == budget]
-        assert 3 <= len(on) <= 5 and len({r.shape for r in on}) == len(on)
+        # Five distinct sizes even where the best size is below the smallest shape (as here:
+        # 2 GFLOP/s for 30 minutes), the extra ones the next nearest, 1.4x apart or more.
+        assert len(on) == 5 and len({r.shape for r in on}) == 5
+        sizes = sorted(r.shape.params for r in on)
+        assert min(b / a for a, b in zip(sizes, sizes[1:])) >= 1.4
         for r in on:
             assert 6 * r.shape.params * r.tokens == pytest.approx(budget)
             assert r.seconds == pytest.approx(speed.seconds(r.shape.params, r.tokens))
