@@ -3,7 +3,9 @@
 How much it can say depends on how many model sizes the runs span:
 
 - three sizes or more (and five runs): the law is fitted whole (``analysis.scaling``);
-  the allocation, the predicted loss and their bands are the user's own.
+  the allocation, the predicted loss and their bands are the user's own. Where the runs
+  also hold IsoFLOP curves with a minimum inside their sizes at two budgets or more, the
+  allocation follows those minima (approach 2) and the loss the law.
 - two sizes: how the loss falls with N cannot be told apart from noise, so alpha and
   beta are held at Epoch's refit of Chinchilla (stated in the notes) and E, A and B are
   fitted; the bands are the bootstrap's and wide. A ladder is proposed alongside.
@@ -169,7 +171,7 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     an IsoFLOP ladder that trains in that time is proposed whenever the runs span fewer than
     MIN_SIZES_TO_FIT sizes. With ``isoflop_budgets`` (a ladder's ``budgets``) the runs
     on them are also fitted by approach 2 (``Plan.isoflop``; a note says why not when
-    they cannot be). ``loss_sd`` (``scaling.log_sd_of_band``): how uncertain each loss is
+    they cannot be), and where they are, the allocation is approach 2's. ``loss_sd`` (``scaling.log_sd_of_band``): how uncertain each loss is
     (a forecast's band; 0 for a finished run), drawn afresh in every bootstrap resample.
     ValueError for unusable runs or budget.
     """
@@ -210,7 +212,28 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     if not compute > 0:
         raise ValueError(f"the budget must be a positive number of FLOPs, not {compute}")
     budgets = np.array([compute * m for m in BUDGET_MULTIPLES])
-    if fit is not None:
+    isoflop = None
+    if len(isoflop_budgets) and n_arr.size:
+        run_flops = token_flops(flops_per_token, n_arr) * d_arr
+        try:
+            isoflop = fit_isoflop(n_arr, loss, assign_budgets(run_flops, isoflop_budgets),
+                                  flops_per_token=flops_per_token, n_boot=n_boot, seed=seed,
+                                  level=level)
+        except ValueError as e:
+            notes.append(str(e))
+    if isoflop is not None:
+        # Where the runs hold IsoFLOP curves, their minima say where N_opt lies, as the
+        # curves measure it; the law's valley only follows from five constants fitted to
+        # every run. On our CPU ladders the minima's trend put N_opt within 1.1x of the
+        # larger budgets' own minima, the law's valley 2-3x below (bench/RESULTS.md).
+        allocation = isoflop.optimal(budgets)
+        if fit is not None:
+            by_law = float(fit.optimal(compute, flops_per_token).n.value)
+            notes.append(f"the model size and tokens follow your runs' IsoFLOP minima "
+                         f"(approach 2: N_opt ∝ C^{isoflop.n_exponent:.2f}, from "
+                         f"{len(isoflop.minima)} budgets); the fitted law's own optimum is "
+                         f"{by_law:,.0f} parameters; the loss is the law's")
+    elif fit is not None:
         allocation = fit.optimal(budgets, flops_per_token)
     else:
         n_opt, d_opt = PRIOR.optimal(budgets, flops_per_token)
@@ -223,15 +246,6 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     if mode != PlanMode.FITTED and shapes and throughput and ladder_time_s:
         ladder = propose_ladder(ladder_time_s, throughput, shapes, law=law,
                                 flops_per_token=flops_per_token)
-    isoflop = None
-    if len(isoflop_budgets) and n_arr.size:
-        run_flops = token_flops(flops_per_token, n_arr) * d_arr
-        try:
-            isoflop = fit_isoflop(n_arr, loss, assign_budgets(run_flops, isoflop_budgets),
-                                  flops_per_token=flops_per_token, n_boot=n_boot, seed=seed,
-                                  level=level)
-        except ValueError as e:
-            notes.append(str(e))
     return Plan(mode=mode, n_runs=int(n_arr.size), n_sizes=sizes, points=points, fit=fit,
                 ladder=ladder, notes=notes, isoflop=isoflop)
 

@@ -213,6 +213,28 @@ def test_plan_fits_approach_two_on_its_ladders_budgets():
     assert one.isoflop is None and any("two or more budgets" in note for note in one.notes)
 
 
+def test_where_runs_hold_isoflop_minima_the_allocation_follows_them():
+    """Runs whose valleys sit at twice the size the law's constants alone would put them
+    (as our CPU ladders' did): the plan's size and tokens are approach 2's, its loss the
+    law's, and a note gives both optima."""
+    budgets = np.geomspace(1e18, 1e21, 4)
+    n, c, loss = isoflop_runs(EPOCH, budgets)
+    valley = 2 * np.reshape(optimal_n(EPOCH.params, c), -1)
+    loss = loss * (1 + 0.03 * np.log(n / valley) ** 2)
+    p = plan(n, c / (6 * n), loss, 1e22, isoflop_budgets=budgets, n_boot=20)
+    follows = p.isoflop.optimal(np.array([5e21, 1e22, 2e22]))
+    assert [float(x.n_opt.value) for x in p.points] == pytest.approx(list(follows.n.value))
+    assert [float(x.d_opt.value) for x in p.points] == pytest.approx(list(follows.d.value))
+    main = p.main
+    assert float(main.n_opt.value) == pytest.approx(2 * optimal_n(EPOCH.params, 1e22)[0],
+                                                    rel=0.25)
+    by_law = float(p.fit.optimal(1e22).n.value)
+    assert abs(np.log(float(main.n_opt.value) / by_law)) > np.log(1.2)  # they disagree here
+    assert float(main.loss.value) == pytest.approx(float(p.fit.predict(main.params,
+                                                                         main.tokens).value))
+    assert any("IsoFLOP minima" in note and f"{by_law:,.0f}" in note for note in p.notes)
+
+
 def test_approach_two_needs_two_budgets_with_an_inner_minimum():
     n, c, loss = isoflop_runs(EPOCH, [1e19])
     with pytest.raises(ValueError, match="two or more budgets"):
