@@ -19,7 +19,8 @@ five points of highest loss (the smallest models, far off the law) are left out.
    against the target of 2% mean and 5% worst error, and the share inside the 80% band
    (which the fit widens by the drift it measures on its own points: ``LawFit.predict``);
    (b) N_opt at each larger IsoFLOP budget against that budget's own parabola vertex (the
-   data's IsoFLOP minimum), against the target of a factor 1.5.
+   data's IsoFLOP minimum), against the target of a factor 1.5, with how well the
+   budget's own points fix that vertex (80% of resamples of them).
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ def whole(n, c, loss, n_boot: int) -> dict:
             "isoflop_points": int(sum(m.n_points for m in iso.minima))}
 
 
+def vertex_interval(n: np.ndarray, loss: np.ndarray, n_boot: int = 1000,
+                    level: float = 0.8) -> tuple[float, float] | None:
+    """How well one budget's own points fix its IsoFLOP vertex: the central ``level``
+    interval of the vertex over resamples of those points (seeded)."""
+    rng = np.random.default_rng(0)
+    vertices = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n.size, n.size)
+        vertex = parabola_vertex(n[pick], loss[pick])
+        if vertex is not None:
+            vertices.append(vertex[0])
+    if not vertices:
+        return None
+    low, high = np.quantile(vertices, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def held_out(n, c, loss, n_boot: int) -> dict:
     """Fitted below a tenth of the largest budget, predicted above. Each larger budget's
     row also gives N_opt from approach 3 fitted on all points (``all_points_n_opt``): where
@@ -114,6 +132,7 @@ def held_out(n, c, loss, n_boot: int) -> dict:
         n3 = float(fit.optimal(b).n.value)
         n2 = float(iso.optimal(b).n.value)
         row = {"budget": b, "points": int(on.sum()),
+               "isoflop_n_opt_80": vertex_interval(n[on], loss[on]),
                "loss_mean_error": float(err[on[~train]].mean()),
                "loss_worst_error": float(err[on[~train]].max()),
                "isoflop_n_opt": truth, "approach3_n_opt": n3, "approach2_n_opt": n2,
@@ -159,9 +178,11 @@ def show(result: dict) -> None:
           f"{'measured on the fitted points' if h['drift_measured'] else 'the default'})")
     for r in h["by_budget"]:
         truth = r["isoflop_n_opt"]
+        lo, hi = r["isoflop_n_opt_80"] or (float("nan"), float("nan"))
         print(f"  C {r['budget']:.0e} ({r['points']} pts): loss err mean "
               f"{r['loss_mean_error']:.2%} worst {r['loss_worst_error']:.2%}; N_opt IsoFLOP "
-              f"{truth or float('nan'):.3g}, approach 3 {r['approach3_n_opt']:.3g}, "
+              f"{truth or float('nan'):.3g} (its points resampled: {lo:.3g}-{hi:.3g}), "
+              f"approach 3 {r['approach3_n_opt']:.3g}, "
               f"approach 2 {r['approach2_n_opt']:.3g} (approach 3 on all points "
               f"{r['all_points_n_opt']:.3g})")
     print(f"  worst N_opt factor: approach 3 {h['n_opt_worst_factor_approach3']:.2f}, "
