@@ -199,10 +199,14 @@ def points(home: Path, names: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def analyse(n: np.ndarray, d: np.ndarray, loss: np.ndarray, compute: np.ndarray,
-            budgets: tuple[float, ...], fpt) -> dict:
+            budgets: tuple[float, ...], fpt, *, fit_up_to: float | None = None,
+            min_steps: int = 0, tokens_per_step: int = 1) -> dict:
+    """The law fitted on the runs of budgets up to ``fit_up_to`` (a tenth of the largest)
+    that trained ``min_steps`` steps or more, asked about every run above."""
     budget = assign_budgets(compute, budgets, 0.15)
-    fit_up_to = budgets[-1] / 10
-    train, test = budget <= fit_up_to, budget > fit_up_to
+    fit_up_to = fit_up_to or budgets[-1] / 10
+    train = (budget <= fit_up_to) & (d / tokens_per_step >= min_steps)
+    test = budget > fit_up_to
     fit = fit_loss_law(n[train], d[train], loss[train], n_boot=200)
     band = fit.predict(n[test], d[test])
     err = np.abs(band.value / loss[test] - 1)
@@ -236,7 +240,7 @@ def analyse(n: np.ndarray, d: np.ndarray, loss: np.ndarray, compute: np.ndarray,
                         "fit_below_tenth": float(getattr(fit.law, name)),
                         "chinchilla": getattr(CHINCHILLA, name), "epoch": getattr(EPOCH, name)}
                  for name in ("alpha", "beta", "n_exponent", "E")}
-    return {"fitted_on": int(train.sum()), "fit_up_to": fit_up_to,
+    return {"fitted_on": int(train.sum()), "fit_up_to": fit_up_to, "min_steps": min_steps,
             "predicted": int(test.sum()), "loss_mean_error": float(err.mean()),
             "loss_worst_error": float(err.max()), "inside_80_band": float(inside.mean()),
             "budgets": per_budget, "exponents_all_runs": exponents}
@@ -248,6 +252,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=JOBS, help="runs trained at once")
     parser.add_argument("--family", choices=("depth2", "ladder"), default="depth2",
                         help="the shapes (see above)")
+    parser.add_argument("--fit-up-to", type=float, metavar="FLOPS",
+                        help="fit on the budgets up to this (default: a tenth of the largest)")
+    parser.add_argument("--min-steps", type=int, default=0,
+                        help="leave runs of fewer optimizer steps out of the fit")
     parser.add_argument("--pilot", type=float, metavar="FLOPS",
                         help="train PILOT_SIZES at this one budget and print their losses")
     args = parser.parse_args()
@@ -276,7 +284,8 @@ def main() -> None:
                                  for a, b, c in sorted(zip(n[on], d[on], loss[on],
                                                            strict=True))]}
     else:
-        out |= analyse(n, d, loss, compute, budgets, fpt)
+        out |= analyse(n, d, loss, compute, budgets, fpt, fit_up_to=args.fit_up_to,
+                       min_steps=args.min_steps, tokens_per_step=base.tokens_per_step)
         out["points"] = [{"n": int(a), "d": int(b), "loss": float(c)}
                          for a, b, c in zip(n, d, loss, strict=True)]
     print(json.dumps(out, indent=1))
