@@ -171,8 +171,9 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     an IsoFLOP ladder that trains in that time is proposed whenever the runs span fewer than
     MIN_SIZES_TO_FIT sizes. With ``isoflop_budgets`` (a ladder's ``budgets``) the runs
     on them are also fitted by approach 2 (``Plan.isoflop``; a note says why not when
-    they cannot be), and where they are, the allocation is approach 2's. ``loss_sd`` (``scaling.log_sd_of_band``): how uncertain each loss is
-    (a forecast's band; 0 for a finished run), drawn afresh in every bootstrap resample.
+    they cannot be), and where they are, the allocation is approach 2's. ``loss_sd``
+    (``scaling.log_sd_of_band``): how uncertain each loss is (a forecast's band; 0 for a
+    finished run), drawn afresh in every bootstrap resample.
     ValueError for unusable runs or budget.
     """
     if sum(b is not None for b in (flops, seconds, tokens)) != 1:

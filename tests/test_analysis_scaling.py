@@ -278,7 +278,7 @@ def test_ladder_fits_its_time_budget():
         # 2 GFLOP/s for 30 minutes), the extra ones the next nearest, 1.4x apart or more.
         assert len(on) == 5 and len({r.shape for r in on}) == 5
         sizes = sorted(r.shape.params for r in on)
-        assert min(b / a for a, b in zip(sizes, sizes[1:])) >= 1.4
+        assert min(b / a for a, b in zip(sizes, sizes[1:], strict=False)) >= 1.4
         for r in on:
             assert 6 * r.shape.params * r.tokens == pytest.approx(budget)
             assert r.seconds == pytest.approx(speed.seconds(r.shape.params, r.tokens))
