@@ -52,6 +52,31 @@ def assign_budgets(compute: Sequence[float] | np.ndarray, budgets: Sequence[floa
     return np.where(close, nominal[nearest], np.nan)
 
 
+def infer_budgets(compute: Sequence[float] | np.ndarray, n: Sequence[float] | np.ndarray,
+                  tolerance: float = BUDGET_TOLERANCE) -> list[float]:
+    """The IsoFLOP budgets that runs trace without a ladder saying so: runs whose FLOPs lie
+    within a factor 1 + ``tolerance`` of the smallest of their group, at
+    MIN_POINTS_PER_BUDGET model sizes or more; each budget is its group's geometric mean.
+    Sizes within 2% count as one."""
+    c_arr, n_arr = np.asarray(compute, dtype=float), np.asarray(n, dtype=float)
+    order = np.argsort(c_arr)
+    budgets, group = [], []
+
+    def close(members: list[int]) -> None:
+        sizes = np.unique(np.round(np.log(n_arr[members]) / np.log1p(0.02)))
+        if sizes.size >= MIN_POINTS_PER_BUDGET:
+            budgets.append(float(np.exp(np.log(c_arr[members]).mean())))
+
+    for i in order:
+        if group and c_arr[i] > c_arr[group[0]] * (1 + tolerance):
+            close(group)
+            group = []
+        group.append(int(i))
+    if group:
+        close(group)
+    return budgets
+
+
 def parabola_vertex(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, bool] | None:
     """(N at the vertex, loss there, whether it lies inside the sampled N) of loss against
     log N; None with under three sizes or a parabola that opens downwards."""
@@ -74,7 +99,8 @@ def isoflop_minima(n: np.ndarray, loss: np.ndarray, budget: np.ndarray,
         vertex = parabola_vertex(n[on], loss[on])
         if vertex is not None:
             n_opt, low, interior = vertex
-            d_opt = float(c / token_flops(flops_per_token, np.asarray(n_opt)))
+            with np.errstate(divide="ignore", invalid="ignore"):  # a far-off outer vertex
+                d_opt = float(c / token_flops(flops_per_token, np.asarray(n_opt)))
             out.append(IsoFlopMinimum(float(c), n_opt, d_opt, low, int(on.sum()), interior))
     return out
 

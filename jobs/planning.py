@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.forecast import BAND_LEVEL as FORECAST_LEVEL
+from analysis.isoflop import infer_budgets
 from analysis.ladder import (
     Ladder,
     Shape,
@@ -34,7 +35,7 @@ from analysis.ladder import (
     shape_ladder,
 )
 from analysis.planner import LrAdvice, Plan, PlanPoint, learning_rate_for, plan
-from analysis.scaling import FlopsPerToken, log_sd_of_band
+from analysis.scaling import FlopsPerToken, log_sd_of_band, token_flops
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
 from gptcore.estimate import flops_per_token, param_count
@@ -308,6 +309,10 @@ def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | N
                      f"{NOMINAL_FLOPS_PER_S / 1e9:g} GFLOP/s (a laptop CPU's)")
     budgets = sorted({b for sweep_id in {r.sweep_id for r in runs if r.sweep_id is not None}
                       for b in store.get_sweep(sweep_id).spec.get(LADDER_KEY, [])})
+    if not budgets and runs:  # IsoFLOP curves trained by hand: runs of one budget, 3+ sizes
+        n_runs = np.array([float(r.params) for r in runs])
+        budgets = infer_budgets(token_flops(fpt, n_runs) * np.array([float(r.tokens)
+                                                                     for r in runs]), n_runs)
     try:
         result = plan([r.params for r in runs], [r.tokens for r in runs],
                       [r.loss for r in runs], flops, seconds=seconds, tokens=tokens,

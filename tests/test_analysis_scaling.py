@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from analysis.isoflop import assign_budgets, fit_isoflop, parabola_vertex
+from analysis.isoflop import assign_budgets, fit_isoflop, infer_budgets, parabola_vertex
 from analysis.ladder import (
     ASPECT,
     Throughput,
@@ -233,6 +233,18 @@ def test_where_runs_hold_isoflop_minima_the_allocation_follows_them():
     assert float(main.loss.value) == pytest.approx(float(p.fit.predict(main.params,
                                                                          main.tokens).value))
     assert any("IsoFLOP minima" in note and f"{by_law:,.0f}" in note for note in p.notes)
+
+
+def test_isoflop_budgets_are_found_in_runs_without_a_ladder():
+    # Three curves of four sizes each, their FLOPs a few percent apart (steps round), one
+    # lone run between them, and two runs of one size at a fourth budget.
+    compute = [1e12 * f for f in (1.0, 1.03, 0.98, 1.05)] + [3e12 * f for f in (1, 1.1, 0.97,
+                                                                                 1.02)]
+    compute += [1e13] * 4 + [5e12, 3e13, 3.1e13]
+    n = [1e4, 2e4, 4e4, 8e4] * 3 + [1e5, 1e5, 1.01e5]
+    found = infer_budgets(compute, n)
+    assert found == pytest.approx([1.014e12, 3.06e12, 1e13], rel=0.01)
+    assert np.all(np.isfinite(assign_budgets(compute[:12], found)))
 
 
 def test_approach_two_needs_two_budgets_with_an_inner_minimum():

@@ -243,6 +243,30 @@ def test_a_trained_ladder_is_fitted_by_approach_2_too(store):
     assert after.plan.isoflop is not None or any("approach 2" in n for n in after.plan.notes)
 
 
+def test_isoflop_curves_trained_by_hand_are_found_and_steer_the_allocation(store):
+    """Runs of one budget at several sizes, queued by hand rather than as a ladder: the
+    planner finds their budgets, fits approach 2 on them and takes the size from it."""
+    from gptcore.config import apply_overrides, preset
+    from gptcore.estimate import flops_per_token
+
+    budgets = (1e13, 3e13, 1e14)
+    for budget in budgets:
+        for layers, emb in SIZES[1:]:  # 120 k to 1.8 M: LAW's optimum inside at each
+            cfg = apply_overrides(preset("tiny"), {"n_layers": layers, "emb_dim": emb,
+                                                   "n_heads": 2})
+            seed_run(store, layers, emb,
+                     round(budget / (flops_per_token(cfg) * cfg.tokens_per_step)))
+    bp = make_plan(store, flops=3e14, n_boot=20)
+    iso = bp.plan.isoflop
+    # (the budgets as the planner counts the runs' FLOPs: attention by its fitted line)
+    assert iso is not None and [m.compute for m in iso.minima] == pytest.approx(budgets,
+                                                                               rel=0.05)
+    assert all(m.interior for m in iso.minima)
+    main_n = float(bp.plan.main.n_opt.value)
+    assert main_n == pytest.approx(float(iso.optimal(3e14).n.value))
+    assert any("IsoFLOP minima" in note for note in bp.plan.notes)
+
+
 def test_a_fine_tune_is_left_out_and_new_runs_start_from_scratch(store):
     seed_run(store, 2, 96, 100)
     tuned = seed_run(store, 2, 96, 100)
