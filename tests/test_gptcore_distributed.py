@@ -226,4 +226,11 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 
 if __name__ == "__main__" and "--rank-entry" in sys.argv:
     sys.argv.remove("--rank-entry")
-    sys.exit(rank_entry(sys.argv[1:]))
+    code = rank_entry(sys.argv[1:])
+    # As `gptdash` ends a torchrun rank (jobs.cli._end_without_finalizing): gloo's worker
+    # threads outlive destroy_process_group, and the interpreter's teardown then aborts the
+    # rank now and then ("terminate called without an active exception"), failing a launch
+    # whose training went right. Everything this rank writes is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
