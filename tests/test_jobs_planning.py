@@ -57,6 +57,20 @@ def seed_many(store, sizes=SIZES, steps=(100, 300, 900), noise=0.0) -> None:
             seed_run(store, layers, emb, s, noise=noise, rng=rng)
 
 
+def seed_isoflop(store, budgets=(1e13, 3e13, 1e14)) -> tuple[float, ...]:
+    """Runs on IsoFLOP curves, queued by hand (no ladder sweep): each budget at the sizes
+    SIZES[1:] (120 k to 1.8 M parameters; LAW's optimum lies inside at each)."""
+    from gptcore.estimate import flops_per_token
+
+    for budget in budgets:
+        for layers, emb in SIZES[1:]:
+            cfg = apply_overrides(preset("tiny"), {"n_layers": layers, "emb_dim": emb,
+                                                   "n_heads": 2})
+            seed_run(store, layers, emb,
+                     round(budget / (flops_per_token(cfg) * cfg.tokens_per_step)))
+    return budgets
+
+
 def test_durations_and_amounts_parse_and_bad_ones_say_how_to_write_them():
     assert parse_duration("2h") == 7200
     assert parse_duration("1h30m") == 5400
@@ -246,16 +260,7 @@ def test_a_trained_ladder_is_fitted_by_approach_2_too(store):
 def test_isoflop_curves_trained_by_hand_are_found_and_steer_the_allocation(store):
     """Runs of one budget at several sizes, queued by hand rather than as a ladder: the
     planner finds their budgets, fits approach 2 on them and takes the size from it."""
-    from gptcore.config import apply_overrides, preset
-    from gptcore.estimate import flops_per_token
-
-    budgets = (1e13, 3e13, 1e14)
-    for budget in budgets:
-        for layers, emb in SIZES[1:]:  # 120 k to 1.8 M: LAW's optimum inside at each
-            cfg = apply_overrides(preset("tiny"), {"n_layers": layers, "emb_dim": emb,
-                                                   "n_heads": 2})
-            seed_run(store, layers, emb,
-                     round(budget / (flops_per_token(cfg) * cfg.tokens_per_step)))
+    budgets = seed_isoflop(store)
     bp = make_plan(store, flops=3e14, n_boot=20)
     iso = bp.plan.isoflop
     # (the budgets as the planner counts the runs' FLOPs: attention by its fitted line)

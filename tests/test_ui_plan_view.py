@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_jobs_planning import seed_many, seed_run
+from test_jobs_planning import seed_isoflop, seed_many, seed_run
 
 from analysis.scaling import CHINCHILLA, EPOCH
 from jobs.planning import make_plan
@@ -76,6 +76,24 @@ def test_optimum_and_ratio_figures_have_bands_that_hold_their_line(fitted):
     assert np.all(n_band.y[:half] >= n_line.y * 0.999)
     ratio = tokens_per_param_figure(fitted)
     assert {t.name for t in ratio.data} >= {"yours", "Epoch AI", "your runs"}
+
+
+def test_with_isoflop_minima_the_figures_draw_the_allocation_the_plan_uses(store):
+    seed_isoflop(store)
+    bp = make_plan(store, flops=3e14, n_boot=20)
+    assert bp.plan.isoflop is not None
+    fig = optimum_figure(bp)
+    [n_line] = [t for t in fig.data if t.name == "N_opt (IsoFLOP minima)"]
+    [law] = [t for t in fig.data if t.name == "N_opt by the law"]
+    at = np.asarray(n_line.x)
+    assert np.allclose(n_line.y, bp.plan.isoflop.optimal(at).n.value)
+    # The recommended size sits on the drawn line, not on the law's.
+    main = bp.plan.main
+    assert float(main.n_opt.value) == pytest.approx(
+        float(np.exp(np.interp(np.log(main.compute), np.log(at), np.log(n_line.y)))), rel=1e-3)
+    assert not np.allclose(law.y, n_line.y, rtol=0.02)
+    [ratio] = [t for t in tokens_per_param_figure(bp).data if t.name == "yours"]
+    assert np.allclose(ratio.y, bp.plan.isoflop.optimal(np.asarray(ratio.x)).tokens_per_param.value)
 
 
 def test_run_names_in_hover_text_are_escaped(store):

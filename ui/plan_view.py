@@ -145,6 +145,18 @@ def _compute_span(bp: BudgetPlan) -> np.ndarray:
     return np.geomspace(min(spent) / 3, max(spent) * 3, BAND_POINTS)
 
 
+def _allocation(bp: BudgetPlan, c: np.ndarray):
+    """The allocation the plan uses along ``c`` (approach 2's where the runs hold IsoFLOP
+    minima, else the law's), with its bands; None without a fit."""
+    if bp.plan.isoflop is not None:
+        iso = bp.plan.isoflop
+        return iso.optimal(c) if len(iso.boot) <= FIGURE_REFITS else replace(
+            iso, boot=iso.boot[:FIGURE_REFITS]).optimal(c)
+    if bp.plan.fit is not None:
+        return _figure_fit(bp.plan.fit).optimal(c, bp.flops_per_token)
+    return None
+
+
 def optimum_figure(bp: BudgetPlan) -> go.Figure:
     """The compute-optimal N and D against compute, with bands (without a fit: Epoch's law,
     no band), the user's runs at their own N and D, and the budget asked for."""
@@ -153,9 +165,11 @@ def optimum_figure(bp: BudgetPlan) -> go.Figure:
                                    narrow=True))
     c = _compute_span(bp)
     fit = bp.plan.fit
-    if fit is not None:
-        alloc = _figure_fit(fit).optimal(c, bp.flops_per_token)
-        bands = (("N_opt", alloc.n, BUDGET_COLORS[0]), ("D_opt", alloc.d, BUDGET_COLORS[2]))
+    alloc = _allocation(bp, c)
+    if alloc is not None:
+        by = " (IsoFLOP minima)" if bp.plan.isoflop is not None else ""
+        bands = ((f"N_opt{by}", alloc.n, BUDGET_COLORS[0]),
+                 (f"D_opt{by}", alloc.d, BUDGET_COLORS[2]))
         for name, band, color in bands:
             fig.add_scatter(x=np.concatenate([c, c[::-1]]),
                             y=np.concatenate([band.high, band.low[::-1]]), fill="toself",
@@ -163,6 +177,10 @@ def optimum_figure(bp: BudgetPlan) -> go.Figure:
                             name=f"{name} {band.level:.0%} band", hoverinfo="skip")
             fig.add_scatter(x=c, y=band.value, mode="lines", name=name, line={"color": color},
                             hovertemplate="C %{x:.3g}<br>%{y:.3s}<extra></extra>")
+        if bp.plan.isoflop is not None and fit is not None:  # the law's own optimum, to compare
+            fig.add_scatter(x=c, y=fit.law.optimal(c, bp.flops_per_token)[0], mode="lines",
+                            name="N_opt by the law", line={"color": BUDGET_COLORS[0],
+                                                           "dash": "dash", "width": 1})
     else:
         n_opt, d_opt = PRIOR.optimal(c, bp.flops_per_token)
         for name, values, color in (("N_opt (Epoch AI)", n_opt, BUDGET_COLORS[0]),
@@ -191,9 +209,9 @@ def tokens_per_param_figure(bp: BudgetPlan) -> go.Figure:
                                    "training compute C (FLOPs)", "tokens per parameter D/N",
                                    narrow=True))
     c = _compute_span(bp)
-    fit = bp.plan.fit
-    if fit is not None:
-        band = _figure_fit(fit).optimal(c, bp.flops_per_token).tokens_per_param
+    alloc = _allocation(bp, c)
+    if alloc is not None:
+        band = alloc.tokens_per_param
         fig.add_scatter(x=np.concatenate([c, c[::-1]]),
                         y=np.concatenate([band.high, band.low[::-1]]), fill="toself",
                         mode="lines", line={"width": 0}, fillcolor=BUDGET_COLORS[1], opacity=0.2,
