@@ -252,6 +252,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=JOBS, help="runs trained at once")
     parser.add_argument("--family", choices=("depth2", "ladder"), default="depth2",
                         help="the shapes (see above)")
+    parser.add_argument("--budgets", metavar="C1,C2,...",
+                        type=lambda text: tuple(sorted(float(c) for c in text.split(","))),
+                        default=BUDGETS, help="the grid's budgets in FLOPs (default: BUDGETS)")
     parser.add_argument("--fit-up-to", type=float, metavar="FLOPS",
                         help="fit on the budgets up to this (default: a tenth of the largest)")
     parser.add_argument("--min-steps", type=int, default=0,
@@ -269,7 +272,7 @@ def main() -> None:
             budgets = (args.pilot,)
             runs = [(args.pilot, nearest_shape(shapes, size)) for size in PILOT_SIZES]
         else:
-            budgets, runs = BUDGETS, grid(shapes, BUDGETS)
+            budgets, runs = args.budgets, grid(shapes, args.budgets)
         train_s, trained = train_all(home, base, runs, args.jobs)
         n, d, loss = points(home, {run_name(*r) for r in runs})
     fpt = fit_flops_per_token(shapes, lambda s: flops_per_token(with_shape(base, s)))
