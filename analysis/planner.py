@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
@@ -46,6 +46,15 @@ from analysis.scaling import (
 MIN_SIZES_TO_FIT = 3
 MIN_RUNS_TO_FIT = 5  # the law's five constants
 MIN_RUNS_FIXED_EXPONENTS = 3  # E, A and B
+# Runs that trained on fewer tokens than this sit below the law the longer runs follow
+# (early in training B / D^beta overshoots the loss), and with them in the fit
+# the law bends to them (E toward 0) and under-predicts larger budgets. Measured on our
+# byte-level CPU runs at 1,024 tokens a step (bench/RESULTS.md, "Planner on our own CPU
+# runs"): runs under ~1 M tokens fell 5-40% below the law fitted on the others, runs above
+# it sat on the law at 1.9 to 300 tokens per parameter, and the same short runs at a
+# quarter of the batch (four times the steps) fell further below, so the floor is one of
+# tokens, not of steps or of tokens per parameter. Unmeasured for other tokenizers.
+MIN_FIT_TOKENS = 1_000_000
 BUDGET_MULTIPLES = (0.5, 1.0, 2.0)
 PRIOR = EPOCH  # the law assumed where the runs cannot fit one
 
@@ -93,6 +102,9 @@ class Plan:
     ladder: Ladder | None
     notes: list[str]
     isoflop: IsoFlopFit | None = None  # approach 2, where the runs hold IsoFLOP curves
+    # The runs (indices into the plan's inputs) left out of the law's fit, each with why;
+    # they still count in the IsoFLOP curves.
+    fit_left_out: dict[int, str] = field(default_factory=dict)
 
     @property
     def main(self) -> PlanPoint:
@@ -153,6 +165,38 @@ def _point(allocation: Allocation, i: int, fit: LawFit | None, shapes: Sequence[
                      _at(allocation.tokens_per_param, i), shape, params, tokens, loss, seconds)
 
 
+def _mode(sizes: int, runs: int) -> PlanMode:
+    if sizes >= MIN_SIZES_TO_FIT and runs >= MIN_RUNS_TO_FIT:
+        return PlanMode.FITTED
+    if sizes >= 2 and runs >= MIN_RUNS_FIXED_EXPONENTS:
+        return PlanMode.FIXED_EXPONENTS
+    return PlanMode.PRIOR
+
+
+def law_runs(n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, dict[int, str], str | None]:
+    """Which runs the law is fitted on: those of MIN_FIT_TOKENS tokens or more, as long as
+    they alone fit the law as fully as all the runs would (the same ``PlanMode``); else all.
+    (mask, {index: why left out}, a note for the user or None)."""
+    short = d < MIN_FIT_TOKENS
+    keep = ~short
+    everything = _mode(count_sizes(n), n.size)
+    if not short.any() or everything == PlanMode.PRIOR:  # no law is fitted
+        return np.ones(n.size, dtype=bool), {}, None
+    if _mode(count_sizes(n[keep]), int(keep.sum())) != everything:
+        return np.ones(n.size, dtype=bool), {}, (
+            f"{int(short.sum())} run(s) trained on fewer than {MIN_FIT_TOKENS:,} tokens are in "
+            "the law's fit because the others alone are too few to fit it; such short runs "
+            "sit below the law longer runs follow, so the fit may bend toward them: train "
+            "longer runs to plan without them")
+    why = {int(i): (f"trained on {d[i]:,.0f} tokens, fewer than {MIN_FIT_TOKENS:,}: so early "
+                    "in training the loss lies below the law longer runs follow; left out of "
+                    "the law's fit (it still counts in its budget's IsoFLOP curve)")
+           for i in np.flatnonzero(short)}
+    return keep, why, (f"{int(short.sum())} run(s) trained on fewer than {MIN_FIT_TOKENS:,} "
+                       "tokens are left out of the law's fit (they still count in the IsoFLOP "
+                       "curves)")
+
+
 def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
          loss: Sequence[float] | np.ndarray, flops: float | None = None, *,
          seconds: float | None = None, tokens: float | None = None,
@@ -182,23 +226,24 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
         raise ValueError("a budget in time needs the machine's throughput: train a run first "
                          "or give the budget in FLOPs")
     n_arr, d_arr = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    loss_arr = np.asarray(loss, dtype=float)
     sizes = count_sizes(n_arr)
-    notes: list[str] = []
+    mode = _mode(sizes, n_arr.size)
+    keep, left_out, note = law_runs(n_arr, d_arr)
+    notes: list[str] = [note] if note else []
+    sd = None if loss_sd is None else np.asarray(loss_sd, dtype=float)[keep]
     fit: LawFit | None = None
-    if sizes >= MIN_SIZES_TO_FIT and n_arr.size >= MIN_RUNS_TO_FIT:
-        mode = PlanMode.FITTED
-        fit = fit_loss_law(n_arr, d_arr, loss, n_boot=n_boot, seed=seed, level=level,
-                           loss_sd=loss_sd)
-    elif sizes >= 2 and n_arr.size >= MIN_RUNS_FIXED_EXPONENTS:
-        mode = PlanMode.FIXED_EXPONENTS
-        fit = fit_loss_law(n_arr, d_arr, loss, fixed_exponents=PRIOR, n_boot=n_boot, seed=seed,
-                           level=level, loss_sd=loss_sd)
+    if mode == PlanMode.FITTED:
+        fit = fit_loss_law(n_arr[keep], d_arr[keep], loss_arr[keep], n_boot=n_boot, seed=seed,
+                           level=level, loss_sd=sd)
+    elif mode == PlanMode.FIXED_EXPONENTS:
+        fit = fit_loss_law(n_arr[keep], d_arr[keep], loss_arr[keep], fixed_exponents=PRIOR,
+                           n_boot=n_boot, seed=seed, level=level, loss_sd=sd)
         notes.append(f"{sizes} model sizes cannot fit how the loss falls with size: the "
                      f"exponents are held at Epoch AI's refit of Chinchilla (alpha "
                      f"{PRIOR.alpha}, beta {PRIOR.beta}) and only E, A and B are fitted; "
                      "train runs of a third size to fit them")
     else:
-        mode = PlanMode.PRIOR
         notes.append(f"{n_arr.size} run(s) of {sizes} model size(s) cannot fit a law: the "
                      "model size and tokens follow Epoch AI's refit of Chinchilla, with no "
                      "band and no loss; train the proposed IsoFLOP ladder to plan from your "
@@ -217,7 +262,7 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
     if len(isoflop_budgets) and n_arr.size:
         run_flops = token_flops(flops_per_token, n_arr) * d_arr
         try:
-            isoflop = fit_isoflop(n_arr, loss, assign_budgets(run_flops, isoflop_budgets),
+            isoflop = fit_isoflop(n_arr, loss_arr, assign_budgets(run_flops, isoflop_budgets),
                                   flops_per_token=flops_per_token, n_boot=n_boot, seed=seed,
                                   level=level)
         except ValueError as e:
@@ -248,7 +293,7 @@ def plan(n: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
         ladder = propose_ladder(ladder_time_s, throughput, shapes, law=law,
                                 flops_per_token=flops_per_token)
     return Plan(mode=mode, n_runs=int(n_arr.size), n_sizes=sizes, points=points, fit=fit,
-                ladder=ladder, notes=notes, isoflop=isoflop)
+                ladder=ladder, notes=notes, isoflop=isoflop, fit_left_out=left_out)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,9 @@ else:
     st.caption("Chinchilla: Hoffmann et al. 2022, eq. 10. Epoch AI: Besiroglu et al. 2024's "
                "refit of the same data.")
 
-if bp.plan.notes or bp.gathered.left_out:
+if bp.plan.notes or bp.gathered.left_out or bp.plan.fit_left_out:
     st.subheader("Notes")
     st.text("\n".join([*bp.plan.notes,
-                       *(f"run {i} left out: {why}" for i, why in bp.gathered.left_out)]))
+                       *(f"run {i} left out: {why}" for i, why in bp.gathered.left_out),
+                       *(f"run {bp.gathered.runs[i].run_id} {why}"
+                         for i, why in bp.plan.fit_left_out.items())]))

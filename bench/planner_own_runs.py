@@ -23,9 +23,10 @@ The corpus is every ``.py`` file of this Python's standard library, its tests in
 once: repeated data is what the law does not model. Then, through the planner's
 own path (``jobs.planning.gather``: each completed run's N, D and last val loss):
 
-1. The law fitted on the runs of budgets up to a tenth of the largest (the issue's split)
-   predicts the val loss of every run above it (target: 2% mean, 5% worst; and the share
-   inside the 80% band).
+1. The law fitted on the runs of budgets up to a tenth of the largest (the issue's split),
+   as the planner fits it (``analysis.planner.law_runs``: runs of under a million tokens
+   left out; ``--all-runs``: every run), predicts the val loss of every run above it
+   (target: 2% mean, 5% worst; and the share inside the 80% band).
 2. N_opt of that fit at each larger budget against the budget's own IsoFLOP parabola
    vertex (target: within a factor 1.5), and approach 2's (the trend of the fitted
    budgets' own vertices) beside it.
@@ -63,6 +64,7 @@ from analysis.ladder import (  # noqa: E402
     nearest_shape,
     shape_ladder,
 )
+from analysis.planner import law_runs  # noqa: E402
 from analysis.scaling import CHINCHILLA, EPOCH, fit_loss_law, token_flops  # noqa: E402
 from gptcore.config import TrainConfig, apply_overrides, preset  # noqa: E402
 from gptcore.estimate import flops_per_token, param_count  # noqa: E402
@@ -200,19 +202,25 @@ def points(home: Path, names: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def analyse(n: np.ndarray, d: np.ndarray, loss: np.ndarray, compute: np.ndarray,
             budgets: tuple[float, ...], fpt, *, fit_up_to: float | None = None,
-            min_steps: int = 0, tokens_per_step: int = 1) -> dict:
-    """The law fitted on the runs of budgets up to ``fit_up_to`` (a tenth of the largest)
-    that trained ``min_steps`` steps or more, asked about every run above."""
+            min_steps: int = 0, tokens_per_step: int = 1, all_runs: bool = False) -> dict:
+    """The law fitted as the planner fits it (``analysis.planner.law_runs``: runs of too
+    few tokens left out; ``all_runs``: every run) on the runs of budgets up to
+    ``fit_up_to`` (a tenth of the largest) that trained ``min_steps`` steps or more, asked
+    about every run above. Approach 2 takes every run of those budgets, as the planner's."""
     budget = assign_budgets(compute, budgets, 0.15)
     fit_up_to = fit_up_to or budgets[-1] / 10
-    train = (budget <= fit_up_to) & (d / tokens_per_step >= min_steps)
+    fitted = (budget <= fit_up_to) & (budget > 0)
+    train = fitted & (d / tokens_per_step >= min_steps)
+    if not all_runs:
+        train[train] = law_runs(n[train], d[train])[0]
     test = budget > fit_up_to
     fit = fit_loss_law(n[train], d[train], loss[train], n_boot=200)
     band = fit.predict(n[test], d[test])
     err = np.abs(band.value / loss[test] - 1)
     inside = (band.low <= loss[test]) & (loss[test] <= band.high)
     try:  # approach 2 on the fitted budgets whose IsoFLOP minimum lies inside their sizes
-        iso = fit_isoflop(n[train], loss[train], budget[train], flops_per_token=fpt, n_boot=50)
+        iso = fit_isoflop(n[fitted], loss[fitted], budget[fitted], flops_per_token=fpt,
+                          n_boot=50)
     except ValueError:
         iso = None
     per_budget = []
@@ -241,6 +249,7 @@ def analyse(n: np.ndarray, d: np.ndarray, loss: np.ndarray, compute: np.ndarray,
                         "chinchilla": getattr(CHINCHILLA, name), "epoch": getattr(EPOCH, name)}
                  for name in ("alpha", "beta", "n_exponent", "E")}
     return {"fitted_on": int(train.sum()), "fit_up_to": fit_up_to, "min_steps": min_steps,
+            "planners_rule": not all_runs,
             "predicted": int(test.sum()), "loss_mean_error": float(err.mean()),
             "loss_worst_error": float(err.max()), "inside_80_band": float(inside.mean()),
             "budgets": per_budget, "exponents_all_runs": exponents}
@@ -258,7 +267,10 @@ def main() -> None:
     parser.add_argument("--fit-up-to", type=float, metavar="FLOPS",
                         help="fit on the budgets up to this (default: a tenth of the largest)")
     parser.add_argument("--min-steps", type=int, default=0,
-                        help="leave runs of fewer optimizer steps out of the fit")
+                        help="also leave runs of fewer optimizer steps out of the fit")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="fit the law on every run (not as the planner does, without "
+                             "the runs of too few tokens)")
     parser.add_argument("--pilot", type=float, metavar="FLOPS",
                         help="train PILOT_SIZES at this one budget and print their losses")
     args = parser.parse_args()
@@ -288,7 +300,8 @@ def main() -> None:
                                                            strict=True))]}
     else:
         out |= analyse(n, d, loss, compute, budgets, fpt, fit_up_to=args.fit_up_to,
-                       min_steps=args.min_steps, tokens_per_step=base.tokens_per_step)
+                       min_steps=args.min_steps, tokens_per_step=base.tokens_per_step,
+                       all_runs=args.all_runs)
         out["points"] = [{"n": int(a), "d": int(b), "loss": float(c)}
                          for a, b, c in zip(n, d, loss, strict=True)]
     print(json.dumps(out, indent=1))

@@ -51,6 +51,8 @@ def report(bp: BudgetPlan) -> dict[str, Any]:
                       "loss": r.loss, "source": r.source, "low": r.low, "high": r.high}
                      for r in g.runs],
             "left_out": [{"run_id": i, "why": why} for i, why in g.left_out],
+            "left_out_of_law": [{"run_id": g.runs[i].run_id, "why": why}
+                                for i, why in p.fit_left_out.items()],
             "lr_how": bp.lr_how, "train_tokens": bp.train_tokens, "points": points,
             "law": law, "ladder": ladder, "narrowing": narrowing(bp), "notes": p.notes,
             "warnings": bp.warnings,
@@ -103,4 +105,5 @@ def lines(bp: BudgetPlan) -> list[str]:
     out += [f"note: {n}" for n in p.notes]
     out += [f"warning: {w}" for w in bp.warnings]
     out += [f"left out run {i}: {why}" for i, why in g.left_out]
+    out += [f"run {g.runs[i].run_id} {why}" for i, why in p.fit_left_out.items()]
     return out

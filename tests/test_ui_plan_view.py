@@ -103,3 +103,14 @@ def test_run_names_in_hover_text_are_escaped(store):
     [runs] = [t for t in isoflop_figure(bp).data if t.name == "your runs"]
     assert "&lt;b&gt;bold" in runs.text[0] and "<b>bold" not in runs.text[0]
     assert "1 run(s) of 1 model size(s)" in summary_text(bp)
+
+
+def test_runs_left_out_of_the_law_are_drawn_open_and_say_why(store):
+    seed_many(store, noise=0.005)
+    short = seed_run(store, 2, 64, 150)  # 307 k tokens: under the planner's floor
+    bp = make_plan(store, flops=2e14, n_boot=20)
+    runs = next(t for t in isoflop_figure(bp).data if t.name == "your runs")
+    index = [r.run_id for r in bp.gathered.runs].index(short)
+    assert runs.marker.symbol[index] == "circle-open"
+    assert list(runs.marker.symbol).count("circle-open") == 1
+    assert "left out of the law's fit" in runs.text[index]

@@ -93,7 +93,10 @@ def _run_hover(bp: BudgetPlan) -> dict:
     runs = bp.gathered.runs
     text = [f"#{r.run_id} {chart_text(r.name)}<br>{human_count(r.params)} parameters, "
             f"{human_count(r.tokens)} tokens<br>val loss {r.loss:.4g}"
-            + (" (forecast)" if r.source == "forecast" else "") for r in runs]
+            + (" (forecast)" if r.source == "forecast" else "")
+            + ("<br>left out of the law's fit: too few tokens"
+               if i in bp.plan.fit_left_out else "")
+            for i, r in enumerate(runs)]
     return {"text": text, "hovertemplate": "%{text}<extra></extra>"}
 
 
@@ -130,7 +133,10 @@ def isoflop_figure(bp: BudgetPlan) -> go.Figure:
     if n_runs.size:
         fig.add_scatter(x=n_runs, y=loss, mode="markers", name="your runs",
                         marker={"size": 9, "color": np.log10(_run_compute(bp)),
-                                "colorscale": "Greys", "line": {"width": 1, "color": "black"}},
+                                "colorscale": "Greys", "line": {"width": 1, "color": "black"},
+                                # open: left out of the law's fit, still on its IsoFLOP curve
+                                "symbol": ["circle-open" if i in bp.plan.fit_left_out
+                                           else "circle" for i in range(n_runs.size)]},
                         **_run_hover(bp))
     return fig
 
