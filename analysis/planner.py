@@ -321,6 +321,9 @@ def learning_rate_for(n: Sequence[float] | np.ndarray, lr: Sequence[float] | np.
         return None
     sizes = np.array([np.exp(np.log(n_arr[g]).mean()) for g in groups])
     lrs = np.array([lr_arr[g][np.argmin(y[g])] for g in groups])
+    if sizes.size >= 2 and np.all(lrs == lrs[0]):
+        return LrAdvice(float(lrs[0]), f"{lrs[0]:g}, the lr of the best run at every one of "
+                                       f"{sizes.size} sizes: no trend to fit")
     if sizes.size >= 2:
         slope, level = np.polyfit(np.log(sizes), np.log(lrs), 1)
         if slope <= 0:

@@ -116,5 +116,4 @@ if bp.plan.notes or bp.gathered.left_out or bp.plan.fit_left_out:
     st.subheader("Notes")
     st.text("\n".join([*bp.plan.notes,
                        *(f"run {i} left out: {why}" for i, why in bp.gathered.left_out),
-                       *(f"run {bp.gathered.runs[i].run_id} {why}"
-                         for i, why in bp.plan.fit_left_out.items())]))
+                       *filter(None, [planning.left_out_of_law(bp)])]))

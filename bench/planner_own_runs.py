@@ -30,8 +30,8 @@ own path (``jobs.planning.gather``: each completed run's N, D and last val loss)
 2. N_opt of that fit at each larger budget against the budget's own IsoFLOP parabola
    vertex (target: within a factor 1.5), and approach 2's (the trend of the fitted
    budgets' own vertices) beside it.
-3. The law fitted on all runs, its exponents with bootstrap intervals beside Chinchilla's
-   and Epoch AI's.
+3. The law fitted on all runs (as the planner fits them), its exponents with bootstrap
+   intervals beside Chinchilla's and Epoch AI's.
 
 Prints one JSON object.
 """
@@ -242,7 +242,10 @@ def analyse(n: np.ndarray, d: np.ndarray, loss: np.ndarray, compute: np.ndarray,
             row["loss_mean_error"] = float(err[mine].mean())
             row["loss_worst_error"] = float(err[mine].max())
         per_budget.append(row)
-    everything = fit_loss_law(n[budget > 0], d[budget > 0], loss[budget > 0], n_boot=200)
+    every = budget > 0
+    if not all_runs:
+        every[every] = law_runs(n[every], d[every])[0]
+    everything = fit_loss_law(n[every], d[every], loss[every], n_boot=200)
     exponents = {name: {"fit": float(getattr(everything.law, name)),
                         "interval": everything.interval(name),
                         "fit_below_tenth": float(getattr(fit.law, name)),

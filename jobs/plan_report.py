@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from analysis.planner import PlanMode
-from jobs.planning import BudgetPlan, narrowing, time_text
+from jobs.planning import BudgetPlan, left_out_of_law, narrowing, time_text
 
 
 def _band(band: Any) -> dict[str, float | None]:
@@ -105,5 +105,6 @@ def lines(bp: BudgetPlan) -> list[str]:
     out += [f"note: {n}" for n in p.notes]
     out += [f"warning: {w}" for w in bp.warnings]
     out += [f"left out run {i}: {why}" for i, why in g.left_out]
-    out += [f"run {g.runs[i].run_id} {why}" for i, why in p.fit_left_out.items()]
+    if (line := left_out_of_law(bp)) is not None:
+        out.append(line)
     return out

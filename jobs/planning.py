@@ -1,7 +1,9 @@
 """The budget planner on the user's own runs: gather them from the store, plan with
 ``analysis.planner``, and queue what it recommends (``gptdash plan``, the Plan page).
 
-A corpus and tokenizer (default: those of the newest run) pick the runs. Each completed
+A corpus and tokenizer (default: those of the newest run) pick the runs, and of them those
+of one batch (tokens a step: the one most runs trained at), since at another batch the same
+model on the same tokens ends elsewhere; the others are listed as left out. Each completed
 run counts with its parameters (``gptcore.estimate.param_count``), the tokens it trained on
 (tokens per step x steps done) and its last val loss. A run still training, stopped or
 interrupted counts with its calibrated forecast of the val loss at its max_steps, on
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -34,7 +37,14 @@ from analysis.ladder import (
     runs_to_narrow,
     shape_ladder,
 )
-from analysis.planner import LrAdvice, Plan, PlanPoint, learning_rate_for, plan
+from analysis.planner import (
+    MIN_FIT_TOKENS,
+    LrAdvice,
+    Plan,
+    PlanPoint,
+    learning_rate_for,
+    plan,
+)
 from analysis.scaling import FlopsPerToken, log_sd_of_band, token_flops
 from gptcore.config import TrainConfig
 from gptcore.errors import GptdashError
@@ -167,18 +177,30 @@ def gather(store: RunStore, corpus: str | None = None,
     runs = [(r, c) for r in store.list_runs(limit=MAX_RUNS) if (c := _config(r)) is not None]
     corpus = corpus or (runs[0][1].corpus if runs else TrainConfig().corpus)
     tokenizer = tokenizer or (runs[0][1].tokenizer if runs else TrainConfig().tokenizer)
-    mine = [(r, c) for r, c in runs if c.corpus == corpus and c.tokenizer == tokenizer]
-    # New runs start from the newest run trained from scratch: a fine-tune's weights are
-    # another run's, and so is part of its loss.
-    base = next((c for _, c in mine if not c.init_from),
+    of_corpus = [(r, c) for r, c in runs if c.corpus == corpus and c.tokenizer == tokenizer]
+    mine = [(r, c) for r, c in of_corpus
+            if r.status == RunStatus.COMPLETED or r.status in UNFINISHED]
+    # One law is one batch's: the plan is for the batch (tokens a step) most of the runs
+    # trained at, the newest run's among equals.
+    counts = Counter(c.tokens_per_step for _, c in mine if not c.init_from)
+    batch = max(counts, key=counts.__getitem__) if counts else None
+    # New runs start from the newest run of that batch trained from scratch (with none,
+    # the newest run queued or tried): a fine-tune's weights are another run's, and so is
+    # part of its loss.
+    base = next((c for _, c in (mine if counts else of_corpus)
+                 if not c.init_from and (batch is None or c.tokens_per_step == batch)),
                 replace(TrainConfig(), corpus=corpus, tokenizer=tokenizer))
     used, left_out = [], []
     for run, cfg in mine:
-        if run.status != RunStatus.COMPLETED and run.status not in UNFINISHED:
-            continue  # queued, failed or cancelled: nothing to learn from
         if cfg.init_from:
             left_out.append((run.id, "fine-tuned from other weights: its loss is not what "
                                      "its own tokens bought"))
+            continue
+        if cfg.tokens_per_step != batch:
+            left_out.append((run.id, f"trained at {cfg.tokens_per_step:,} tokens a step where "
+                                     f"most runs (and the plan) take {batch:,}: one law holds "
+                                     "for one batch (at 4-8x the batch, runs of the same size "
+                                     "and tokens ended 8-22% higher)"))
             continue
         try:
             point = _as_plan_run(store, run, cfg)
@@ -366,6 +388,18 @@ def narrowing(bp: BudgetPlan) -> str | None:
             f"{float(loss.high):.3f}; about {more} more runs like these would halve it "
             f"(a bootstrap band narrows as 1/sqrt(runs); runs nearer the budget narrow it "
             "faster)")
+
+
+def left_out_of_law(bp: BudgetPlan) -> str | None:
+    """One line naming the runs left out of the law's fit (``Plan.fit_left_out``), or None;
+    each run's own reason is in ``bp.plan.fit_left_out``."""
+    ids = [bp.gathered.runs[i].run_id for i in bp.plan.fit_left_out]
+    if not ids:
+        return None
+    tokens = [bp.gathered.runs[i].tokens for i in bp.plan.fit_left_out]
+    return (f"left out of the law's fit, as trained on fewer than {MIN_FIT_TOKENS:,} tokens "
+            f"({min(tokens):,} to {max(tokens):,}): run{'s' if len(ids) > 1 else ''} "
+            f"{', '.join(str(i) for i in sorted(ids))}")
 
 
 def queue_recommended(store: RunStore, bp: BudgetPlan) -> int:

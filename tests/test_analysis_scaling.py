@@ -370,6 +370,9 @@ def test_learning_rate_follows_the_best_of_each_size():
     assert rising.lr == 3e-3 and "4,000,000" in rising.how
     assert learning_rate_for([1e6, 1e6], [1e-3, 2e-3], [2.0, 1.9], 1e8).lr == 2e-3
     assert learning_rate_for([], [], [], 1e6) is None
+    # One lr at every size: no trend (it used to say "lr ∝ N^-0.00").
+    same = learning_rate_for(n, [3e-3] * 6, [2.0] * 6, 1.6e7)
+    assert same.lr == 3e-3 and "no trend" in same.how and "N^" not in same.how
 
 
 def test_flops_per_token_follows_the_projects_count_with_attention():

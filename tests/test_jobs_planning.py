@@ -14,7 +14,7 @@ from gptcore.errors import GptdashError
 from gptcore.estimate import param_count
 from gptcore.metric_keys import TOKENS_PER_SEC, VAL_LOSS
 from jobs.cli import main
-from jobs.plan_report import report
+from jobs.plan_report import lines, report
 from jobs.planning import (
     PlanRun,
     _loss_sd,
@@ -34,11 +34,13 @@ FLOPS_PER_S = 2e10  # the CPU the runs measured
 
 
 def seed_run(store, layers: int, emb: int, steps: int, *, status: str = RunStatus.COMPLETED,
-             lr: float = 3e-3, noise: float = 0.0, rng=None, off: float = 0.0) -> int:
+             lr: float = 3e-3, noise: float = 0.0, rng=None, off: float = 0.0,
+             batch_size: int | None = None) -> int:
     """A finished run of this shape whose last val loss is LAW's at its N and D (times
     1 + ``off``)."""
     cfg = apply_overrides(preset("tiny"), {"n_layers": layers, "emb_dim": emb, "n_heads": 2,
-                                           "max_steps": steps, "lr": lr})
+                                           "max_steps": steps, "lr": lr,
+                                           "batch_size": batch_size or preset("tiny").batch_size})
     n, d = param_count(cfg), steps * cfg.tokens_per_step
     loss = float(LAW.loss(n, d)) * (1 + off + (noise * rng.normal() if noise else 0.0))
     run_id = store.create_run(f"r{layers}x{emb}x{steps}", cfg.to_dict(), status="running",
@@ -160,6 +162,8 @@ def test_runs_of_too_few_tokens_are_left_out_of_the_law_but_not_of_the_isoflop_c
     assert any("left out of the law's fit" in n for n in bp.plan.notes)
     out = report(bp)
     assert {r["run_id"] for r in out["left_out_of_law"]} == set(short)
+    [line] = [x for x in lines(bp) if x.startswith("left out of the law's fit")]
+    assert line.endswith("runs " + ", ".join(str(i) for i in sorted(short)))
 
 
 def test_short_runs_stay_in_the_law_when_the_others_are_too_few_to_fit_it(store):
@@ -169,6 +173,18 @@ def test_short_runs_stay_in_the_law_when_the_others_are_too_few_to_fit_it(store)
     bp = make_plan(store, flops=2e14, n_boot=20)
     assert bp.plan.mode == PlanMode.FITTED and bp.plan.fit_left_out == {}
     assert any("too few to fit it" in n for n in bp.plan.notes)
+
+
+def test_runs_of_another_batch_are_left_out_and_the_plan_takes_the_batch_most_runs_used(store):
+    seed_many(store)  # 15 runs at the tiny preset's 2,048 tokens a step
+    odd = seed_run(store, 3, 128, 500, batch_size=128, off=0.15)  # the newest, 4x the batch
+    gathered = gather(store)
+    assert gathered.base.tokens_per_step == preset("tiny").tokens_per_step
+    assert odd not in {r.run_id for r in gathered.runs}
+    [(run_id, why)] = gathered.left_out
+    assert run_id == odd and "8,192 tokens a step" in why and "2,048" in why
+    bp = make_plan(store, flops=2e14, n_boot=20)
+    assert bp.main.config.tokens_per_step == 2048
 
 
 def test_running_runs_count_only_with_a_calibrated_forecast(store):
