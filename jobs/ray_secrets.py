@@ -3,12 +3,12 @@
 Whatever a Ray job gets in its runtime environment, Ray shows to anyone who asks: `ray job
 list`, the dashboard's `GET /api/jobs/` (unauthenticated unless the cluster uses token
 authentication) and each node's ``runtime_env_agent.log``. So a job is given its database
-URL without the password, and the password in a file that libpq reads by itself
-(``PGPASSFILE``, the standard pgpass format): ``<artifacts>/secrets/pgpass-<digest>``, mode
-0600 in a 0700 folder on the shared folder every node reaches, readable only by the user the
-Ray nodes run as (the submitter's user). A URL without a password passes as it is and no
-file is written: the nodes' own environment (``PGPASSWORD``, ``~/.pgpass``, ``PGPASSFILE``
-of ``ray start``) supplies it then.
+URL without the password (after the user name or in the query as ``?password=``), and the
+password in a file that libpq reads by itself (``PGPASSFILE``, the standard pgpass format):
+``<artifacts>/secrets/pgpass-<digest>``, mode 0600 in a 0700 folder on the shared folder
+every node reaches, readable only by the user the Ray nodes run as (the submitter's user). A
+URL without a password passes as it is and no file is written: the nodes' own environment
+(``PGPASSWORD``, ``~/.pgpass``, ``PGPASSFILE`` of ``ray start``) supplies it then.
 """
 
 from __future__ import annotations
@@ -23,19 +23,27 @@ from storage import home
 from storage.diagnose import parse_url
 
 PASSFILE_ENV = "PGPASSFILE"  # libpq's own variable: psycopg reads the password there
+PASSWORD_PARAM = "password"  # libpq's connection parameter, also accepted in a URL's query
 
 
 def db_env(url: str) -> dict[str, str]:
     """``GPTDASH_DB_URL`` for a Ray job's processes, and ``PGPASSFILE`` naming the file that
     holds its password when the URL has one: nothing in it is secret."""
     parsed = parse_url(url)
-    if not parsed.password:
+    # libpq takes the password after the user (user:pw@host) or as ?password=pw: either way
+    # it leaves the URL for the file.
+    in_query = parsed.query.get(PASSWORD_PARAM)
+    if isinstance(in_query, tuple):  # ?password=a&password=b: libpq takes the last
+        in_query = in_query[-1]
+    password = parsed.password or in_query
+    if not password:
         return {"GPTDASH_DB_URL": url}
+    query = {k: v for k, v in parsed.query.items() if k != PASSWORD_PARAM}
     # (URL.set ignores a None: the URL is rebuilt without its password.)
     bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port,
-                      parsed.database, parsed.query).render_as_string(hide_password=False)
+                      parsed.database, query).render_as_string(hide_password=False)
     entry = ":".join(_pgpass_field(part) for part in (
-        parsed.host, parsed.port, parsed.database, parsed.username, parsed.password))
+        parsed.host, parsed.port, parsed.database, parsed.username, password))
     passfile = _write_private(f"pgpass-{hashlib.sha256(bare.encode()).hexdigest()[:16]}",
                               f"{entry}\n")
     return {"GPTDASH_DB_URL": bare, PASSFILE_ENV: str(passfile)}

@@ -338,6 +338,17 @@ def test_a_jobs_database_password_is_in_a_file_for_its_user_alone_where_libpq_fi
         engine.dispose()
     sqlite = f"sqlite:///{home / 'gptdash.db'}"
     assert db_env(sqlite) == {"GPTDASH_DB_URL": sqlite}  # nothing to hide, nothing written
+    # libpq also takes the password as a query parameter: it leaves the URL all the same.
+    in_query = db_env(f"{pg_head_url}?connect_timeout=5&password={quote(password, safe='')}")
+    assert in_query["GPTDASH_DB_URL"] == f"{pg_head_url}?connect_timeout=5"
+    assert "S3c" not in in_query["GPTDASH_DB_URL"]
+    monkeypatch.setenv("PGPASSFILE", in_query["PGPASSFILE"])
+    engine = make_engine(in_query["GPTDASH_DB_URL"])
+    try:
+        with engine.connect() as connection:
+            assert connection.connection.dbapi_connection.info.password == password
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "lr=1e-3,3e-3"]])
