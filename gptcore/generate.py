@@ -49,6 +49,9 @@ def generate_ids(model: GPTModel, ids: torch.Tensor, cfg: SamplingConfig) -> Ite
 
 
 def encode_prompt(prompt: str, tokenizer: Tokenizer, context_length: int) -> list[int]:
+    """The prompt's ids; GptdashError for an empty or unencodable one. Longer than
+    ``context_length`` is fine: the model conditions on its last ``context_length`` ids
+    (``generate_ids`` crops; ``context_note`` says so)."""
     if not prompt:
         raise GptdashError("the prompt is empty: type some text for the model to continue")
     try:
@@ -56,10 +59,18 @@ def encode_prompt(prompt: str, tokenizer: Tokenizer, context_length: int) -> lis
     except (UnicodeError, ValueError):
         raise GptdashError("the prompt has characters that cannot be encoded as UTF-8 text "
                            "(e.g. a lone surrogate): retype or paste it again") from None
-    if len(ids) > context_length:
-        raise GptdashError(f"the prompt is {len(ids)} tokens, longer than this model's context of "
-                           f"{context_length}: shorten it")
     return ids
+
+
+def context_note(prompt: str, tokenizer: Tokenizer, context_length: int) -> str | None:
+    """What to tell a user whose prompt is longer than the model's context (the model sees
+    only its last ``context_length`` tokens, as nanoGPT crops it), else None; GptdashError
+    for a prompt that cannot be sampled from at all."""
+    ids = encode_prompt(prompt, tokenizer, context_length)
+    if len(ids) <= context_length:
+        return None
+    return (f"the prompt is {len(ids):,} tokens and this model's context {context_length:,}: "
+            f"it continues from the last {context_length:,}")
 
 
 def stream_text(model: GPTModel, tokenizer: Tokenizer, prompt: str,

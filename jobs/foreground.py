@@ -23,6 +23,7 @@ from jobs.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, STOP_SIGNALS
 from jobs.manager import claim_here
 from jobs.progress import Progress
 from jobs.threads import ThreadShare
+from storage.names import printable
 from storage.status import RunStatus
 from storage.store import RunStore
 
@@ -152,7 +153,7 @@ def _summarise(store: RunStore, run_id: int, result: TrainResult, interrupted: b
 
 def cmd_sample(args: Namespace, store: RunStore) -> int:
     from gptcore.checkpoint import model_from_checkpoint
-    from gptcore.generate import SamplingConfig, encode_prompt, stream_text
+    from gptcore.generate import SamplingConfig, context_note, stream_text
     from gptcore.tokenizer import get_tokenizer
 
     r = store.get_run(args.run_id)
@@ -164,10 +165,13 @@ def cmd_sample(args: Namespace, store: RunStore) -> int:
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
     tokenizer = get_tokenizer(cfg.tokenizer)
     # A prompt the model cannot take is refused before any of it is echoed.
-    encode_prompt(args.prompt, tokenizer, model.cfg.context_length)
-    sys.stdout.write(args.prompt)
+    if (note := context_note(args.prompt, tokenizer, model.cfg.context_length)) is not None:
+        print(f"gptdash: note: {note}", file=sys.stderr)
+    # Text a model wrote (or a prompt) may hold escape sequences and bidirectional
+    # controls: shown escaped, so it cannot recolour the terminal or read backwards.
+    sys.stdout.write(printable(args.prompt))
     for piece in stream_text(model, tokenizer, args.prompt, sampling):
-        sys.stdout.write(piece)
+        sys.stdout.write(printable(piece))
         sys.stdout.flush()
     sys.stdout.write("\n")
     return EXIT_OK

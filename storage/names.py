@@ -50,6 +50,13 @@ def check_notes(notes: str) -> str:
     return notes
 
 
+def printable(text: str) -> str:
+    r"""``text`` of several lines with its other control characters escaped (``\x1b``,
+    ``\u202e``): newlines and tabs stay."""
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if _is_control(c) and c not in "\n\t" else c for c in text)
+
+
 def one_line(text: str) -> str:
     r"""``text`` with its control characters escaped (``\n``, ``\x1b``, ``\u202e``), for
     one-line output."""

@@ -5,7 +5,13 @@ import torch
 
 from gptcore.config import ModelConfig
 from gptcore.errors import GptdashError
-from gptcore.generate import SamplingConfig, filter_logits, sample_text, stream_text
+from gptcore.generate import (
+    SamplingConfig,
+    context_note,
+    filter_logits,
+    sample_text,
+    stream_text,
+)
 from gptcore.model import GPT
 from gptcore.tokenizer import get_tokenizer
 
@@ -53,7 +59,6 @@ def test_sampling_never_yields_a_padded_id():
 @pytest.mark.parametrize(
     "prompt, cfg, message",
     [("", SamplingConfig(), "prompt is empty"),
-     ("x" * 40, SamplingConfig(), "longer than this model's context of 32"),
      ("hi", SamplingConfig(max_new_tokens=10**9), "max new tokens must be between"),
      ("hi", SamplingConfig(top_p=0), "top-p"),
      ("hi", SamplingConfig(temperature=-1), "temperature"),
@@ -63,6 +68,19 @@ def test_sampling_never_yields_a_padded_id():
 def test_bad_sampling_input_is_a_clear_error(model, prompt, cfg, message):
     with pytest.raises(GptdashError, match=message):
         sample_text(model, get_tokenizer("byte"), prompt, cfg)
+
+
+def test_a_prompt_longer_than_the_context_continues_from_its_last_context_tokens(model):
+    # As nanoGPT crops: the model sees the last 32 bytes, so the sample is the one of the
+    # last 32 characters of this byte-level prompt, and a note says so.
+    tok, cfg = get_tokenizer("byte"), SamplingConfig(max_new_tokens=12, seed=3)
+    long = "".join(chr(97 + i % 26) for i in range(40))
+    assert sample_text(model, tok, long, cfg) == sample_text(model, tok, long[-32:], cfg)
+    assert context_note(long, tok, 32) == ("the prompt is 40 tokens and this model's context "
+                                           "32: it continues from the last 32")
+    assert context_note(long[-32:], tok, 32) is None
+    with pytest.raises(GptdashError, match="prompt is empty"):
+        context_note("", tok, 32)
 
 
 def test_a_prompt_with_unencodable_characters_is_a_clear_error(model):

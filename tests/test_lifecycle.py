@@ -205,16 +205,29 @@ def test_cli_refuses_init_from_a_text_file_in_one_line(tmp_path):
     assert RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}").list_runs() == []
 
 
-# ---- 5. a prompt longer than the context -----------------------------------------------------
-def test_sample_with_a_prompt_longer_than_the_context_prints_the_error_only(store, home):
+# ---- 5. a prompt longer than the context, or with terminal controls -------------------------
+def test_sample_with_a_prompt_longer_than_the_context_continues_it_and_says_so(store, home):
     run_id = runner.create_run(store, micro(max_steps=2))  # context 16, byte-level tokenizer
     claim(store, run_id)
     runner.execute_run(store, run_id)
-    out = gptdash(home, "sample", str(run_id), "--prompt", "x" * 40)
-    assert out.returncode == 2
-    assert out.stdout == ""
+    out = gptdash(home, "sample", str(run_id), "--prompt", "x" * 40, "--max-new-tokens", "5")
+    assert out.returncode == 0
+    assert out.stdout.startswith("x" * 40)
     assert out.stderr.strip().splitlines() == [
-        "gptdash: the prompt is 40 tokens, longer than this model's context of 16: shorten it"]
+        "gptdash: note: the prompt is 40 tokens and this model's context 16: it continues "
+        "from the last 16"]
+
+
+def test_sample_shows_escape_sequences_and_bidi_controls_escaped(store, home):
+    run_id = runner.create_run(store, micro(max_steps=2))
+    claim(store, run_id)
+    runner.execute_run(store, run_id)
+    prompt = "red \x1b[31mtext\u202e reversed\tand\nlines"
+    out = gptdash(home, "sample", str(run_id), "--prompt", prompt, "--max-new-tokens", "30",
+                  "--temperature", "2")
+    assert out.returncode == 0
+    assert out.stdout.startswith("red \\x1b[31mtext\\u202e reversed\tand\nlines")
+    assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
 
 
 # ---- 6. duration: time spent training, over attempts -----------------------------------------

@@ -172,7 +172,7 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
 
     A run without that checkpoint gets a caption saying so.
     """
-    from gptcore.generate import encode_prompt, stream_text
+    from gptcore.generate import context_note, stream_text
     from gptcore.tokenizer import get_tokenizer
     from jobs.threads import use_threads
 
@@ -186,7 +186,9 @@ def sample_from_run(run: RunRecord, which: str, prompt: str, sampling: SamplingC
         st.text(f"#{run.id} {one_line(run.name)} · {path.name} from step "
                 f"{int(payload['step']):,}")
         tokenizer = get_tokenizer(cfg.tokenizer)
-        encode_prompt(prompt, tokenizer, cfg.model.context_length)  # clear error first
+        # A clear error first; a prompt longer than the context is cropped, and said so.
+        if (note := context_note(prompt, tokenizer, cfg.model.context_length)) is not None:
+            st.caption(note[0].upper() + note[1:] + ".")
         box = st.empty()
         text = prompt
         use_threads(get_store(), counted=False)  # in this script run's thread, which samples
