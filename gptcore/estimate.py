@@ -26,6 +26,13 @@ def param_count(cfg: TrainConfig) -> int:
     return embeddings + layers * per_block + 2 * d + head
 
 
+def hidden_matrix_count(cfg: TrainConfig) -> int:
+    """Parameters in the blocks' 2-D weights (``gptcore.optim.hidden_matrices``: what Muon
+    trains): qkv, attention output and the two feed-forward matrices of every layer."""
+    d = cfg.model.emb_dim
+    return cfg.model.n_layers * (3 * d * d + d * d + 8 * d * d)
+
+
 def flops_per_token(cfg: TrainConfig) -> float:
     """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B).
 
@@ -128,6 +135,10 @@ def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
     m = cfg.model
     n = param_count(cfg)
     optimizer_states = {"adamw": 2, "adam": 2, "rmsprop": 1, "sgd": 1 if cfg.momentum else 0}
+    # Muon keeps one momentum buffer for the blocks' matrices; AdamW's two for the rest.
+    hidden = hidden_matrix_count(cfg) if cfg.optimizer == "muon" else 0
+    states = hidden + 2 * (n - hidden) if cfg.optimizer == "muon" else \
+        n * optimizer_states.get(cfg.optimizer, 2)
     bytes_act = 2 if cfg.precision != "float32" else 4
     s, b, h = m.context_length, cfg.batch_size, m.emb_dim
     per_layer = 34 * s * b * h * bytes_act / 2
@@ -135,7 +146,7 @@ def memory_estimate(cfg: TrainConfig) -> MemoryEstimate:
     mb = 1024**2
     return MemoryEstimate(
         params_mb=n * 4 / mb,
-        optimizer_mb=n * 4 * optimizer_states.get(cfg.optimizer, 2) / mb,
+        optimizer_mb=states * 4 / mb,
         gradients_mb=n * 4 / mb,
         activations_mb=(m.n_layers * per_layer + logits) / mb,
     )

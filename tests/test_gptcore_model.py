@@ -113,3 +113,23 @@ def test_fit_problem_compares_the_estimate_with_available_memory():
     assert fit_problem(cfg, None) is None
     message = fit_problem(cfg, need / 2)
     assert "lower batch_size" in message and "124.4 M parameters" in message
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_optimizer_memory_is_the_state_torch_keeps(optimizer):
+    # Counted on the optimizer's real state after a step: Muon keeps one buffer for the
+    # blocks' matrices and AdamW two for the rest (the estimate counted two for all).
+    from gptcore.estimate import hidden_matrix_count
+    from gptcore.optim import build_optimizer, hidden_matrices
+
+    cfg = TrainConfig(model=ModelConfig(vocab_size=64, context_length=16, emb_dim=32,
+                                        n_heads=2, n_layers=2), optimizer=optimizer)
+    model = GPT(cfg.model)
+    assert hidden_matrix_count(cfg) == sum(p.numel() for p in hidden_matrices(model))
+    opt = build_optimizer(model, cfg, "cpu")
+    ids = torch.randint(0, 64, (2, 16))
+    model(ids, ids).backward()
+    opt.step()
+    kept = sum(t.numel() for state in opt.state.values() for t in state.values()
+               if torch.is_tensor(t) and t.numel() > 1)
+    assert memory_estimate(cfg).optimizer_mb * 1024**2 / 4 == kept
