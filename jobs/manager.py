@@ -84,6 +84,9 @@ class JobManager:
         self._stop_event: threading.Event | None = None
         self.exit_when_idle = exit_when_idle
         self.completed: list[int] = []
+        # Whether the run it was training when told to shut down was handed on (interrupted
+        # with its automatic resume scheduled) rather than left stopped.
+        self.handed_back = False
         self._searched_at = 0.0  # when the idle loop last advanced the search sweeps
         # Both threads meet an outage; the first to fail and the first to succeed say so.
         self._outage = Outage(log)
@@ -300,6 +303,12 @@ class JobManager:
                                    stop_event=stop_event, device=self.device,
                                    extra_callbacks=None if self.threads else
                                    ThreadShare(self.store))
+            if self._shutdown.is_set():  # the worker stopped, not the run: hand it on
+                step = self.store.get_run(run_id).last_step
+                self.handed_back = self.store.hand_back(
+                    run_id, claim.token, f"its worker {self.worker} was stopped at step "
+                    f"{step:,} (Ctrl-C, SIGTERM, or the dashboard shutting down) and saved a "
+                    "checkpoint")
         except ClaimLost as exc:  # another process took the run; this one wrote no more
             log.warning("run %s: %s", run_id, exc)
         except DatabaseUnavailable as exc:  # its row stays running: recovery marks it

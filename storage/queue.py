@@ -290,6 +290,32 @@ class QueueMixin:
             )
             return result.rowcount == 1
 
+    def hand_back(self, run_id: int, claim: int, why: str) -> bool:
+        """A run its worker stopped because the worker itself was stopping (Ctrl-C, SIGTERM,
+        ``gptdash serve`` shutting down), not because a stop was asked of the run: turn it
+        from ``stopped`` into ``interrupted`` with its automatic resume scheduled, so the
+        next worker goes on with it. Only while ``claim`` still owns it and nobody asked it
+        to stop (compare-and-set). ``why``: what happened, for its error text. Whether it
+        changed."""
+        with Session(self.engine) as session, session.begin():
+            row = session.execute(
+                select(Run.status, Run.stop_requested, Run.auto_resumes, Run.max_auto_resumes,
+                       Run.claim_token, Run.checkpoint_path)
+                .where(Run.id == run_id).with_for_update()).one_or_none()
+            if (row is None or row.status != RunStatus.STOPPED or row.stop_requested
+                    or row.claim_token != claim):
+                return False
+            resume_after, why_not = auto_resume_plan(row.auto_resumes, row.max_auto_resumes,
+                                                     row.stop_requested)
+            then = RESUME_HINT if row.checkpoint_path else RESTART_HINT
+            error = (f"{why}; {why_not}; {then}" if why_not else
+                     f"{why}; it resumes by itself when a worker runs again")
+            session.execute(update(Run).where(Run.id == run_id)
+                            .values(status=RunStatus.INTERRUPTED, error=error,
+                                    resume_after=resume_after),
+                            execution_options=_NO_SYNC)
+            return True
+
     def mark_interrupted(self, *, worker_prefix: str | None = None) -> list[int]:
         """Turn runs left ``running`` by a dead process into ``interrupted``; return their ids.
 

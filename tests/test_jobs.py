@@ -166,6 +166,34 @@ def manager(store):
     m.shutdown()
 
 
+def _wait(predicate, what: str, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_worker_shutting_down_hands_its_run_on_to_the_next_worker(store):
+    m = JobManager(store, name="first")
+    run_id = m.submit(micro(max_steps=100_000), name="long")
+    _wait(lambda: store.get_run(run_id).last_step >= 5, "training to start")
+    m.shutdown(timeout=60)
+    run = store.get_run(run_id)
+    assert m.handed_back and run.status == "interrupted" and run.resume_after is not None
+    assert "its worker first was stopped at step" in run.error
+    assert "resumes by itself" in run.error and run.checkpoint_path
+
+
+def test_a_run_asked_to_stop_stays_stopped_when_its_worker_shuts_down(store):
+    m = JobManager(store, name="first")
+    run_id = m.submit(micro(max_steps=100_000), name="long")
+    _wait(lambda: store.get_run(run_id).last_step >= 5, "training to start")
+    store.request_stop(run_id)  # the person's stop, as the shutdown comes
+    m.shutdown(timeout=60)
+    run = store.get_run(run_id)
+    assert run.status == "stopped" and run.resume_after is None and not m.handed_back
+
+
 def test_the_worker_trains_queued_runs_one_at_a_time(store, manager):
     a = manager.submit(micro(), name="a")
     b = manager.submit(micro(), name="b")

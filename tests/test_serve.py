@@ -171,10 +171,14 @@ def test_a_worker_killed_with_9_is_restarted_the_queue_trains_and_its_run_resume
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_mid_run_stops_it_with_a_checkpoint_and_exits_0(tmp_path, sig):
+def test_ctrl_c_or_sigterm_mid_run_saves_it_and_the_restarted_dashboard_goes_on_with_it(
+        tmp_path, sig):
+    # The dashboard was stopped, not the run: it is handed on (interrupted, its automatic
+    # resume scheduled) and the next `gptdash serve` continues it with nobody pressing Resume.
     store = RunStore(f"sqlite:///{tmp_path / 'gptdash.db'}")
     log = tmp_path / "serve.log"
-    server = _start_server(tmp_path, _free_port(), log)
+    port = _free_port()
+    server = _start_server(tmp_path, port, log)
     try:
         run_id = _submit(tmp_path, "long", 100_000)
         _wait_for(lambda: store.get_run(run_id).last_step >= 20, what="training to start")
@@ -184,10 +188,22 @@ def test_ctrl_c_or_sigterm_mid_run_stops_it_with_a_checkpoint_and_exits_0(tmp_pa
         code = server.wait(timeout=60)
     assert code == 0, log.read_text()
     run = store.get_run(run_id)
-    assert run.status == "stopped"
+    assert run.status == "interrupted" and run.resume_after is not None
+    assert "was stopped at step" in run.error and "resumes by itself" in run.error
     assert _latest_checkpoint(tmp_path, run_id).is_file()
     assert not any(pid_alive(pid) for pid in children)
-    assert f"run {run_id} stopped with a checkpoint" in log.read_text()
+    assert (f"run {run_id} stopped with a checkpoint; it resumes by itself when a worker runs "
+            "again") in log.read_text()
+    server = _start_server(tmp_path, port, log)
+    try:
+        resumed = _wait_for(lambda: (r := store.get_run(run_id)).status == "running"
+                            and r.last_step > run.last_step and r, timeout=120,
+                            what="the run to go on in the restarted dashboard")
+        assert resumed.attempts == 2 and resumed.auto_resumes == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+
 
 
 def test_serve_on_a_busy_port_says_so_and_exits_non_zero(tmp_path):
