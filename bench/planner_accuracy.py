@@ -3,8 +3,13 @@
     cd third_party && git clone https://github.com/epoch-research/analyzing-chinchilla
     git -C analyzing-chinchilla checkout 92258837425e1b5f2851d624287f0120583a3d0e && cd ..
     .venv/bin/python bench/planner_accuracy.py            # about 15 s on two cores
+    .venv/bin/python bench/planner_accuracy.py --csv runs.csv --n params --d tokens --loss loss
+                                                          # any other table of runs
 
-Data: the (N, C, loss) points Epoch AI extracted from Figure 4 of Hoffmann et al. 2022 for
+With ``--csv`` the same checks run on any table of (N, C or D, loss), one row per run; its
+IsoFLOP budgets are found in it (``analysis.isoflop.infer_budgets``) unless ``--budgets``
+names them, and the plan is made for ten times its largest. Without it, the data are
+the (N, C, loss) points Epoch AI extracted from Figure 4 of Hoffmann et al. 2022 for
 their replication (Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"),
 ``data/svg_extracted_data.csv`` of github.com/epoch-research/analyzing-chinchilla at the
 commit above. The repository carries no licence, so its data is not copied into ours: the
@@ -37,7 +42,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.isoflop import assign_budgets, fit_isoflop, parabola_vertex  # noqa: E402
+from analysis.isoflop import (  # noqa: E402
+    assign_budgets,
+    fit_isoflop,
+    infer_budgets,
+    parabola_vertex,
+)
 from analysis.planner import plan  # noqa: E402
 from analysis.scaling import CHINCHILLA, EPOCH, fit_loss_law  # noqa: E402
 
@@ -72,7 +82,7 @@ def commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def whole(n, c, loss, n_boot: int) -> dict:
+def whole(n, c, loss, n_boot: int, budgets=BUDGETS) -> dict:
     d = c / (6 * n)
     fit = fit_loss_law(n, d, loss, n_boot=n_boot)
     law = fit.law
@@ -86,7 +96,7 @@ def whole(n, c, loss, n_boot: int) -> dict:
         "interval": (float(at.tokens_per_param.low), float(at.tokens_per_param.high)),
         "paper": float(np.divide(*CHINCHILLA.optimal(CHINCHILLA_BUDGET)[::-1])),
         "epoch": float(np.divide(*EPOCH.optimal(CHINCHILLA_BUDGET)[::-1]))}
-    iso = fit_isoflop(n, loss, assign_budgets(c, BUDGETS, BUDGET_TOLERANCE), n_boot=n_boot)
+    iso = fit_isoflop(n, loss, assign_budgets(c, budgets, BUDGET_TOLERANCE), n_boot=n_boot)
     approach2 = {name: {"fit": getattr(iso, name), "interval": iso.interval(name),
                         "paper": PAPER_APPROACH2[name]} for name in PAPER_APPROACH2}
     return {"points": int(n.size), "approach3": rows, "approach2": approach2,
@@ -110,27 +120,30 @@ def vertex_interval(n: np.ndarray, loss: np.ndarray, n_boot: int = 1000,
     return float(low), float(high)
 
 
-def held_out(n, c, loss, n_boot: int) -> dict:
+def held_out(n, c, loss, n_boot: int, budgets=BUDGETS) -> dict:
     """Fitted below a tenth of the largest budget, predicted above. Each larger budget's
     row also gives N_opt from approach 3 fitted on all points (``all_points_n_opt``): where
     even that fit misses the budget's own vertex, the vertex is off the others' trend."""
     d = c / (6 * n)
     everything = fit_loss_law(n, d, loss, n_boot=0)
-    cut = max(BUDGETS) / 10 * (1 + BUDGET_TOLERANCE)
+    cut = max(budgets) / 10 * (1 + BUDGET_TOLERANCE)
     train = c <= cut
     fit = fit_loss_law(n[train], d[train], loss[train], n_boot=n_boot)
     band = fit.predict(n[~train], d[~train])
     err = np.abs(band.value / loss[~train] - 1)
     inside = (band.low <= loss[~train]) & (loss[~train] <= band.high)
-    budget = assign_budgets(c, BUDGETS, BUDGET_TOLERANCE)
-    iso = fit_isoflop(n[train], loss[train], budget[train], n_boot=n_boot)
+    budget = assign_budgets(c, budgets, BUDGET_TOLERANCE)
+    try:  # approach 2 needs IsoFLOP minima at two budgets below the cut
+        iso = fit_isoflop(n[train], loss[train], budget[train], n_boot=n_boot)
+    except ValueError:
+        iso = None
     by_budget, ratios3, ratios2 = [], [], []
     for b in sorted(set(budget[~train & np.isfinite(budget)].tolist())):
         on = budget == b
         vertex = parabola_vertex(n[on], loss[on])
         truth = vertex[0] if vertex and vertex[2] else None
         n3 = float(fit.optimal(b).n.value)
-        n2 = float(iso.optimal(b).n.value)
+        n2 = float(iso.optimal(b).n.value) if iso is not None else None
         row = {"budget": b, "points": int(on.sum()),
                "isoflop_n_opt_80": vertex_interval(n[on], loss[on]),
                "loss_mean_error": float(err[on[~train]].mean()),
@@ -139,7 +152,8 @@ def held_out(n, c, loss, n_boot: int) -> dict:
                "all_points_n_opt": float(everything.law.optimal(b)[0])}
         if truth:
             ratios3.append(max(n3 / truth, truth / n3))
-            ratios2.append(max(n2 / truth, truth / n2))
+            if n2 is not None:
+                ratios2.append(max(n2 / truth, truth / n2))
         by_budget.append(row)
     return {"fit_points": int(train.sum()), "cut_flops": cut, "held_out_points": int(err.size),
             "loss_mean_error": float(err.mean()), "loss_worst_error": float(err.max()),
@@ -150,17 +164,16 @@ def held_out(n, c, loss, n_boot: int) -> dict:
             "drift_per_decade": fit.drift, "drift_measured": fit.drift_measured}
 
 
-def plan_at_chinchilla(n, c, loss, n_boot: int) -> dict:
-    p = plan(n, c / (6 * n), loss, CHINCHILLA_BUDGET, n_boot=n_boot).main
-    return {"mode": "fitted", "n_opt": float(p.n_opt.value),
+def plan_at(n, c, loss, n_boot: int, budget: float = CHINCHILLA_BUDGET) -> dict:
+    p = plan(n, c / (6 * n), loss, budget, n_boot=n_boot).main
+    return {"budget": budget, "n_opt": float(p.n_opt.value),
             "n_opt_band": (float(p.n_opt.low), float(p.n_opt.high)), "tokens": p.tokens,
             "loss": float(p.loss.value), "loss_band": (float(p.loss.low), float(p.loss.high))}
 
 
 def show(result: dict) -> None:
     w = result["whole"]
-    print(f"\nsource: epoch-research/analyzing-chinchilla @ {result['commit']}, "
-          f"data/svg_extracted_data.csv; {w['points']} points")
+    print(f"\nsource: {result['source']}; {w['points']} points")
     print(f"{'approach 3':<26}{'fit':>10}{'80% interval':>24}{'paper':>10}{'Epoch':>10}")
     for name, r in w["approach3"].items():
         lo, hi = r["interval"]
@@ -183,29 +196,67 @@ def show(result: dict) -> None:
               f"{r['loss_mean_error']:.2%} worst {r['loss_worst_error']:.2%}; N_opt IsoFLOP "
               f"{truth or float('nan'):.3g} (its points resampled: {lo:.3g}-{hi:.3g}), "
               f"approach 3 {r['approach3_n_opt']:.3g}, "
-              f"approach 2 {r['approach2_n_opt']:.3g} (approach 3 on all points "
+              f"approach 2 {r['approach2_n_opt'] or float('nan'):.3g} (approach 3 on all points "
               f"{r['all_points_n_opt']:.3g})")
-    print(f"  worst N_opt factor: approach 3 {h['n_opt_worst_factor_approach3']:.2f}, "
-          f"approach 2 {h['n_opt_worst_factor_approach2']:.2f}")
+    print(f"  worst N_opt factor: approach 3 {h['n_opt_worst_factor_approach3'] or 0:.2f}, "
+          f"approach 2 {h['n_opt_worst_factor_approach2'] or 0:.2f}")
     p = result["plan"]
     (n_lo, n_hi), (l_lo, l_hi) = p["n_opt_band"], p["loss_band"]
-    print(f"\nplan at 5.76e23 FLOPs: N {p['n_opt']:.3g} ({n_lo:.3g}, {n_hi:.3g}), "
+    print(f"\nplan at {p['budget']:.3g} FLOPs: N {p['n_opt']:.3g} ({n_lo:.3g}, {n_hi:.3g}), "
           f"D {p['tokens']:.3g}, loss {p['loss']:.4f} ({l_lo:.4f}, {l_hi:.4f})")
+
+
+def load_csv(path: Path, n_col: str, loss_col: str, c_col: str | None,
+             d_col: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, C, loss) from any table of runs; C = 6 N D where the table gives D."""
+    if (c_col is None) == (d_col is None):
+        sys.exit("give the compute one way: --c COLUMN (FLOPs) or --d COLUMN (tokens)")
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        n = np.array([float(r[n_col]) for r in rows])
+        loss = np.array([float(r[loss_col]) for r in rows])
+        c = (np.array([float(r[c_col]) for r in rows]) if c_col else
+             6 * n * np.array([float(r[d_col]) for r in rows]))
+    except (OSError, KeyError, ValueError) as exc:
+        sys.exit(f"cannot read {path}: {exc!r}")
+    keep = np.isfinite(n) & np.isfinite(c) & np.isfinite(loss) & (n > 0) & (c > 0) & (loss > 0)
+    return n[keep], c[keep], loss[keep]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boot", type=int, default=300, help="bootstrap resamples")
+    parser.add_argument("--csv", type=Path, help="another table of runs (default: "
+                        "Chinchilla's, as above): one row per run, with --n, --loss and --c "
+                        "or --d naming its columns")
+    parser.add_argument("--n", default="N", help="the parameters column (--csv)")
+    parser.add_argument("--loss", default="loss", help="the final loss column (--csv)")
+    parser.add_argument("--c", help="the training FLOPs column (--csv)")
+    parser.add_argument("--d", help="the training tokens column (--csv; C = 6ND)")
+    parser.add_argument("--budgets", type=lambda t: tuple(float(x) for x in t.split(",")),
+                        help="the table's IsoFLOP budgets (--csv; default: found in it, "
+                             "runs within 12%% of one another's FLOPs at 3 sizes or more)")
     args = parser.parse_args()
-    n, c, loss = load()
-    result = {"commit": commit(), "whole": whole(n, c, loss, args.boot),
-              "held_out": held_out(n, c, loss, args.boot),
-              "plan": plan_at_chinchilla(n, c, loss, args.boot)}
-    if result["commit"] != COMMIT:
-        print(f"note: third_party checkout is at {result['commit']}, not {COMMIT}")
+    if args.csv:
+        n, c, loss = load_csv(args.csv, args.n, args.loss, args.c, args.d)
+        budgets = tuple(args.budgets or infer_budgets(c, n, BUDGET_TOLERANCE))
+        if len(budgets) < 2:
+            sys.exit(f"{args.csv}: {len(budgets)} IsoFLOP budget(s) found; give --budgets")
+        source, plan_budget = f"{args.csv}", max(budgets) * 10
+    else:
+        n, c, loss = load()
+        budgets, plan_budget = BUDGETS, CHINCHILLA_BUDGET
+        source = (f"epoch-research/analyzing-chinchilla @ {commit()}, "
+                  "data/svg_extracted_data.csv")
+        if commit() != COMMIT:
+            print(f"note: third_party checkout is at {commit()}, not {COMMIT}")
+    result = {"source": source, "budgets": budgets,
+              "whole": whole(n, c, loss, args.boot, budgets),
+              "held_out": held_out(n, c, loss, args.boot, budgets),
+              "plan": plan_at(n, c, loss, args.boot, plan_budget)}
     print(json.dumps(result, default=float))
     show(result)
-
 
 if __name__ == "__main__":
     main()
