@@ -84,8 +84,8 @@ class JobManager:
         self._stop_event: threading.Event | None = None
         self.exit_when_idle = exit_when_idle
         self.completed: list[int] = []
-        # Whether the run it was training when told to shut down was handed on (interrupted
-        # with its automatic resume scheduled) rather than left stopped.
+        # Whether the run it was training when told to shut down was handed on (put back in
+        # the queue for the next worker) rather than left stopped.
         self.handed_back = False
         self._searched_at = 0.0  # when the idle loop last advanced the search sweeps
         # Both threads meet an outage; the first to fail and the first to succeed say so.

@@ -2,9 +2,9 @@
 
 Start one per GPU on any machine that reaches the database and the artifacts
 folder. Ctrl-C, SIGTERM (systemd's stop, a batch scheduler's pre-emption) or SIGHUP stops
-the current run with a checkpoint and hands it on: it is ``interrupted`` with its automatic
-resume scheduled, so the next worker (this one restarted, or another) goes on with it; the
-worker is recorded as stopped. (``gptdash stop RUN`` stops a run for good.)
+the current run with a checkpoint and hands it on: it goes back in the queue, so the next
+worker (this one restarted, or another) goes on with it; the worker is recorded as
+stopped. (``gptdash stop RUN`` stops a run for good.)
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def run_worker(store: RunStore, *, name: str | None, device: str, dead_after_s: 
     if received:
         note = f"; run {current} stopped with a checkpoint" if current is not None else ""
         if current is not None and manager.handed_back:
-            note += "; it resumes by itself when a worker runs again"
+            note += "; it is back in the queue for the next worker"
         print(f"gptdash worker {manager.worker} stopped{note}", file=sys.stderr)
         return EXIT_INTERRUPTED if received[0] == signal.SIGINT else EXIT_OK
     print(f"gptdash worker {manager.worker}: the queue is empty; trained "

@@ -17,6 +17,7 @@ Declaring a run's owner gone also schedules its automatic resume (``auto_resume_
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from sqlalchemy import Engine, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError, missing_run
-from storage.schema import Run, utcnow
+from storage.schema import Event, Run, utcnow
 from storage.status import ACTIVE, Executor, RunStatus
 
 INTERRUPTED_ERROR = (
@@ -45,6 +46,8 @@ _NO_SYNC = {"synchronize_session": False}
 # Taking the run from its owner, by a claim or by declaring the owner gone: the owner's
 # token no longer matches, so its next write is refused.
 _NEXT_TOKEN = {"claim_token": Run.claim_token + 1}
+# The event of a run its stopping worker put back in the queue (``hand_back``).
+HANDED_ON_EVENT = "handed_on"
 
 
 @dataclass(frozen=True)
@@ -292,28 +295,26 @@ class QueueMixin:
 
     def hand_back(self, run_id: int, claim: int, why: str) -> bool:
         """A run its worker stopped because the worker itself was stopping (Ctrl-C, SIGTERM,
-        ``gptdash serve`` shutting down), not because a stop was asked of the run: turn it
-        from ``stopped`` into ``interrupted`` with its automatic resume scheduled, so the
-        next worker goes on with it. Only while ``claim`` still owns it and nobody asked it
-        to stop (compare-and-set). ``why``: what happened, for its error text. Whether it
-        changed."""
+        ``gptdash serve`` shutting down, a scheduler's pre-emption), not because a stop was
+        asked of the run: put it back in the queue, where the next worker (this one
+        restarted, or another) goes on with it from the checkpoint it just saved, with a
+        ``handed_on`` event saying ``why``. Only while ``claim`` still owns the stopped run
+        and nobody asked it to stop (compare-and-set); whether it changed. No automatic
+        resume is spent on it: those are for runs whose owner died."""
         with Session(self.engine) as session, session.begin():
             row = session.execute(
-                select(Run.status, Run.stop_requested, Run.auto_resumes, Run.max_auto_resumes,
-                       Run.claim_token, Run.checkpoint_path)
+                select(Run.status, Run.stop_requested, Run.claim_token, Run.last_step)
                 .where(Run.id == run_id).with_for_update()).one_or_none()
             if (row is None or row.status != RunStatus.STOPPED or row.stop_requested
                     or row.claim_token != claim):
                 return False
-            resume_after, why_not = auto_resume_plan(row.auto_resumes, row.max_auto_resumes,
-                                                     row.stop_requested)
-            then = RESUME_HINT if row.checkpoint_path else RESTART_HINT
-            error = (f"{why}; {why_not}; {then}" if why_not else
-                     f"{why}; it resumes by itself when a worker runs again")
             session.execute(update(Run).where(Run.id == run_id)
-                            .values(status=RunStatus.INTERRUPTED, error=error,
-                                    resume_after=resume_after),
+                            .values(status=RunStatus.QUEUED, error=None, finished_at=None,
+                                    resume_after=None, **_NEXT_TOKEN),
                             execution_options=_NO_SYNC)
+            session.add(Event(run_id=run_id, step=row.last_step, kind=HANDED_ON_EVENT,
+                              message=f"{why}; back in the queue for the next worker",
+                              wall_time=time.time()))
             return True
 
     def mark_interrupted(self, *, worker_prefix: str | None = None) -> list[int]:

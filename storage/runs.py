@@ -114,7 +114,7 @@ def status_changes(status: str, error: str | None) -> dict[str, Any]:
         "status": status,
         "error": error,
         "finished_at": now if status in FINISHED else None,
-        "resume_after": None,  # only a lost owner's run, or one handed on, resumes by itself
+        "resume_after": None,  # only a lost owner's run resumes by itself (storage.queue)
     }
     if status == RunStatus.RUNNING:
         # Only the first start counts, so a resumed run keeps its original start time.

@@ -174,14 +174,25 @@ def _wait(predicate, what: str, timeout: float = 60.0) -> None:
 
 
 def test_a_worker_shutting_down_hands_its_run_on_to_the_next_worker(store):
+    from storage.queue import HANDED_ON_EVENT
+
     m = JobManager(store, name="first")
     run_id = m.submit(micro(max_steps=100_000), name="long")
     _wait(lambda: store.get_run(run_id).last_step >= 5, "training to start")
     m.shutdown(timeout=60)
     run = store.get_run(run_id)
-    assert m.handed_back and run.status == "interrupted" and run.resume_after is not None
-    assert "its worker first was stopped at step" in run.error
-    assert "resumes by itself" in run.error and run.checkpoint_path
+    assert m.handed_back and run.status == "queued" and run.error is None
+    assert run.checkpoint_path and run.last_step >= 5 and run.auto_resumes == 0
+    [event] = [e for e in store.event_rows([run_id]) if e.kind == HANDED_ON_EVENT]
+    assert "its worker first was stopped at step" in event.message
+    # The next worker goes on from the checkpoint, spending no automatic resume.
+    second = JobManager(store, name="second")
+    try:
+        _wait(lambda: store.get_run(run_id).last_step > run.last_step, "the run to go on")
+        again = store.get_run(run_id)
+        assert again.status == "running" and again.attempts == 2 and again.auto_resumes == 0
+    finally:
+        second.shutdown(timeout=60)
 
 
 def test_a_run_asked_to_stop_stays_stopped_when_its_worker_shuts_down(store):
