@@ -13,7 +13,9 @@ How much it can say depends on how many model sizes the runs span:
   loss: a published law's loss says nothing about this corpus and tokenizer) and an
   IsoFLOP ladder is proposed, to fit the law from.
 
-Every answer comes for half, the whole and twice the budget.
+Runs of under MIN_FIT_TOKENS tokens are left out of the law's fit (``law_runs``) when the
+others fit it as fully; they stay on their IsoFLOP curves. Every answer comes for half, the
+whole and twice the budget.
 """
 
 from __future__ import annotations
