@@ -370,6 +370,14 @@ def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | N
     if result.ladder is not None:
         lr = advice.lr if advice else base.lr
         ladder_configs = [run_config(base, r.shape, r.tokens, lr) for r in result.ladder.runs]
+        if train_tokens and ladder_configs:
+            most = max(c.tokens_per_step * c.max_steps for c in ladder_configs) / train_tokens
+            if most > REPEAT_LIMIT:
+                warnings.append(
+                    f"the ladder's longest runs train on {most:.1f} epochs of the corpus, more "
+                    f"than {REPEAT_LIMIT:g}: a law fitted on them is one of repeated tokens, "
+                    "which says little about a run on fresh ones; a larger corpus (or a "
+                    "shorter --ladder-time) fits a law that holds")
     description = (f"{time_text(seconds)} on {device}" if seconds is not None else
                    f"{flops:.3g} FLOPs" if flops is not None else f"{tokens:.3g} tokens")
     return BudgetPlan(gathered, replace(result, notes=[*result.notes, *notes]), description,

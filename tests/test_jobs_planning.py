@@ -219,7 +219,16 @@ def test_epochs_come_from_the_token_cache_and_warn_past_four(store):
     prepare(cfg.corpus, cfg.tokenizer, cache_dir(), cfg.val_fraction, cfg.text_field)
     bp = make_plan(store, tokens=5e7, n_boot=20)
     assert bp.train_tokens is not None and bp.main.epochs > 4
-    assert any("epochs of the corpus" in w for w in bp.warnings)
+    assert any(w.startswith("1x the budget trains on") for w in bp.warnings)
+    # The ladder's own runs: 30 minutes of a laptop's CPU repeat the built-in corpus many
+    # times over, and its law would be one of repeated tokens.
+    longest = max(c.tokens_per_step * c.max_steps for c in bp.ladder_configs)
+    assert longest > 4 * bp.train_tokens
+    assert any(w.startswith("the ladder's longest runs train on") for w in bp.warnings)
+    short = make_plan(store, tokens=5e7, n_boot=20, ladder_time_s=5)
+    assert max(c.tokens_per_step * c.max_steps for c in short.ladder_configs) \
+        < 4 * bp.train_tokens
+    assert not any(w.startswith("the ladder's") for w in short.warnings)
 
 
 def test_cli_plan_json_prints_one_object(store, capsys):
