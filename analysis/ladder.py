@@ -121,17 +121,27 @@ class Throughput:
         return np.asarray(tokens, dtype=float) / self.tokens_per_s(n)
 
 
+# How FLOP/s grows with model size where the runs measured one size only: a small model
+# spends more of each step on overheads. Fitted on our CPU runs (log FLOP/s against log N):
+# 0.30 over 59 runs of 23 k to 1.2 M parameters at one thread, 0.32 over 17 runs of 36 k
+# to 830 k at two (bench/RESULTS.md, "The planner's ladder on the clock"). Taking 0 made a
+# first ladder's smallest models train twice as long as it said.
+SPEED_EXPONENT_PRIOR = 0.3
+
+
 def fit_throughput(n: Sequence[float] | np.ndarray, tokens_per_s: Sequence[float] | np.ndarray,
                    flops_per_token: FlopsPerToken | None = None) -> Throughput:
     """The speed law from runs' sizes and measured tokens/s: a line in log FLOP/s against
-    log N with two sizes or more, a constant FLOP/s (the mean) with one."""
+    log N with two sizes or more; with one, their mean FLOP/s at their size, falling to
+    smaller sizes as SPEED_EXPONENT_PRIOR says."""
     n_arr, tps = np.asarray(n, dtype=float), np.asarray(tokens_per_s, dtype=float)
     if n_arr.size == 0 or n_arr.size != tps.size or np.any(n_arr <= 0) or np.any(tps <= 0):
         raise ValueError("throughput needs one positive tokens/s per run, for at least one run")
     log_rate = np.log(tps * token_flops(flops_per_token, n_arr))
     n_ref = float(np.exp(np.log(n_arr).mean()))
     if count_sizes(n_arr) < 2:
-        return Throughput(float(np.exp(log_rate.mean())), 0.0, n_ref, flops_per_token)
+        return Throughput(float(np.exp(log_rate.mean())), SPEED_EXPONENT_PRIOR, n_ref,
+                          flops_per_token)
     exponent, level = np.polyfit(np.log(n_arr / n_ref), log_rate, 1)
     return Throughput(float(np.exp(level)), float(exponent), n_ref, flops_per_token)
 

@@ -70,6 +70,8 @@ MAX_RUNS = 500  # the newest runs looked at
 SHAPE_MISS = 1.5
 # The sweep spec's key for an IsoFLOP ladder's budgets, so a later plan fits approach 2 on it.
 LADDER_KEY = "isoflop_budgets"
+# Evaluations of a ladder run: enough for its curve (and a forecast while it trains).
+LADDER_EVALS = 5
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
 
 
@@ -261,15 +263,21 @@ class BudgetPlan:
         return next(r for r in self.recommended if r.point.multiple == 1.0)
 
 
-def run_config(base: TrainConfig, shape: Shape, tokens: float, lr: float) -> TrainConfig:
+def run_config(base: TrainConfig, shape: Shape, tokens: float, lr: float, *,
+               ladder: bool = False) -> TrainConfig:
     """``base`` with ``shape``, the steps that train on about ``tokens`` and ``lr`` (min_lr
     kept in its ratio to lr); warmup and evaluations at most a tenth of the steps, so a
-    short run still warms up, decays and is forecast."""
+    short run still warms up, decays and is forecast. A ``ladder`` run is there for its
+    final loss: LADDER_EVALS evaluations and no samples, which cost a short run of a small
+    model a fifth of its time or more."""
     steps = max(1, round(tokens / base.tokens_per_step))
     cfg = _with_shape(base, shape)
+    evals = max(1, min(base.eval_interval, steps // 10))
+    if ladder:
+        evals = max(1, steps // LADDER_EVALS)
     return replace(cfg, max_steps=steps, lr=lr, min_lr=base.min_lr * lr / base.lr,
-                   warmup_steps=min(base.warmup_steps, steps // 10),
-                   eval_interval=max(1, min(base.eval_interval, steps // 10)),
+                   warmup_steps=min(base.warmup_steps, steps // 10), eval_interval=evals,
+                   sample_tokens=0 if ladder else cfg.sample_tokens,
                    checkpoint_interval=min(base.checkpoint_interval, steps)).validate()
 
 
@@ -369,7 +377,8 @@ def make_plan(store: RunStore, *, seconds: float | None = None, flops: float | N
     ladder_configs = []
     if result.ladder is not None:
         lr = advice.lr if advice else base.lr
-        ladder_configs = [run_config(base, r.shape, r.tokens, lr) for r in result.ladder.runs]
+        ladder_configs = [run_config(base, r.shape, r.tokens, lr, ladder=True)
+                          for r in result.ladder.runs]
         if train_tokens and ladder_configs:
             most = max(c.tokens_per_step * c.max_steps for c in ladder_configs) / train_tokens
             if most > REPEAT_LIMIT:

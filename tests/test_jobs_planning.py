@@ -16,6 +16,7 @@ from gptcore.metric_keys import TOKENS_PER_SEC, VAL_LOSS
 from jobs.cli import main
 from jobs.plan_report import lines, report
 from jobs.planning import (
+    LADDER_EVALS,
     PlanRun,
     _loss_sd,
     gather,
@@ -95,6 +96,11 @@ def test_no_runs_plans_from_the_prior_and_proposes_a_ladder(store):
     assert bp.main.point.loss is None  # a published law's loss says nothing of this corpus
     assert bp.throughput is None  # nothing measured: no times shown
     assert bp.plan.ladder is not None and len(bp.ladder_configs) == len(bp.plan.ladder.runs)
+    # A ladder run is there for its final loss: a few evaluations, no samples (they cost a
+    # short run of a small model a fifth of its time); the recommended run keeps its own.
+    for c in bp.ladder_configs:
+        assert c.sample_tokens == 0 and c.max_steps // c.eval_interval <= LADDER_EVALS + 1
+    assert bp.main.config.sample_tokens == bp.gathered.base.sample_tokens > 0
     assert any("nominal" in n for n in bp.plan.notes)
     cfg = bp.main.config
     assert cfg.model.emb_dim % cfg.model.n_heads == 0
