@@ -39,6 +39,10 @@ class TrainerCallbacks:
     def on_sample(self, step: int, prompt: str, text: str) -> None:
         """A text sample generated at an evaluation."""
 
+    def before_checkpoint(self) -> None:
+        """Just before a written checkpoint replaces the last one: raise to keep the last
+        one (an owner that lost its run, say)."""
+
     def on_checkpoint(self, step: int, path: Path) -> None:
         """A checkpoint was written (atomically) to ``path``."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,11 @@ BEST_CHECKPOINT_NAME = "best.pt"
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     step: int, config: TrainConfig, rng: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write to a temporary file and rename it, so a kill mid-save never corrupts ``path``."""
+                    extra: dict[str, Any] | None = None,
+                    before_commit: Callable[[], None] | None = None) -> Path:
+    """Write to a temporary file and rename it, so a kill mid-save never corrupts ``path``.
+    ``before_commit`` is called between the two; whatever it raises leaves ``path`` as it
+    was (a trainer that lost its run must not replace the new owner's checkpoint)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +50,8 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(payload, tmp)
+        if before_commit is not None:
+            before_commit()
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

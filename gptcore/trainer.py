@@ -304,7 +304,8 @@ class Trainer:
         if not self.ranks.is_main:
             return self.checkpoint_path
         path = save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer,
-                               step=self.step, config=self.cfg, rng=rng, extra=extra)
+                               step=self.step, config=self.cfg, rng=rng, extra=extra,
+                               before_commit=self.cb.before_checkpoint)
         self.cb.on_checkpoint(self.step, path)
         return path
 
@@ -313,7 +314,8 @@ class Trainer:
         if not self.ranks.is_main:
             return
         save_checkpoint(self.best_path, model=self.model, optimizer=None, step=self.step,
-                        config=self.cfg, rng={}, extra={"val_loss": self.best_val})
+                        config=self.cfg, rng={}, extra={"val_loss": self.best_val},
+                        before_commit=self.cb.before_checkpoint)
         self.cb.on_event(self.step, "best_checkpoint",
                          f"val loss {self.best_val:.4f} at step {self.step} is the best so far; "
                          f"saved {BEST_CHECKPOINT_NAME}")

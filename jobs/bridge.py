@@ -139,6 +139,21 @@ class StoreCallbacks(TrainerCallbacks):
         self._outbox.put("sample", step=step, prompt=prompt, text=text)
         self._write()
 
+    def before_checkpoint(self) -> None:
+        """ClaimLost once another process owns the run, so its checkpoint files stay that
+        process's; while the database is away the save goes on (as training does)."""
+        if self._lost is not None:
+            raise self._lost
+        if self.claim is None or self._outage.down:
+            return
+        try:
+            self.store.check_claim(self.run_id, self.claim)
+        except ClaimLost as exc:
+            self._lost = exc
+            raise
+        except DatabaseUnavailable as exc:
+            self._went_away(exc)
+
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._queue_rows()
         self._outbox.put("update", fields={"checkpoint_path": str(path)})
@@ -356,6 +371,9 @@ class Chain(TrainerCallbacks):
     def on_sample(self, step, prompt, text):
         self.primary.on_sample(step, prompt, text)
         self._tell_other("on_sample", step, prompt, text)
+
+    def before_checkpoint(self):
+        self.primary.before_checkpoint()
 
     def on_checkpoint(self, step, path):
         self.primary.on_checkpoint(step, path)

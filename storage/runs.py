@@ -396,6 +396,11 @@ class RunsMixin:
         """Ask the trainer of this run to stop at its next poll."""
         self._update(run_id, stop_requested=True)
 
+    def check_claim(self, run_id: int, claim: int) -> None:
+        """ClaimLost (or RunMissing) unless ``claim`` owns the run now."""
+        with Session(self.engine) as session:
+            check_owned(session, run_id, claim)
+
     def stop_requested(self, run_id: int, *, claim: int | None = None) -> bool:
         """Whether a stop was requested. A run deleted while training also reads as stopped.
 

@@ -354,3 +354,46 @@ def test_throughput_leaves_out_checkpoint_saves_as_it_leaves_out_evaluations(tmp
     # Past the first report (which holds the first steps' start-up), a step of this model
     # takes milliseconds; the report after the 2 s save at step 4 showed 1,000 ms per step.
     assert max(ms for step, ms in reports.items() if step > 2) < 700, reports
+
+
+class _Abandoned(Exception):
+    abandons_run = True  # as storage's ClaimLost: the run is another process's now
+
+
+class _LosesItsRun(TrainerCallbacks):
+    """Lets the first ``allowed`` checkpoints replace the last one, then says the run is no
+    longer this trainer's, as a fenced owner whose claim was taken does."""
+
+    def __init__(self, allowed: int):
+        self.allowed = allowed
+
+    def before_checkpoint(self):
+        if self.allowed == 0:
+            raise _Abandoned("taken")
+        self.allowed -= 1
+
+
+def test_a_trainer_that_lost_its_run_replaces_no_checkpoint_file(tmp_path):
+    cfg = micro(max_steps=40, checkpoint_interval=10, eval_interval=1000)
+    # Its step-0 best.pt and its step-10 latest.pt go; then the run is taken.
+    trainer = Trainer(cfg, checkpoint_dir=tmp_path / "c", cache_dir=tmp_path / "cache",
+                      callbacks=_LosesItsRun(allowed=2))
+    with pytest.raises(_Abandoned):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "c" / "latest.pt")["step"] == 10
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["best.pt", "latest.pt"]
+
+
+def test_a_save_whose_commit_is_refused_leaves_the_last_file_and_no_temporary(tmp_path):
+    model = GPT(ModelConfig(vocab_size=256, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, model=model, optimizer=None, step=1, config=micro(), rng={})
+
+    def refuse():
+        raise _Abandoned("taken")
+
+    with pytest.raises(_Abandoned):
+        save_checkpoint(path, model=model, optimizer=None, step=2, config=micro(), rng={},
+                        before_commit=refuse)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]

@@ -38,6 +38,28 @@ def _rows(store: RunStore, run_id: int) -> tuple[int, int, int]:
 
 
 # ---- claims ----------------------------------------------------------------------------------
+def test_an_owner_whose_run_was_taken_may_not_replace_its_checkpoint(store: RunStore) -> None:
+    from jobs.bridge import Chain, StoreCallbacks
+    from jobs.threads import ThreadShare
+
+    run_id, token = _claimed(store)
+    mine = StoreCallbacks(store, run_id, token)
+    try:
+        mine.before_checkpoint()  # still its own: the save goes on
+        store.mark_interrupted()
+        store.set_status(run_id, "queued")
+        store.claim_run(run_id, "new-trainer", host="elsewhere", pid=2)
+        with pytest.raises(ClaimLost):
+            mine.before_checkpoint()
+        with pytest.raises(ClaimLost):  # and through the chain a worker trains with
+            Chain(mine, ThreadShare(store)).before_checkpoint()
+    finally:
+        try:
+            mine.close()
+        except ClaimLost:
+            pass
+
+
 
 def test_a_second_claim_of_a_claimed_run_is_refused(store: RunStore) -> None:
     run_id, first = _claimed(store)
