@@ -148,22 +148,26 @@ def run_name(budget: float, shape: Shape) -> str:
     return f"{budget:.0e} {shape.n_layers}x{shape.emb_dim}"
 
 
+def train_one(home: Path, cfg: TrainConfig, name: str) -> None:
+    """``gptdash train`` of ``cfg`` (its SET_KEYS over the tiny preset) into ``home``, on
+    one thread."""
+    env = {**os.environ, "GPTDASH_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("GPTDASH_DB_URL", None)
+    sets = [a for k, v in cfg.flat().items() if k in SET_KEYS for a in ("--set", f"{k}={v}")]
+    subprocess.run([sys.executable, "-m", "jobs", "train", "--preset", "tiny", *sets,
+                    "--quiet", "--threads", "1", "--name", name],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+
+
 def train_all(home: Path, base: TrainConfig, runs: list[tuple[float, Shape]],
               jobs: int) -> tuple[float, int]:
     """Train the runs the home has not completed yet, JOBS at a time, biggest first."""
-    env = {**os.environ, "GPTDASH_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    env.pop("GPTDASH_DB_URL", None)
     done = completed_names(home)
     todo = sorted((r for r in runs if run_name(*r) not in done), key=lambda r: -r[0])
 
     def train(item: tuple[float, Shape]) -> None:
         budget, shape = item
-        cfg = config(base, shape, budget)
-        sets = [a for k, v in cfg.flat().items() if k in SET_KEYS
-                for a in ("--set", f"{k}={v}")]
-        subprocess.run([sys.executable, "-m", "jobs", "train", "--preset", "tiny", *sets,
-                        "--quiet", "--threads", "1", "--name", run_name(budget, shape)],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+        train_one(home, config(base, shape, budget), run_name(budget, shape))
 
     start = time.monotonic()
     with ThreadPoolExecutor(jobs) as pool:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -85,26 +84,24 @@ def variant(cfg: TrainConfig, tokens: int, batch: int) -> TrainConfig:
                    eval_iters=round(50 * GRID_BATCH / batch))
 
 
-def train(home: Path, name: str, cfg: TrainConfig, done: set[str]) -> None:
-    if name in done:
-        return
-    env = {**os.environ, "GPTDASH_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    env.pop("GPTDASH_DB_URL", None)
-    sets = [a for k, v in cfg.flat().items() if k in grid_bench.SET_KEYS
-            for a in ("--set", f"{k}={v}")]
-    subprocess.run([sys.executable, "-m", "jobs", "train", "--preset", "tiny", *sets,
-                    "--quiet", "--threads", "1", "--name", name],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-
-
 def final_losses(home: Path) -> dict[str, float]:
+    """The last val loss of each completed run in ``home``, by name. Read directly, not
+    through the planner's ``gather``: that keeps only the runs of one batch, and these
+    reruns are at several on purpose."""
     os.environ["GPTDASH_HOME"] = str(home)
-    from jobs.planning import gather
+    from gptcore.metric_keys import VAL_LOSS
+    from storage.status import RunStatus
     from storage.store import RunStore
 
     store = RunStore()
     try:
-        return {r.name: r.loss for r in gather(store).runs}
+        done = {r.id: r.name for r in store.list_runs(limit=10_000)
+                if r.status == RunStatus.COMPLETED}
+        val = store.metrics(list(done), [VAL_LOSS]) if done else None
+        if val is None or val.empty:
+            return {}
+        last = val.sort_values("step").groupby("run_id")["value"].last()
+        return {done[int(run_id)]: float(loss) for run_id, loss in last.items()}
     finally:
         store.close()
 
@@ -147,7 +144,8 @@ def main() -> None:
     home.mkdir(exist_ok=True)
     done = set(final_losses(home)) if (home / "gptdash.db").exists() else set()
     for _, name, cfg, _, _ in plan:
-        train(home, name, replace(cfg, corpus=str(args.home / "stdlib.txt")), done)
+        if name not in done:
+            grid_bench.train_one(home, replace(cfg, corpus=str(args.home / "stdlib.txt")), name)
     got = final_losses(home)
     rows = []
     for kind, name, cfg, tokens, grid_loss in plan:

@@ -321,6 +321,17 @@ def test_no_password_in_what_ray_shows_of_a_job_on_postgresql(home, ray_cluster,
     assert info.runtime_env["env_vars"]["GPTDASH_DB_URL"] == pg_head_url
 
 
+def _password_libpq_sends(env: dict[str, str], monkeypatch) -> str:
+    """The password libpq sends when a job connects with ``env`` (its URL and PGPASSFILE)."""
+    monkeypatch.setenv("PGPASSFILE", env["PGPASSFILE"])
+    engine = make_engine(env["GPTDASH_DB_URL"])
+    try:
+        with engine.connect() as connection:
+            return connection.connection.dbapi_connection.info.password
+    finally:
+        engine.dispose()
+
+
 def test_a_jobs_database_password_is_in_a_file_for_its_user_alone_where_libpq_finds_it(
         home, pg_head_url, monkeypatch):
     password = "S3c:r\\et pw"
@@ -329,26 +340,14 @@ def test_a_jobs_database_password_is_in_a_file_for_its_user_alone_where_libpq_fi
     passfile = Path(env["PGPASSFILE"])
     assert passfile.is_relative_to(home)
     assert [S_IMODE(p.stat().st_mode) for p in (passfile, passfile.parent)] == [0o600, 0o700]
-    monkeypatch.setenv("PGPASSFILE", str(passfile))
-    engine = make_engine(env["GPTDASH_DB_URL"])
-    try:
-        with engine.connect() as connection:
-            assert connection.connection.dbapi_connection.info.password == password
-    finally:
-        engine.dispose()
+    assert _password_libpq_sends(env, monkeypatch) == password
     sqlite = f"sqlite:///{home / 'gptdash.db'}"
     assert db_env(sqlite) == {"GPTDASH_DB_URL": sqlite}  # nothing to hide, nothing written
     # libpq also takes the password as a query parameter: it leaves the URL all the same.
     in_query = db_env(f"{pg_head_url}?connect_timeout=5&password={quote(password, safe='')}")
     assert in_query["GPTDASH_DB_URL"] == f"{pg_head_url}?connect_timeout=5"
     assert "S3c" not in in_query["GPTDASH_DB_URL"]
-    monkeypatch.setenv("PGPASSFILE", in_query["PGPASSFILE"])
-    engine = make_engine(in_query["GPTDASH_DB_URL"])
-    try:
-        with engine.connect() as connection:
-            assert connection.connection.dbapi_connection.info.password == password
-    finally:
-        engine.dispose()
+    assert _password_libpq_sends(in_query, monkeypatch) == password
 
 
 @pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "lr=1e-3,3e-3"]])
